@@ -1,0 +1,128 @@
+"""In-memory backend: one vector index per partition, bounded size, absolute TTL."""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+
+import numpy as np
+
+from .eviction import make_policy
+from .schema import CacheEntry, Candidate
+from .vector_index import VectorIndex
+
+
+class MemoryBackend:
+    """Entries in process memory; lost on restart, never shared between replicas."""
+
+    name = "memory"
+
+    def __init__(
+        self,
+        dim: int,
+        max_entries: int = 10_000,
+        eviction_policy: str = "lru",
+        hnsw_threshold: int = 10_000,
+    ) -> None:
+        self.dim = dim
+        self.max_entries = max_entries
+        self._policy = make_policy(eviction_policy)
+        self._hnsw_threshold = hnsw_threshold
+        self._labels = itertools.count(1)
+        self._entries: dict[int, CacheEntry] = {}
+        self._label_of: dict[str, int] = {}
+        self._exact: dict[str, int] = {}
+        self._partitions: dict[str, VectorIndex] = {}
+        self._expiry: deque[tuple[float, int]] = deque()
+        self.evictions = 0
+
+    async def get_exact(self, exact_key: str, now: float) -> CacheEntry | None:
+        """The live entry stored under ``exact_key``, if any."""
+        label = self._exact.get(exact_key)
+        if label is None:
+            return None
+        entry = self._entries[label]
+        if entry.expired(now):
+            self._remove(label)
+            return None
+        return entry
+
+    async def search(self, partition: str, vector: np.ndarray, top_k: int, now: float) -> list[Candidate]:
+        """Up to ``top_k`` live entries of ``partition``, most similar first."""
+        self._purge_expired(now)
+        index = self._partitions.get(partition)
+        if index is None:
+            return []
+        out: list[Candidate] = []
+        for label, score in index.search(vector, top_k):
+            entry = self._entries.get(label)
+            if entry is None:
+                continue
+            if entry.expired(now):
+                self._remove(label)
+                continue
+            out.append(Candidate(entry, score))
+        return out
+
+    async def put(self, entry: CacheEntry) -> None:
+        """Store ``entry``, replacing any entry with the same exact key; evict when full."""
+        self._purge_expired(entry.created_at)
+        old = self._exact.get(entry.exact_key)
+        if old is not None:
+            self._remove(old)
+        while len(self._entries) >= self.max_entries:
+            victim = self._policy.victim()
+            if victim is None:
+                break
+            self._remove(victim)
+            self.evictions += 1
+        label = next(self._labels)
+        vector = np.ascontiguousarray(entry.vector, dtype=np.float32)
+        entry.vector = vector
+        self._entries[label] = entry
+        self._label_of[entry.id] = label
+        self._exact[entry.exact_key] = label
+        index = self._partitions.get(entry.partition)
+        if index is None:
+            index = self._partitions[entry.partition] = VectorIndex(self.dim, self._hnsw_threshold)
+        index.add(label, vector)
+        self._policy.added(label)
+        if entry.expires_at > 0:
+            self._expiry.append((entry.expires_at, label))
+
+    async def record_hit(self, entry: CacheEntry) -> None:
+        """Count the hit and update LRU / LFU order."""
+        label = self._label_of.get(entry.id)
+        if label is not None:
+            entry.hits += 1
+            self._policy.used(label)
+
+    async def count(self) -> int:
+        """Number of stored entries."""
+        return len(self._entries)
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    def _remove(self, label: int) -> None:
+        entry = self._entries.pop(label, None)
+        if entry is None:
+            return
+        self._label_of.pop(entry.id, None)
+        if self._exact.get(entry.exact_key) == label:
+            del self._exact[entry.exact_key]
+        index = self._partitions.get(entry.partition)
+        if index is not None:
+            index.remove(label)
+            if len(index) == 0:
+                del self._partitions[entry.partition]
+        self._policy.removed(label)
+
+    def _purge_expired(self, now: float) -> None:
+        # TTL is the same for every entry of a process, so expiry order is insertion order;
+        # entries removed earlier for other reasons are skipped.
+        while self._expiry and self._expiry[0][0] <= now:
+            _, label = self._expiry.popleft()
+            entry = self._entries.get(label)
+            if entry is not None and entry.expired(now):
+                self._remove(label)

@@ -1,0 +1,102 @@
+"""Data shapes shared by the cache and its backends, and the backend protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CacheQuery:
+    """One lookup: the hard partition, the exact key and the prompt to embed."""
+
+    model: str
+    scope: str
+    fingerprint: str
+    prompt: str
+    partition: str
+    exact_key: str
+
+
+@dataclass
+class CacheEntry:
+    """One stored answer with its identity, prompt and embedding."""
+
+    id: str
+    model: str
+    scope: str
+    fingerprint: str
+    partition: str
+    exact_key: str
+    prompt: str
+    response: dict[str, Any]
+    vector: np.ndarray
+    created_at: float
+    expires_at: float = 0.0
+    """Absolute expiry (unix seconds); 0 means never."""
+    hits: int = 0
+
+    def expired(self, now: float) -> bool:
+        """True once the entry's absolute expiry has passed."""
+        return self.expires_at > 0 and now >= self.expires_at
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A search result: an entry and its cosine similarity to the query."""
+
+    entry: CacheEntry
+    similarity: float
+
+
+@dataclass
+class LookupResult:
+    """The outcome of :meth:`SemanticCache.check`."""
+
+    entry: CacheEntry | None = None
+    similarity: float = 0.0
+    match: str | None = None
+    """``exact`` or ``semantic`` on a hit."""
+    candidates: int = 0
+    best_similarity: float = 0.0
+    vector: np.ndarray | None = None
+    """The query embedding, reused when the response is stored."""
+    rejections: list[str] = field(default_factory=list)
+    """Guard names that rejected a candidate above the threshold."""
+
+    @property
+    def hit(self) -> bool:
+        """True when an entry was found."""
+        return self.entry is not None
+
+
+class CacheBackend(Protocol):
+    """Where entries live.  Backends never parse HTTP and never compute embeddings."""
+
+    name: str
+
+    async def get_exact(self, exact_key: str, now: float) -> CacheEntry | None:
+        """The live entry stored under ``exact_key``, if any."""
+        ...
+
+    async def search(self, partition: str, vector: np.ndarray, top_k: int, now: float) -> list[Candidate]:
+        """Up to ``top_k`` live entries of ``partition``, most similar first."""
+        ...
+
+    async def put(self, entry: CacheEntry) -> None:
+        """Store ``entry``, replacing any entry with the same exact key."""
+        ...
+
+    async def record_hit(self, entry: CacheEntry) -> None:
+        """Tell the backend an entry was served (eviction bookkeeping)."""
+        ...
+
+    async def count(self) -> int:
+        """Number of stored entries (expired ones may still be counted until purged)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and threads."""
+        ...

@@ -1,0 +1,110 @@
+"""SemanticCache: exact match first, then embedding search with threshold and guards."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..embedding import Embedder
+from .schema import CacheBackend, CacheEntry, CacheQuery, LookupResult
+
+
+class Guard(Protocol):
+    """Vetoes a candidate whose prompt looks like the query but means something else."""
+
+    name: str
+
+    def reject(self, query: str, candidate: str) -> bool:
+        """True when ``candidate``'s answer must not be served for ``query``."""
+        ...
+
+
+class SemanticCache:
+    """The cache API the processor uses: :meth:`check` then :meth:`store`."""
+
+    def __init__(
+        self,
+        backend: CacheBackend,
+        embedder: Embedder,
+        similarity_threshold: float,
+        top_k: int = 10,
+        ttl_seconds: int = 3600,
+        guards: Sequence[Guard] = (),
+    ) -> None:
+        self.backend = backend
+        self.embedder = embedder
+        self.similarity_threshold = similarity_threshold
+        self.top_k = top_k
+        self.ttl_seconds = ttl_seconds
+        self.guards = list(guards)
+
+    async def check(self, query: CacheQuery, threshold: float | None = None) -> LookupResult:
+        """Find a stored answer for ``query``: exact key first, then nearest prompts.
+
+        Candidates come best first; the first at or above the threshold that every guard
+        accepts is the hit.
+        """
+        now = time.time()
+        entry = await self.backend.get_exact(query.exact_key, now)
+        if entry is not None and entry.prompt == query.prompt:
+            await self.backend.record_hit(entry)
+            return LookupResult(entry=entry, similarity=1.0, match="exact", best_similarity=1.0)
+        vector = await self.embedder.embed(query.prompt)
+        return await self.check_vector(query, vector, threshold, now)
+
+    async def check_vector(
+        self, query: CacheQuery, vector: np.ndarray, threshold: float | None = None, now: float | None = None
+    ) -> LookupResult:
+        """The semantic half of :meth:`check`, for callers that already have the embedding."""
+        now = time.time() if now is None else now
+        limit = self.similarity_threshold if threshold is None else threshold
+        candidates = await self.backend.search(query.partition, vector, self.top_k, now)
+        result = LookupResult(vector=vector, candidates=len(candidates))
+        if candidates:
+            result.best_similarity = candidates[0].similarity
+        for candidate in candidates:
+            if candidate.similarity < limit:
+                break
+            entry = candidate.entry
+            if entry.partition != query.partition:
+                continue  # defence in depth: backends already filter by partition
+            rejected = [g.name for g in self.guards if g.reject(query.prompt, entry.prompt)]
+            if rejected:
+                result.rejections.extend(rejected)
+                continue
+            await self.backend.record_hit(entry)
+            result.entry, result.similarity, result.match = entry, candidate.similarity, "semantic"
+            return result
+        return result
+
+    async def store(
+        self, query: CacheQuery, response: dict[str, Any], vector: np.ndarray | None = None
+    ) -> CacheEntry:
+        """Store ``response`` as the answer to ``query`` (embedding it if not done yet)."""
+        if vector is None:
+            vector = await self.embedder.embed(query.prompt)
+        now = time.time()
+        entry = CacheEntry(
+            id=uuid.uuid4().hex,
+            model=query.model,
+            scope=query.scope,
+            fingerprint=query.fingerprint,
+            partition=query.partition,
+            exact_key=query.exact_key,
+            prompt=query.prompt,
+            response=response,
+            vector=vector,
+            created_at=now,
+            expires_at=now + self.ttl_seconds if self.ttl_seconds > 0 else 0.0,
+        )
+        await self.backend.put(entry)
+        return entry
+
+    async def close(self) -> None:
+        """Close the backend and the embedding worker."""
+        await self.backend.close()
+        self.embedder.close()

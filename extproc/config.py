@@ -1,0 +1,330 @@
+"""Configuration: YAML file + ``${ENV}`` expansion + validation with precise errors.
+
+The file is compatible with vLLM Semantic Router: only the ``semantic_cache:`` section is read,
+every other top-level section is ignored.  Deployment and security settings (listen addresses,
+scope mode and header) may also come from environment variables, which override the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG_PATH = "config/config.yaml"
+CONFIG_ENV = "SEMANTIC_CACHE_CONFIG"
+DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+
+# Semantic-router cache keys that have no meaning here: accepted, with a warning.
+IGNORED_ROUTER_KEYS = frozenset({"use_hnsw", "hnsw_m", "hnsw_ef_construction", "max_memory_entries"})
+
+# Environment variables that override deployment / security settings of the file.
+ENV_OVERRIDES: dict[str, str] = {
+    "SEMANTIC_CACHE_GRPC_ADDRESS": "server.grpc_address",
+    "SEMANTIC_CACHE_SCOPE_MODE": "scope_mode",
+    "SEMANTIC_CACHE_SCOPE_HEADER": "scope_header",
+}
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key path and the fix."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Where and how the gRPC processor listens."""
+
+    grpc_address: str = "127.0.0.1:50051"
+    max_message_bytes: int = 64 * 1024 * 1024
+    shutdown_grace_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The ``semantic_cache:`` section, with every default filled in."""
+
+    enabled: bool = True
+    backend_type: str = "memory"
+    backend_config_path: str | None = None
+    similarity_threshold: float = 0.9
+    max_entries: int = 10_000
+    ttl_seconds: int = 3600
+    eviction_policy: str = "lru"
+    embedding_model: str = DEFAULT_EMBEDDING_MODEL
+    top_k: int = 10
+    scope_mode: str = "global"
+    scope_header: str = "x-tenant-id"
+    fingerprint_ignore_fields: tuple[str, ...] = ("stream", "stream_options")
+    max_response_bytes: int = 4 * 1024 * 1024
+    lookup_timeout_ms: int = 1500
+    embedding_batch_size: int = 64
+    embedding_threads: int = 0
+    server: ServerSettings = field(default_factory=ServerSettings)
+    source: str = "<defaults>"
+    """Path of the file this came from (for messages)."""
+
+    def backend_config_file(self) -> Path | None:
+        """Resolve ``backend_config_path`` (working directory first, then the config's folder)."""
+        if not self.backend_config_path:
+            return None
+        return resolve_relative(self.backend_config_path, self.source, "backend_config_path")
+
+
+# --- validation ---------------------------------------------------------------------------
+
+Check = Callable[[Any], str | None]
+
+
+def _one_of(*choices: str) -> Check:
+    return lambda v: None if v in choices else "must be one of " + ", ".join(f'"{c}"' for c in choices)
+
+
+def _int_range(lo: int, hi: int | None = None) -> Check:
+    def check(v: Any) -> str | None:
+        if v < lo or (hi is not None and v > hi):
+            return f"must be an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
+        return None
+
+    return check
+
+
+def _unit_interval(v: Any) -> str | None:
+    return None if 0.0 <= v <= 1.0 else "must be a number between 0 and 1 (e.g. 0.9)"
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else "must be a positive number"
+
+
+def _address(v: Any) -> str | None:
+    host, sep, port = v.rpartition(":")
+    ok = sep and host and port.isdigit() and 0 < int(port) < 65536
+    return None if ok else 'must be "host:port", e.g. "127.0.0.1:50051"'
+
+
+def _header_name(v: Any) -> str | None:
+    ok = re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", v) is not None
+    return None if ok else "must be an HTTP header name such as x-tenant-id"
+
+
+# key -> (python type(s), type description, extra check)
+_CACHE_KEYS: dict[str, tuple[type | tuple[type, ...], str, Check | None]] = {
+    "enabled": (bool, "true or false", None),
+    "backend_type": (str, "a string", _one_of("memory", "milvus")),
+    "backend_config_path": (str, "a file path", None),
+    "similarity_threshold": ((int, float), "a number", _unit_interval),
+    "max_entries": (int, "an integer", _int_range(1)),
+    "ttl_seconds": (int, "an integer (seconds, 0 = never expire)", _int_range(0)),
+    "eviction_policy": (str, "a string", _one_of("fifo", "lru", "lfu")),
+    "embedding_model": (str, "a model name or a local path", None),
+    "top_k": (int, "an integer", _int_range(1, 1000)),
+    "scope_mode": (str, "a string", _one_of("global", "header", "authorization")),
+    "scope_header": (str, "a header name", _header_name),
+    "fingerprint_ignore_fields": (list, "a list of request field names", None),
+    "max_response_bytes": (int, "an integer (bytes)", _int_range(1024)),
+    "lookup_timeout_ms": (int, "an integer (milliseconds)", _int_range(1)),
+    "embedding_batch_size": (int, "an integer", _int_range(1, 4096)),
+    "embedding_threads": (int, "an integer (0 = library default)", _int_range(0, 256)),
+}
+_SERVER_KEYS: dict[str, tuple[type | tuple[type, ...], str, Check | None]] = {
+    "grpc_address": (str, '"host:port"', _address),
+    "max_message_bytes": (int, "an integer (bytes)", _int_range(4 * 1024 * 1024)),
+    "shutdown_grace_seconds": ((int, float), "a number of seconds", _positive),
+}
+
+
+def _check_section(
+    section: Mapping[str, Any],
+    spec: Mapping[str, tuple[type | tuple[type, ...], str, Check | None]],
+    prefix: str,
+    errors: list[str],
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in section.items():
+        path = f"{prefix}.{key}"
+        if key not in spec:
+            near = ", ".join(sorted(spec))
+            errors.append(f"{path}: unknown key. Remove it or use one of: {near}")
+            continue
+        types, desc, check = spec[key]
+        is_bool = isinstance(value, bool)
+        if not isinstance(value, types) or (is_bool and types is not bool and bool not in _as_tuple(types)):
+            errors.append(f"{path}: must be {desc}, got {type(value).__name__} {value!r}")
+            continue
+        problem = check(value) if check else None
+        if problem:
+            errors.append(f"{path}: {problem}, got {value!r}")
+            continue
+        out[key] = value
+    return out
+
+
+def _as_tuple(t: type | tuple[type, ...]) -> tuple[type, ...]:
+    return t if isinstance(t, tuple) else (t,)
+
+
+# --- environment expansion ----------------------------------------------------------------
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def substitute_env(text: str, env: Mapping[str, str], where: str) -> str:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in ``text``; an unset VAR without default is an error."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(
+            f"{where}: environment variable {name} is not set. "
+            f"Set it, or give a default with ${{{name}:-value}}"
+        )
+
+    return _ENV_REF.sub(substitute, text)
+
+
+def expand_env(value: Any, path: str, env: Mapping[str, str] | None = None) -> Any:
+    """Expand ``${VAR}`` / ``${VAR:-default}`` in every string of a YAML tree.
+
+    A value that is exactly one reference is re-read as YAML, so ``${TTL:-60}`` is an integer.
+    """
+    env = os.environ if env is None else env
+    if isinstance(value, dict):
+        return {k: expand_env(v, f"{path}.{k}" if path else str(k), env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, f"{path}[{i}]", env) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+    expanded = substitute_env(value, env, path)
+    if _ENV_REF.fullmatch(value):
+        parsed = yaml.safe_load(expanded) if expanded.strip() else expanded
+        if isinstance(parsed, str | int | float | bool):
+            return parsed
+    return expanded
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+def resolve_relative(path_str: str, config_file: str, key: str) -> Path:
+    """Resolve a relative path against the working directory, then the config file's folder."""
+    p = Path(path_str)
+    if p.is_absolute():
+        if p.exists():
+            return p
+        raise ConfigError(f"semantic_cache.{key}: file {p} does not exist")
+    tried = [Path.cwd() / p]
+    if config_file and not config_file.startswith("<"):
+        tried.append(Path(config_file).resolve().parent / p)
+    for candidate in tried:
+        if candidate.exists():
+            return candidate
+    looked = " and ".join(str(t) for t in tried)
+    raise ConfigError(f"semantic_cache.{key}: {path_str!r} not found (looked in {looked})")
+
+
+def default_config_path(explicit: str | None = None) -> str:
+    """``--config`` if given, else ``$SEMANTIC_CACHE_CONFIG``, else ``config/config.yaml``."""
+    return explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> CacheSettings:
+    """Read, expand and validate a config file; raise :class:`ConfigError` on any problem."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(
+            f"config file {file} not found. Pass --config FILE, set {CONFIG_ENV}, "
+            f"or create {DEFAULT_CONFIG_PATH}"
+        )
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
+    return parse_config(raw, source=str(file), env=env)
+
+
+def parse_config(
+    raw: Any, source: str = "<inline>", env: Mapping[str, str] | None = None
+) -> CacheSettings:
+    """Validate an already-parsed YAML document (see :func:`load_config`)."""
+    env = os.environ if env is None else env
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping with a semantic_cache: section")
+    section = raw.get("semantic_cache")
+    if section is None:
+        raise ConfigError(f"{source}: no semantic_cache: section. Add one, e.g. semantic_cache: {{backend_type: memory}}")
+    if not isinstance(section, dict):
+        raise ConfigError(f"semantic_cache: must be a mapping, got {type(section).__name__}")
+    section = expand_env(section, "semantic_cache", env)
+    section = _apply_env_overrides(section, env)
+
+    errors: list[str] = []
+    for key in sorted(IGNORED_ROUTER_KEYS & section.keys()):
+        log.warning("semantic_cache.%s is a semantic-router setting with no effect here; ignored", key)
+    cache_part = {k: v for k, v in section.items() if k not in IGNORED_ROUTER_KEYS and k != "server"}
+    values = _check_section(cache_part, _CACHE_KEYS, "semantic_cache", errors)
+    server_raw = section.get("server", {}) or {}
+    if not isinstance(server_raw, dict):
+        errors.append("semantic_cache.server: must be a mapping")
+        server_raw = {}
+    server_values = _check_section(server_raw, _SERVER_KEYS, "semantic_cache.server", errors)
+    ignore = values.get("fingerprint_ignore_fields")
+    if ignore is not None:
+        if not all(isinstance(x, str) for x in ignore):
+            errors.append("semantic_cache.fingerprint_ignore_fields: every item must be a string")
+        elif {"model", "messages"} & set(ignore):
+            errors.append(
+                "semantic_cache.fingerprint_ignore_fields: model and messages are always part of "
+                "the request identity; remove them"
+            )
+        values["fingerprint_ignore_fields"] = tuple(ignore)
+    if values.get("embedding_model") == "bert":
+        values["embedding_model"] = DEFAULT_EMBEDDING_MODEL
+    if errors:
+        raise ConfigError(f"{source}: invalid configuration:\n  " + "\n  ".join(errors))
+    settings = CacheSettings(**values, server=ServerSettings(**server_values), source=source)
+    if settings.backend_type == "milvus" and not settings.backend_config_path:
+        raise ConfigError(
+            f"{source}: semantic_cache.backend_config_path is required when backend_type is "
+            '"milvus" (e.g. "config/semantic-cache/milvus.yaml")'
+        )
+    if settings.backend_config_path:
+        settings.backend_config_file()  # raises with both locations when missing
+    return settings
+
+
+def _apply_env_overrides(section: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    section = dict(section)
+    for var, key_path in ENV_OVERRIDES.items():
+        value = env.get(var)
+        if not value:
+            continue
+        if "." in key_path:
+            outer, inner = key_path.split(".", 1)
+            nested = dict(section.get(outer) or {})
+            nested[inner] = value
+            section[outer] = nested
+        else:
+            section[key_path] = value
+    return section
+
+
+def with_overrides(settings: CacheSettings, **changes: Any) -> CacheSettings:
+    """A copy of ``settings`` with some fields changed (tests and the eval tool use this)."""
+    known = {f.name for f in fields(CacheSettings)}
+    unknown = set(changes) - known
+    if unknown:
+        raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+    return replace(settings, **changes)

@@ -1,0 +1,319 @@
+"""One object per ext_proc stream: request headers → request body → response headers → body.
+
+The server owns the stream loop and calls :meth:`StreamProcessor.handle` for each message; the
+processor has one method per phase and returns exactly one reply per message it is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+import time
+import zlib
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import betterproto2
+
+from . import messages as m
+from .cache import CacheQuery, LookupResult, SemanticCache
+from .config import CacheSettings
+from .openai import (
+    CHAT_PATH,
+    ChatRequest,
+    NotCacheable,
+    NotStorable,
+    exact_key,
+    parse_chat_request,
+    parse_json_completion,
+    parse_sse_completion,
+    partition_key,
+    render_completion,
+    render_sse,
+    scope_from_authorization,
+)
+
+log = logging.getLogger(__name__)
+
+HEADER = "x-semantic-cache"
+Spawn = Callable[[Coroutine[Any, Any, None]], None]
+
+
+@dataclass
+class Decision:
+    """What happened to one request, for the response header, logs, metrics and traces."""
+
+    outcome: str = "bypass"
+    """``hit`` | ``miss`` | ``bypass``."""
+    reason: str = ""
+    """Why a request was bypassed (``not_chat``, ``no_cache_no_store``, ``backend_error``…)."""
+    match: str | None = None
+    similarity: float = 0.0
+    model: str = ""
+    store: str = ""
+    """``stored`` or the store-skip reason (``non_2xx``, ``truncated``, ``too_large``…)."""
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Shared:
+    """What every stream of one server shares."""
+
+    settings: CacheSettings
+    cache: SemanticCache
+    spawn: Spawn
+    """Runs a coroutine in the background, tracked for graceful shutdown."""
+    on_decision: Callable[[Decision], None] = lambda d: None
+
+
+def cache_control(value: str) -> tuple[bool, bool]:
+    """(no_cache, no_store) from a ``cache-control`` request header."""
+    directives = {d.strip().split("=", 1)[0].lower() for d in value.split(",")}
+    return "no-cache" in directives, "no-store" in directives
+
+
+class StreamProcessor:
+    """Handles the messages of one HTTP request / response."""
+
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
+        self.settings = shared.settings
+        self.decision = Decision()
+        self._query: CacheQuery | None = None
+        self._request: ChatRequest | None = None
+        self._lookup: LookupResult | None = None
+        self._no_cache = False
+        self._no_store = False
+        self._scope = "global"
+        self._request_encoding = ""
+        self._storing = False
+        self._status = 0
+        self._content_type = ""
+        self._content_encoding = ""
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._captured = False
+        self._reported = False
+
+    async def handle(self, request: m.ProcessingRequest) -> m.ProcessingResponse:
+        """Dispatch one ext_proc message to its phase method."""
+        phase, value = betterproto2.which_one_of(request, "request")
+        try:
+            if phase == "request_headers":
+                return self.on_request_headers(m.header_dict(value.headers), value.end_of_stream)
+            if phase == "request_body":
+                return await self.on_request_body(value.body, value.end_of_stream)
+            if phase == "response_headers":
+                return self.on_response_headers(m.header_dict(value.headers), value.end_of_stream)
+            if phase == "response_body":
+                return self.on_response_body(value.body, value.end_of_stream)
+        except Exception:  # a bug must never break the request: continue unchanged
+            log.exception("processor error in %s; passing the request through", phase)
+            self._mark_bypass("internal_error")
+            return m.continue_phase(phase)
+        return m.continue_phase(phase or "request_trailers")
+
+    # --- request -------------------------------------------------------------------------
+
+    def on_request_headers(self, headers: dict[str, str], end_of_stream: bool) -> m.ProcessingResponse:
+        """Decide whether this request is ours; strip accept-encoding if it may be stored."""
+        path = headers.get(":path", "").split("?", 1)[0]
+        if headers.get(":method") != "POST" or path != CHAT_PATH:
+            return self._pass_through("not_chat")
+        if not self.settings.enabled:
+            return self._bypass("disabled")
+        if end_of_stream:
+            return self._bypass("no_body")
+        self._no_cache, self._no_store = cache_control(headers.get("cache-control", ""))
+        if self._no_cache and self._no_store:
+            return self._bypass("no_cache_no_store")
+        scope = self._scope_of(headers)
+        if scope is None:
+            return self._bypass("no_scope")
+        self._scope = scope
+        self._request_encoding = headers.get("content-encoding", "").strip().lower()
+        remove = () if self._no_store else ("accept-encoding",)
+        return m.request_headers(m.mutation(remove=remove))
+
+    def _scope_of(self, headers: dict[str, str]) -> str | None:
+        mode = self.settings.scope_mode
+        if mode == "header":
+            value = headers.get(self.settings.scope_header.lower(), "").strip()
+            return f"header:{value}" if value else None
+        if mode == "authorization":
+            return scope_from_authorization(headers.get("authorization"))
+        return "global"
+
+    async def on_request_body(self, body: bytes, end_of_stream: bool) -> m.ProcessingResponse:
+        """Look the prompt up: answer a hit at once, otherwise let the request go upstream."""
+        if not end_of_stream:  # BUFFERED_PARTIAL: bigger than Envoy's buffer
+            self._mark_bypass("request_too_large")
+            return m.request_body()
+        try:
+            body = self._decode_request(body)
+            chat = parse_chat_request(body, self.settings.fingerprint_ignore_fields)
+        except NotCacheable as exc:
+            self._mark_bypass(exc.reason)
+            return m.request_body()
+        self._request = chat
+        self.decision.model = chat.model
+        query = CacheQuery(
+            model=chat.model, scope=self._scope, fingerprint=chat.fingerprint, prompt=chat.prompt,
+            partition=partition_key(chat.model, self._scope, chat.fingerprint),
+            exact_key=exact_key(chat.model, self._scope, chat.fingerprint, chat.prompt),
+        )
+        self._query = query
+        self.decision.outcome = "miss"
+        self._storing = not self._no_store
+        if self._no_cache:
+            self.decision.reason = "no_cache"
+            return m.request_body()
+        started = time.perf_counter()
+        try:
+            timeout = self.settings.lookup_timeout_ms / 1000
+            self._lookup = await asyncio.wait_for(self.shared.cache.check(query), timeout)
+        except Exception as exc:  # never fail the request because of the cache
+            reason = "lookup_timeout" if isinstance(exc, TimeoutError) else "backend_error"
+            log.warning("cache lookup failed (%s): %s", reason, type(exc).__name__, exc_info=log.isEnabledFor(logging.DEBUG))
+            self._storing = False
+            self._mark_bypass(reason)
+            return m.request_body()
+        finally:
+            self.decision.timings["lookup_ms"] = (time.perf_counter() - started) * 1000
+        lookup = self._lookup
+        if lookup.entry is None:
+            return m.request_body()
+        return self._serve_hit(chat, lookup)
+
+    def _decode_request(self, body: bytes) -> bytes:
+        encoding = self._request_encoding
+        if encoding in ("", "identity"):
+            return body
+        if encoding in ("gzip", "x-gzip"):
+            try:
+                return gzip.decompress(body)
+            except (OSError, EOFError, zlib.error) as exc:
+                raise NotCacheable("bad_encoding") from exc
+        raise NotCacheable("unsupported_encoding")
+
+    def _serve_hit(self, chat: ChatRequest, lookup: LookupResult) -> m.ProcessingResponse:
+        assert lookup.entry is not None
+        self.decision.outcome, self.decision.match = "hit", lookup.match
+        self.decision.similarity = lookup.similarity
+        stored = lookup.entry.response
+        if chat.stream:
+            body, content_type = render_sse(stored, chat.include_usage), "text/event-stream"
+        else:
+            body, content_type = render_completion(stored), "application/json"
+        self._report()
+        return m.immediate(200, body, {
+            "content-type": content_type,
+            HEADER: "hit",
+            f"{HEADER}-similarity": f"{lookup.similarity:.4f}",
+            f"{HEADER}-match": lookup.match or "semantic",
+        })
+
+    # --- response ------------------------------------------------------------------------
+
+    def on_response_headers(self, headers: dict[str, str], end_of_stream: bool) -> m.ProcessingResponse:
+        """Mark the response; keep streaming its body to us only if it may be stored."""
+        try:
+            self._status = int(headers.get(":status", "0"))
+        except ValueError:
+            self._status = 0
+        self._content_type = headers.get("content-type", "").lower()
+        self._content_encoding = headers.get("content-encoding", "").strip().lower()
+        marks = m.mutation({HEADER: self.decision.outcome})
+        if self._storing and not 200 <= self._status < 300:
+            self._skip_store("non_2xx")
+        elif self._storing and end_of_stream:
+            self._skip_store("empty_body")
+        elif self._storing and self._content_encoding not in ("", "identity", "gzip"):
+            self._skip_store("encoded_response")
+        if not self._storing:
+            self._report()
+            return m.response_headers(marks, m.NO_RESPONSE_BODY)
+        return m.response_headers(marks)
+
+    def on_response_body(self, chunk: bytes, end_of_stream: bool) -> m.ProcessingResponse:
+        """Pass each chunk on at once; keep a copy to store when the response completes."""
+        if self._storing:
+            self._size += len(chunk)
+            if self._size > self.settings.max_response_bytes:
+                self._skip_store("too_large")
+                self._chunks.clear()
+            else:
+                self._chunks.append(chunk)
+        if end_of_stream and not self._captured:
+            self._captured = True
+            if self._storing:
+                body, self._chunks = b"".join(self._chunks), []
+                self.shared.spawn(self._store(body))
+            else:
+                self._report()
+        return m.response_body()
+
+    async def _store(self, body: bytes) -> None:
+        query, lookup = self._query, self._lookup
+        assert query is not None
+        try:
+            if self._content_encoding == "gzip":
+                body = gzip.decompress(body)
+            if "text/event-stream" in self._content_type:
+                completion = parse_sse_completion(body)
+            else:
+                completion = parse_json_completion(body)
+        except NotStorable as exc:
+            self._skip_store(exc.reason)
+        except (OSError, EOFError, zlib.error):
+            self._skip_store("unparseable")
+        else:
+            started = time.perf_counter()
+            try:
+                vector = lookup.vector if lookup is not None else None
+                await self.shared.cache.store(query, completion, vector)
+                self.decision.store = "stored"
+            except Exception as exc:
+                log.warning("cache store failed: %s", type(exc).__name__, exc_info=log.isEnabledFor(logging.DEBUG))
+                self._skip_store("backend_error")
+            self.decision.timings["store_ms"] = (time.perf_counter() - started) * 1000
+        self._report()
+
+    def on_stream_closed(self) -> None:
+        """The stream ended; a response still being captured was aborted."""
+        if self._storing and not self._captured:
+            self._skip_store("stream_aborted")
+            self._chunks.clear()
+        if not self._storing:
+            self._report()
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _pass_through(self, reason: str) -> m.ProcessingResponse:
+        self._mark_bypass(reason)
+        self._report()
+        return m.request_headers(mode=m.SKIP_ALL)
+
+    def _bypass(self, reason: str) -> m.ProcessingResponse:
+        self._mark_bypass(reason)
+        return m.request_headers(mode=m.HEADERS_ONLY)
+
+    def _mark_bypass(self, reason: str) -> None:
+        self.decision.outcome, self.decision.reason = "bypass", reason
+        self._storing = False
+
+    def _skip_store(self, reason: str) -> None:
+        self._storing = False
+        if not self.decision.store:
+            self.decision.store = reason
+
+    def _report(self) -> None:
+        if self._reported:
+            return
+        self._reported = True
+        try:
+            self.shared.on_decision(self.decision)
+        except Exception:  # reporting must never break a request
+            log.exception("decision reporting failed")

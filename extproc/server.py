@@ -1,0 +1,160 @@
+"""The grpc.aio server: the ext_proc stream loop, gRPC health, message limits, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from . import messages as m
+from .cache import MemoryBackend, SemanticCache
+from .cache.schema import CacheBackend
+from .config import CacheSettings
+from .embedding import Embedder, load_sentence_model
+from .processor import Decision, Shared, StreamProcessor
+
+log = logging.getLogger(__name__)
+
+SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+
+
+class BackgroundTasks:
+    """Tracks fire-and-forget work (stores after a response) so shutdown can wait for it."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` in the background."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for running tasks."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+
+
+class DecisionLog:
+    """Counts decisions and logs one debug line per request (never prompt text)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {"hit": 0, "miss": 0, "bypass": 0}
+
+    def __call__(self, d: Decision) -> None:
+        """Record one decision."""
+        self.counts[d.outcome] = self.counts.get(d.outcome, 0) + 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "decision=%s reason=%s match=%s similarity=%.4f model=%s store=%s timings=%s",
+                d.outcome, d.reason or "-", d.match or "-", d.similarity, d.model or "-",
+                d.store or "-", {k: round(v, 2) for k, v in d.timings.items()},
+            )
+
+
+class ExtProcServer:
+    """Serves ``ExternalProcessor/Process`` and gRPC health on one address."""
+
+    def __init__(self, shared: Shared, tasks: BackgroundTasks, max_message_bytes: int) -> None:
+        self.shared = shared
+        self.tasks = tasks
+        self.health = health.aio.HealthServicer()
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        self.server = grpc.aio.server(options=options)
+        handler = grpc.method_handlers_generic_handler(SERVICE, {
+            "Process": grpc.stream_stream_rpc_method_handler(
+                self._process,
+                request_deserializer=m.ProcessingRequest.FromString,
+                response_serializer=m.ProcessingResponse.SerializeToString,
+            )
+        })
+        self.server.add_generic_rpc_handlers((handler,))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.port = 0
+
+    async def _process(
+        self, requests: AsyncIterator[m.ProcessingRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[m.ProcessingResponse]:
+        processor = StreamProcessor(self.shared)
+        try:
+            async for request in requests:
+                reply = await processor.handle(request)
+                yield reply
+                if reply.immediate_response is not None:
+                    return
+        finally:
+            processor.on_stream_closed()
+
+    async def start(self, address: str) -> int:
+        """Bind and start; return the bound port (useful with port 0)."""
+        self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {address}")
+        await self.server.start()
+        for name in ("", SERVICE):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    async def stop(self, grace: float) -> None:
+        """Stop taking streams, let open ones finish (up to ``grace`` s), then wait for stores."""
+        await self.health.enter_graceful_shutdown()
+        started = time.monotonic()
+        await self.server.stop(grace)
+        await self.tasks.drain(max(1.0, grace - (time.monotonic() - started)))
+
+
+def make_backend(settings: CacheSettings, dim: int) -> CacheBackend:
+    """The backend named by ``backend_type``."""
+    if settings.backend_type == "memory":
+        return MemoryBackend(dim, settings.max_entries, settings.eviction_policy)
+    raise ValueError(f"backend_type {settings.backend_type!r} is not available in this build")
+
+
+async def build_server(settings: CacheSettings) -> ExtProcServer:
+    """Load the model and backend and assemble a server (not yet listening)."""
+    started = time.perf_counter()
+    encode, dim = await asyncio.to_thread(load_sentence_model, settings.embedding_model, settings.embedding_threads)
+    log.info("model ready in %.2fs", time.perf_counter() - started)
+    embedder = Embedder(encode, dim, settings.embedding_batch_size)
+    backend = make_backend(settings, dim)
+    log.info(
+        "backend=%s threshold=%.3f max_entries=%d ttl=%ds eviction=%s scope=%s",
+        backend.name, settings.similarity_threshold, settings.max_entries, settings.ttl_seconds,
+        settings.eviction_policy, settings.scope_mode,
+    )
+    cache = SemanticCache(
+        backend, embedder, settings.similarity_threshold, settings.top_k, settings.ttl_seconds
+    )
+    tasks = BackgroundTasks()
+    shared = Shared(settings=settings, cache=cache, spawn=tasks.spawn, on_decision=DecisionLog())
+    return ExtProcServer(shared, tasks, settings.server.max_message_bytes)
+
+
+async def serve(settings: CacheSettings, ready: asyncio.Event | None = None) -> None:
+    """Run the processor until SIGINT / SIGTERM, then shut down gracefully."""
+    server = await build_server(settings)
+    port = await server.start(settings.server.grpc_address)
+    host = settings.server.grpc_address.rpartition(":")[0]
+    log.info("ext_proc gRPC listening on %s:%d", host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    log.info("shutting down: draining streams for up to %.0fs", settings.server.shutdown_grace_seconds)
+    await server.stop(settings.server.shutdown_grace_seconds)
+    await server.shared.cache.close()
+    log.info("stopped")
