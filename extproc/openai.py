@@ -38,6 +38,8 @@ class ChatRequest:
     """Hash of everything else in the request that can change the answer."""
     stream: bool
     include_usage: bool
+    n: int = 1
+    """Choices asked for; a stored response must have exactly this many, all complete."""
 
 
 def normalize_text(text: str) -> str:
@@ -108,6 +110,7 @@ def parse_chat_request(body: bytes, ignore_fields: Iterable[str] = ("stream", "s
         fingerprint=_hash(canonical),
         stream=data.get("stream") is True,
         include_usage=isinstance(stream_options, dict) and stream_options.get("include_usage") is True,
+        n=data["n"] if isinstance(data.get("n"), int) and data["n"] > 0 else 1,
     )
 
 
@@ -143,13 +146,15 @@ class NotStorable(Exception):
 _GOOD_FINISH = frozenset({"stop", "tool_calls", "function_call"})
 
 
-def validate_completion(completion: Any) -> dict[str, Any]:
+def validate_completion(completion: Any, choices_expected: int = 1) -> dict[str, Any]:
     """Check that a parsed ``chat.completion`` is complete and safe to serve again."""
     if not isinstance(completion, dict):
         raise NotStorable("unparseable")
     choices = completion.get("choices")
     if not isinstance(choices, list) or not choices:
         raise NotStorable("no_choices")
+    if len(choices) != choices_expected:
+        raise NotStorable("incomplete")
     for choice in choices:
         if not isinstance(choice, dict) or not isinstance(choice.get("message"), dict):
             raise NotStorable("unparseable")
@@ -161,7 +166,7 @@ def validate_completion(completion: Any) -> dict[str, Any]:
     return completion
 
 
-def parse_json_completion(body: bytes) -> dict[str, Any]:
+def parse_json_completion(body: bytes, choices_expected: int = 1) -> dict[str, Any]:
     """Parse and validate a non-streaming chat.completion body."""
     try:
         data = json.loads(body)
@@ -169,7 +174,7 @@ def parse_json_completion(body: bytes) -> dict[str, Any]:
         raise NotStorable("unparseable") from exc
     if isinstance(data, dict) and "error" in data:
         raise NotStorable("error_body")
-    return validate_completion(data)
+    return validate_completion(data, choices_expected)
 
 
 def iter_sse_data(body: bytes) -> Iterable[str]:
@@ -182,7 +187,7 @@ def iter_sse_data(body: bytes) -> Iterable[str]:
             yield "\n".join(data)
 
 
-def parse_sse_completion(body: bytes) -> dict[str, Any]:
+def parse_sse_completion(body: bytes, choices_expected: int = 1) -> dict[str, Any]:
     """Rebuild one canonical ``chat.completion`` from a complete ``chat.completion.chunk`` stream.
 
     The stream must end with ``data: [DONE]`` and every choice must have a finish_reason.
@@ -221,7 +226,7 @@ def parse_sse_completion(body: bytes) -> dict[str, Any]:
         completion["system_fingerprint"] = head["system_fingerprint"]
     if usage is not None:
         completion["usage"] = usage
-    return validate_completion(completion)
+    return validate_completion(completion, choices_expected)
 
 
 def _merge_delta(choices: dict[int, dict[str, Any]], delta_choice: Any) -> None:
@@ -313,7 +318,8 @@ def render_sse(stored: dict[str, Any], include_usage: bool, piece_chars: int = 6
             deltas = [dict(call, index=i) for i, call in enumerate(calls)]
             parts.append(_chunk(base, [{"index": index, "delta": {"tool_calls": deltas}, "finish_reason": None}]))
         parts.append(_chunk(base, [{"index": index, "delta": {}, "finish_reason": choice.get("finish_reason", "stop")}]))
-    if include_usage:
-        parts.append(_chunk(base, [], usage=stored.get("usage")))
+    if include_usage:  # the stored usage; zeros if the original stream did not report it
+        usage = stored.get("usage") or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        parts.append(_chunk(base, [], usage=usage))
     parts.append(b"data: [DONE]\n\n")
     return b"".join(parts)

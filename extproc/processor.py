@@ -261,10 +261,11 @@ class StreamProcessor:
         try:
             if self._content_encoding == "gzip":
                 body = gzip.decompress(body)
+            expected = self._request.n if self._request is not None else 1
             if "text/event-stream" in self._content_type:
-                completion = parse_sse_completion(body)
+                completion = parse_sse_completion(body, expected)
             else:
-                completion = parse_json_completion(body)
+                completion = parse_json_completion(body, expected)
         except NotStorable as exc:
             self._skip_store(exc.reason)
         except (OSError, EOFError, zlib.error):

@@ -16,7 +16,7 @@ from . import messages as m
 from .cache import MemoryBackend, SemanticCache
 from .cache.schema import CacheBackend
 from .config import CacheSettings
-from .embedding import Embedder, load_sentence_model
+from .embedding import Embedder, EncodeFn, load_sentence_model
 from .processor import Decision, Shared, StreamProcessor
 
 log = logging.getLogger(__name__)
@@ -121,11 +121,15 @@ def make_backend(settings: CacheSettings, dim: int) -> CacheBackend:
     raise ValueError(f"backend_type {settings.backend_type!r} is not available in this build")
 
 
-async def build_server(settings: CacheSettings) -> ExtProcServer:
-    """Load the model and backend and assemble a server (not yet listening)."""
-    started = time.perf_counter()
-    encode, dim = await asyncio.to_thread(load_sentence_model, settings.embedding_model, settings.embedding_threads)
-    log.info("model ready in %.2fs", time.perf_counter() - started)
+async def build_server(
+    settings: CacheSettings, model: tuple[EncodeFn, int] | None = None
+) -> ExtProcServer:
+    """Load the model (unless given) and backend and assemble a server (not yet listening)."""
+    if model is None:
+        started = time.perf_counter()
+        model = await asyncio.to_thread(load_sentence_model, settings.embedding_model, settings.embedding_threads)
+        log.info("model ready in %.2fs", time.perf_counter() - started)
+    encode, dim = model
     embedder = Embedder(encode, dim, settings.embedding_batch_size)
     backend = make_backend(settings, dim)
     log.info(

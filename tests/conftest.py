@@ -1,0 +1,180 @@
+"""Session fixtures: the real model, a fake upstream, in-process processors and real Envoys."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from extproc.config import CacheSettings, ServerSettings, with_overrides
+from extproc.embedding import EncodeFn, load_sentence_model
+from extproc.proxy import envoy_command, render_envoy_config
+from extproc.server import ExtProcServer, build_server
+
+from . import upstream as fake
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_http(url: str, timeout: float = 30.0) -> None:
+    """Poll ``url`` until it answers 200."""
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(url, timeout=1)).status_code == 200:
+                    return
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"{url} did not become ready")
+
+
+@dataclass
+class Envoy:
+    """A running Envoy process."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    admin_port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        """Base URL of the HTTP listener."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        """Terminate (then kill) the process."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+async def start_envoy(tmp: Path, extproc_port: int, upstream_port: int, **env: str) -> Envoy:
+    """Render envoy/envoy.yaml for these ports and start the real Envoy binary."""
+    port, admin = free_port(), free_port()
+    values = dict(os.environ) | {
+        "ENVOY_LISTEN_PORT": str(port), "ENVOY_ADMIN_PORT": str(admin),
+        "EXTPROC_PORT": str(extproc_port), "UPSTREAM_URL": f"http://127.0.0.1:{upstream_port}",
+    } | env
+    config = tmp / f"envoy-{port}.yaml"
+    config.write_text(render_envoy_config(values))
+    log = tmp / f"envoy-{port}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(envoy_command(config, "info"), stdout=out, stderr=subprocess.STDOUT)
+    envoy = Envoy(process, port, admin, log)
+    try:
+        await wait_http(f"http://127.0.0.1:{admin}/ready")
+    except TimeoutError:
+        envoy.stop()
+        raise RuntimeError("Envoy did not start:\n" + log.read_text()[-4000:]) from None
+    return envoy
+
+
+@dataclass
+class Stack:
+    """Envoy → in-process processor → fake upstream."""
+
+    envoy: Envoy
+    server: ExtProcServer
+    upstream: fake.FakeUpstream
+    client: httpx.AsyncClient
+
+    async def chat(self, body: dict[str, Any], **headers: str) -> httpx.Response:
+        """POST a chat request through Envoy."""
+        return await self.client.post("/v1/chat/completions", json=body, headers=headers)
+
+    async def entries(self) -> int:
+        """Entries in the processor's cache."""
+        return await self.server.shared.cache.backend.count()
+
+    async def wait_entries(self, n: int, timeout: float = 5.0) -> None:
+        """Wait until the cache holds at least ``n`` entries (stores run after the response)."""
+        deadline = time.monotonic() + timeout
+        while await self.entries() < n:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"cache has {await self.entries()} entries, expected {n}")
+            await asyncio.sleep(0.02)
+
+    async def settle(self) -> None:
+        """Let background stores finish."""
+        await self.server.tasks.drain(5)
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def model() -> tuple[EncodeFn, int]:
+    """The packaged all-MiniLM-L6-v2, loaded once."""
+    return load_sentence_model("all-MiniLM-L6-v2")
+
+
+@pytest.fixture(scope="session")
+async def upstream() -> AsyncIterator[fake.FakeUpstream]:
+    """The fake OpenAI-compatible upstream."""
+    state = fake.FakeUpstream()
+    runner = await fake.start(state)
+    yield state
+    await runner.cleanup()
+
+
+StackFactory = Callable[..., Awaitable[Stack]]
+
+
+@pytest.fixture(scope="session")
+async def make_stack(
+    model: tuple[EncodeFn, int], upstream: fake.FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[StackFactory]:
+    """Build (once per distinct settings) a processor + Envoy pair in front of the upstream."""
+    made: dict[tuple[tuple[str, Any], ...], Stack] = {}
+    tmp = tmp_path_factory.mktemp("envoy")
+
+    async def factory(envoy_env: dict[str, str] | None = None, **overrides: Any) -> Stack:
+        key = tuple(sorted(overrides.items())) + tuple(sorted((envoy_env or {}).items()))
+        if key not in made:
+            settings = with_overrides(
+                CacheSettings(server=ServerSettings(grpc_address="127.0.0.1:0")), **overrides
+            )
+            server = await build_server(settings, model)
+            port = await server.start("127.0.0.1:0")
+            envoy = await start_envoy(tmp, port, upstream.port, **(envoy_env or {}))
+            client = httpx.AsyncClient(base_url=envoy.url, timeout=30)
+            made[key] = Stack(envoy, server, upstream, client)
+        return made[key]
+
+    yield factory
+    for stack in made.values():
+        await stack.client.aclose()
+        stack.envoy.stop()
+        await stack.server.stop(1)
+
+
+@pytest.fixture
+async def stack(make_stack: StackFactory) -> Stack:
+    """The default stack: memory backend, global scope, default threshold."""
+    return await make_stack()
+
+
+def python_exe() -> str:
+    """The interpreter running the tests (for subprocess CLIs)."""
+    return sys.executable

@@ -1,0 +1,150 @@
+"""A small OpenAI-compatible upstream for tests: counts calls and misbehaves on request.
+
+The ``x-test-mode`` request header picks the behaviour: ``ok`` (default), ``error`` (HTTP 500),
+``length`` (finish_reason length), ``content_filter``, ``abort`` (the stream or body is cut
+mid-way), ``slow`` (waits ``x-test-delay-ms``), ``gzip`` (gzip-encoded JSON body),
+``n2-partial`` (two choices, one truncated).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Seen:
+    """One request the upstream received."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class FakeUpstream:
+    """State shared by the handlers; tests read ``calls`` and ``seen``."""
+
+    calls: int = 0
+    seen: list[Seen] = field(default_factory=list)
+    port: int = 0
+
+    def chat_calls(self, model: str) -> int:
+        """How many chat requests for ``model`` reached the upstream."""
+        n = 0
+        for s in self.seen:
+            if s.path == "/v1/chat/completions":
+                try:
+                    if json.loads(s.body).get("model") == model:
+                        n += 1
+                except ValueError:
+                    pass
+        return n
+
+
+def _completion(model: str, text: str, finish: str = "stop", choices: int = 1) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-upstream",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+            for i in range(choices)
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8},
+    }
+
+
+def make_app(state: FakeUpstream) -> web.Application:
+    """The aiohttp app of the fake upstream."""
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        state.calls += 1
+        state.seen.append(Seen(request.method, request.path, dict(request.headers), raw))
+        n = state.calls
+        mode = request.headers.get("x-test-mode", "ok")
+        if mode == "slow":
+            await asyncio.sleep(int(request.headers.get("x-test-delay-ms", "500")) / 1000)
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return web.json_response({"error": {"message": "bad json"}}, status=400)
+        if not isinstance(body, dict):
+            return web.json_response({"error": {"message": "not an object"}}, status=400)
+        model = str(body.get("model", "m"))
+        text = f"answer #{n} from upstream"
+        if mode == "error":
+            return web.json_response({"error": {"message": "boom", "type": "server_error"}}, status=500)
+        finish = {"length": "length", "content_filter": "content_filter"}.get(mode, "stop")
+        completion = _completion(model, text, finish, choices=2 if mode == "n2-partial" else 1)
+        if mode == "n2-partial":
+            completion["choices"][1]["finish_reason"] = "length"
+        if body.get("stream") is True:
+            return await _stream(request, completion, mode, body)
+        payload = json.dumps(completion).encode()
+        if mode == "gzip":
+            return web.Response(body=gzip.compress(payload), headers={
+                "content-type": "application/json", "content-encoding": "gzip"})
+        if mode == "abort":
+            response = web.StreamResponse(headers={"content-type": "application/json", "content-length": str(len(payload))})
+            await response.prepare(request)
+            await response.write(payload[: len(payload) // 2])
+            request.transport.close()
+            return response
+        return web.Response(body=payload, content_type="application/json")
+
+    async def _stream(request: web.Request, completion: dict[str, Any], mode: str, body: dict[str, Any]) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        base = {"id": completion["id"], "object": "chat.completion.chunk", "created": completion["created"], "model": completion["model"]}
+        words = completion["choices"][0]["message"]["content"].split(" ")
+
+        async def send(obj: dict[str, Any]) -> None:
+            await response.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
+            await asyncio.sleep(0.005)
+
+        for choice in completion["choices"]:
+            index = choice["index"]
+            await send(base | {"choices": [{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+            for i, word in enumerate(words):
+                await send(base | {"choices": [{"index": index, "delta": {"content": (" " if i else "") + word}, "finish_reason": None}]})
+                if mode == "abort" and i == 1:
+                    request.transport.close()
+                    return response
+            await send(base | {"choices": [{"index": index, "delta": {}, "finish_reason": choice["finish_reason"]}]})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await send(base | {"choices": [], "usage": completion["usage"]})
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    async def other(request: web.Request) -> web.Response:
+        raw = await request.read()
+        state.calls += 1
+        state.seen.append(Seen(request.method, request.path, dict(request.headers), raw))
+        return web.json_response({"echo_path": request.path, "echo_len": len(raw), "method": request.method})
+
+    app = web.Application(client_max_size=256 * 1024 * 1024)
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_route("*", "/{tail:.*}", other)
+    return app
+
+
+async def start(state: FakeUpstream) -> web.AppRunner:
+    """Start on a free loopback port (written to ``state.port``)."""
+    runner = web.AppRunner(make_app(state), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    assert site._server is not None
+    state.port = site._server.sockets[0].getsockname()[1]
+    return runner
