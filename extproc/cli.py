@@ -22,7 +22,8 @@ log = logging.getLogger("semantic_cache")
 
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
-        level=level.upper(), stream=sys.stderr,
+        level=level.upper(),
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     for noisy in ("sentence_transformers", "transformers", "httpx", "aiohttp.access"):
@@ -124,7 +125,7 @@ async def _run(settings: CacheSettings, envoy_log_level: str) -> int:
         log.info("Envoy listening on http://%s:%d (config %s)", *listen, config_file)
         log.info(
             "ready: curl -s http://%s:%d/v1/chat/completions -H 'content-type: application/json' "
-            "-d '{\"model\":\"demo\",\"messages\":[{\"role\":\"user\",\"content\":\"What is Envoy?\"}]}' -i",
+            '-d \'{"model":"demo","messages":[{"role":"user","content":"What is Envoy?"}]}\' -i',
             *listen,
         )
         envoy_exit = asyncio.create_task(envoy.wait())

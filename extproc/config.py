@@ -253,9 +253,7 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     return parse_config(raw, source=str(file), env=env)
 
 
-def parse_config(
-    raw: Any, source: str = "<inline>", env: Mapping[str, str] | None = None
-) -> CacheSettings:
+def parse_config(raw: Any, source: str = "<inline>", env: Mapping[str, str] | None = None) -> CacheSettings:
     """Validate an already-parsed YAML document (see :func:`load_config`)."""
     env = os.environ if env is None else env
     if raw is None:
@@ -264,7 +262,9 @@ def parse_config(
         raise ConfigError(f"{source}: the top level must be a mapping with a semantic_cache: section")
     section = raw.get("semantic_cache")
     if section is None:
-        raise ConfigError(f"{source}: no semantic_cache: section. Add one, e.g. semantic_cache: {{backend_type: memory}}")
+        raise ConfigError(
+            f"{source}: no semantic_cache: section. Add one, e.g. semantic_cache: {{backend_type: memory}}"
+        )
     if not isinstance(section, dict):
         raise ConfigError(f"semantic_cache: must be a mapping, got {type(section).__name__}")
     section = expand_env(section, "semantic_cache", env)

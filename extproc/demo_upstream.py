@@ -30,8 +30,11 @@ def canned_completion(model: str, prompt: str) -> dict[str, Any]:
         "created": int(time.time()),
         "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split()),
-                  "total_tokens": len(prompt.split()) + len(text.split())},
+        "usage": {
+            "prompt_tokens": len(prompt.split()),
+            "completion_tokens": len(text.split()),
+            "total_tokens": len(prompt.split()) + len(text.split()),
+        },
     }
 
 
@@ -52,9 +55,13 @@ def make_app(delay_s: float = 0.3) -> web.Application:
         try:
             body = await request.json()
         except ValueError:
-            return web.json_response({"error": {"message": "body is not JSON", "type": "invalid_request_error"}}, status=400)
+            return web.json_response(
+                {"error": {"message": "body is not JSON", "type": "invalid_request_error"}}, status=400
+            )
         if not isinstance(body, dict):
-            return web.json_response({"error": {"message": "body must be an object", "type": "invalid_request_error"}}, status=400)
+            return web.json_response(
+                {"error": {"message": "body must be an object", "type": "invalid_request_error"}}, status=400
+            )
         await asyncio.sleep(delay_s)
         completion = canned_completion(str(body.get("model", "demo")), _last_user_text(body))
         if body.get("stream") is not True:
@@ -63,20 +70,28 @@ def make_app(delay_s: float = 0.3) -> web.Application:
         await response.prepare(request)
         base = {k: completion[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
         words = completion["choices"][0]["message"]["content"].split(" ")
-        deltas = [{"role": "assistant", "content": ""}] + [{"content": (" " if i else "") + w} for i, w in enumerate(words)]
+        deltas = [{"role": "assistant", "content": ""}] + [
+            {"content": (" " if i else "") + w} for i, w in enumerate(words)
+        ]
         for delta in deltas:
             chunk = base | {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
             await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
         last = base | {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
         await response.write(b"data: " + json.dumps(last).encode() + b"\n\n")
         if (body.get("stream_options") or {}).get("include_usage"):
-            await response.write(b"data: " + json.dumps(base | {"choices": [], "usage": completion["usage"]}).encode() + b"\n\n")
+            await response.write(
+                b"data: "
+                + json.dumps(base | {"choices": [], "usage": completion["usage"]}).encode()
+                + b"\n\n"
+            )
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
 
     async def models(_: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "demo", "object": "model", "owned_by": "demo"}]})
+        return web.json_response(
+            {"object": "list", "data": [{"id": "demo", "object": "model", "owned_by": "demo"}]}
+        )
 
     async def health(_: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -88,7 +103,9 @@ def make_app(delay_s: float = 0.3) -> web.Application:
     return app
 
 
-async def start_demo_upstream(host: str = "127.0.0.1", port: int = 0, delay_s: float = 0.3) -> tuple[web.AppRunner, int]:
+async def start_demo_upstream(
+    host: str = "127.0.0.1", port: int = 0, delay_s: float = 0.3
+) -> tuple[web.AppRunner, int]:
     """Start the demo upstream; return its runner (``await runner.cleanup()`` stops it) and port."""
     runner = web.AppRunner(make_app(delay_s), access_log=None)
     await runner.setup()

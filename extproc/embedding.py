@@ -46,8 +46,12 @@ def load_sentence_model(name: str, threads: int = 0) -> tuple[EncodeFn, int]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     import torch
+    import transformers
     from sentence_transformers import SentenceTransformer
+
+    transformers.utils.logging.disable_progress_bar()
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -61,13 +65,18 @@ def load_sentence_model(name: str, threads: int = 0) -> tuple[EncodeFn, int]:
     def encode(texts: Sequence[str]) -> np.ndarray:
         with torch.inference_mode():
             vectors = model.encode(
-                list(texts), batch_size=max(1, len(texts)), normalize_embeddings=True,
-                convert_to_numpy=True, show_progress_bar=False,
+                list(texts),
+                batch_size=max(1, len(texts)),
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
             )
         return np.asarray(vectors, dtype=np.float32)
 
     encode(["warm up"])
-    log.info("embedding model %s loaded from %s in %.2fs (dim %d)", name, path, time.perf_counter() - started, dim)
+    log.info(
+        "embedding model %s loaded from %s in %.2fs (dim %d)", name, path, time.perf_counter() - started, dim
+    )
     return encode, dim
 
 
@@ -81,6 +90,7 @@ class Embedder:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
         self._pending: list[tuple[str, asyncio.Future[np.ndarray]]] = []
         self._draining = False
+        self._drain_task: asyncio.Task[None] | None = None
         self.batches = 0
         self.encoded = 0
 
@@ -91,7 +101,7 @@ class Embedder:
         self._pending.append((text, future))
         if not self._draining:
             self._draining = True
-            loop.create_task(self._drain())
+            self._drain_task = loop.create_task(self._drain())
         return await future
 
     async def embed_many(self, texts: Sequence[str]) -> np.ndarray:

@@ -44,7 +44,9 @@ def header_dict(headers: HeaderMap | None) -> dict[str, str]:
     return out
 
 
-def mutation(set_headers: Mapping[str, str] | None = None, remove: Iterable[str] = ()) -> HeaderMutation | None:
+def mutation(
+    set_headers: Mapping[str, str] | None = None, remove: Iterable[str] = ()
+) -> HeaderMutation | None:
     """A header mutation (values go in ``raw_value``), or None when there is nothing to do."""
     options = [
         HeaderValueOption(header=HeaderValue(key=k, raw_value=v.encode()), append_action=_OVERWRITE)
@@ -96,9 +98,7 @@ def request_headers(
     headers: HeaderMutation | None = None, mode: ProcessingMode | None = None
 ) -> ProcessingResponse:
     """Continue after the request headers, optionally mutating them and changing the mode."""
-    return ProcessingResponse(
-        request_headers=HeadersResponse(response=_common(headers)), mode_override=mode
-    )
+    return ProcessingResponse(request_headers=HeadersResponse(response=_common(headers)), mode_override=mode)
 
 
 def request_body() -> ProcessingResponse:
@@ -110,9 +110,7 @@ def response_headers(
     headers: HeaderMutation | None = None, mode: ProcessingMode | None = None
 ) -> ProcessingResponse:
     """Continue after the response headers, optionally adding headers and changing the mode."""
-    return ProcessingResponse(
-        response_headers=HeadersResponse(response=_common(headers)), mode_override=mode
-    )
+    return ProcessingResponse(response_headers=HeadersResponse(response=_common(headers)), mode_override=mode)
 
 
 def response_body() -> ProcessingResponse:

@@ -71,7 +71,9 @@ def _split_content(content: Any) -> tuple[str, Any]:
     raise NotCacheable("bad_messages")
 
 
-def parse_chat_request(body: bytes, ignore_fields: Iterable[str] = ("stream", "stream_options")) -> ChatRequest:
+def parse_chat_request(
+    body: bytes, ignore_fields: Iterable[str] = ("stream", "stream_options")
+) -> ChatRequest:
     """Parse a chat-completions body into a :class:`ChatRequest` or raise :class:`NotCacheable`."""
     try:
         data = json.loads(body)
@@ -306,18 +308,39 @@ def render_sse(stored: dict[str, Any], include_usage: bool, piece_chars: int = 6
     for choice in stored.get("choices", []):
         index = choice.get("index", 0)
         message = choice.get("message", {})
-        parts.append(_chunk(base, [{"index": index, "delta": {"role": message.get("role", "assistant"), "content": ""}, "finish_reason": None}]))
+        parts.append(
+            _chunk(
+                base,
+                [
+                    {
+                        "index": index,
+                        "delta": {"role": message.get("role", "assistant"), "content": ""},
+                        "finish_reason": None,
+                    }
+                ],
+            )
+        )
         content = message.get("content") or ""
         for start in range(0, len(content), piece_chars):
             delta = {"content": content[start : start + piece_chars]}
             parts.append(_chunk(base, [{"index": index, "delta": delta, "finish_reason": None}]))
         if message.get("refusal"):
-            parts.append(_chunk(base, [{"index": index, "delta": {"refusal": message["refusal"]}, "finish_reason": None}]))
+            parts.append(
+                _chunk(
+                    base, [{"index": index, "delta": {"refusal": message["refusal"]}, "finish_reason": None}]
+                )
+            )
         calls = message.get("tool_calls") or []
         if calls:
             deltas = [dict(call, index=i) for i, call in enumerate(calls)]
-            parts.append(_chunk(base, [{"index": index, "delta": {"tool_calls": deltas}, "finish_reason": None}]))
-        parts.append(_chunk(base, [{"index": index, "delta": {}, "finish_reason": choice.get("finish_reason", "stop")}]))
+            parts.append(
+                _chunk(base, [{"index": index, "delta": {"tool_calls": deltas}, "finish_reason": None}])
+            )
+        parts.append(
+            _chunk(
+                base, [{"index": index, "delta": {}, "finish_reason": choice.get("finish_reason", "stop")}]
+            )
+        )
     if include_usage:  # the stored usage; zeros if the original stream did not report it
         usage = stored.get("usage") or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
         parts.append(_chunk(base, [], usage=usage))

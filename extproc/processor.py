@@ -160,7 +160,10 @@ class StreamProcessor:
         self._request = chat
         self.decision.model = chat.model
         query = CacheQuery(
-            model=chat.model, scope=self._scope, fingerprint=chat.fingerprint, prompt=chat.prompt,
+            model=chat.model,
+            scope=self._scope,
+            fingerprint=chat.fingerprint,
+            prompt=chat.prompt,
             partition=partition_key(chat.model, self._scope, chat.fingerprint),
             exact_key=exact_key(chat.model, self._scope, chat.fingerprint, chat.prompt),
         )
@@ -176,7 +179,12 @@ class StreamProcessor:
             self._lookup = await asyncio.wait_for(self.shared.cache.check(query), timeout)
         except Exception as exc:  # never fail the request because of the cache
             reason = "lookup_timeout" if isinstance(exc, TimeoutError) else "backend_error"
-            log.warning("cache lookup failed (%s): %s", reason, type(exc).__name__, exc_info=log.isEnabledFor(logging.DEBUG))
+            log.warning(
+                "cache lookup failed (%s): %s",
+                reason,
+                type(exc).__name__,
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
             self._storing = False
             self._mark_bypass(reason)
             return m.request_body()
@@ -208,12 +216,16 @@ class StreamProcessor:
         else:
             body, content_type = render_completion(stored), "application/json"
         self._report()
-        return m.immediate(200, body, {
-            "content-type": content_type,
-            HEADER: "hit",
-            f"{HEADER}-similarity": f"{lookup.similarity:.4f}",
-            f"{HEADER}-match": lookup.match or "semantic",
-        })
+        return m.immediate(
+            200,
+            body,
+            {
+                "content-type": content_type,
+                HEADER: "hit",
+                f"{HEADER}-similarity": f"{lookup.similarity:.4f}",
+                f"{HEADER}-match": lookup.match or "semantic",
+            },
+        )
 
     # --- response ------------------------------------------------------------------------
 
@@ -277,7 +289,9 @@ class StreamProcessor:
                 await self.shared.cache.store(query, completion, vector)
                 self.decision.store = "stored"
             except Exception as exc:
-                log.warning("cache store failed: %s", type(exc).__name__, exc_info=log.isEnabledFor(logging.DEBUG))
+                log.warning(
+                    "cache store failed: %s", type(exc).__name__, exc_info=log.isEnabledFor(logging.DEBUG)
+                )
                 self._skip_store("backend_error")
             self.decision.timings["store_ms"] = (time.perf_counter() - started) * 1000
         self._report()

@@ -15,17 +15,23 @@ import yaml
 from .config import ConfigError, substitute_env
 
 TEMPLATE_ENV = "SEMANTIC_CACHE_ENVOY_TEMPLATE"
+_TLS_CONTEXT = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 
 
 def template_path() -> Path:
     """``$SEMANTIC_CACHE_ENVOY_TEMPLATE``, else ``envoy/envoy.yaml`` of the source tree or cwd."""
     explicit = os.environ.get(TEMPLATE_ENV)
     candidates = [Path(explicit)] if explicit else []
-    candidates += [Path(__file__).resolve().parent.parent / "envoy" / "envoy.yaml", Path.cwd() / "envoy" / "envoy.yaml"]
+    candidates += [
+        Path(__file__).resolve().parent.parent / "envoy" / "envoy.yaml",
+        Path.cwd() / "envoy" / "envoy.yaml",
+    ]
     for path in candidates:
         if path.is_file():
             return path
-    raise ConfigError(f"Envoy template not found (looked at {', '.join(map(str, candidates))}); set {TEMPLATE_ENV}")
+    raise ConfigError(
+        f"Envoy template not found (looked at {', '.join(map(str, candidates))}); set {TEMPLATE_ENV}"
+    )
 
 
 def upstream_env(url: str) -> dict[str, str]:
@@ -35,7 +41,11 @@ def upstream_env(url: str) -> dict[str, str]:
         raise ConfigError(f"UPSTREAM_URL must look like http://host:port or https://host:port, got {url!r}")
     tls = parts.scheme == "https"
     port = parts.port or (443 if tls else 80)
-    return {"UPSTREAM_HOST": parts.hostname, "UPSTREAM_PORT": str(port), "UPSTREAM_TLS": "true" if tls else "false"}
+    return {
+        "UPSTREAM_HOST": parts.hostname,
+        "UPSTREAM_PORT": str(port),
+        "UPSTREAM_TLS": "true" if tls else "false",
+    }
 
 
 def render_envoy_config(env: Mapping[str, str] | None = None, template: Path | None = None) -> str:
@@ -53,7 +63,7 @@ def render_envoy_config(env: Mapping[str, str] | None = None, template: Path | N
             cluster["transport_socket"] = {
                 "name": "envoy.transport_sockets.tls",
                 "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                    "@type": _TLS_CONTEXT,
                     "sni": values["UPSTREAM_HOST"],
                 },
             }
@@ -75,13 +85,22 @@ def validate_envoy_config(config_file: Path) -> subprocess.CompletedProcess[str]
     """Run ``envoy --mode validate`` on a rendered file."""
     return subprocess.run(
         [envoy_binary(), "--mode", "validate", "-c", str(config_file)],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
 def envoy_command(config_file: Path, log_level: str = "warning") -> list[str]:
     """The command line that runs Envoy with ``config_file``."""
     return [
-        envoy_binary(), "-c", str(config_file), "--use-dynamic-base-id",
-        "--log-level", log_level, "--drain-time-s", "5",
+        envoy_binary(),
+        "-c",
+        str(config_file),
+        "--use-dynamic-base-id",
+        "--log-level",
+        log_level,
+        "--drain-time-s",
+        "5",
     ]

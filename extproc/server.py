@@ -54,8 +54,13 @@ class DecisionLog:
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "decision=%s reason=%s match=%s similarity=%.4f model=%s store=%s timings=%s",
-                d.outcome, d.reason or "-", d.match or "-", d.similarity, d.model or "-",
-                d.store or "-", {k: round(v, 2) for k, v in d.timings.items()},
+                d.outcome,
+                d.reason or "-",
+                d.match or "-",
+                d.similarity,
+                d.model or "-",
+                d.store or "-",
+                {k: round(v, 2) for k, v in d.timings.items()},
             )
 
 
@@ -72,13 +77,16 @@ class ExtProcServer:
             ("grpc.so_reuseport", 0),
         ]
         self.server = grpc.aio.server(options=options)
-        handler = grpc.method_handlers_generic_handler(SERVICE, {
-            "Process": grpc.stream_stream_rpc_method_handler(
-                self._process,
-                request_deserializer=m.ProcessingRequest.FromString,
-                response_serializer=m.ProcessingResponse.SerializeToString,
-            )
-        })
+        handler = grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Process": grpc.stream_stream_rpc_method_handler(
+                    self._process,
+                    request_deserializer=m.ProcessingRequest.FromString,
+                    response_serializer=m.ProcessingResponse.SerializeToString,
+                )
+            },
+        )
         self.server.add_generic_rpc_handlers((handler,))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port = 0
@@ -121,21 +129,25 @@ def make_backend(settings: CacheSettings, dim: int) -> CacheBackend:
     raise ValueError(f"backend_type {settings.backend_type!r} is not available in this build")
 
 
-async def build_server(
-    settings: CacheSettings, model: tuple[EncodeFn, int] | None = None
-) -> ExtProcServer:
+async def build_server(settings: CacheSettings, model: tuple[EncodeFn, int] | None = None) -> ExtProcServer:
     """Load the model (unless given) and backend and assemble a server (not yet listening)."""
     if model is None:
         started = time.perf_counter()
-        model = await asyncio.to_thread(load_sentence_model, settings.embedding_model, settings.embedding_threads)
+        model = await asyncio.to_thread(
+            load_sentence_model, settings.embedding_model, settings.embedding_threads
+        )
         log.info("model ready in %.2fs", time.perf_counter() - started)
     encode, dim = model
     embedder = Embedder(encode, dim, settings.embedding_batch_size)
     backend = make_backend(settings, dim)
     log.info(
         "backend=%s threshold=%.3f max_entries=%d ttl=%ds eviction=%s scope=%s",
-        backend.name, settings.similarity_threshold, settings.max_entries, settings.ttl_seconds,
-        settings.eviction_policy, settings.scope_mode,
+        backend.name,
+        settings.similarity_threshold,
+        settings.max_entries,
+        settings.ttl_seconds,
+        settings.eviction_policy,
+        settings.scope_mode,
     )
     cache = SemanticCache(
         backend, embedder, settings.similarity_threshold, settings.top_k, settings.ttl_seconds

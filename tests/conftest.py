@@ -74,10 +74,16 @@ class Envoy:
 async def start_envoy(tmp: Path, extproc_port: int, upstream_port: int, **env: str) -> Envoy:
     """Render envoy/envoy.yaml for these ports and start the real Envoy binary."""
     port, admin = free_port(), free_port()
-    values = dict(os.environ) | {
-        "ENVOY_LISTEN_PORT": str(port), "ENVOY_ADMIN_PORT": str(admin),
-        "EXTPROC_PORT": str(extproc_port), "UPSTREAM_URL": f"http://127.0.0.1:{upstream_port}",
-    } | env
+    values = (
+        dict(os.environ)
+        | {
+            "ENVOY_LISTEN_PORT": str(port),
+            "ENVOY_ADMIN_PORT": str(admin),
+            "EXTPROC_PORT": str(extproc_port),
+            "UPSTREAM_URL": f"http://127.0.0.1:{upstream_port}",
+        }
+        | env
+    )
     config = tmp / f"envoy-{port}.yaml"
     config.write_text(render_envoy_config(values))
     log = tmp / f"envoy-{port}.log"

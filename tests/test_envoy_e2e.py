@@ -69,8 +69,11 @@ async def test_streaming_miss_served_as_sse_and_json(stack: Stack) -> None:
     body = chat(model, "Explain what a semantic cache does.", stream=True)
     miss = await stack.chat(dict(body, stream_options={"include_usage": True}))
     assert miss.headers["x-semantic-cache"] == "miss"
-    streamed = "".join(json.loads(p)["choices"][0]["delta"].get("content", "")
-                       for p in sse_payloads(miss.text)[:-1] if json.loads(p)["choices"])
+    streamed = "".join(
+        json.loads(p)["choices"][0]["delta"].get("content", "")
+        for p in sse_payloads(miss.text)[:-1]
+        if json.loads(p)["choices"]
+    )
     await stack.settle()
 
     plain = await stack.chat(body)
@@ -129,24 +132,34 @@ async def test_gzip_response_is_stored_as_plain_json(stack: Stack) -> None:
     await stack.settle()
     hit = await stack.chat(body)
     assert hit.headers["x-semantic-cache"] == "hit"
-    assert content(hit) == json.loads(gzip.decompress(first.content) if first.content[:2] == b"\x1f\x8b" else first.content)["choices"][0]["message"]["content"]
+    assert (
+        content(hit)
+        == json.loads(gzip.decompress(first.content) if first.content[:2] == b"\x1f\x8b" else first.content)[
+            "choices"
+        ][0]["message"]["content"]
+    )
 
 
 async def test_identity_partitions_never_hit(stack: Stack) -> None:
     model = fresh_model()
-    base = {"model": model, "messages": [
-        {"role": "system", "content": "You are a pirate."},
-        {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Arr!"},
-        {"role": "user", "content": "What is the boiling point of water?"},
-    ]}
+    base = {
+        "model": model,
+        "messages": [
+            {"role": "system", "content": "You are a pirate."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Arr!"},
+            {"role": "user", "content": "What is the boiling point of water?"},
+        ],
+    }
     await stack.chat(base)
     await stack.settle()
     assert (await stack.chat(base)).headers["x-semantic-cache"] == "hit"
     variants = [
         dict(base, model=fresh_model()),
         dict(base, messages=[{"role": "system", "content": "You are a poet."}, *base["messages"][1:]]),
-        dict(base, messages=[base["messages"][0], {"role": "user", "content": "Hello"}, *base["messages"][2:]]),
+        dict(
+            base, messages=[base["messages"][0], {"role": "user", "content": "Hello"}, *base["messages"][2:]]
+        ),
         dict(base, temperature=0.2),
         dict(base, tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]),
     ]
@@ -183,7 +196,9 @@ async def test_cache_control_directives(stack: Stack) -> None:
     r = await stack.chat(body, **{"cache-control": "no-store"})
     assert r.headers["x-semantic-cache"] == "miss"
     await stack.settle()
-    assert (await stack.chat(body, **{"cache-control": "no-cache, no-store"})).headers["x-semantic-cache"] == "bypass"
+    assert (await stack.chat(body, **{"cache-control": "no-cache, no-store"})).headers[
+        "x-semantic-cache"
+    ] == "bypass"
     r = await stack.chat(body, **{"cache-control": "no-cache"})  # skip lookup, still store
     assert r.headers["x-semantic-cache"] == "miss"
     await stack.settle()
@@ -196,14 +211,20 @@ async def test_cache_control_directives(stack: Stack) -> None:
 
 
 async def test_non_chat_and_malformed_pass_through_unchanged(stack: Stack) -> None:
-    r = await stack.client.post("/v1/embeddings", content=b'{"input": "x"}', headers={"content-type": "application/json"})
+    r = await stack.client.post(
+        "/v1/embeddings", content=b'{"input": "x"}', headers={"content-type": "application/json"}
+    )
     assert r.status_code == 200 and r.json()["echo_path"] == "/v1/embeddings"
     assert "x-semantic-cache" not in r.headers
     r = await stack.client.get("/v1/models")
     assert r.json()["method"] == "GET"
     for raw in (b"{not json", b"[1, 2]", b'{"model": "x", "messages": "hi"}', b'{"model": "x"}'):
-        r = await stack.client.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
-        assert r.status_code == (400 if raw[:1] != b"{" or raw == b"{not json" else 200)  # the upstream's own answer
+        r = await stack.client.post(
+            "/v1/chat/completions", content=raw, headers={"content-type": "application/json"}
+        )
+        assert r.status_code == (
+            400 if raw[:1] != b"{" or raw == b"{not json" else 200
+        )  # the upstream's own answer
         assert r.headers["x-semantic-cache"] == "bypass"
         assert stack.upstream.seen[-1].body == raw
 
@@ -212,7 +233,9 @@ async def test_body_bigger_than_buffer_reaches_upstream(stack: Stack) -> None:
     model = fresh_model()
     big = "word " * 400_000  # 2 MB > the 1 MiB buffer
     raw = json.dumps(chat(model, big)).encode()
-    r = await stack.client.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+    r = await stack.client.post(
+        "/v1/chat/completions", content=raw, headers={"content-type": "application/json"}
+    )
     assert r.status_code == 200
     assert r.headers["x-semantic-cache"] == "bypass"
     assert stack.upstream.seen[-1].body == raw

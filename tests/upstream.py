@@ -92,20 +92,31 @@ def make_app(state: FakeUpstream) -> web.Application:
             return await _stream(request, completion, mode, body)
         payload = json.dumps(completion).encode()
         if mode == "gzip":
-            return web.Response(body=gzip.compress(payload), headers={
-                "content-type": "application/json", "content-encoding": "gzip"})
+            return web.Response(
+                body=gzip.compress(payload),
+                headers={"content-type": "application/json", "content-encoding": "gzip"},
+            )
         if mode == "abort":
-            response = web.StreamResponse(headers={"content-type": "application/json", "content-length": str(len(payload))})
+            response = web.StreamResponse(
+                headers={"content-type": "application/json", "content-length": str(len(payload))}
+            )
             await response.prepare(request)
             await response.write(payload[: len(payload) // 2])
             request.transport.close()
             return response
         return web.Response(body=payload, content_type="application/json")
 
-    async def _stream(request: web.Request, completion: dict[str, Any], mode: str, body: dict[str, Any]) -> web.StreamResponse:
+    async def _stream(
+        request: web.Request, completion: dict[str, Any], mode: str, body: dict[str, Any]
+    ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
-        base = {"id": completion["id"], "object": "chat.completion.chunk", "created": completion["created"], "model": completion["model"]}
+        base = {
+            "id": completion["id"],
+            "object": "chat.completion.chunk",
+            "created": completion["created"],
+            "model": completion["model"],
+        }
         words = completion["choices"][0]["message"]["content"].split(" ")
 
         async def send(obj: dict[str, Any]) -> None:
@@ -114,13 +125,33 @@ def make_app(state: FakeUpstream) -> web.Application:
 
         for choice in completion["choices"]:
             index = choice["index"]
-            await send(base | {"choices": [{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+            await send(
+                base
+                | {
+                    "choices": [
+                        {"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                    ]
+                }
+            )
             for i, word in enumerate(words):
-                await send(base | {"choices": [{"index": index, "delta": {"content": (" " if i else "") + word}, "finish_reason": None}]})
+                await send(
+                    base
+                    | {
+                        "choices": [
+                            {
+                                "index": index,
+                                "delta": {"content": (" " if i else "") + word},
+                                "finish_reason": None,
+                            }
+                        ]
+                    }
+                )
                 if mode == "abort" and i == 1:
                     request.transport.close()
                     return response
-            await send(base | {"choices": [{"index": index, "delta": {}, "finish_reason": choice["finish_reason"]}]})
+            await send(
+                base | {"choices": [{"index": index, "delta": {}, "finish_reason": choice["finish_reason"]}]}
+            )
         if (body.get("stream_options") or {}).get("include_usage"):
             await send(base | {"choices": [], "usage": completion["usage"]})
         await response.write(b"data: [DONE]\n\n")

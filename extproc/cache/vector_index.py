@@ -97,7 +97,9 @@ class VectorIndex:
         n = len(self._row_of)
         index = hnswlib.Index(space="ip", dim=self.dim)
         index.init_index(
-            max_elements=max(2 * n, 1024), ef_construction=self._ef_construction, M=self._m,
+            max_elements=max(2 * n, 1024),
+            ef_construction=self._ef_construction,
+            M=self._m,
             allow_replace_deleted=True,
         )
         index.add_items(self._vectors[:n], self._labels[:n])

@@ -1,0 +1,143 @@
+"""The CLI as users run it: ``run`` with the demo upstream, ``serve`` killed under Envoy,
+and the Envoy template validated by the real binary."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from extproc.proxy import render_envoy_config, validate_envoy_config
+
+from . import upstream as fake
+from .conftest import ROOT, free_port, python_exe, start_envoy
+
+pytestmark = pytest.mark.integration
+
+
+def cli(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start ``semantic-cache ARGS`` with output to ``log``."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [python_exe(), "-m", "extproc.cli", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+
+
+async def wait_port(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> None:
+    """Wait until something listens on 127.0.0.1:port (or fail with the process log)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"process exited {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"nothing listened on {port}:\n{log.read_text()[-3000:]}")
+
+
+def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+    """Signal a process and wait for it."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+    return process.returncode
+
+
+def test_envoy_template_validates(tmp_path: Path) -> None:
+    for url in ("http://127.0.0.1:8000", "https://llm.example.internal:443"):
+        config = tmp_path / "envoy.yaml"
+        config.write_text(render_envoy_config({"UPSTREAM_URL": url}))
+        checked = validate_envoy_config(config)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "transport_socket" in render_envoy_config({"UPSTREAM_URL": "https://x:443"})
+
+
+async def test_run_serves_miss_then_hit_with_demo_upstream(tmp_path: Path) -> None:
+    port, admin, grpc_port = free_port(), free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k != "UPSTREAM_URL"} | {
+        "ENVOY_LISTEN_PORT": str(port),
+        "ENVOY_ADMIN_PORT": str(admin),
+        "SEMANTIC_CACHE_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}",
+    }
+    log = tmp_path / "run.log"
+    process = cli("run", env=env, log=log)
+    try:
+        await wait_port(port, process, log)
+        body = {
+            "model": "demo",
+            "messages": [{"role": "user", "content": "Explain what an ext_proc filter does"}],
+        }
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            miss = await client.post("/v1/chat/completions", json=body)
+            assert miss.headers["x-semantic-cache"] == "miss"
+            assert "demo upstream" in miss.json()["choices"][0]["message"]["content"]
+            for _ in range(50):
+                hit = await client.post("/v1/chat/completions", json=body)
+                if hit.headers["x-semantic-cache"] == "hit":
+                    break
+                await asyncio.sleep(0.1)
+            assert hit.headers["x-semantic-cache"] == "hit"
+            assert hit.json()["choices"] == miss.json()["choices"]
+    finally:
+        code = stop(process, signal.SIGINT)
+    text = log.read_text()
+    assert code == 0, text[-3000:]
+    assert "DEMO upstream" in text and "UPSTREAM_URL=http://127.0.0.1:8000" in text
+    assert "ext_proc filter does" not in text  # prompts never reach the logs at info level
+
+
+async def test_processor_killed_requests_still_succeed(tmp_path: Path) -> None:
+    state = fake.FakeUpstream()
+    runner = await fake.start(state)
+    grpc_port = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(f'semantic_cache:\n  server:\n    grpc_address: "127.0.0.1:{grpc_port}"\n')
+    env = dict(os.environ)
+    log = tmp_path / "serve.log"
+    processor = cli("serve", "--config", str(config), env=env, log=log)
+    envoy = None
+    try:
+        await wait_port(grpc_port, processor, log)
+        envoy = await start_envoy(tmp_path, grpc_port, state.port)
+        body = {"model": "kill-test", "messages": [{"role": "user", "content": "Is the cache optional?"}]}
+        async with httpx.AsyncClient(base_url=envoy.url, timeout=30) as client:
+            assert (await client.post("/v1/chat/completions", json=body)).headers[
+                "x-semantic-cache"
+            ] == "miss"
+            await asyncio.sleep(0.3)
+            assert (await client.post("/v1/chat/completions", json=body)).headers["x-semantic-cache"] == "hit"
+            processor.kill()
+            processor.wait(10)
+            for i in range(10):
+                r = await client.post("/v1/chat/completions", json=dict(body, n=i + 1))
+                assert r.status_code == 200
+                assert "x-semantic-cache" not in r.headers  # straight to the upstream
+            assert state.chat_calls("kill-test") == 11
+            processor = cli("serve", "--config", str(config), env=env, log=tmp_path / "serve2.log")
+            await wait_port(grpc_port, processor, tmp_path / "serve2.log")
+            await asyncio.sleep(0.5)
+            r = await client.post("/v1/chat/completions", json=body)
+            assert r.status_code == 200
+            assert r.headers["x-semantic-cache"] == "miss"  # memory cache starts empty
+    finally:
+        stop(processor)
+        if envoy is not None:
+            envoy.stop()
+        await runner.cleanup()
