@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,12 +11,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import yaml
-
 from .config import ConfigError, substitute_env
 
 TEMPLATE_ENV = "SEMANTIC_CACHE_ENVOY_TEMPLATE"
-_TLS_CONTEXT = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 
 
 def template_path() -> Path:
@@ -48,26 +46,21 @@ def upstream_env(url: str) -> dict[str, str]:
     }
 
 
+_BLOCK = re.compile(r"^[ \t]*# @if (\w+)\n(.*?)^[ \t]*# @endif \1\n", re.M | re.S)
+
+
+def keep_blocks(text: str, values: Mapping[str, str]) -> str:
+    """Keep ``# @if NAME`` … ``# @endif NAME`` blocks whose NAME is "true"; drop the others."""
+    return _BLOCK.sub(lambda m: m.group(2) if values.get(m.group(1)) == "true" else "", text)
+
+
 def render_envoy_config(env: Mapping[str, str] | None = None, template: Path | None = None) -> str:
     """The Envoy config for this environment, as YAML text."""
     values = dict(os.environ if env is None else env)
     if "UPSTREAM_HOST" not in values:
         values.update(upstream_env(values.get("UPSTREAM_URL", "http://127.0.0.1:8000")))
     source = template or template_path()
-    text = substitute_env(source.read_text(encoding="utf-8"), values, str(source))
-    if values.get("UPSTREAM_TLS") != "true":
-        return text
-    config = yaml.safe_load(text)
-    for cluster in config["static_resources"]["clusters"]:
-        if cluster["name"] == "upstream":
-            cluster["transport_socket"] = {
-                "name": "envoy.transport_sockets.tls",
-                "typed_config": {
-                    "@type": _TLS_CONTEXT,
-                    "sni": values["UPSTREAM_HOST"],
-                },
-            }
-    return yaml.safe_dump(config, sort_keys=False)
+    return substitute_env(keep_blocks(source.read_text(encoding="utf-8"), values), values, str(source))
 
 
 def envoy_binary() -> str:

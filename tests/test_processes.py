@@ -61,12 +61,14 @@ def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: f
 
 
 def test_envoy_template_validates(tmp_path: Path) -> None:
-    for url in ("http://127.0.0.1:8000", "https://llm.example.internal:443"):
+    for url, tracing in (("http://127.0.0.1:8000", "false"), ("https://llm.example.internal:443", "true")):
         config = tmp_path / "envoy.yaml"
-        config.write_text(render_envoy_config({"UPSTREAM_URL": url}))
+        config.write_text(render_envoy_config({"UPSTREAM_URL": url, "ENVOY_TRACING": tracing}))
         checked = validate_envoy_config(config)
         assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "transport_socket" in render_envoy_config({"UPSTREAM_URL": "https://x:443"})
+    assert "transport_socket:" in render_envoy_config({"UPSTREAM_URL": "https://x:443"})
+    assert "transport_socket:" not in render_envoy_config({"UPSTREAM_URL": "http://x:80"})
+    assert "otel_collector" in render_envoy_config({"UPSTREAM_URL": "http://x", "ENVOY_TRACING": "true"})
 
 
 async def test_run_serves_miss_then_hit_with_demo_upstream(tmp_path: Path) -> None:
