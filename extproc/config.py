@@ -13,9 +13,12 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from .cache.milvus_config import MilvusSettings
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,15 @@ class CacheSettings:
     source: str = "<defaults>"
     """Path of the file this came from (for messages)."""
 
+    def milvus(self) -> MilvusSettings:
+        """The validated Milvus client settings from ``backend_config_path``."""
+        from .cache.milvus_config import load_milvus_config
+
+        path = self.backend_config_file()
+        if path is None:
+            raise ConfigError("semantic_cache.backend_config_path is required for the milvus backend")
+        return load_milvus_config(path)
+
     def backend_config_file(self) -> Path | None:
         """Resolve ``backend_config_path`` (working directory first, then the config's folder)."""
         if not self.backend_config_path:
@@ -83,11 +95,14 @@ class CacheSettings:
 Check = Callable[[Any], str | None]
 
 
-def _one_of(*choices: str) -> Check:
+def one_of(*choices: str) -> Check:
+    """A check that the value is one of ``choices``."""
     return lambda v: None if v in choices else "must be one of " + ", ".join(f'"{c}"' for c in choices)
 
 
-def _int_range(lo: int, hi: int | None = None) -> Check:
+def int_range(lo: int, hi: int | None = None) -> Check:
+    """A check that an integer lies in [lo, hi]."""
+
     def check(v: Any) -> str | None:
         if v < lo or (hi is not None and v > hi):
             return f"must be an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
@@ -100,7 +115,8 @@ def _unit_interval(v: Any) -> str | None:
     return None if 0.0 <= v <= 1.0 else "must be a number between 0 and 1 (e.g. 0.9)"
 
 
-def _positive(v: Any) -> str | None:
+def positive(v: Any) -> str | None:
+    """A check that a number is > 0."""
     return None if v > 0 else "must be a positive number"
 
 
@@ -115,38 +131,38 @@ def _header_name(v: Any) -> str | None:
     return None if ok else "must be an HTTP header name such as x-tenant-id"
 
 
-# key -> (python type(s), type description, extra check)
-_CACHE_KEYS: dict[str, tuple[type | tuple[type, ...], str, Check | None]] = {
+KeySpec = dict[str, tuple[type | tuple[type, ...], str, Check | None]]
+"""key -> (python type(s), type description, extra check)."""
+
+_CACHE_KEYS: KeySpec = {
     "enabled": (bool, "true or false", None),
-    "backend_type": (str, "a string", _one_of("memory", "milvus")),
+    "backend_type": (str, "a string", one_of("memory", "milvus")),
     "backend_config_path": (str, "a file path", None),
     "similarity_threshold": ((int, float), "a number", _unit_interval),
-    "max_entries": (int, "an integer", _int_range(1)),
-    "ttl_seconds": (int, "an integer (seconds, 0 = never expire)", _int_range(0)),
-    "eviction_policy": (str, "a string", _one_of("fifo", "lru", "lfu")),
+    "max_entries": (int, "an integer", int_range(1)),
+    "ttl_seconds": (int, "an integer (seconds, 0 = never expire)", int_range(0)),
+    "eviction_policy": (str, "a string", one_of("fifo", "lru", "lfu")),
     "embedding_model": (str, "a model name or a local path", None),
-    "top_k": (int, "an integer", _int_range(1, 1000)),
-    "scope_mode": (str, "a string", _one_of("global", "header", "authorization")),
+    "top_k": (int, "an integer", int_range(1, 1000)),
+    "scope_mode": (str, "a string", one_of("global", "header", "authorization")),
     "scope_header": (str, "a header name", _header_name),
     "fingerprint_ignore_fields": (list, "a list of request field names", None),
-    "max_response_bytes": (int, "an integer (bytes)", _int_range(1024)),
-    "lookup_timeout_ms": (int, "an integer (milliseconds)", _int_range(1)),
-    "embedding_batch_size": (int, "an integer", _int_range(1, 4096)),
-    "embedding_threads": (int, "an integer (0 = library default)", _int_range(0, 256)),
+    "max_response_bytes": (int, "an integer (bytes)", int_range(1024)),
+    "lookup_timeout_ms": (int, "an integer (milliseconds)", int_range(1)),
+    "embedding_batch_size": (int, "an integer", int_range(1, 4096)),
+    "embedding_threads": (int, "an integer (0 = library default)", int_range(0, 256)),
 }
-_SERVER_KEYS: dict[str, tuple[type | tuple[type, ...], str, Check | None]] = {
+_SERVER_KEYS: KeySpec = {
     "grpc_address": (str, '"host:port"', _address),
-    "max_message_bytes": (int, "an integer (bytes)", _int_range(4 * 1024 * 1024)),
-    "shutdown_grace_seconds": ((int, float), "a number of seconds", _positive),
+    "max_message_bytes": (int, "an integer (bytes)", int_range(4 * 1024 * 1024)),
+    "shutdown_grace_seconds": ((int, float), "a number of seconds", positive),
 }
 
 
-def _check_section(
-    section: Mapping[str, Any],
-    spec: Mapping[str, tuple[type | tuple[type, ...], str, Check | None]],
-    prefix: str,
-    errors: list[str],
+def check_section(
+    section: Mapping[str, Any], spec: KeySpec, prefix: str, errors: list[str]
 ) -> dict[str, Any]:
+    """Check a mapping against ``spec``; append one message per problem to ``errors``."""
     out: dict[str, Any] = {}
     for key, value in section.items():
         path = f"{prefix}.{key}"
@@ -274,12 +290,12 @@ def parse_config(raw: Any, source: str = "<inline>", env: Mapping[str, str] | No
     for key in sorted(IGNORED_ROUTER_KEYS & section.keys()):
         log.warning("semantic_cache.%s is a semantic-router setting with no effect here; ignored", key)
     cache_part = {k: v for k, v in section.items() if k not in IGNORED_ROUTER_KEYS and k != "server"}
-    values = _check_section(cache_part, _CACHE_KEYS, "semantic_cache", errors)
+    values = check_section(cache_part, _CACHE_KEYS, "semantic_cache", errors)
     server_raw = section.get("server", {}) or {}
     if not isinstance(server_raw, dict):
         errors.append("semantic_cache.server: must be a mapping")
         server_raw = {}
-    server_values = _check_section(server_raw, _SERVER_KEYS, "semantic_cache.server", errors)
+    server_values = check_section(server_raw, _SERVER_KEYS, "semantic_cache.server", errors)
     ignore = values.get("fingerprint_ignore_fields")
     if ignore is not None:
         if not all(isinstance(x, str) for x in ignore):
@@ -302,6 +318,14 @@ def parse_config(raw: Any, source: str = "<inline>", env: Mapping[str, str] | No
         )
     if settings.backend_config_path:
         settings.backend_config_file()  # raises with both locations when missing
+    if settings.backend_type == "milvus":
+        if "eviction_policy" in values and settings.eviction_policy != "fifo":
+            raise ConfigError(
+                f'{source}: semantic_cache.eviction_policy "{settings.eviction_policy}" is not supported '
+                'with backend_type "milvus" (entries are evicted oldest-first); remove it or set "fifo"'
+            )
+        settings = replace(settings, eviction_policy="fifo")
+        settings.milvus()  # validates milvus.yaml now, so a bad file stops the process at start
     return settings
 
 

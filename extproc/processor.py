@@ -19,6 +19,7 @@ import betterproto2
 
 from . import messages as m
 from .cache import CacheQuery, LookupResult, SemanticCache
+from .cache.schema import BackendUnavailable, EntryTooLarge
 from .config import CacheSettings
 from .openai import (
     CHAT_PATH,
@@ -178,12 +179,21 @@ class StreamProcessor:
             timeout = self.settings.lookup_timeout_ms / 1000
             self._lookup = await asyncio.wait_for(self.shared.cache.check(query), timeout)
         except Exception as exc:  # never fail the request because of the cache
-            reason = "lookup_timeout" if isinstance(exc, TimeoutError) else "backend_error"
-            log.warning(
+            reason = (
+                "lookup_timeout"
+                if isinstance(exc, TimeoutError)
+                else "backend_unavailable"
+                if isinstance(exc, BackendUnavailable)
+                else "backend_error"
+            )
+            # Backend outages are logged once per state change by the backend itself.
+            level = logging.WARNING if reason == "backend_error" else logging.DEBUG
+            log.log(
+                level,
                 "cache lookup failed (%s): %s",
                 reason,
                 type(exc).__name__,
-                exc_info=log.isEnabledFor(logging.DEBUG),
+                exc_info=reason == "backend_error",
             )
             self._storing = False
             self._mark_bypass(reason)
@@ -288,10 +298,12 @@ class StreamProcessor:
                 vector = lookup.vector if lookup is not None else None
                 await self.shared.cache.store(query, completion, vector)
                 self.decision.store = "stored"
-            except Exception as exc:
-                log.warning(
-                    "cache store failed: %s", type(exc).__name__, exc_info=log.isEnabledFor(logging.DEBUG)
-                )
+            except EntryTooLarge:
+                self._skip_store("too_large")
+            except BackendUnavailable:
+                self._skip_store("backend_unavailable")
+            except Exception:
+                log.warning("cache store failed", exc_info=True)
                 self._skip_store("backend_error")
             self.decision.timings["store_ms"] = (time.perf_counter() - started) * 1000
         self._report()

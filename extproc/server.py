@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from . import messages as m
 from .cache import MemoryBackend, SemanticCache
 from .cache.schema import CacheBackend
-from .config import CacheSettings
+from .config import CacheSettings, ConfigError
 from .embedding import Embedder, EncodeFn, load_sentence_model
 from .processor import Decision, Shared, StreamProcessor
 
@@ -123,10 +123,19 @@ class ExtProcServer:
 
 
 def make_backend(settings: CacheSettings, dim: int) -> CacheBackend:
-    """The backend named by ``backend_type``."""
+    """The backend named by ``backend_type`` (a Milvus backend starts unconnected)."""
     if settings.backend_type == "memory":
         return MemoryBackend(dim, settings.max_entries, settings.eviction_policy)
-    raise ValueError(f"backend_type {settings.backend_type!r} is not available in this build")
+    from .cache.milvus import MilvusBackend
+
+    milvus = settings.milvus()
+    if milvus.dimension != dim:
+        raise ConfigError(
+            f"{settings.backend_config_path}: collection.vector_field.dimension is {milvus.dimension} "
+            f"but the embedding model {settings.embedding_model} produces {dim}-dimensional vectors; "
+            f"set it to {dim}"
+        )
+    return MilvusBackend(milvus, dim, settings.max_entries)
 
 
 async def build_server(settings: CacheSettings, model: tuple[EncodeFn, int] | None = None) -> ExtProcServer:
@@ -140,8 +149,9 @@ async def build_server(settings: CacheSettings, model: tuple[EncodeFn, int] | No
     encode, dim = model
     embedder = Embedder(encode, dim, settings.embedding_batch_size)
     backend = make_backend(settings, dim)
+    top_k = settings.milvus().topk if settings.backend_type == "milvus" else settings.top_k
     log.info(
-        "backend=%s threshold=%.3f max_entries=%d ttl=%ds eviction=%s scope=%s",
+        "cache backend=%s threshold=%.3f max_entries=%d ttl=%ds eviction=%s scope=%s",
         backend.name,
         settings.similarity_threshold,
         settings.max_entries,
@@ -149,9 +159,8 @@ async def build_server(settings: CacheSettings, model: tuple[EncodeFn, int] | No
         settings.eviction_policy,
         settings.scope_mode,
     )
-    cache = SemanticCache(
-        backend, embedder, settings.similarity_threshold, settings.top_k, settings.ttl_seconds
-    )
+    cache = SemanticCache(backend, embedder, settings.similarity_threshold, top_k, settings.ttl_seconds)
+    await backend.start()
     tasks = BackgroundTasks()
     shared = Shared(settings=settings, cache=cache, spawn=tasks.spawn, on_decision=DecisionLog())
     return ExtProcServer(shared, tasks, settings.server.max_message_bytes)

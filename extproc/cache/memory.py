@@ -101,6 +101,13 @@ class MemoryBackend:
         """Number of stored entries."""
         return len(self._entries)
 
+    async def start(self) -> None:
+        """Nothing to start."""
+
+    def status(self) -> tuple[str, str]:
+        """Always ready."""
+        return "ready", f"memory backend: {len(self._entries)} entries"
+
     async def close(self) -> None:
         """Nothing to release."""
 

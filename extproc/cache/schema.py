@@ -97,6 +97,22 @@ class CacheBackend(Protocol):
         """Number of stored entries (expired ones may still be counted until purged)."""
         ...
 
+    async def start(self) -> None:
+        """Begin background work (connecting, sweeping); must return promptly."""
+        ...
+
+    def status(self) -> tuple[str, str]:
+        """(state, detail): ``ready`` or why the backend cannot serve."""
+        ...
+
     async def close(self) -> None:
         """Release connections and threads."""
         ...
+
+
+class BackendUnavailable(Exception):
+    """The backend cannot serve now (not connected, breaker open, schema mismatch…)."""
+
+
+class EntryTooLarge(Exception):
+    """The entry does not fit the backend's limits (store-skip reason ``too_large``)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -89,7 +88,7 @@ class SemanticCache:
             vector = await self.embedder.embed(query.prompt)
         now = time.time()
         entry = CacheEntry(
-            id=uuid.uuid4().hex,
+            id=query.exact_key,
             model=query.model,
             scope=query.scope,
             fingerprint=query.fingerprint,
