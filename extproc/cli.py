@@ -151,6 +151,33 @@ async def _run(settings: CacheSettings, envoy_log_level: str) -> int:
     return code
 
 
+def cmd_create_collection(args: argparse.Namespace) -> int:
+    """Create the Milvus collection named in milvus.yaml (for auto_create_collection: false)."""
+    from .cache.milvus import create_collection, open_client
+    from .cache.milvus_schema import check_schema
+
+    settings = load_config(default_config_path(args.config))
+    if settings.backend_type != "milvus":
+        raise ConfigError(f'{settings.source}: backend_type is "{settings.backend_type}", not "milvus"')
+    milvus = settings.milvus()
+    client = open_client(milvus)
+    try:
+        if client.has_collection(milvus.collection):
+            problems = check_schema(client.describe_collection(milvus.collection), milvus, milvus.dimension)
+            print(f"collection {milvus.collection} already exists at {milvus.address} (not changed)")
+            for problem in problems:
+                print(f"  unusable: {problem}")
+            return 1 if problems else 0
+        create_collection(client, milvus, milvus.dimension)
+        print(
+            f"collection {milvus.collection} created at {milvus.address} (dim {milvus.dimension}, "
+            f"{milvus.index_type}/{milvus.metric_type})"
+        )
+        return 0
+    finally:
+        client.close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``semantic-cache`` command."""
     parser = argparse.ArgumentParser(prog="semantic-cache", description=__doc__)
@@ -171,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file", nargs="?", help=config_help)
     check.set_defaults(func=cmd_check_config)
+
+    create = sub.add_parser("create-collection", help="create the Milvus collection from milvus.yaml")
+    create.add_argument("--config", help=config_help)
+    create.set_defaults(func=cmd_create_collection)
 
     render = sub.add_parser("render-envoy", help="render envoy/envoy.yaml from the environment")
     render.add_argument("-o", "--output", help="write to this file instead of stdout")

@@ -184,3 +184,86 @@ async def stack(make_stack: StackFactory) -> Stack:
 def python_exe() -> str:
     """The interpreter running the tests (for subprocess CLIs)."""
     return sys.executable
+
+
+# --- Milvus ---------------------------------------------------------------------------------
+
+
+class MilvusServer:
+    """A real Milvus standalone server (``milvus-server`` from the ``milvus`` wheel) on loopback."""
+
+    def __init__(self, data: Path, *extra: str) -> None:
+        self.data = data
+        self.extra = list(extra)
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        """The URI clients use."""
+        scheme = "https" if "--tls-mode" in self.extra else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 120.0) -> None:
+        """Start (or restart, keeping the data) and wait until it accepts connections."""
+        exe = Path(sys.executable).parent / "milvus-server"
+        log = (self.data / "server.log").open("ab")
+        self.process = subprocess.Popen(
+            [str(exe), "--data", str(self.data), "--proxy-port", str(self.port), *self.extra],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"milvus-server exited:\n{(self.data / 'server.log').read_text()[-3000:]}")
+            with socket.socket() as s:
+                s.settimeout(0.5)
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    time.sleep(1.0)  # the proxy accepts before the coordinators are ready
+                    return
+            time.sleep(0.3)
+        self.stop()
+        raise TimeoutError(f"Milvus did not start:\n{(self.data / 'server.log').read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        """Kill the server's whole process group (the wrapper and the milvus binary)."""
+        if self.process is not None and self.process.poll() is None:
+            import signal
+
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        self.process = None
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One Milvus server for the session (tests use their own collections)."""
+    server = MilvusServer(tmp_path_factory.mktemp("milvus"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def milvus_yaml(path: Path, uri: str, name: str, **sections: Any) -> Path:
+    """Write a milvus.yaml for ``uri`` and collection ``name`` (extra keys merged per section)."""
+    import yaml
+
+    doc: dict[str, Any] = {
+        "connection": {"uri": uri, "timeout": 10},
+        "collection": {
+            "name": name,
+            "vector_field": {"name": "embedding", "dimension": 384, "metric_type": "IP"},
+            "index": {"type": "HNSW", "params": {"M": 16, "efConstruction": 64}},
+        },
+        "search": {"params": {"ef": 64}, "topk": 10, "consistency_level": "Strong"},
+        "development": {"auto_create_collection": True},
+        "maintenance": {"sweep_interval_seconds": 1},
+    }
+    for section, values in sections.items():
+        doc.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(doc))
+    return path

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -136,7 +137,7 @@ class MilvusBackend:
             except Exception as exc:  # connection, auth or schema problem: stay up as pass-through
                 reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
                 if isinstance(exc, SchemaProblem):
-                    self._set_state(exc.state, f"Milvus collection problem: {reason}", logging.ERROR)
+                    self._set_state(exc.state, f"Milvus collection problem: {exc}", logging.ERROR)
                 elif _auth_error(exc):
                     self._set_state(
                         "auth_failed",
@@ -156,21 +157,8 @@ class MilvusBackend:
             return
 
     def _connect(self) -> str:
-        from pymilvus import MilvusClient
-
         s = self.settings
-        kwargs: dict[str, Any] = {"uri": s.client_uri(), "timeout": s.timeout}
-        if s.database:
-            kwargs["db_name"] = s.database
-        if s.auth_enabled:
-            kwargs["user"], kwargs["password"] = s.username, s.password
-        if s.tls_enabled:
-            kwargs.update(
-                secure=True, ca_pem_path=s.ca_file, client_pem_path=s.cert_file, client_key_path=s.key_file
-            )
-            if s.server_name:
-                kwargs["server_name"] = s.server_name
-        client = MilvusClient(**kwargs)
+        client = open_client(s)
         try:
             version = "lite" if s.is_lite else client.get_server_version()
             created = False
@@ -299,7 +287,7 @@ class MilvusBackend:
         return 1.0 - distance / 2.0 if self.settings.metric_type == "L2" else distance
 
     async def put(self, entry: CacheEntry) -> None:
-        """Upsert one row (the exact key is the primary key, so a repeat replaces it)."""
+        """Write one row (the exact key is the primary key, so a repeat replaces it)."""
         if len(entry.prompt.encode()) > VARCHAR_MAX:
             raise EntryTooLarge("prompt longer than a Milvus VARCHAR")
         row = {
@@ -314,10 +302,15 @@ class MilvusBackend:
             "created_at": int(entry.created_at * 1000),
             "expires_at": int(entry.expires_at * 1000) if entry.expires_at > 0 else NEVER,
         }
-        collection = self.settings.collection
-        await self._call(
-            lambda c: c.upsert(collection, [row], timeout=self.settings.timeout), self.settings.timeout
-        )
+        collection, timeout = self.settings.collection, self.settings.timeout
+
+        def write(client: Any) -> None:
+            # Not upsert: Milvus 2.3 routes upserted rows outside their partition-key partition, so
+            # a filtered search never finds them. Deleting by primary key first keeps keys unique.
+            client.delete(collection, ids=[row["id"]], timeout=timeout)
+            client.insert(collection, [row], timeout=timeout)
+
+        await self._call(write, timeout)
 
     async def record_hit(self, entry: CacheEntry) -> None:
         """Milvus entries are evicted oldest-first: hits change nothing."""
@@ -394,6 +387,27 @@ class SchemaProblem(Exception):
     def __init__(self, state: str, message: str) -> None:
         super().__init__(message)
         self.state = state
+
+
+def open_client(s: MilvusSettings) -> Any:
+    """A connected pymilvus client for these settings (auth and TLS included)."""
+    from pymilvus import MilvusClient
+
+    # An alias of our own: pymilvus otherwise shares one connection per (uri, user) in a process,
+    # so closing one client would close another's, and a corrected password would be ignored.
+    alias = f"semantic-cache-{uuid.uuid4().hex}"
+    kwargs: dict[str, Any] = {"uri": s.client_uri(), "timeout": s.timeout, "alias": alias}
+    if s.database:
+        kwargs["db_name"] = s.database
+    if s.auth_enabled:
+        kwargs["user"], kwargs["password"] = s.username, s.password
+    if s.tls_enabled:
+        kwargs.update(
+            secure=True, ca_pem_path=s.ca_file, client_pem_path=s.cert_file, client_key_path=s.key_file
+        )
+        if s.server_name:
+            kwargs["server_name"] = s.server_name
+    return MilvusClient(**kwargs)
 
 
 def create_collection(client: Any, settings: MilvusSettings, dim: int) -> None:
