@@ -149,9 +149,15 @@ StackFactory = Callable[..., Awaitable[Stack]]
 
 @pytest.fixture(scope="session")
 async def make_stack(
-    model: tuple[EncodeFn, int], upstream: fake.FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+    model: tuple[EncodeFn, int],
+    upstream: fake.FakeUpstream,
+    tmp_path_factory: pytest.TempPathFactory,
+    milvus_server: MilvusServer,
 ) -> AsyncIterator[StackFactory]:
-    """Build (once per distinct settings) a processor + Envoy pair in front of the upstream."""
+    """Build (once per distinct settings) a processor + Envoy pair in front of the upstream.
+
+    Depends on the Milvus server so that the stacks are torn down before the server stops.
+    """
     made: dict[tuple[tuple[str, Any], ...], Stack] = {}
     tmp = tmp_path_factory.mktemp("envoy")
 
@@ -162,6 +168,9 @@ async def make_stack(
                 CacheSettings(server=ServerSettings(grpc_address="127.0.0.1:0")), **overrides
             )
             server = await build_server(settings, model)
+            ready = getattr(server.shared.cache.backend, "wait_ready", None)
+            if ready is not None:
+                assert await ready(60), server.shared.cache.backend.status()
             port = await server.start("127.0.0.1:0")
             envoy = await start_envoy(tmp, port, upstream.port, **(envoy_env or {}))
             client = httpx.AsyncClient(base_url=envoy.url, timeout=30)
@@ -173,12 +182,25 @@ async def make_stack(
         await stack.client.aclose()
         stack.envoy.stop()
         await stack.server.stop(1)
+        await stack.server.shared.cache.close()
+
+
+@pytest.fixture(params=["memory", "milvus"])
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Settings overrides selecting each backend in turn (Milvus: the session's real server)."""
+    if request.param == "memory":
+        return {}
+    server = request.getfixturevalue("milvus_server")
+    path = tmp_path_factory.getbasetemp() / "e2e-milvus.yaml"
+    if not path.exists():
+        milvus_yaml(path, server.uri, "e2e_cache", search={"consistency_level": "Session"})
+    return {"backend_type": "milvus", "backend_config_path": str(path)}
 
 
 @pytest.fixture
-async def stack(make_stack: StackFactory) -> Stack:
-    """The default stack: memory backend, global scope, default threshold."""
-    return await make_stack()
+async def stack(make_stack: StackFactory, backend: dict[str, Any]) -> Stack:
+    """The default stack (global scope, default threshold) over each backend."""
+    return await make_stack(**backend)
 
 
 def python_exe() -> str:
@@ -204,7 +226,7 @@ class MilvusServer:
         scheme = "https" if "--tls-mode" in self.extra else "http"
         return f"{scheme}://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 120.0) -> None:
+    def start(self, timeout: float = 240.0) -> None:
         """Start (or restart, keeping the data) and wait until it accepts connections."""
         exe = Path(sys.executable).parent / "milvus-server"
         log = (self.data / "server.log").open("ab")

@@ -116,6 +116,7 @@ async def test_bad_responses_are_not_stored(stack: Stack, mode: str) -> None:
         assert await stack.entries() == before
         again = await stack.chat(body)
         assert again.headers["x-semantic-cache"] == "miss"
+        await stack.settle()
     if mode == "error":
         err = await stack.chat(chat(fresh_model(), "anything"), **{"x-test-mode": "error"})
         assert err.status_code == 500  # the client sees exactly what the upstream said
@@ -168,8 +169,10 @@ async def test_identity_partitions_never_hit(stack: Stack) -> None:
         assert r.headers["x-semantic-cache"] == "miss", variant
 
 
-async def test_scope_by_header_never_crosses_tenants(make_stack: StackFactory) -> None:
-    stack = await make_stack(scope_mode="header", scope_header="x-tenant-id")
+async def test_scope_by_header_never_crosses_tenants(
+    make_stack: StackFactory, backend: dict[str, Any]
+) -> None:
+    stack = await make_stack(scope_mode="header", scope_header="x-tenant-id", **backend)
     model = fresh_model()
     body = chat(model, "What is our refund policy?")
     await stack.chat(body, **{"x-tenant-id": "a"})
@@ -180,8 +183,8 @@ async def test_scope_by_header_never_crosses_tenants(make_stack: StackFactory) -
     assert no_scope.headers["x-semantic-cache"] == "bypass"
 
 
-async def test_scope_by_authorization(make_stack: StackFactory) -> None:
-    stack = await make_stack(scope_mode="authorization")
+async def test_scope_by_authorization(make_stack: StackFactory, backend: dict[str, Any]) -> None:
+    stack = await make_stack(scope_mode="authorization", **backend)
     model = fresh_model()
     body = chat(model, "Summarise my last invoice")
     await stack.chat(body, authorization="Bearer key-a")

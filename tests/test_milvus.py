@@ -67,9 +67,33 @@ def answer(text: str) -> dict[str, Any]:
     }
 
 
+_created: list[str] = []
+
+
 def collection() -> str:
-    """A fresh collection name."""
-    return f"t_{uuid.uuid4().hex[:10]}"
+    """A fresh collection name (dropped at the end of the module)."""
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    _created.append(name)
+    return name
+
+
+def drop_created(server: MilvusServer) -> None:
+    """Drop the collections this module created (Milvus restarts slow down with each one)."""
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=server.uri, timeout=30)
+    while _created:
+        name = _created.pop()
+        if client.has_collection(name):
+            client.drop_collection(name)
+    client.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def drop_test_collections(milvus_server: MilvusServer) -> Any:
+    """Drop this module's collections at its end."""
+    yield
+    drop_created(milvus_server)
 
 
 async def test_auto_create_reuse_and_restart_hits(
@@ -174,7 +198,7 @@ def test_eviction_policy_and_dimension_errors(tmp_path: Path, model: tuple[Encod
     wrong = milvus_yaml(
         tmp_path / "w.yaml", "http://127.0.0.1:1", "x", collection={"vector_field": {"dimension": 768}}
     )
-    with pytest.raises(ConfigError, match="dimension is 768 but the embedding model .* produces 384"):
+    with pytest.raises(ConfigError, match=r"dimension is 768 but the embedding model .* produces 384"):
         make_backend(settings_for(wrong), model[1])
     bad = tmp_path / "bad.yaml"
     bad.write_text(
@@ -278,4 +302,144 @@ async def test_milvus_lite_file_uri(model: tuple[EncodeFn, int], tmp_path: Path)
     await cache.store(q("How tall is Mount Everest?"), answer("8849 m"))
     result = await cache.check(q("What is the height of Mount Everest?"))
     assert result.entry is not None and result.entry.response == answer("8849 m")
+    await cache.close()
+
+
+def make_certs(folder: Path) -> dict[str, Path]:
+    """A CA, a server certificate for localhost/127.0.0.1 and a client certificate (openssl)."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True, timeout=60)
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+    )
+    ext = folder / "san.ext"
+    ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    for name in ("server", "client"):
+        run(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={'localhost' if name == 'server' else 'semantic-cache'}",
+        )
+        run(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.crt",
+            "-days",
+            "2",
+            "-extfile",
+            str(ext),
+        )
+    return {n: folder / n for n in ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")}
+
+
+@pytest.fixture(scope="module")
+def secured_milvus(tmp_path_factory: pytest.TempPathFactory, milvus_server: MilvusServer) -> Any:
+    """A Milvus server with authentication and mutual TLS.
+
+    Milvus 2.3 standalone locks /run/milvus/standalone.pid, so the session's server is stopped
+    meanwhile and restarted (with its data) afterwards.
+    """
+    drop_created(milvus_server)
+    milvus_server.stop()
+    base = tmp_path_factory.mktemp("milvus-secure")
+    certs = make_certs(base / "certs")
+    server = MilvusServer(
+        base / "data",
+        "--authorization-enabled",
+        "true",
+        "--tls-mode",
+        "2",
+        "--server-pem-path",
+        str(certs["server.crt"]),
+        "--server-key-path",
+        str(certs["server.key"]),
+        "--ca-pem-path",
+        str(certs["ca.crt"]),
+    )
+    (base / "data").mkdir()
+    try:
+        server.start()
+        yield server, certs
+    finally:
+        server.stop()
+        milvus_server.start()
+
+
+async def test_auth_and_tls(
+    model: tuple[EncodeFn, int],
+    secured_milvus: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server, certs = secured_milvus
+    tls = {
+        "enabled": True,
+        "ca_file": str(certs["ca.crt"]),
+        "cert_file": str(certs["client.crt"]),
+        "key_file": str(certs["client.key"]),
+        "server_name": "localhost",
+    }
+    auth = {"enabled": True, "username": "${MILVUS_USERNAME}", "password": "${MILVUS_PASSWORD}"}
+    name = collection()
+    cfg = milvus_yaml(tmp_path / "m.yaml", server.uri, name, connection={"tls": tls, "auth": auth})
+
+    monkeypatch.setenv("MILVUS_USERNAME", "root")
+    monkeypatch.setenv("MILVUS_PASSWORD", "wrong-password")
+    caplog.set_level(logging.WARNING)
+    cache = await open_cache(model, cfg, ready=False)
+    for _ in range(150):
+        if cache.backend.status()[0] == "auth_failed":
+            break
+        await asyncio.sleep(0.1)
+    state, detail = cache.backend.status()
+    assert state == "auth_failed", detail
+    assert "failed to connect to Milvus: authentication failed" in caplog.text
+    assert "wrong-password" not in caplog.text and "wrong-password" not in detail
+    with pytest.raises(BackendUnavailable):
+        await cache.check(q("anything"))
+    await cache.close()
+
+    monkeypatch.setenv("MILVUS_PASSWORD", "Milvus")  # the server's default root password
+    cache = await open_cache(model, cfg)
+    await cache.store(q("What port does Milvus use?"), answer("19530"))
+    assert (await cache.check(q("Which port does Milvus listen on?"))).hit
+    await cache.close()
+
+    no_tls = milvus_yaml(
+        tmp_path / "n.yaml", server.uri.replace("https", "http"), name, connection={"auth": auth}
+    )
+    cache = await open_cache(model, no_tls, ready=False)
+    await asyncio.sleep(2)
+    assert cache.backend.status()[0] != "ready"  # a plaintext client cannot talk to a TLS server
     await cache.close()

@@ -27,6 +27,9 @@ from .milvus_schema import REQUIRED_FIELDS, build_schema, check_schema
 from .schema import BackendUnavailable, CacheEntry, Candidate, EntryTooLarge
 
 log = logging.getLogger(__name__)
+# pymilvus logs every failed RPC at ERROR; while Milvus is down that is one line per request.
+# The backend logs each state change once instead (the lines the runbook greps for).
+logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
 T = TypeVar("T")
 
 NEVER = 2**62  # expires_at for entries without TTL, so "expires_at > now" needs no special case
@@ -88,7 +91,9 @@ class MilvusBackend:
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="milvus")
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = asyncio.Event()
-        self._metric_sign = -1.0 if settings.metric_type == "L2" else 1.0
+        # pymilvus retries a failing call up to 75 times (minutes) unless told otherwise: bound it.
+        self._fast: dict[str, Any] = {"timeout": self.call_timeout, "retry_times": 1}
+        self._slow: dict[str, Any] = {"timeout": settings.timeout, "retry_times": 3}
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -248,7 +253,7 @@ class MilvusBackend:
                 output_fields=_OUTPUT,
                 limit=1,
                 consistency_level=s.consistency_level,
-                timeout=self.call_timeout,
+                **self._fast,
             )
 
         rows = await self._call(query, self.call_timeout)
@@ -270,7 +275,7 @@ class MilvusBackend:
                 search_params=params,
                 output_fields=_OUTPUT,
                 consistency_level=s.consistency_level,
-                timeout=self.call_timeout,
+                **self._fast,
             )
 
         hits = (await self._call(run, self.call_timeout))[0]
@@ -307,8 +312,8 @@ class MilvusBackend:
         def write(client: Any) -> None:
             # Not upsert: Milvus 2.3 routes upserted rows outside their partition-key partition, so
             # a filtered search never finds them. Deleting by primary key first keeps keys unique.
-            client.delete(collection, ids=[row["id"]], timeout=timeout)
-            client.insert(collection, [row], timeout=timeout)
+            client.delete(collection, ids=[row["id"]], **self._slow)
+            client.insert(collection, [row], **self._slow)
 
         await self._call(write, timeout)
 
@@ -325,7 +330,7 @@ class MilvusBackend:
             filter="",
             output_fields=["count(*)"],
             consistency_level="Strong",
-            timeout=self.settings.timeout,
+            **self._slow,
         )
         return int(rows[0]["count(*)"]) if rows else 0
 
@@ -346,7 +351,7 @@ class MilvusBackend:
         """Delete expired entries, then the oldest ones beyond ``max_entries``."""
         s = self.settings
         expired = await self._call(
-            lambda c: c.delete(s.collection, filter=f"expires_at <= {int(now * 1000)}", timeout=s.timeout),
+            lambda c: c.delete(s.collection, filter=f"expires_at <= {int(now * 1000)}", **self._slow),
             s.timeout,
         )
         self.expired += int(expired.get("delete_count", 0)) if isinstance(expired, dict) else 0
@@ -355,7 +360,7 @@ class MilvusBackend:
             return
         cutoff = await self._call(lambda c: self._oldest_cutoff(c, excess), s.timeout * 4)
         deleted = await self._call(
-            lambda c: c.delete(s.collection, filter=f"created_at < {cutoff}", timeout=s.timeout), s.timeout
+            lambda c: c.delete(s.collection, filter=f"created_at < {cutoff}", **self._slow), s.timeout
         )
         n = int(deleted.get("delete_count", 0)) if isinstance(deleted, dict) else 0
         self.evictions += n
@@ -372,7 +377,7 @@ class MilvusBackend:
                 filter=f"created_at < {mid}",
                 output_fields=["count(*)"],
                 consistency_level="Strong",
-                timeout=s.timeout,
+                **self._slow,
             )
             if int(rows[0]["count(*)"]) >= excess:
                 hi = mid
@@ -419,6 +424,7 @@ def create_collection(client: Any, settings: MilvusSettings, dim: int) -> None:
         index_params=index,
         consistency_level=settings.consistency_level,
         timeout=settings.timeout,
+        retry_times=3,
     )
     log.info(
         "Milvus collection %s created (dim %d, %s/%s, fields %s)",
