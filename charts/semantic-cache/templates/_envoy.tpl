@@ -1,0 +1,85 @@
+{{/*
+The Envoy config is rendered from files/envoy.yaml, the one template that
+`semantic-cache render-envoy` also uses (envoy/envoy.yaml links to it). This file re-implements
+extproc/proxy.py's renderer in Helm; tests/test_chart.py checks both give the same config.
+
+"semantic-cache.envoyVars": the template variables, as JSON (include returns text).
+Like proxy.upstream_env(), UPSTREAM_HOST / UPSTREAM_PORT / UPSTREAM_TLS come from UPSTREAM_URL.
+envoy.templateVars first, so the chart's own variables win (the admin API and the processor
+address stay on loopback whatever is passed there).
+*/}}
+{{- define "semantic-cache.envoyVars" -}}
+{{- $url := .Values.upstream.url | toString -}}
+{{- $u := urlParse $url -}}
+{{- if not (and (has $u.scheme (list "http" "https")) $u.host) -}}
+{{- fail (printf "upstream.url must look like http://host:port or https://host:port, got %q" $url) -}}
+{{- end -}}
+{{- $tls := eq $u.scheme "https" -}}
+{{- $hostname := regexReplaceAll ":[0-9]*$" $u.host "" -}}
+{{- $port := trimPrefix ":" (regexFind ":[0-9]+$" $u.host) -}}
+{{- $hostname = $hostname | trimPrefix "[" | trimSuffix "]" | lower -}}
+{{- $port = ternary (ternary "443" "80" $tls) (toString (atoi $port)) (eq $port "") -}}
+{{- $vars := dict -}}
+{{- range $k, $v := .Values.envoy.templateVars -}}
+{{- $_ := set $vars $k (toString $v) -}}
+{{- end -}}
+{{- $tr := .Values.tracing -}}
+{{- $own := dict
+  "UPSTREAM_URL" $url
+  "UPSTREAM_HOST" $hostname
+  "UPSTREAM_PORT" $port
+  "UPSTREAM_TLS" (ternary "true" "false" $tls)
+  "ENVOY_LISTEN_ADDRESS" (.Values.envoy.listenAddress | toString)
+  "ENVOY_LISTEN_PORT" (include "semantic-cache.num" .Values.envoy.port)
+  "ENVOY_ADMIN_ADDRESS" "127.0.0.1"
+  "ENVOY_ADMIN_PORT" (include "semantic-cache.num" .Values.envoy.adminPort)
+  "EXTPROC_HOST" "127.0.0.1"
+  "EXTPROC_PORT" (include "semantic-cache.num" .Values.processor.grpcPort)
+  "ENVOY_BUFFER_LIMIT_BYTES" (include "semantic-cache.num" .Values.envoy.bufferLimitBytes)
+  "UPSTREAM_TIMEOUT" (.Values.envoy.upstreamTimeout | toString)
+  "EXTPROC_MESSAGE_TIMEOUT" (.Values.envoy.extprocMessageTimeout | toString)
+  "ENVOY_TRACING" (ternary "true" "false" (eq (toString $tr.enabled) "true"))
+  "ENVOY_TRACING_SAMPLING" (include "semantic-cache.num" $tr.envoySamplingPercent)
+  "ENVOY_SERVICE_NAME" ($tr.envoyServiceName | toString)
+  "OTEL_COLLECTOR_HOST" ($tr.collector.host | toString)
+  "OTEL_COLLECTOR_PORT" (include "semantic-cache.num" $tr.collector.port)
+-}}
+{{- merge $own $vars | toJson -}}
+{{- end -}}
+
+{{/*
+"semantic-cache.envoyConfig": files/envoy.yaml with
+  1. every "# @if NAME" ... "# @endif NAME" block kept when NAME is "true", dropped otherwise
+     (proxy.keep_blocks; RE2 has no backreferences, so one regex per NAME found);
+  2. every ${NAME} / ${NAME:-default} replaced by the variable, else its default; a reference
+     with neither fails the render (proxy's substitute_env raises the same way).
+*/}}
+{{- define "semantic-cache.envoyConfig" -}}
+{{- $vars := include "semantic-cache.envoyVars" . | fromJson -}}
+{{- $text := .Files.Get "files/envoy.yaml" -}}
+{{- if not $text -}}
+{{- fail "files/envoy.yaml is missing from the chart" -}}
+{{- end -}}
+{{- $names := list -}}
+{{- range $line := regexFindAll "(?m)^[ \\t]*# @if \\w+$" $text -1 -}}
+{{- $names = append $names (regexReplaceAll "^[ \\t]*# @if " $line "") -}}
+{{- end -}}
+{{- range $name := $names | uniq -}}
+{{- $block := printf "(?ms)^[ \\t]*# @if %s\\n(.*?)^[ \\t]*# @endif %s\\n" $name $name -}}
+{{- $keep := eq (get $vars $name | toString) "true" -}}
+{{- $text = regexReplaceAll $block $text (ternary "${1}" "" $keep) -}}
+{{- end -}}
+{{- range $ref := regexFindAll "\\$\\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\\}" $text -1 | uniq -}}
+{{- $name := regexReplaceAll "^\\$\\{([A-Za-z_][A-Za-z0-9_]*).*$" $ref "${1}" -}}
+{{- $value := "" -}}
+{{- if hasKey $vars $name -}}
+{{- $value = get $vars $name | toString -}}
+{{- else if contains ":-" $ref -}}
+{{- $value = regexReplaceAll "^\\$\\{[A-Za-z_][A-Za-z0-9_]*:-(.*)\\}$" $ref "${1}" -}}
+{{- else -}}
+{{- fail (printf "files/envoy.yaml: variable %s has no value and no default" $name) -}}
+{{- end -}}
+{{- $text = replace $ref $value $text -}}
+{{- end -}}
+{{- $text -}}
+{{- end -}}
