@@ -71,11 +71,15 @@ class CacheSettings:
     embedding_batch_size: int = 64
     embedding_threads: int = 0
     server: ServerSettings = field(default_factory=ServerSettings)
+    milvus_config: MilvusSettings | None = None
+    """The validated milvus.yaml when backend_type is milvus (read once, at load)."""
     source: str = "<defaults>"
     """Path of the file this came from (for messages)."""
 
     def milvus(self) -> MilvusSettings:
         """The validated Milvus client settings from ``backend_config_path``."""
+        if self.milvus_config is not None:
+            return self.milvus_config
         from .cache.milvus_config import load_milvus_config
 
         path = self.backend_config_file()
@@ -324,8 +328,12 @@ def parse_config(raw: Any, source: str = "<inline>", env: Mapping[str, str] | No
                 f'{source}: semantic_cache.eviction_policy "{settings.eviction_policy}" is not supported '
                 'with backend_type "milvus" (entries are evicted oldest-first); remove it or set "fifo"'
             )
-        settings = replace(settings, eviction_policy="fifo")
-        settings.milvus()  # validates milvus.yaml now, so a bad file stops the process at start
+        from .cache.milvus_config import load_milvus_config
+
+        path = settings.backend_config_file()
+        assert path is not None
+        # Validated now, so a bad milvus.yaml stops the process at start.
+        settings = replace(settings, eviction_policy="fifo", milvus_config=load_milvus_config(path, env))
     return settings
 
 

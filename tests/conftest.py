@@ -228,10 +228,18 @@ class MilvusServer:
 
     def start(self, timeout: float = 240.0) -> None:
         """Start (or restart, keeping the data) and wait until it accepts connections."""
-        exe = Path(sys.executable).parent / "milvus-server"
+        launcher = Path(__file__).with_name("milvus_launcher.py")
         log = (self.data / "server.log").open("ab")
         self.process = subprocess.Popen(
-            [str(exe), "--data", str(self.data), "--proxy-port", str(self.port), *self.extra],
+            [
+                sys.executable,
+                str(launcher),
+                "--data",
+                str(self.data),
+                "--proxy-port",
+                str(self.port),
+                *self.extra,
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -250,11 +258,20 @@ class MilvusServer:
         self.stop()
         raise TimeoutError(f"Milvus did not start:\n{(self.data / 'server.log').read_text()[-3000:]}")
 
-    def stop(self) -> None:
-        """Kill the server's whole process group (the wrapper and the milvus binary)."""
-        if self.process is not None and self.process.poll() is None:
-            import signal
+    def stop(self, graceful: bool = False) -> None:
+        """Stop the server's whole process group (the wrapper and the milvus binary).
 
+        ``graceful`` sends SIGTERM first (a clean stop restarts fast); otherwise SIGKILL, like a
+        crashed pod (the next start then waits for the old sessions to expire).
+        """
+        import signal
+
+        if self.process is not None and self.process.poll() is None:
+            if graceful:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.process.wait(30)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
@@ -267,7 +284,7 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     server = MilvusServer(tmp_path_factory.mktemp("milvus"))
     server.start()
     yield server
-    server.stop()
+    server.stop(graceful=True)
 
 
 def milvus_yaml(path: Path, uri: str, name: str, **sections: Any) -> Path:

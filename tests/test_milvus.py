@@ -370,7 +370,7 @@ def secured_milvus(tmp_path_factory: pytest.TempPathFactory, milvus_server: Milv
     meanwhile and restarted (with its data) afterwards.
     """
     drop_created(milvus_server)
-    milvus_server.stop()
+    milvus_server.stop(graceful=True)
     base = tmp_path_factory.mktemp("milvus-secure")
     certs = make_certs(base / "certs")
     server = MilvusServer(
@@ -391,7 +391,7 @@ def secured_milvus(tmp_path_factory: pytest.TempPathFactory, milvus_server: Milv
         server.start()
         yield server, certs
     finally:
-        server.stop()
+        server.stop(graceful=True)
         milvus_server.start()
 
 

@@ -82,7 +82,7 @@ async def test_milvus_killed_mid_traffic_then_recovers(
         server.start()
         restarted_at = time.monotonic()
         recovered = None
-        while time.monotonic() - restarted_at < 60:
+        while time.monotonic() - restarted_at < 120:
             hits = [o for o in outcomes if o[0] > restarted_at and o[2] == "hit"]
             if hits:
                 recovered = hits[0][0] - restarted_at

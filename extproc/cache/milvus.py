@@ -27,9 +27,6 @@ from .milvus_schema import REQUIRED_FIELDS, build_schema, check_schema
 from .schema import BackendUnavailable, CacheEntry, Candidate, EntryTooLarge
 
 log = logging.getLogger(__name__)
-# pymilvus logs every failed RPC at ERROR; while Milvus is down that is one line per request.
-# The backend logs each state change once instead (the lines the runbook greps for).
-logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
 T = TypeVar("T")
 
 NEVER = 2**62  # expires_at for entries without TTL, so "expires_at > now" needs no special case
@@ -99,7 +96,8 @@ class MilvusBackend:
 
     async def start(self) -> None:
         """Begin connecting (in the background) and sweeping; returns at once."""
-        self._tasks.append(asyncio.get_running_loop().create_task(self._connect_loop()))
+        loop = asyncio.get_running_loop()
+        self._tasks += [loop.create_task(self._connect_loop()), loop.create_task(self._sweep_loop())]
 
     async def wait_ready(self, timeout: float) -> bool:
         """Wait until connected and checked (tests and tools); False on timeout."""
@@ -154,11 +152,10 @@ class MilvusBackend:
                     self._set_state("unavailable", f"failed to connect to Milvus: {reason} ({s.address})")
                 with contextlib.suppress(TimeoutError):  # an interruptible sleep
                     await asyncio.wait_for(self._closed.wait(), backoff)
-                backoff = min(backoff * 2, 30.0)
+                backoff = min(backoff * 2, 10.0)
                 continue
             self.breaker.success()
             self._set_state("ready", f"Milvus ready: {info}", logging.INFO)
-            self._tasks.append(asyncio.get_running_loop().create_task(self._sweep_loop()))
             return
 
     def _connect(self) -> str:
@@ -212,18 +209,26 @@ class MilvusBackend:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            was_closed = self.breaker.state == "closed"
             self.breaker.failure()
-            if self.breaker.state == "open":
-                log.warning(
-                    "Milvus calls failing, circuit breaker open: %s (%s)",
-                    type(exc).__name__,
-                    self.settings.address,
-                )
+            if self.breaker.state == "open" and was_closed:
+                # A fresh connection recovers faster than gRPC's own reconnect backoff.
+                self._reconnect(f"lost connection to Milvus: {type(exc).__name__} ({self.settings.address})")
             raise BackendUnavailable(f"Milvus call failed: {type(exc).__name__}") from exc
-        if self.breaker.state != "closed":
-            log.info("Milvus calls succeed again, circuit breaker closed (%s)", self.settings.address)
         self.breaker.success()
         return result
+
+    def _reconnect(self, reason: str) -> None:
+        """Drop the client and connect again in the background (bypassing meanwhile)."""
+        if self.state != "ready":
+            return
+        self._set_state("unavailable", f"{reason}; reconnecting")
+        client, self._client = self._client, None
+        loop = asyncio.get_running_loop()
+        if client is not None:
+            loop.run_in_executor(self._executor, client.close)
+        self._tasks = [t for t in self._tasks if not t.done()]
+        self._tasks.append(loop.create_task(self._connect_loop()))
 
     def _entry(self, row: dict[str, Any], vector: np.ndarray | None = None) -> CacheEntry:
         expires = int(row["expires_at"])
@@ -342,6 +347,8 @@ class MilvusBackend:
                 await asyncio.wait_for(self._closed.wait(), self.settings.sweep_interval_seconds)
             if self._closed.is_set():
                 return
+            if self.state != "ready":
+                continue
             try:
                 await self.sweep(time.time())
             except BackendUnavailable as exc:
@@ -397,6 +404,11 @@ class SchemaProblem(Exception):
 def open_client(s: MilvusSettings) -> Any:
     """A connected pymilvus client for these settings (auth and TLS included)."""
     from pymilvus import MilvusClient
+
+    # pymilvus logs every failed RPC at ERROR (one line per request while Milvus is down) and
+    # sets its loggers up on import; the backend logs each state change once instead.
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("pymilvus")] + ["pymilvus"]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
     # An alias of our own: pymilvus otherwise shares one connection per (uri, user) in a process,
     # so closing one client would close another's, and a corrected password would be ignored.

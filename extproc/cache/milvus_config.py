@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,13 +126,13 @@ def _params(value: dict[str, Any], path: str, errors: list[str]) -> dict[str, An
     return {k: v for k, v in value.items() if k not in bad}
 
 
-def parse_milvus_config(raw: Any, source: str) -> MilvusSettings:
+def parse_milvus_config(raw: Any, source: str, env: Mapping[str, str] | None = None) -> MilvusSettings:
     """Validate a parsed milvus.yaml; raise :class:`ConfigError` naming every bad key."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping (connection:, collection:, search:)")
-    raw = expand_env(raw, "")
+    raw = expand_env(raw, "", env)
     errors: list[str] = []
     for key, value in raw.items():
         if key not in _TOP:
@@ -199,7 +200,7 @@ def parse_milvus_config(raw: Any, source: str) -> MilvusSettings:
     return settings
 
 
-def load_milvus_config(path: Path) -> MilvusSettings:
+def load_milvus_config(path: Path, env: Mapping[str, str] | None = None) -> MilvusSettings:
     """Read and validate a milvus.yaml file."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -207,4 +208,4 @@ def load_milvus_config(path: Path) -> MilvusSettings:
         raise ConfigError(f"{path}: cannot read: {exc}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    return parse_milvus_config(raw, str(path))
+    return parse_milvus_config(raw, str(path), env)
