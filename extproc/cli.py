@@ -16,18 +16,9 @@ from pathlib import Path
 from . import __version__
 from .config import CacheSettings, ConfigError, default_config_path, load_config
 from .proxy import envoy_command, render_envoy_config, validate_envoy_config
+from .telemetry import setup_logging, setup_tracing, shutdown_tracing
 
 log = logging.getLogger("semantic_cache")
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("sentence_transformers", "transformers", "httpx", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _load(path: str | None) -> CacheSettings:
@@ -84,7 +75,7 @@ async def _wait_port(host: str, port: int, timeout: float) -> bool:
 
 async def _run(settings: CacheSettings, envoy_log_level: str) -> int:
     from .demo_upstream import start_demo_upstream
-    from .server import build_server
+    from .server import build_server, start_management_logged
 
     env = dict(os.environ)
     demo = None
@@ -102,6 +93,7 @@ async def _run(settings: CacheSettings, envoy_log_level: str) -> int:
     port = await server.start(settings.server.grpc_address)
     grpc_host = settings.server.grpc_address.rpartition(":")[0]
     log.info("ext_proc gRPC listening on %s:%d", grpc_host, port)
+    await start_management_logged(server, settings.server.metrics_address)
     env.setdefault("EXTPROC_HOST", grpc_host)
     env["EXTPROC_PORT"] = str(port)
     workdir = Path(tempfile.mkdtemp(prefix="semantic-cache-"))
@@ -212,14 +204,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``semantic-cache`` console script."""
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level)
+    setup_logging(args.log_level)
     try:
+        if args.command in ("run", "serve"):
+            setup_tracing()
         return int(args.func(args) or 0)
     except ConfigError as exc:
         print(f"semantic-cache: configuration error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        shutdown_tracing()
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ IGNORED_ROUTER_KEYS = frozenset({"use_hnsw", "hnsw_m", "hnsw_ef_construction", "
 # Environment variables that override deployment / security settings of the file.
 ENV_OVERRIDES: dict[str, str] = {
     "SEMANTIC_CACHE_GRPC_ADDRESS": "server.grpc_address",
+    "SEMANTIC_CACHE_METRICS_ADDRESS": "server.metrics_address",
     "SEMANTIC_CACHE_SCOPE_MODE": "scope_mode",
     "SEMANTIC_CACHE_SCOPE_HEADER": "scope_header",
 }
@@ -46,6 +47,8 @@ class ServerSettings:
     """Where and how the gRPC processor listens."""
 
     grpc_address: str = "127.0.0.1:50051"
+    metrics_address: str = "127.0.0.1:9190"
+    """Prometheus /metrics, /healthz, /readyz."""
     max_message_bytes: int = 64 * 1024 * 1024
     shutdown_grace_seconds: float = 30.0
 
@@ -158,6 +161,7 @@ _CACHE_KEYS: KeySpec = {
 }
 _SERVER_KEYS: KeySpec = {
     "grpc_address": (str, '"host:port"', _address),
+    "metrics_address": (str, '"host:port"', _address),
     "max_message_bytes": (int, "an integer (bytes)", int_range(4 * 1024 * 1024)),
     "shutdown_grace_seconds": ((int, float), "a number of seconds", positive),
 }

@@ -93,6 +93,8 @@ class Embedder:
         self._drain_task: asyncio.Task[None] | None = None
         self.batches = 0
         self.encoded = 0
+        self.on_batch: Callable[[int], None] | None = None
+        """Called with each forward pass's batch size (metrics)."""
 
     async def embed(self, text: str) -> np.ndarray:
         """The normalized embedding of one text (batched with concurrent callers)."""
@@ -131,6 +133,8 @@ class Embedder:
                     continue
                 self.batches += 1
                 self.encoded += len(live)
+                if self.on_batch is not None:
+                    self.on_batch(len(live))
                 for (_, f), v in zip(live, vectors, strict=True):
                     if not f.done():
                         f.set_result(v)

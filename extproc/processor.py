@@ -11,11 +11,13 @@ import gzip
 import logging
 import time
 import zlib
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import betterproto2
+from opentelemetry import trace
+from opentelemetry.trace import INVALID_SPAN, Span, SpanKind
 
 from . import messages as m
 from .cache import CacheQuery, LookupResult, SemanticCache
@@ -35,6 +37,7 @@ from .openai import (
     render_sse,
     scope_from_authorization,
 )
+from .telemetry import parent_context, span_attributes, tracer
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,11 @@ class Decision:
     store: str = ""
     """``stored`` or the store-skip reason (``non_2xx``, ``truncated``, ``too_large``…)."""
     timings: dict[str, float] = field(default_factory=dict)
+    candidates: int = 0
+    best_similarity: float = 0.0
+    rejected_by: list[str] = field(default_factory=list)
+    entry_age_s: float | None = None
+    partition: str = ""
 
 
 @dataclass
@@ -67,6 +75,7 @@ class Shared:
     spawn: Spawn
     """Runs a coroutine in the background, tracked for graceful shutdown."""
     on_decision: Callable[[Decision], None] = lambda d: None
+    """Called once per request with its final decision (metrics, logs)."""
 
 
 def cache_control(value: str) -> tuple[bool, bool]:
@@ -78,10 +87,12 @@ def cache_control(value: str) -> tuple[bool, bool]:
 class StreamProcessor:
     """Handles the messages of one HTTP request / response."""
 
-    def __init__(self, shared: Shared) -> None:
+    def __init__(self, shared: Shared, metadata: Sequence[tuple[str, Any]] | None = None) -> None:
         self.shared = shared
         self.settings = shared.settings
         self.decision = Decision()
+        self._metadata = metadata
+        self._span: Span = INVALID_SPAN
         self._query: CacheQuery | None = None
         self._request: ChatRequest | None = None
         self._lookup: LookupResult | None = None
@@ -120,6 +131,9 @@ class StreamProcessor:
 
     def on_request_headers(self, headers: dict[str, str], end_of_stream: bool) -> m.ProcessingResponse:
         """Decide whether this request is ours; strip accept-encoding if it may be stored."""
+        self._span = tracer.start_span(
+            "semantic_cache.request", context=parent_context(self._metadata, headers), kind=SpanKind.SERVER
+        )
         path = headers.get(":path", "").split("?", 1)[0]
         if headers.get(":method") != "POST" or path != CHAT_PATH:
             return self._pass_through("not_chat")
@@ -169,6 +183,7 @@ class StreamProcessor:
             exact_key=exact_key(chat.model, self._scope, chat.fingerprint, chat.prompt),
         )
         self._query = query
+        self.decision.partition = query.partition[:16]
         self.decision.outcome = "miss"
         self._storing = not self._no_store
         if self._no_cache:
@@ -177,7 +192,8 @@ class StreamProcessor:
         started = time.perf_counter()
         try:
             timeout = self.settings.lookup_timeout_ms / 1000
-            self._lookup = await asyncio.wait_for(self.shared.cache.check(query), timeout)
+            with trace.use_span(self._span, end_on_exit=False):
+                self._lookup = await asyncio.wait_for(self.shared.cache.check(query), timeout)
         except Exception as exc:  # never fail the request because of the cache
             reason = (
                 "lookup_timeout"
@@ -201,8 +217,16 @@ class StreamProcessor:
         finally:
             self.decision.timings["lookup_ms"] = (time.perf_counter() - started) * 1000
         lookup = self._lookup
+        d = self.decision
+        d.candidates, d.best_similarity, d.rejected_by = (
+            lookup.candidates,
+            lookup.best_similarity,
+            lookup.rejections,
+        )
+        d.timings.update(lookup.timings)
         if lookup.entry is None:
             return m.request_body()
+        d.entry_age_s = max(0.0, time.time() - lookup.entry.created_at)
         return self._serve_hit(chat, lookup)
 
     def _decode_request(self, body: bytes) -> bytes:
@@ -278,6 +302,11 @@ class StreamProcessor:
         return m.response_body()
 
     async def _store(self, body: bytes) -> None:
+        with trace.use_span(self._span, end_on_exit=False):
+            await self._parse_and_store(body)
+        self._report()
+
+    async def _parse_and_store(self, body: bytes) -> None:
         query, lookup = self._query, self._lookup
         assert query is not None
         try:
@@ -306,7 +335,6 @@ class StreamProcessor:
                 log.warning("cache store failed", exc_info=True)
                 self._skip_store("backend_error")
             self.decision.timings["store_ms"] = (time.perf_counter() - started) * 1000
-        self._report()
 
     def on_stream_closed(self) -> None:
         """The stream ended; a response still being captured was aborted."""
@@ -341,6 +369,15 @@ class StreamProcessor:
             return
         self._reported = True
         try:
+            self._end_span()
             self.shared.on_decision(self.decision)
         except Exception:  # reporting must never break a request
             log.exception("decision reporting failed")
+
+    def _end_span(self) -> None:
+        if self._span.is_recording():
+            cache = self.shared.cache
+            self._span.set_attributes(
+                span_attributes(self.decision, cache.backend.name, cache.similarity_threshold)
+            )
+        self._span.end()

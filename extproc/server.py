@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import grpc
+from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from . import messages as m
@@ -17,7 +18,9 @@ from .cache import MemoryBackend, SemanticCache
 from .cache.schema import CacheBackend
 from .config import CacheSettings, ConfigError
 from .embedding import Embedder, EncodeFn, load_sentence_model
+from .management import make_app, start_management
 from .processor import Decision, Shared, StreamProcessor
+from .telemetry import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +46,18 @@ class BackgroundTasks:
 
 
 class DecisionLog:
-    """Counts decisions and logs one debug line per request (never prompt text)."""
+    """Counts decisions, feeds the metrics and logs one debug line per request (never prompt text)."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics | None = None, backend: str = "") -> None:
         self.counts: dict[str, int] = {"hit": 0, "miss": 0, "bypass": 0}
+        self.metrics = metrics
+        self.backend = backend
 
     def __call__(self, d: Decision) -> None:
         """Record one decision."""
         self.counts[d.outcome] = self.counts.get(d.outcome, 0) + 1
+        if self.metrics is not None:
+            self.metrics.observe(d, self.backend)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "decision=%s reason=%s match=%s similarity=%.4f model=%s store=%s timings=%s",
@@ -67,9 +74,14 @@ class DecisionLog:
 class ExtProcServer:
     """Serves ``ExternalProcessor/Process`` and gRPC health on one address."""
 
-    def __init__(self, shared: Shared, tasks: BackgroundTasks, max_message_bytes: int) -> None:
+    def __init__(
+        self, shared: Shared, tasks: BackgroundTasks, max_message_bytes: int, metrics: Metrics | None = None
+    ) -> None:
         self.shared = shared
         self.tasks = tasks
+        self.metrics = metrics or Metrics()
+        self.management: web.AppRunner | None = None
+        self.management_port = 0
         self.health = health.aio.HealthServicer()
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -94,7 +106,7 @@ class ExtProcServer:
     async def _process(
         self, requests: AsyncIterator[m.ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[m.ProcessingResponse]:
-        processor = StreamProcessor(self.shared)
+        processor = StreamProcessor(self.shared, context.invocation_metadata())
         try:
             async for request in requests:
                 reply = await processor.handle(request)
@@ -114,12 +126,21 @@ class ExtProcServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
 
+    async def start_management(self, address: str) -> int:
+        """Serve /metrics, /healthz and /readyz on ``address``; return the bound port."""
+        app = make_app(self.shared, self.metrics)
+        self.management, self.management_port = await start_management(app, address)
+        return self.management_port
+
     async def stop(self, grace: float) -> None:
         """Stop taking streams, let open ones finish (up to ``grace`` s), then wait for stores."""
         await self.health.enter_graceful_shutdown()
         started = time.monotonic()
         await self.server.stop(grace)
         await self.tasks.drain(max(1.0, grace - (time.monotonic() - started)))
+        if self.management is not None:
+            await self.management.cleanup()
+            self.management = None
 
 
 def make_backend(settings: CacheSettings, dim: int) -> CacheBackend:
@@ -162,8 +183,20 @@ async def build_server(settings: CacheSettings, model: tuple[EncodeFn, int] | No
     cache = SemanticCache(backend, embedder, settings.similarity_threshold, top_k, settings.ttl_seconds)
     await backend.start()
     tasks = BackgroundTasks()
-    shared = Shared(settings=settings, cache=cache, spawn=tasks.spawn, on_decision=DecisionLog())
-    return ExtProcServer(shared, tasks, settings.server.max_message_bytes)
+    metrics = Metrics()
+    embedder.on_batch = metrics.batch_size.observe
+    decisions = DecisionLog(metrics, backend.name)
+    shared = Shared(settings=settings, cache=cache, spawn=tasks.spawn, on_decision=decisions)
+    metrics.watch(shared)
+    return ExtProcServer(shared, tasks, settings.server.max_message_bytes, metrics)
+
+
+async def start_management_logged(server: ExtProcServer, address: str) -> None:
+    """Start the management listener and log where it is."""
+    port = await server.start_management(address)
+    log.info(
+        "management (metrics, healthz, readyz) listening on http://%s:%d", address.rpartition(":")[0], port
+    )
 
 
 async def serve(settings: CacheSettings, ready: asyncio.Event | None = None) -> None:
@@ -172,6 +205,7 @@ async def serve(settings: CacheSettings, ready: asyncio.Event | None = None) -> 
     port = await server.start(settings.server.grpc_address)
     host = settings.server.grpc_address.rpartition(":")[0]
     log.info("ext_proc gRPC listening on %s:%d", host, port)
+    await start_management_logged(server, settings.server.metrics_address)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

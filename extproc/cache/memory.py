@@ -101,6 +101,11 @@ class MemoryBackend:
         """Number of stored entries."""
         return len(self._entries)
 
+    @property
+    def known_entries(self) -> int:
+        """Entries now (for metrics)."""
+        return len(self._entries)
+
     async def start(self) -> None:
         """Nothing to start."""
 

@@ -84,6 +84,8 @@ class MilvusBackend:
         self.detail = f"connecting to Milvus at {settings.address}"
         self.evictions = 0
         self.expired = 0
+        self.known_entries = 0
+        """Entity count as of the last connect or sweep (metrics read this, not Milvus)."""
         self._client: Any = None
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="milvus")
         self._tasks: list[asyncio.Task[None]] = []
@@ -184,7 +186,7 @@ class MilvusBackend:
                     "are never dropped",
                 )
             client.load_collection(s.collection)
-            count = self._count(client)
+            count = self.known_entries = self._count(client)
         except Exception:
             client.close()
             raise
@@ -362,7 +364,8 @@ class MilvusBackend:
             s.timeout,
         )
         self.expired += int(expired.get("delete_count", 0)) if isinstance(expired, dict) else 0
-        excess = await self.count() - self.max_entries
+        self.known_entries = await self.count()
+        excess = self.known_entries - self.max_entries
         if excess <= 0:
             return
         cutoff = await self._call(lambda c: self._oldest_cutoff(c, excess), s.timeout * 4)

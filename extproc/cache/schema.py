@@ -65,6 +65,8 @@ class LookupResult:
     """The query embedding, reused when the response is stored."""
     rejections: list[str] = field(default_factory=list)
     """Guard names that rejected a candidate above the threshold."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Milliseconds per step: ``exact_ms``, ``embed_ms``, ``search_ms``."""
 
     @property
     def hit(self) -> bool:

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import numpy as np
 
 from ..embedding import Embedder
+from ..telemetry import tracer
 from .schema import CacheBackend, CacheEntry, CacheQuery, LookupResult
+
+
+@contextmanager
+def timed(into: dict[str, float], key: str) -> Iterator[None]:
+    """Add the block's wall time in milliseconds to ``into[key]``."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        into[key] = into.get(key, 0.0) + (time.perf_counter() - started) * 1000
 
 
 class Guard(Protocol):
@@ -48,12 +60,20 @@ class SemanticCache:
         accepts is the hit.
         """
         now = time.time()
-        entry = await self.backend.get_exact(query.exact_key, now)
+        timings: dict[str, float] = {}
+        with timed(timings, "exact_ms"), tracer.start_as_current_span("semantic_cache.exact_lookup") as span:
+            entry = await self.backend.get_exact(query.exact_key, now)
+            span.set_attribute("semantic_cache.found", entry is not None)
         if entry is not None and entry.prompt == query.prompt:
             await self.backend.record_hit(entry)
-            return LookupResult(entry=entry, similarity=1.0, match="exact", best_similarity=1.0)
-        vector = await self.embedder.embed(query.prompt)
-        return await self.check_vector(query, vector, threshold, now)
+            return LookupResult(
+                entry=entry, similarity=1.0, match="exact", best_similarity=1.0, timings=timings
+            )
+        with timed(timings, "embed_ms"), tracer.start_as_current_span("semantic_cache.embed"):
+            vector = await self.embedder.embed(query.prompt)
+        result = await self.check_vector(query, vector, threshold, now)
+        result.timings.update(timings)
+        return result
 
     async def check_vector(
         self, query: CacheQuery, vector: np.ndarray, threshold: float | None = None, now: float | None = None
@@ -61,8 +81,13 @@ class SemanticCache:
         """The semantic half of :meth:`check`, for callers that already have the embedding."""
         now = time.time() if now is None else now
         limit = self.similarity_threshold if threshold is None else threshold
-        candidates = await self.backend.search(query.partition, vector, self.top_k, now)
-        result = LookupResult(vector=vector, candidates=len(candidates))
+        timings: dict[str, float] = {}
+        with timed(timings, "search_ms"), tracer.start_as_current_span("semantic_cache.lookup") as span:
+            candidates = await self.backend.search(query.partition, vector, self.top_k, now)
+            span.set_attribute("semantic_cache.candidates", len(candidates))
+            if candidates:
+                span.set_attribute("semantic_cache.best_similarity", round(candidates[0].similarity, 4))
+        result = LookupResult(vector=vector, candidates=len(candidates), timings=timings)
         if candidates:
             result.best_similarity = candidates[0].similarity
         for candidate in candidates:
@@ -100,7 +125,9 @@ class SemanticCache:
             created_at=now,
             expires_at=now + self.ttl_seconds if self.ttl_seconds > 0 else 0.0,
         )
-        await self.backend.put(entry)
+        with tracer.start_as_current_span("semantic_cache.store") as span:
+            span.set_attribute("semantic_cache.backend", self.backend.name)
+            await self.backend.put(entry)
         return entry
 
     async def close(self) -> None:
