@@ -95,6 +95,7 @@ async def _run(settings: CacheSettings, envoy_log_level: str) -> int:
     log.info("ext_proc gRPC listening on %s:%d", grpc_host, port)
     await start_management_logged(server, settings.server.metrics_address)
     env.setdefault("EXTPROC_HOST", grpc_host)
+    env.setdefault("SCOPE_HEADER", settings.scope_header.lower())
     env["EXTPROC_PORT"] = str(port)
     workdir = Path(tempfile.mkdtemp(prefix="semantic-cache-"))
     config_file = workdir / "envoy.yaml"

@@ -71,6 +71,8 @@ class CacheSettings:
     fingerprint_ignore_fields: tuple[str, ...] = ("stream", "stream_options")
     max_response_bytes: int = 4 * 1024 * 1024
     lookup_timeout_ms: int = 1500
+    coalesce_wait_ms: int = 60_000
+    """How long identical concurrent misses wait for the first one's answer (single-flight)."""
     embedding_batch_size: int = 64
     embedding_threads: int = 0
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -156,6 +158,7 @@ _CACHE_KEYS: KeySpec = {
     "fingerprint_ignore_fields": (list, "a list of request field names", None),
     "max_response_bytes": (int, "an integer (bytes)", int_range(1024)),
     "lookup_timeout_ms": (int, "an integer (milliseconds)", int_range(1)),
+    "coalesce_wait_ms": (int, "an integer (milliseconds, 0 = never wait)", int_range(0, 600_000)),
     "embedding_batch_size": (int, "an integer", int_range(1, 4096)),
     "embedding_threads": (int, "an integer (0 = library default)", int_range(0, 256)),
 }

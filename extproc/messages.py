@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import timedelta
 
 from envoy_data_plane.envoy.config.core.v3 import (
     HeaderMap,
@@ -125,6 +126,11 @@ def continue_phase(phase: str) -> ProcessingResponse:
     if phase.endswith("_body"):
         return ProcessingResponse(**{phase: BodyResponse(response=CommonResponse())})
     return ProcessingResponse(**{phase: TrailersResponse()})
+
+
+def extend_timeout(seconds: float) -> ProcessingResponse:
+    """Ask Envoy to wait up to ``seconds`` for the reply to the current message."""
+    return ProcessingResponse(override_message_timeout=timedelta(seconds=seconds))
 
 
 def immediate(status: int, body: bytes, headers: Mapping[str, str]) -> ProcessingResponse:

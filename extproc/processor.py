@@ -11,7 +11,7 @@ import gzip
 import logging
 import time
 import zlib
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ from opentelemetry.trace import INVALID_SPAN, Span, SpanKind
 from . import messages as m
 from .cache import CacheQuery, LookupResult, SemanticCache
 from .cache.schema import BackendUnavailable, EntryTooLarge
+from .cache.singleflight import InFlight
 from .config import CacheSettings
 from .openai import (
     CHAT_PATH,
@@ -76,6 +77,8 @@ class Shared:
     """Runs a coroutine in the background, tracked for graceful shutdown."""
     on_decision: Callable[[Decision], None] = lambda d: None
     """Called once per request with its final decision (metrics, logs)."""
+    inflight: InFlight = field(default_factory=InFlight)
+    """Identical misses being fetched now (single-flight)."""
 
 
 def cache_control(value: str) -> tuple[bool, bool]:
@@ -87,8 +90,15 @@ def cache_control(value: str) -> tuple[bool, bool]:
 class StreamProcessor:
     """Handles the messages of one HTTP request / response."""
 
-    def __init__(self, shared: Shared, metadata: Sequence[tuple[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        shared: Shared,
+        metadata: Sequence[tuple[str, Any]] | None = None,
+        send: Callable[[m.ProcessingResponse], Awaitable[None]] | None = None,
+    ) -> None:
         self.shared = shared
+        self._send = send
+        self._leading = False
         self.settings = shared.settings
         self.decision = Decision()
         self._metadata = metadata
@@ -224,10 +234,32 @@ class StreamProcessor:
             lookup.rejections,
         )
         d.timings.update(lookup.timings)
+        if lookup.entry is None and self._storing:
+            lookup = await self._coalesce(query) or lookup
         if lookup.entry is None:
             return m.request_body()
         d.entry_age_s = max(0.0, time.time() - lookup.entry.created_at)
         return self._serve_hit(chat, lookup)
+
+    async def _coalesce(self, query: CacheQuery) -> LookupResult | None:
+        """Single-flight: lead this miss, or wait (bounded) for the identical one in flight."""
+        inflight = self.shared.inflight
+        if inflight.lead(query.exact_key):
+            self._leading = True
+            return None
+        wait = self.settings.coalesce_wait_ms / 1000
+        if self._send is not None:  # keep Envoy from giving up on us while we wait
+            await self._send(m.extend_timeout(wait + 1.0))
+        if not await inflight.wait(query.exact_key, wait):
+            return None
+        try:
+            entry = await self.shared.cache.backend.get_exact(query.exact_key, time.time())
+        except Exception:
+            return None
+        if entry is None:
+            return None
+        self.decision.reason = "coalesced"
+        return LookupResult(entry=entry, similarity=1.0, match="exact", best_similarity=1.0)
 
     def _decode_request(self, body: bytes) -> bytes:
         encoding = self._request_encoding
@@ -368,6 +400,8 @@ class StreamProcessor:
         if self._reported:
             return
         self._reported = True
+        if self._leading and self._query is not None:
+            self.shared.inflight.done(self._query.exact_key)
         try:
             self._end_span()
             self.shared.on_decision(self.decision)

@@ -59,6 +59,8 @@ def render_envoy_config(env: Mapping[str, str] | None = None, template: Path | N
     values = dict(os.environ if env is None else env)
     if "UPSTREAM_HOST" not in values:
         values.update(upstream_env(values.get("UPSTREAM_URL", "http://127.0.0.1:8000")))
+    values.setdefault("STRIP_SCOPE_HEADER", "true")  # secure by default (see the template)
+    values.setdefault("SCOPE_HEADER", values.get("SEMANTIC_CACHE_SCOPE_HEADER", "x-tenant-id").lower())
     source = template or template_path()
     return substitute_env(keep_blocks(source.read_text(encoding="utf-8"), values), values, str(source))
 

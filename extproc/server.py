@@ -105,12 +105,12 @@ class ExtProcServer:
 
     async def _process(
         self, requests: AsyncIterator[m.ProcessingRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[m.ProcessingResponse]:
-        processor = StreamProcessor(self.shared, context.invocation_metadata())
+    ) -> None:
+        processor = StreamProcessor(self.shared, context.invocation_metadata(), context.write)
         try:
             async for request in requests:
                 reply = await processor.handle(request)
-                yield reply
+                await context.write(reply)
                 if reply.immediate_response is not None:
                     return
         finally:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from .conftest import Stack, StackFactory
+from .conftest import Stack, StackFactory, start_envoy
 
 pytestmark = pytest.mark.integration
 
@@ -169,18 +171,45 @@ async def test_identity_partitions_never_hit(stack: Stack) -> None:
         assert r.headers["x-semantic-cache"] == "miss", variant
 
 
+TENANT_A_PROMPTS = {
+    "What is our refund policy?": ["Can you explain the refund policy?", "what is our refund policy"],
+    "Summarise the Q3 board minutes": ["Give me a summary of the Q3 board minutes"],
+    "Who is the account manager for Acme?": ["Which account manager handles Acme?"],
+}
+
+
 async def test_scope_by_header_never_crosses_tenants(
-    make_stack: StackFactory, backend: dict[str, Any]
+    make_stack: StackFactory, backend: dict[str, Any], tmp_path: Path
 ) -> None:
-    stack = await make_stack(scope_mode="header", scope_header="x-tenant-id", **backend)
+    # A trusted gateway in front sets x-tenant-id (so this Envoy keeps it) ...
+    stack = await make_stack(
+        scope_mode="header", scope_header="x-tenant-id", envoy_env={"STRIP_SCOPE_HEADER": "false"}, **backend
+    )
     model = fresh_model()
-    body = chat(model, "What is our refund policy?")
-    await stack.chat(body, **{"x-tenant-id": "a"})
+    a = {"x-tenant-id": "tenant-a"}
+    b = {"x-tenant-id": "tenant-b", "cache-control": "no-store"}  # B looks up but stores nothing
+    for prompt in TENANT_A_PROMPTS:
+        await stack.chat(chat(model, prompt), **a)
     await stack.settle()
-    assert (await stack.chat(body, **{"x-tenant-id": "a"})).headers["x-semantic-cache"] == "hit"
-    assert (await stack.chat(body, **{"x-tenant-id": "b"})).headers["x-semantic-cache"] == "miss"
-    no_scope = await stack.chat(body)
-    assert no_scope.headers["x-semantic-cache"] == "bypass"
+    for prompt, variants in TENANT_A_PROMPTS.items():
+        assert (await stack.chat(chat(model, prompt), **a)).headers["x-semantic-cache"] == "hit"
+        for attempt in [prompt, *variants]:  # tenant B: exact copies and paraphrases never hit A's
+            r = await stack.chat(chat(model, attempt), **b)
+            assert r.headers["x-semantic-cache"] == "miss", attempt
+    assert (await stack.chat(chat(model, "What is our refund policy?"))).headers[
+        "x-semantic-cache"
+    ] == "bypass"
+
+    # ... while on the public Envoy (default STRIP_SCOPE_HEADER) a client cannot pick tenant A.
+    public = await start_envoy(tmp_path, stack.server.port, stack.upstream.port)
+    try:
+        async with httpx.AsyncClient(base_url=public.url, timeout=30) as client:
+            for prompt in TENANT_A_PROMPTS:
+                r = await client.post("/v1/chat/completions", json=chat(model, prompt), headers=a)
+                assert r.status_code == 200 and r.headers["x-semantic-cache"] == "bypass"
+                assert "x-tenant-id" not in {k.lower() for k in stack.upstream.seen[-1].headers}
+    finally:
+        public.stop()
 
 
 async def test_scope_by_authorization(make_stack: StackFactory, backend: dict[str, Any]) -> None:
@@ -247,3 +276,15 @@ async def test_body_bigger_than_buffer_reaches_upstream(stack: Stack) -> None:
 async def test_healthz_is_answered_by_envoy(stack: Stack) -> None:
     r = await stack.client.get("/healthz")
     assert r.status_code == 200
+
+
+async def test_identical_concurrent_misses_coalesce(stack: Stack) -> None:
+    model = fresh_model()
+    body = chat(model, "Write a haiku about concurrency")
+    headers = {"x-test-mode": "slow", "x-test-delay-ms": "4000"}  # longer than Envoy's message_timeout
+    replies = await asyncio.gather(*(stack.chat(body, **headers) for _ in range(6)))
+    assert all(r.status_code == 200 for r in replies)
+    assert stack.upstream.chat_calls(model) == 1  # one upstream call served all six
+    kinds = sorted(r.headers["x-semantic-cache"] for r in replies)
+    assert kinds == ["hit"] * 5 + ["miss"]
+    assert len({content(r) for r in replies}) == 1

@@ -43,6 +43,8 @@ address stay on loopback whatever is passed there).
   "ENVOY_SERVICE_NAME" ($tr.envoyServiceName | toString)
   "OTEL_COLLECTOR_HOST" ($tr.collector.host | toString)
   "OTEL_COLLECTOR_PORT" (include "semantic-cache.num" $tr.collector.port)
+  "SCOPE_HEADER" (.Values.scope.header | toString | lower)
+  "STRIP_SCOPE_HEADER" (ternary "false" "true" (eq (toString .Values.scope.trustClientHeader) "true"))
 -}}
 {{- merge $own $vars | toJson -}}
 {{- end -}}
