@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 CHAT_PATH = "/v1/chat/completions"
+MAX_MODEL_CHARS = 256
+"""Longer ``model`` values are not cached (no real model name is that long)."""
 _WS = re.compile(r"\s+")
 
 
@@ -77,7 +79,7 @@ def parse_chat_request(
     """Parse a chat-completions body into a :class:`ChatRequest` or raise :class:`NotCacheable`."""
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise NotCacheable("bad_json") from exc
     if not isinstance(data, dict):
         raise NotCacheable("bad_json")
@@ -85,6 +87,8 @@ def parse_chat_request(
     messages = data.get("messages")
     if not isinstance(model, str) or not model:
         raise NotCacheable("no_model")
+    if len(model) > MAX_MODEL_CHARS:
+        raise NotCacheable("model_too_long")
     if not isinstance(messages, list) or not messages:
         raise NotCacheable("bad_messages")
     if not all(isinstance(m, dict) for m in messages):
@@ -104,7 +108,10 @@ def parse_chat_request(
     placeholder["content"] = {"$last_user_text": True, "rest": rest}
     msgs[last_user] = placeholder
     identity["messages"] = msgs
-    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    except (ValueError, RecursionError) as exc:  # e.g. lone surrogates, absurd nesting
+        raise NotCacheable("bad_json") from exc
     stream_options = data.get("stream_options")
     return ChatRequest(
         model=model,

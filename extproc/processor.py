@@ -43,6 +43,8 @@ from .telemetry import parent_context, span_attributes, tracer
 log = logging.getLogger(__name__)
 
 HEADER = "x-semantic-cache"
+MAX_SCOPE_CHARS = 256
+"""A longer scope header value is treated as missing (the request bypasses)."""
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 
 
@@ -166,7 +168,7 @@ class StreamProcessor:
         mode = self.settings.scope_mode
         if mode == "header":
             value = headers.get(self.settings.scope_header.lower(), "").strip()
-            return f"header:{value}" if value else None
+            return f"header:{value}" if 0 < len(value) <= MAX_SCOPE_CHARS else None
         if mode == "authorization":
             return scope_from_authorization(headers.get("authorization"))
         return "global"

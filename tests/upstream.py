@@ -76,7 +76,7 @@ def make_app(state: FakeUpstream) -> web.Application:
             await asyncio.sleep(int(request.headers.get("x-test-delay-ms", "500")) / 1000)
         try:
             body = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError, OSError, EOFError):
             return web.json_response({"error": {"message": "bad json"}}, status=400)
         if not isinstance(body, dict):
             return web.json_response({"error": {"message": "not an object"}}, status=400)
