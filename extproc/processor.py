@@ -21,7 +21,7 @@ from opentelemetry.trace import INVALID_SPAN, Span, SpanKind
 
 from . import messages as m
 from .cache import CacheQuery, LookupResult, SemanticCache
-from .cache.schema import BackendUnavailable, EntryTooLarge
+from .cache.schema import BackendUnavailable, EmbeddingFailed, EntryTooLarge
 from .cache.singleflight import InFlight
 from .config import CacheSettings
 from .openai import (
@@ -212,10 +212,12 @@ class StreamProcessor:
                 if isinstance(exc, TimeoutError)
                 else "backend_unavailable"
                 if isinstance(exc, BackendUnavailable)
+                else "embedding_error"
+                if isinstance(exc, EmbeddingFailed)
                 else "backend_error"
             )
             # Backend outages are logged once per state change by the backend itself.
-            level = logging.WARNING if reason == "backend_error" else logging.DEBUG
+            level = logging.WARNING if reason in ("backend_error", "embedding_error") else logging.DEBUG
             log.log(
                 level,
                 "cache lookup failed (%s): %s",

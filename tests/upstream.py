@@ -72,6 +72,10 @@ def make_app(state: FakeUpstream) -> web.Application:
         state.seen.append(Seen(request.method, request.path, dict(request.headers), raw))
         n = state.calls
         mode = request.headers.get("x-test-mode", "ok")
+        if mode == "reset":  # connection reset before any response byte
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response()
         if mode == "slow":
             await asyncio.sleep(int(request.headers.get("x-test-delay-ms", "500")) / 1000)
         try:

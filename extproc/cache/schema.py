@@ -116,5 +116,9 @@ class BackendUnavailable(Exception):
     """The backend cannot serve now (not connected, breaker open, schema mismatch…)."""
 
 
+class EmbeddingFailed(Exception):
+    """The embedding model raised (bypass reason ``embedding_error``)."""
+
+
 class EntryTooLarge(Exception):
     """The entry does not fit the backend's limits (store-skip reason ``too_large``)."""

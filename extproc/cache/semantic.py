@@ -11,7 +11,7 @@ import numpy as np
 
 from ..embedding import Embedder
 from ..telemetry import tracer
-from .schema import CacheBackend, CacheEntry, CacheQuery, LookupResult
+from .schema import CacheBackend, CacheEntry, CacheQuery, EmbeddingFailed, LookupResult
 
 
 @contextmanager
@@ -70,7 +70,10 @@ class SemanticCache:
                 entry=entry, similarity=1.0, match="exact", best_similarity=1.0, timings=timings
             )
         with timed(timings, "embed_ms"), tracer.start_as_current_span("semantic_cache.embed"):
-            vector = await self.embedder.embed(query.prompt)
+            try:
+                vector = await self.embedder.embed(query.prompt)
+            except Exception as exc:
+                raise EmbeddingFailed(f"embedding failed: {type(exc).__name__}") from exc
         result = await self.check_vector(query, vector, threshold, now)
         result.timings.update(timings)
         return result
