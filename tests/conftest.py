@@ -152,12 +152,8 @@ async def make_stack(
     model: tuple[EncodeFn, int],
     upstream: fake.FakeUpstream,
     tmp_path_factory: pytest.TempPathFactory,
-    milvus_server: MilvusServer,
 ) -> AsyncIterator[StackFactory]:
-    """Build (once per distinct settings) a processor + Envoy pair in front of the upstream.
-
-    Depends on the Milvus server so that the stacks are torn down before the server stops.
-    """
+    """Build (once per distinct settings) a processor + Envoy pair in front of the upstream."""
     made: dict[tuple[tuple[str, Any], ...], Stack] = {}
     tmp = tmp_path_factory.mktemp("envoy")
 
