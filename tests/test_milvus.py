@@ -12,15 +12,16 @@ from typing import Any
 
 import pytest
 
-from extproc.cache import CacheQuery, SemanticCache
+from extproc.cache import SemanticCache
 from extproc.cache.milvus import MilvusBackend, decode_response, encode_response
 from extproc.cache.schema import BackendUnavailable, EntryTooLarge
 from extproc.config import ConfigError, parse_config
 from extproc.embedding import Embedder, EncodeFn
-from extproc.openai import exact_key, partition_key
 from extproc.server import make_backend
 
 from .conftest import MilvusServer, milvus_yaml
+from .test_cache import answer
+from .test_cache import query as q
 
 pytestmark = pytest.mark.integration
 
@@ -45,26 +46,6 @@ async def open_cache(
     return SemanticCache(
         backend, Embedder(encode, dim), settings.similarity_threshold, 10, settings.ttl_seconds
     )
-
-
-def q(prompt: str, model: str = "m", scope: str = "global", fp: str = "f") -> CacheQuery:
-    """A CacheQuery."""
-    return CacheQuery(
-        model=model,
-        scope=scope,
-        fingerprint=fp,
-        prompt=prompt,
-        partition=partition_key(model, scope, fp),
-        exact_key=exact_key(model, scope, fp, prompt),
-    )
-
-
-def answer(text: str) -> dict[str, Any]:
-    """A stored completion."""
-    return {
-        "object": "chat.completion",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-    }
 
 
 _created: list[str] = []
