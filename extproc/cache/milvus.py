@@ -310,8 +310,8 @@ class MilvusBackend(MilvusBulkOps):
             "prompt": entry.prompt,
             "response": encode_response(entry.response),
             self.settings.vector_field: np.asarray(entry.vector, dtype=np.float32).tolist(),
-            "created_at": int(entry.created_at * 1000),
-            "expires_at": int(entry.expires_at * 1000) if entry.expires_at > 0 else NEVER,
+            "created_at": round(entry.created_at * 1000),  # round: imported ms survive float math
+            "expires_at": round(entry.expires_at * 1000) if entry.expires_at > 0 else NEVER,
         }
 
     async def put(self, entry: CacheEntry) -> None:
