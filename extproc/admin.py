@@ -12,6 +12,7 @@ one refuses to start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import logging
@@ -236,9 +237,11 @@ class AdminApi:
         else:
             matched = await self.backend.count_matching(selector, now)
             preview = []
-            async for batch in self.backend.entries(selector, now, batch_size=PREVIEW, vectors=False):
-                preview = [_entry_summary(e) for e in batch[:PREVIEW]]
-                break
+            batches = self.backend.entries(selector, now, batch_size=PREVIEW, vectors=False)
+            async with contextlib.aclosing(batches):  # the first batch only; release the iterator
+                async for batch in batches:
+                    preview = [_entry_summary(e) for e in batch[:PREVIEW]]
+                    break
             deleted = 0 if dry_run else await self.backend.delete_matching(selector)
         body: dict[str, Any] = {"dry_run": dry_run, "matched": matched, "deleted": deleted}
         body["entries"] = preview
