@@ -1,4 +1,4 @@
-"""The ``semantic-cache`` command: run, serve, check-config, render-envoy."""
+"""The ``semantic-cache`` command: run, serve, check-config, create-collection, admin, render-envoy."""
 
 from __future__ import annotations
 
@@ -74,8 +74,11 @@ async def _wait_port(host: str, port: int, timeout: float) -> bool:
 
 
 async def _run(settings: CacheSettings, envoy_log_level: str) -> int:
+    from .admin import admin_preflight, start_admin
     from .demo_upstream import start_demo_upstream
     from .server import build_server, start_management_logged
+
+    admin_preflight(settings)
 
     env = dict(os.environ)
     demo = None
@@ -94,6 +97,7 @@ async def _run(settings: CacheSettings, envoy_log_level: str) -> int:
     grpc_host = settings.server.grpc_address.rpartition(":")[0]
     log.info("ext_proc gRPC listening on %s:%d", grpc_host, port)
     await start_management_logged(server, settings.server.metrics_address)
+    admin = await start_admin(server.shared, settings)
     env.setdefault("EXTPROC_HOST", grpc_host)
     env.setdefault("SCOPE_HEADER", settings.scope_header.lower())
     env["EXTPROC_PORT"] = str(port)
@@ -136,6 +140,7 @@ async def _run(settings: CacheSettings, envoy_log_level: str) -> int:
                 await asyncio.wait_for(envoy.wait(), 10)
             if envoy.returncode is None:
                 envoy.kill()
+        await admin.stop()
         await server.stop(settings.server.shutdown_grace_seconds)
         await server.shared.cache.close()
         if demo is not None:
@@ -195,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     create = sub.add_parser("create-collection", help="create the Milvus collection from milvus.yaml")
     create.add_argument("--config", help=config_help)
     create.set_defaults(func=cmd_create_collection)
+
+    from .admin_cli import add_admin_parser
+
+    add_admin_parser(sub)
 
     render = sub.add_parser("render-envoy", help="render envoy/envoy.yaml from the environment")
     render.add_argument("-o", "--output", help="write to this file instead of stdout")

@@ -35,6 +35,9 @@ ENV_OVERRIDES: dict[str, str] = {
     "SEMANTIC_CACHE_METRICS_ADDRESS": "server.metrics_address",
     "SEMANTIC_CACHE_SCOPE_MODE": "scope_mode",
     "SEMANTIC_CACHE_SCOPE_HEADER": "scope_header",
+    "SEMANTIC_CACHE_ADMIN_ADDRESS": "server.admin_address",
+    "SEMANTIC_CACHE_REVISION": "revision",
+    "SEMANTIC_CACHE_REVISION_HEADER": "revision_header",
 }
 
 
@@ -51,6 +54,8 @@ class ServerSettings:
     """Prometheus /metrics, /healthz, /readyz."""
     max_message_bytes: int = 64 * 1024 * 1024
     shutdown_grace_seconds: float = 30.0
+    admin_address: str = "127.0.0.1:9191"
+    """The admin API (extproc.admin); off loopback only with SEMANTIC_CACHE_ADMIN_TOKEN set."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,10 @@ class CacheSettings:
     """How long identical concurrent misses wait for the first one's answer (single-flight)."""
     embedding_batch_size: int = 64
     embedding_threads: int = 0
+    revision: str = ""
+    """The model weights' revision: part of every partition, so an upgrade never serves old answers."""
+    revision_header: str = ""
+    """A request header (set by a trusted hop) that overrides ``revision`` per request; "" = none."""
     server: ServerSettings = field(default_factory=ServerSettings)
     milvus_config: MilvusSettings | None = None
     """The validated milvus.yaml when backend_type is milvus (read once, at load)."""
@@ -135,6 +144,15 @@ def _address(v: Any) -> str | None:
     return None if ok else 'must be "host:port", e.g. "127.0.0.1:50051"'
 
 
+def _revision(v: Any) -> str | None:
+    ok = len(v) <= 128 and v.isprintable()
+    return None if ok else "must be printable and at most 128 characters (e.g. a weights hash or date)"
+
+
+def _optional_header_name(v: Any) -> str | None:
+    return None if v == "" else _header_name(v)
+
+
 def _header_name(v: Any) -> str | None:
     ok = re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", v) is not None
     return None if ok else "must be an HTTP header name such as x-tenant-id"
@@ -161,12 +179,15 @@ _CACHE_KEYS: KeySpec = {
     "coalesce_wait_ms": (int, "an integer (milliseconds, 0 = never wait)", int_range(0, 600_000)),
     "embedding_batch_size": (int, "an integer", int_range(1, 4096)),
     "embedding_threads": (int, "an integer (0 = library default)", int_range(0, 256)),
+    "revision": (str, 'a string (e.g. "2024-06-01" or a weights hash)', _revision),
+    "revision_header": (str, 'a header name, or "" for none', _optional_header_name),
 }
 _SERVER_KEYS: KeySpec = {
     "grpc_address": (str, '"host:port"', _address),
     "metrics_address": (str, '"host:port"', _address),
     "max_message_bytes": (int, "an integer (bytes)", int_range(4 * 1024 * 1024)),
     "shutdown_grace_seconds": ((int, float), "a number of seconds", positive),
+    "admin_address": (str, '"host:port"', _address),
 }
 
 

@@ -133,6 +133,15 @@ def partition_key(model: str, scope: str, fingerprint: str) -> str:
     return _hash("partition", model, scope, fingerprint)
 
 
+def with_revision(fingerprint: str, revision: str) -> str:
+    """The fingerprint of a request answered by model weights ``revision`` ("" keeps it as is).
+
+    Folding the revision into the fingerprint puts it into the partition and the exact key, so
+    answers of other weights under the same ``model`` name are never served.
+    """
+    return _hash("revision", fingerprint, revision) if revision else fingerprint
+
+
 def scope_from_authorization(value: str | None) -> str | None:
     """Hash of the bearer token (never the token itself), or None without one."""
     if not value:

@@ -37,6 +37,7 @@ from .openai import (
     render_completion,
     render_sse,
     scope_from_authorization,
+    with_revision,
 )
 from .telemetry import parent_context, span_attributes, tracer
 
@@ -111,6 +112,7 @@ class StreamProcessor:
         self._no_cache = False
         self._no_store = False
         self._scope = "global"
+        self._revision = ""
         self._request_encoding = ""
         self._storing = False
         self._status = 0
@@ -160,6 +162,9 @@ class StreamProcessor:
         if scope is None:
             return self._bypass("no_scope")
         self._scope = scope
+        revision_header = self.settings.revision_header.lower()
+        revision = headers.get(revision_header, "").strip() if revision_header else ""
+        self._revision = revision or self.settings.revision
         self._request_encoding = headers.get("content-encoding", "").strip().lower()
         remove = () if self._no_store else ("accept-encoding",)
         return m.request_headers(m.mutation(remove=remove))
@@ -186,13 +191,14 @@ class StreamProcessor:
             return m.request_body()
         self._request = chat
         self.decision.model = chat.model
+        fingerprint = with_revision(chat.fingerprint, self._revision)
         query = CacheQuery(
             model=chat.model,
             scope=self._scope,
-            fingerprint=chat.fingerprint,
+            fingerprint=fingerprint,
             prompt=chat.prompt,
-            partition=partition_key(chat.model, self._scope, chat.fingerprint),
-            exact_key=exact_key(chat.model, self._scope, chat.fingerprint, chat.prompt),
+            partition=partition_key(chat.model, self._scope, fingerprint),
+            exact_key=exact_key(chat.model, self._scope, fingerprint, chat.prompt),
         )
         self._query = query
         self.decision.partition = query.partition[:16]

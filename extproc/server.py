@@ -201,11 +201,15 @@ async def start_management_logged(server: ExtProcServer, address: str) -> None:
 
 async def serve(settings: CacheSettings, ready: asyncio.Event | None = None) -> None:
     """Run the processor until SIGINT / SIGTERM, then shut down gracefully."""
+    from .admin import admin_preflight, start_admin
+
+    admin_preflight(settings)
     server = await build_server(settings)
     port = await server.start(settings.server.grpc_address)
     host = settings.server.grpc_address.rpartition(":")[0]
     log.info("ext_proc gRPC listening on %s:%d", host, port)
     await start_management_logged(server, settings.server.metrics_address)
+    admin = await start_admin(server.shared, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -214,6 +218,7 @@ async def serve(settings: CacheSettings, ready: asyncio.Event | None = None) -> 
         ready.set()
     await stop.wait()
     log.info("shutting down: draining streams for up to %.0fs", settings.server.shutdown_grace_seconds)
+    await admin.stop()
     await server.stop(settings.server.shutdown_grace_seconds)
     await server.shared.cache.close()
     log.info("stopped")

@@ -77,6 +77,7 @@ async def test_run_serves_miss_then_hit_with_demo_upstream(tmp_path: Path) -> No
         "ENVOY_LISTEN_PORT": str(port),
         "ENVOY_ADMIN_PORT": str(admin),
         "SEMANTIC_CACHE_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}",
+        "SEMANTIC_CACHE_ADMIN_ADDRESS": f"127.0.0.1:{free_port()}",
     }
     log = tmp_path / "run.log"
     process = cli("run", env=env, log=log)
@@ -111,7 +112,7 @@ async def test_processor_killed_requests_still_succeed(tmp_path: Path) -> None:
     grpc_port = free_port()
     config = tmp_path / "config.yaml"
     config.write_text(f'semantic_cache:\n  server:\n    grpc_address: "127.0.0.1:{grpc_port}"\n')
-    env = dict(os.environ)
+    env = dict(os.environ) | {"SEMANTIC_CACHE_ADMIN_ADDRESS": f"127.0.0.1:{free_port()}"}
     log = tmp_path / "serve.log"
     processor = cli("serve", "--config", str(config), env=env, log=log)
     envoy = None

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import heapq
 import itertools
-from collections import deque
+from collections.abc import AsyncIterator, Sequence
 
 import numpy as np
 
 from .eviction import make_policy
-from .schema import CacheEntry, Candidate
+from .schema import CacheEntry, Candidate, EntryFilter
 from .vector_index import VectorIndex
 
 
@@ -33,7 +35,7 @@ class MemoryBackend:
         self._label_of: dict[str, int] = {}
         self._exact: dict[str, int] = {}
         self._partitions: dict[str, VectorIndex] = {}
-        self._expiry: deque[tuple[float, int]] = deque()
+        self._expiry: list[tuple[float, int]] = []  # a heap: imported entries expire in any order
         self.evictions = 0
 
     async def get_exact(self, exact_key: str, now: float) -> CacheEntry | None:
@@ -88,7 +90,7 @@ class MemoryBackend:
         index.add(label, vector)
         self._policy.added(label)
         if entry.expires_at > 0:
-            self._expiry.append((entry.expires_at, label))
+            heapq.heappush(self._expiry, (entry.expires_at, label))
 
     async def record_hit(self, entry: CacheEntry) -> None:
         """Count the hit and update LRU / LFU order."""
@@ -116,6 +118,60 @@ class MemoryBackend:
     async def close(self) -> None:
         """Nothing to release."""
 
+    # --- bulk operations (admin API) -------------------------------------------------------
+
+    async def entries(
+        self, selector: EntryFilter, now: float, batch_size: int = 256, vectors: bool = True
+    ) -> AsyncIterator[list[CacheEntry]]:
+        """Every live selected entry, in batches, from a snapshot taken at the first batch."""
+        self._purge_expired(now)
+        snapshot = [e for e in self._entries.values() if not e.expired(now) and selector.matches(e)]
+        for start in range(0, len(snapshot), batch_size):
+            yield snapshot[start : start + batch_size]
+            await asyncio.sleep(0)  # let requests run between batches
+
+    async def count_matching(self, selector: EntryFilter, now: float) -> int:
+        """Number of live selected entries."""
+        self._purge_expired(now)
+        if selector.everything:
+            return len(self._entries)
+        return sum(1 for e in self._entries.values() if not e.expired(now) and selector.matches(e))
+
+    async def nearest(
+        self, vector: np.ndarray, selector: EntryFilter, limit: int, now: float
+    ) -> list[Candidate]:
+        """Up to ``limit`` live selected entries of any partition, most similar first."""
+        self._purge_expired(now)
+        query = np.ascontiguousarray(vector, dtype=np.float32)
+        found: list[Candidate] = []
+        for index in list(self._partitions.values()):
+            for label, score in index.search(query, limit):
+                entry = self._entries.get(label)
+                if entry is not None and not entry.expired(now) and selector.matches(entry):
+                    found.append(Candidate(entry, score))
+        found.sort(key=lambda c: c.similarity, reverse=True)
+        return found[:limit]
+
+    async def delete_matching(self, selector: EntryFilter) -> int:
+        """Delete every selected entry."""
+        labels = [label for label, e in self._entries.items() if selector.matches(e)]
+        for label in labels:
+            self._remove(label)
+        return len(labels)
+
+    async def delete_ids(self, ids: Sequence[str]) -> int:
+        """Delete entries by id."""
+        labels = [self._label_of[i] for i in ids if i in self._label_of]
+        for label in labels:
+            self._remove(label)
+        return len(labels)
+
+    async def put_many(self, entries: Sequence[CacheEntry]) -> dict[int, str]:
+        """Store every entry (memory has no size limit per entry, so none is refused)."""
+        for entry in entries:
+            await self.put(entry)
+        return {}
+
     def _remove(self, label: int) -> None:
         entry = self._entries.pop(label, None)
         if entry is None:
@@ -131,10 +187,9 @@ class MemoryBackend:
         self._policy.removed(label)
 
     def _purge_expired(self, now: float) -> None:
-        # TTL is the same for every entry of a process, so expiry order is insertion order;
-        # entries removed earlier for other reasons are skipped.
+        # Entries removed earlier for other reasons are skipped.
         while self._expiry and self._expiry[0][0] <= now:
-            _, label = self._expiry.popleft()
+            _, label = heapq.heappop(self._expiry)
             entry = self._entries.get(label)
             if entry is not None and entry.expired(now):
                 self._remove(label)

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .breaker import CircuitBreaker
+from .milvus_bulk import MilvusBulkOps
 from .milvus_config import MilvusSettings
 from .milvus_schema import REQUIRED_FIELDS, build_schema, check_schema
 from .schema import BackendUnavailable, CacheEntry, Candidate, EntryTooLarge
@@ -67,7 +68,7 @@ def _auth_error(exc: BaseException) -> bool:
     return any(w in text for w in ("auth", "password", "unauthenticated", "credential"))
 
 
-class MilvusBackend:
+class MilvusBackend(MilvusBulkOps):
     """Entries in a Milvus collection (a server, or embedded Milvus Lite for a file URI)."""
 
     name = "milvus"
@@ -298,11 +299,11 @@ class MilvusBackend:
         # |a - b|^2 = 2 - 2 cos(a, b).
         return 1.0 - distance / 2.0 if self.settings.metric_type == "L2" else distance
 
-    async def put(self, entry: CacheEntry) -> None:
-        """Write one row (the exact key is the primary key, so a repeat replaces it)."""
+    def _row(self, entry: CacheEntry) -> dict[str, Any]:
+        """The collection row of ``entry``; raises :class:`EntryTooLarge` when it cannot fit."""
         if len(entry.prompt.encode()) > VARCHAR_MAX:
             raise EntryTooLarge("prompt longer than a Milvus VARCHAR")
-        row = {
+        return {
             "id": entry.exact_key,
             "partition_key": entry.partition,
             "model": entry.model,
@@ -311,9 +312,13 @@ class MilvusBackend:
             "prompt": entry.prompt,
             "response": encode_response(entry.response),
             self.settings.vector_field: np.asarray(entry.vector, dtype=np.float32).tolist(),
-            "created_at": int(entry.created_at * 1000),
-            "expires_at": int(entry.expires_at * 1000) if entry.expires_at > 0 else NEVER,
+            "created_at": round(entry.created_at * 1000),  # round: imported ms survive float math
+            "expires_at": round(entry.expires_at * 1000) if entry.expires_at > 0 else NEVER,
         }
+
+    async def put(self, entry: CacheEntry) -> None:
+        """Write one row (the exact key is the primary key, so a repeat replaces it)."""
+        row = self._row(entry)
         collection, timeout = self.settings.collection, self.settings.timeout
 
         def write(client: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -109,6 +110,64 @@ class CacheBackend(Protocol):
 
     async def close(self) -> None:
         """Release connections and threads."""
+        ...
+
+
+@dataclass(frozen=True)
+class EntryFilter:
+    """Which entries an admin operation selects: every given field must match (AND)."""
+
+    model: str | None = None
+    scope: str | None = None
+    fingerprint: str | None = None
+    created_before: float | None = None
+    """Unix seconds: only entries stored before this instant."""
+
+    @property
+    def everything(self) -> bool:
+        """True when no field narrows the selection."""
+        return all(v is None for v in (self.model, self.scope, self.fingerprint, self.created_before))
+
+    def matches(self, entry: CacheEntry) -> bool:
+        """True when ``entry`` is selected."""
+        return (
+            (self.model is None or entry.model == self.model)
+            and (self.scope is None or entry.scope == self.scope)
+            and (self.fingerprint is None or entry.fingerprint == self.fingerprint)
+            and (self.created_before is None or entry.created_at < self.created_before)
+        )
+
+
+class BulkBackend(Protocol):
+    """The operations behind the admin API (export, import, invalidate, flush)."""
+
+    name: str
+    dim: int
+
+    def entries(
+        self, selector: EntryFilter, now: float, batch_size: int = 256, vectors: bool = True
+    ) -> AsyncIterator[list[CacheEntry]]:
+        """Every live selected entry, in batches (with embeddings unless ``vectors`` is False)."""
+        ...
+
+    async def count_matching(self, selector: EntryFilter, now: float) -> int:
+        """Number of live selected entries."""
+        ...
+
+    async def nearest(self, vector: Any, selector: EntryFilter, limit: int, now: float) -> list[Candidate]:
+        """Up to ``limit`` live selected entries of any partition, most similar first."""
+        ...
+
+    async def delete_matching(self, selector: EntryFilter) -> int:
+        """Delete every selected entry; return how many went."""
+        ...
+
+    async def delete_ids(self, ids: Sequence[str]) -> int:
+        """Delete entries by id; return how many went."""
+        ...
+
+    async def put_many(self, entries: Sequence[CacheEntry]) -> dict[int, str]:
+        """Store entries as one write; return {index: reason} for those refused before writing."""
         ...
 
 
