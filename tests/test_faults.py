@@ -26,6 +26,22 @@ from .test_processes import cli, stop, wait_port
 pytestmark = pytest.mark.integration
 
 
+async def wait_backend_ready(mgmt_port: int, timeout: float = 90) -> None:
+    """Poll the processor's /readyz until its backend serves."""
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=5) as client:
+        while time.monotonic() < deadline:
+            try:
+                if (await client.get(f"http://127.0.0.1:{mgmt_port}/readyz")).json()[
+                    "backend_state"
+                ] == "ready":
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.2)
+    raise AssertionError("the processor's backend never became ready")
+
+
 def chat(model: str, prompt: str, **extra: Any) -> dict[str, Any]:
     """A chat request."""
     return {"model": model, "messages": [{"role": "user", "content": prompt}], **extra}
@@ -88,6 +104,7 @@ async def test_upstream_slow_and_reset_are_passed_through(stack: Stack) -> None:
         chat("faults-upstream", "Take your time"), **{"x-test-mode": "slow", "x-test-delay-ms": "800"}
     )
     assert slow.status_code == 200 and slow.headers["x-semantic-cache"] == "miss"
+    await stack.settle()
     before = await stack.entries()
     reset = await stack.chat(chat("faults-upstream", "Reset me"), **{"x-test-mode": "reset"})
     assert reset.status_code in (502, 503)  # Envoy's answer to an upstream reset, as without us
@@ -148,12 +165,17 @@ async def test_processor_killed_and_restarted_under_load(
         )
         text += f'  backend_type: "milvus"\n  backend_config_path: "{cfg}"\n'
     config.write_text(text)
-    env = dict(os.environ) | {"SEMANTIC_CACHE_METRICS_ADDRESS": f"127.0.0.1:{free_port()}"}
+    mgmt = free_port()
+    env = dict(os.environ) | {
+        "SEMANTIC_CACHE_METRICS_ADDRESS": f"127.0.0.1:{mgmt}",
+        "SEMANTIC_CACHE_ADMIN_ADDRESS": f"127.0.0.1:{free_port()}",
+    }
     processor = cli("serve", "--config", str(config), env=env, log=tmp_path / "serve.log")
     envoy = None
     prompts = ["How do airplanes fly?", "What causes earthquakes?", "How do vaccines work?"]
     try:
         await wait_port(grpc_port, processor, tmp_path / "serve.log")
+        await wait_backend_ready(mgmt)
         envoy = await start_envoy(tmp_path, grpc_port, state.port)
         async with httpx.AsyncClient(base_url=envoy.url, timeout=30) as client:
             for p in prompts:
@@ -169,7 +191,7 @@ async def test_processor_killed_and_restarted_under_load(
         assert errors == [] and done > 50
         assert decisions.get("none", 0) > 0  # while it was down Envoy went straight upstream
         await wait_port(grpc_port, processor, tmp_path / "serve2.log")
-        await asyncio.sleep(1.0)
+        await wait_backend_ready(mgmt)
         async with httpx.AsyncClient(base_url=envoy.url, timeout=30) as client:
             r = await client.post("/v1/chat/completions", json=chat("kill-load", prompts[0]))
         expected = "hit" if backend == "milvus" else "miss"  # memory starts empty, Milvus remembers
@@ -194,12 +216,17 @@ async def test_sigterm_finishes_streams_and_stores_them(milvus_server: MilvusSer
         f'semantic_cache:\n  backend_type: "milvus"\n  backend_config_path: "{cfg}"\n'
         f'  server:\n    grpc_address: "127.0.0.1:{grpc_port}"\n    shutdown_grace_seconds: 20\n'
     )
-    env = dict(os.environ) | {"SEMANTIC_CACHE_METRICS_ADDRESS": f"127.0.0.1:{free_port()}"}
+    mgmt = free_port()
+    env = dict(os.environ) | {
+        "SEMANTIC_CACHE_METRICS_ADDRESS": f"127.0.0.1:{mgmt}",
+        "SEMANTIC_CACHE_ADMIN_ADDRESS": f"127.0.0.1:{free_port()}",
+    }
     log = tmp_path / "serve.log"
     processor = cli("serve", "--config", str(config), env=env, log=log)
     envoy = None
     try:
         await wait_port(grpc_port, processor, log)
+        await wait_backend_ready(mgmt)
         envoy = await start_envoy(tmp_path, grpc_port, state.port)
         async with httpx.AsyncClient(base_url=envoy.url, timeout=30) as client:
             body = chat("sigterm", "Tell me a long story", stream=True)

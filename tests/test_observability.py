@@ -56,6 +56,7 @@ async def test_traces_and_metrics_through_envoy(tmp_path: Path) -> None:
         "OTEL_BSP_SCHEDULE_DELAY": "100",
         "OTEL_SERVICE_NAME": "semantic-cache",
         "SEMANTIC_CACHE_METRICS_ADDRESS": f"127.0.0.1:{mgmt_port}",
+        "SEMANTIC_CACHE_ADMIN_ADDRESS": f"127.0.0.1:{free_port()}",
         "LOG_LEVEL": "info",
     }
     log = tmp_path / "serve.log"
