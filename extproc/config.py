@@ -67,6 +67,16 @@ class CacheSettings:
     lookup_timeout_ms: int = 1500
     embedding_batch_size: int = 64
     embedding_threads: int = 0
+    # Answer-correctness guards (see extproc/cache/guards.py and bench/quality.md).
+    guard_numbers: bool = True
+    guard_units: bool = True
+    guard_negation: bool = True
+    guard_opposites: bool = True
+    guard_direction: bool = True
+    guard_content: bool = True
+    guard_content_min_alignment: float = 0.5
+    verifier: str = ""
+    """``"package.module:function"`` building an extra guard (e.g. a cross-encoder); empty: none."""
     server: ServerSettings = field(default_factory=ServerSettings)
     source: str = "<defaults>"
     """Path of the file this came from (for messages)."""
@@ -110,6 +120,11 @@ def _address(v: Any) -> str | None:
     return None if ok else 'must be "host:port", e.g. "127.0.0.1:50051"'
 
 
+def _import_spec(v: Any) -> str | None:
+    ok = v == "" or re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", v) is not None
+    return None if ok else 'must be "package.module:function" (a factory returning a guard) or ""'
+
+
 def _header_name(v: Any) -> str | None:
     ok = re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", v) is not None
     return None if ok else "must be an HTTP header name such as x-tenant-id"
@@ -133,6 +148,14 @@ _CACHE_KEYS: dict[str, tuple[type | tuple[type, ...], str, Check | None]] = {
     "lookup_timeout_ms": (int, "an integer (milliseconds)", _int_range(1)),
     "embedding_batch_size": (int, "an integer", _int_range(1, 4096)),
     "embedding_threads": (int, "an integer (0 = library default)", _int_range(0, 256)),
+    "guard_numbers": (bool, "true or false", None),
+    "guard_units": (bool, "true or false", None),
+    "guard_negation": (bool, "true or false", None),
+    "guard_opposites": (bool, "true or false", None),
+    "guard_direction": (bool, "true or false", None),
+    "guard_content": (bool, "true or false", None),
+    "guard_content_min_alignment": ((int, float), "a number", _unit_interval),
+    "verifier": (str, '"package.module:function" or ""', _import_spec),
 }
 _SERVER_KEYS: dict[str, tuple[type | tuple[type, ...], str, Check | None]] = {
     "grpc_address": (str, '"host:port"', _address),

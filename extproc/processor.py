@@ -74,6 +74,18 @@ def cache_control(value: str) -> tuple[bool, bool]:
     return "no-cache" in directives, "no-store" in directives
 
 
+def cache_query(chat: ChatRequest, scope: str) -> CacheQuery:
+    """The cache lookup key of a parsed request in ``scope`` (the ``eval`` tool uses it too)."""
+    return CacheQuery(
+        model=chat.model,
+        scope=scope,
+        fingerprint=chat.fingerprint,
+        prompt=chat.prompt,
+        partition=partition_key(chat.model, scope, chat.fingerprint),
+        exact_key=exact_key(chat.model, scope, chat.fingerprint, chat.prompt),
+    )
+
+
 class StreamProcessor:
     """Handles the messages of one HTTP request / response."""
 
@@ -159,14 +171,7 @@ class StreamProcessor:
             return m.request_body()
         self._request = chat
         self.decision.model = chat.model
-        query = CacheQuery(
-            model=chat.model,
-            scope=self._scope,
-            fingerprint=chat.fingerprint,
-            prompt=chat.prompt,
-            partition=partition_key(chat.model, self._scope, chat.fingerprint),
-            exact_key=exact_key(chat.model, self._scope, chat.fingerprint, chat.prompt),
-        )
+        query = cache_query(chat, self._scope)
         self._query = query
         self.decision.outcome = "miss"
         self._storing = not self._no_store

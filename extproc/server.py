@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from . import messages as m
 from .cache import MemoryBackend, SemanticCache
+from .cache.guards import build_guards
 from .cache.schema import CacheBackend
 from .config import CacheSettings
 from .embedding import Embedder, EncodeFn, load_sentence_model
@@ -129,8 +130,8 @@ def make_backend(settings: CacheSettings, dim: int) -> CacheBackend:
     raise ValueError(f"backend_type {settings.backend_type!r} is not available in this build")
 
 
-async def build_server(settings: CacheSettings, model: tuple[EncodeFn, int] | None = None) -> ExtProcServer:
-    """Load the model (unless given) and backend and assemble a server (not yet listening)."""
+async def make_cache(settings: CacheSettings, model: tuple[EncodeFn, int] | None = None) -> SemanticCache:
+    """Model (unless given), backend and guards as ``settings`` say: used by the server and ``eval``."""
     if model is None:
         started = time.perf_counter()
         model = await asyncio.to_thread(
@@ -149,9 +150,16 @@ async def build_server(settings: CacheSettings, model: tuple[EncodeFn, int] | No
         settings.eviction_policy,
         settings.scope_mode,
     )
-    cache = SemanticCache(
-        backend, embedder, settings.similarity_threshold, settings.top_k, settings.ttl_seconds
+    guards = await build_guards(settings, embedder)
+    log.info("guards: %s", ", ".join(g.name for g in guards) or "none")
+    return SemanticCache(
+        backend, embedder, settings.similarity_threshold, settings.top_k, settings.ttl_seconds, guards
     )
+
+
+async def build_server(settings: CacheSettings, model: tuple[EncodeFn, int] | None = None) -> ExtProcServer:
+    """Load the model (unless given) and backend and assemble a server (not yet listening)."""
+    cache = await make_cache(settings, model)
     tasks = BackgroundTasks()
     shared = Shared(settings=settings, cache=cache, spawn=tasks.spawn, on_decision=DecisionLog())
     return ExtProcServer(shared, tasks, settings.server.max_message_bytes)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -14,11 +15,14 @@ from .schema import CacheBackend, CacheEntry, CacheQuery, LookupResult
 
 
 class Guard(Protocol):
-    """Vetoes a candidate whose prompt looks like the query but means something else."""
+    """Vetoes a candidate whose prompt looks like the query but means something else.
+
+    ``reject`` may also be a coroutine (a verifier that needs a model); the cache awaits it.
+    """
 
     name: str
 
-    def reject(self, query: str, candidate: str) -> bool:
+    def reject(self, query: str, candidate: str) -> bool | Awaitable[bool]:
         """True when ``candidate``'s answer must not be served for ``query``."""
         ...
 
@@ -42,18 +46,21 @@ class SemanticCache:
         self.ttl_seconds = ttl_seconds
         self.guards = list(guards)
 
-    async def check(self, query: CacheQuery, threshold: float | None = None) -> LookupResult:
+    async def check(
+        self, query: CacheQuery, threshold: float | None = None, vector: np.ndarray | None = None
+    ) -> LookupResult:
         """Find a stored answer for ``query``: exact key first, then nearest prompts.
 
         Candidates come best first; the first at or above the threshold that every guard
-        accepts is the hit.
+        accepts is the hit.  ``vector`` skips embedding when the caller already has it.
         """
         now = time.time()
         entry = await self.backend.get_exact(query.exact_key, now)
         if entry is not None and entry.prompt == query.prompt:
             await self.backend.record_hit(entry)
             return LookupResult(entry=entry, similarity=1.0, match="exact", best_similarity=1.0)
-        vector = await self.embedder.embed(query.prompt)
+        if vector is None:
+            vector = await self.embedder.embed(query.prompt)
         return await self.check_vector(query, vector, threshold, now)
 
     async def check_vector(
@@ -72,7 +79,7 @@ class SemanticCache:
             entry = candidate.entry
             if entry.partition != query.partition:
                 continue  # defence in depth: backends already filter by partition
-            rejected = [g.name for g in self.guards if g.reject(query.prompt, entry.prompt)]
+            rejected = await self._rejections(query.prompt, entry.prompt)
             if rejected:
                 result.rejections.extend(rejected)
                 continue
@@ -80,6 +87,19 @@ class SemanticCache:
             result.entry, result.similarity, result.match = entry, candidate.similarity, "semantic"
             return result
         return result
+
+    async def _rejections(self, prompt: str, candidate: str) -> list[str]:
+        """Names of the guards that veto ``candidate`` for ``prompt`` (cheap ones run first)."""
+        rejected: list[str] = []
+        for guard in self.guards:
+            if rejected and inspect.iscoroutinefunction(guard.reject):
+                continue  # already vetoed: spare the model call
+            verdict = guard.reject(prompt, candidate)
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+            if verdict:
+                rejected.append(guard.name)
+        return rejected
 
     async def store(
         self, query: CacheQuery, response: dict[str, Any], vector: np.ndarray | None = None
