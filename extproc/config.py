@@ -54,7 +54,7 @@ class CacheSettings:
     enabled: bool = True
     backend_type: str = "memory"
     backend_config_path: str | None = None
-    similarity_threshold: float = 0.9
+    similarity_threshold: float = 0.88
     max_entries: int = 10_000
     ttl_seconds: int = 3600
     eviction_policy: str = "lru"
@@ -75,6 +75,8 @@ class CacheSettings:
     guard_direction: bool = True
     guard_content: bool = True
     guard_content_min_alignment: float = 0.5
+    guard_content_swaps: bool = True
+    guard_content_modifiers: bool = False
     verifier: str = ""
     """``"package.module:function"`` building an extra guard (e.g. a cross-encoder); empty: none."""
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -155,6 +157,8 @@ _CACHE_KEYS: dict[str, tuple[type | tuple[type, ...], str, Check | None]] = {
     "guard_direction": (bool, "true or false", None),
     "guard_content": (bool, "true or false", None),
     "guard_content_min_alignment": ((int, float), "a number", _unit_interval),
+    "guard_content_swaps": (bool, "true or false", None),
+    "guard_content_modifiers": (bool, "true or false", None),
     "verifier": (str, '"package.module:function" or ""', _import_spec),
 }
 _SERVER_KEYS: dict[str, tuple[type | tuple[type, ...], str, Check | None]] = {

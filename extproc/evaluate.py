@@ -168,13 +168,11 @@ def _answered(response: dict[str, Any]) -> int | None:
     return int(index) if prefix == "eval-answer" and index.isdigit() else None
 
 
-async def _embed_sorted(cache: SemanticCache, texts: Sequence[str]) -> np.ndarray:
-    """Embed in length order (less padding per batch), return in the given order."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    vectors = await cache.embedder.embed_many([texts[i] for i in order])
-    out = np.empty_like(vectors)
-    out[order] = vectors
-    return out
+async def _embed_distinct(cache: SemanticCache, texts: Sequence[str]) -> dict[str, np.ndarray]:
+    """Embed each distinct text once, in length order (less padding per batch)."""
+    distinct = sorted(set(texts), key=len)
+    vectors = await cache.embedder.embed_many(distinct)
+    return dict(zip(distinct, vectors, strict=True))
 
 
 def eval_settings(
@@ -237,10 +235,9 @@ async def _run(
         stored.setdefault(qa.prompt, len(stored))
     a_queries = {qa.prompt: qa for _, qa, _ in usable}
     a_texts = list(stored)
-    a_vectors = await _embed_sorted(cache, a_texts)
-    for text, vector in zip(a_texts, a_vectors, strict=True):
-        await cache.store(a_queries[text], _answer(stored[text]), vector)
-    b_vectors = await _embed_sorted(cache, [qb.prompt for _, _, qb in usable])
+    vectors = await _embed_distinct(cache, [*a_texts, *(qb.prompt for _, _, qb in usable)])
+    for text in a_texts:
+        await cache.store(a_queries[text], _answer(stored[text]), vectors[text])
 
     lookup_started = time.perf_counter()
     gate = asyncio.Semaphore(max(1, concurrency))
@@ -257,7 +254,7 @@ async def _run(
             return None, 0.0, None
         return _answered(result.entry.response), result.similarity, result.entry.prompt
 
-    results = await asyncio.gather(*(lookup(qb, v) for (_, _, qb), v in zip(usable, b_vectors, strict=True)))
+    results = await asyncio.gather(*(lookup(qb, vectors[qb.prompt]) for _, _, qb in usable))
     lookup_seconds = time.perf_counter() - lookup_started
 
     positives = sum(p.label for p, _, _ in usable)

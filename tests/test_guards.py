@@ -176,16 +176,27 @@ async def test_word_vectors_come_from_the_model(embedder: Embedder) -> None:
     [
         # MySQL / PostgreSQL (0.57) and alligator / caiman (0.71) align too well to be told apart
         *[(a, b) for a, b in pairs_of("entity") if "MySQL" not in a and "alligator" not in a],
-        ("What is a good gluten-free pizza dough recipe?", "What is a good pizza dough recipe?"),
-        ("How do I make a vegan chocolate cake?", "How do I make a chocolate cake?"),
-        ("What is the best free antivirus for Windows?", "What is the best antivirus for Windows?"),
-        ("How do I cook salmon in an air fryer?", "How do I cook frozen salmon in an air fryer?"),
+        ("What are good universities in Boston?", "What are good universities?"),  # a name added
+        ("How do I reverse a list in python?", "How do I reverse a list in javascript?"),  # lower case
     ],
 )
-async def test_content_guard_rejects_swapped_names_and_added_modifiers(
-    embedder: Embedder, a: str, b: str
-) -> None:
+async def test_content_guard_rejects_swapped_and_added_names(embedder: Embedder, a: str, b: str) -> None:
     guard = ContentGuard(embedder)
+    assert await guard.reject(b, a) and await guard.reject(a, b)
+
+
+MODIFIED = [
+    ("What is a good gluten-free pizza dough recipe?", "What is a good pizza dough recipe?"),
+    ("How do I make a vegan chocolate cake?", "How do I make a chocolate cake?"),
+    ("What is the best free antivirus for Windows?", "What is the best antivirus for Windows?"),
+    ("How do I cook salmon in an air fryer?", "How do I cook frozen salmon in an air fryer?"),
+]
+
+
+@pytest.mark.parametrize(("a", "b"), MODIFIED)
+async def test_content_guard_rejects_added_modifiers_when_asked(embedder: Embedder, a: str, b: str) -> None:
+    assert not await ContentGuard(embedder).reject(b, a)  # off by default (see bench/quality.md)
+    guard = ContentGuard(embedder, modifiers=True)
     assert await guard.reject(b, a) and await guard.reject(a, b)
 
 
@@ -220,8 +231,10 @@ async def test_content_guard_asks_the_model_only_when_text_cannot_decide(embedde
 
 async def test_content_guard_without_word_vectors_uses_stems_alone() -> None:
     guard = ContentGuard(None)
-    assert await guard.reject("capital of Austria", "capital of Australia")
+    assert await guard.reject("What is the capital of Austria?", "What is the capital of Australia?")
+    assert await guard.reject("How do I fix a bike?", "How do I repair a bike?")  # no synonyms
     assert not await guard.reject("How do I tie a tie?", "How do you tie a tie?")
+    assert not await guard.reject("Where is the Louvre?", "Where is the louvre museum?")  # case
 
 
 # --- verifiers and wiring ----------------------------------------------------------------
@@ -316,3 +329,41 @@ async def test_server_wires_the_configured_guards(model: tuple[EncodeFn, int]) -
         "content",
     ]
     await cache.close()
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "expected"),
+    [
+        ("guard_numbers: yes please", "semantic_cache.guard_numbers: must be true or false"),
+        ("guard_content: 1", "semantic_cache.guard_content: must be true or false"),
+        (
+            "guard_content_min_alignment: 1.5",
+            "semantic_cache.guard_content_min_alignment: must be a number between 0 and 1",
+        ),
+        ("verifier: my_verifier", 'semantic_cache.verifier: must be "package.module:function"'),
+        ("guard_spelling: true", "semantic_cache.guard_spelling: unknown key"),
+    ],
+)
+def test_guard_settings_are_validated(yaml_text: str, expected: str) -> None:
+    import yaml
+
+    from extproc.config import parse_config
+
+    with pytest.raises(ConfigError, match=expected.replace(".", r"\.")):
+        parse_config(yaml.safe_load("semantic_cache:\n  " + yaml_text + "\n"))
+
+
+def test_guard_settings_load() -> None:
+    from extproc.config import parse_config
+
+    settings = parse_config(
+        {
+            "semantic_cache": {
+                "guard_direction": False,
+                "guard_content_min_alignment": 0.6,
+                "verifier": "a.b:make",
+            }
+        }
+    )
+    assert not settings.guard_direction and settings.guard_numbers
+    assert settings.guard_content_min_alignment == 0.6 and settings.verifier == "a.b:make"

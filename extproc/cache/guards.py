@@ -23,7 +23,7 @@ import numpy as np
 from ..config import ConfigError
 from .lexical import CALENDAR_WORDS, NEGATIONS, NUMBER_WORDS, STOPWORDS, Analysis, analyze
 from .rules import DirectionGuard, NegationGuard, NumbersGuard, OppositesGuard, UnitsGuard
-from .semantic import Guard
+from .semantic import LONG_PROMPT_CHARS, Guard
 
 if TYPE_CHECKING:
     from ..config import CacheSettings
@@ -97,49 +97,76 @@ def _unaligned(words: Sequence[str], own: WordVectors, other: WordVectors, min_a
 
 
 class ContentGuard:
-    """Rejects a swapped name or thing, or an added modifier, that the embedding barely notices.
+    """Rejects a name, thing or modifier that one prompt has and the other lacks.
 
-    "Austria" vs "Australia", "soccer team" vs "basketball team" (a word on each side with no
-    counterpart on the other), "vegan chocolate cake" vs "chocolate cake" (a word that modifies
-    a word both share).  A word has a counterpart when the other prompt has its stem, or a word
-    whose contextual vector from the embedding model aligns with it at ``min_alignment`` or more
-    (synonyms such as fix / repair align at 0.8+, different names of the same kind much lower).
-    Extra words that modify nothing shared ("... in economics") are left alone: paraphrases add
-    such detail all the time.  Word vectors are computed only when the text alone cannot decide.
-    Without them (``embedder`` None or a model without word vectors) stems alone decide.
+    Three kinds of difference that the embedding barely notices:
+
+    - ``names``: a name (capitalized mid-sentence, an acronym, iPhone) in one prompt only:
+      "Austria" vs "Australia", "UMass, Boston" vs "UMass";
+    - ``swaps``: a word on each side with no counterpart on the other: "soccer team" vs
+      "basketball team";
+    - ``modifiers`` (off by default: on Quora pairs it costs more paraphrases than it saves):
+      a word that modifies a word both share: "vegan cake" vs "cake".
+
+    A word has a counterpart when the other prompt has its stem, or a word whose contextual
+    vector from the embedding model aligns with it at ``min_alignment`` or more (synonyms such as
+    fix / repair align at 0.8+, different names of the same kind much lower).  Other added detail
+    ("... in economics") is left alone: paraphrases add such detail all the time.  Word vectors
+    are computed only when the text alone cannot decide; without them (``embedder`` None or a
+    model without word vectors) stems alone decide.
     """
 
     name = "content"
 
     def __init__(
-        self, embedder: Embedder | None = None, min_alignment: float = 0.5, cache_size: int = 2048
+        self,
+        embedder: Embedder | None = None,
+        min_alignment: float = 0.5,
+        swaps: bool = True,
+        modifiers: bool = False,
+        cache_size: int = 2048,
     ) -> None:
         self.embedder = embedder if embedder is not None and embedder.has_words else None
         self.min_alignment = min_alignment
+        self.swaps = swaps
+        self.modifiers = modifiers
         self._cache: OrderedDict[str, WordVectors] = OrderedDict()
         self._cache_size = cache_size
         self.model_calls = 0
         """Lookups that needed word vectors (the rest were decided on the text alone)."""
 
-    async def reject(self, query: str, candidate: str) -> bool:
-        """True for a substitution or an added modifier that no word of the other prompt matches."""
+    def _decides(self, a: Analysis, b: Analysis, lone_a: list[str], lone_b: list[str]) -> bool:
+        """True when the words without counterpart make the prompts ask different things."""
+        if any(w in a.names for w in lone_a) or any(w in b.names for w in lone_b):
+            return True
+        if self.swaps and lone_a and lone_b:
+            return True
+        return self.modifiers and bool(modifiers(a, b, lone_a) or modifiers(b, a, lone_b))
+
+    def _suspects(self, query: str, candidate: str) -> tuple[Analysis, Analysis, list[str], list[str]] | None:
+        """The analyses and missing words of both prompts, or None when nothing could reject."""
         a, b = analyze(query), analyze(candidate)
         missing_a, missing_b = missing_words(a, b), missing_words(b, a)
-        if (
-            not (missing_a and missing_b)
-            and not modifiers(a, b, missing_a)
-            and not modifiers(b, a, missing_b)
-        ):
+        if not self._decides(a, b, missing_a, missing_b):
+            return None
+        return a, b, missing_a, missing_b
+
+    async def reject(self, query: str, candidate: str) -> bool:
+        """True for a name, swap or modifier that no word of the other prompt matches."""
+        if len(query) + len(candidate) > LONG_PROMPT_CHARS:  # ~1 ms per KB: off the event loop
+            found = await asyncio.to_thread(self._suspects, query, candidate)
+        else:
+            found = self._suspects(query, candidate)
+        if found is None:
             return False  # nothing that could reject: no model call
         if self.embedder is None:
             return True
+        a, b, missing_a, missing_b = found
         self.model_calls += 1
         words_a, words_b = await asyncio.gather(self._words(query), self._words(candidate))
         lone_a = _unaligned(missing_a, words_a, words_b, self.min_alignment)
         lone_b = _unaligned(missing_b, words_b, words_a, self.min_alignment)
-        if lone_a and lone_b:
-            return True
-        return bool(modifiers(a, b, lone_a) or modifiers(b, a, lone_b))
+        return self._decides(a, b, lone_a, lone_b)
 
     async def _words(self, text: str) -> WordVectors:
         cached = self._cache.get(text)
@@ -211,7 +238,14 @@ async def build_guards(settings: CacheSettings, embedder: Embedder) -> list[Guar
     if settings.guard_direction:
         guards.append(DirectionGuard())
     if settings.guard_content:
-        guards.append(ContentGuard(embedder, settings.guard_content_min_alignment))
+        guards.append(
+            ContentGuard(
+                embedder,
+                settings.guard_content_min_alignment,
+                swaps=settings.guard_content_swaps,
+                modifiers=settings.guard_content_modifiers,
+            )
+        )
     if settings.verifier:
         factory = load_verifier_factory(settings.verifier)
         try:

@@ -199,10 +199,11 @@ class Analysis:
     the number 1 is left out because "a", "an" and "one" say it in words."""
     units: frozenset[str]
     negated: bool
-    proper: frozenset[str]
-    """Words written with a capital letter anywhere but the start of a sentence."""
     joined_pairs: frozenset[str]
     """Each two neighbouring words written as one (finds "wifi" in "wi-fi", "login" in "log in")."""
+    names: frozenset[str] = frozenset()
+    """Lower-cased names: words capitalized mid-sentence (Austria, Python), acronyms (NASA) and
+    words with inner capitals (iPhone, PayPal).  Empty for text in Title Case or all capitals."""
 
 
 def _parse_number_words(words: list[str], i: int) -> tuple[int | None, int]:
@@ -229,7 +230,6 @@ def _parse_number_words(words: list[str], i: int) -> tuple[int | None, int]:
 @lru_cache(maxsize=8192)
 def analyze(text: str) -> Analysis:
     """Tokenize and annotate ``text`` (cached: the same prompt is analysed once)."""
-    proper = _proper_nouns(text)
     capital_calendar = [v for k, v in _CAPITALIZED_MONTHS.items() if re.search(rf"\b{k}\b", text)]
     lowered = text.translate(_APOSTROPHES).lower()
     for pattern, repl in _CONTRACTIONS:
@@ -293,22 +293,28 @@ def analyze(text: str) -> Analysis:
         numbers=numbers,
         units=frozenset(units),
         negated=negated,
-        proper=frozenset(proper),
         joined_pairs=frozenset(x + y for x, y in pairwise(words)),
+        names=frozenset(_names(text)),
     )
 
 
-_SENTENCE_START = re.compile(r"(?:^|[.!?:;\"(]\s*|\n\s*)$")
+_SENTENCE_ENDS = frozenset('.!?:;"(\n')
+_LETTERS = re.compile(r"[^\W\d_]+")
 
 
-def _proper_nouns(text: str) -> set[str]:
-    """Lower-cased words capitalized in mid-sentence (names of people, places, products)."""
+def _names(text: str) -> set[str]:
+    """Words written as names; none when capitals carry no information (Title Case, shouting)."""
+    found = list(_LETTERS.finditer(text))
+    capitalized = sum(m.group(0)[0].isupper() for m in found)
+    if len(found) >= 4 and capitalized * 2 > len(found):
+        return set()
     out: set[str] = set()
-    for match in re.finditer(r"[^\W\d_][^\W_]*", text):
+    for match in found:
         word = match.group(0)
-        if not word[0].isupper() or word == "I":
+        if word == "I" or not any(c.isupper() for c in word):
             continue
-        if _SENTENCE_START.search(text[: match.start()]):
-            continue
-        out.add(word.lower())
+        inner = any(c.isupper() for c in word[1:])  # NASA, iPhone, PayPal
+        before = text[max(0, match.start() - 8) : match.start()].rstrip(" \t")
+        if inner or (before and before[-1] not in _SENTENCE_ENDS):
+            out.add(word.lower())
     return out

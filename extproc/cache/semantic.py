@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 import uuid
@@ -12,6 +13,9 @@ import numpy as np
 
 from ..embedding import Embedder
 from .schema import CacheBackend, CacheEntry, CacheQuery, LookupResult
+
+LONG_PROMPT_CHARS = 1000
+"""Above this many characters (query + candidate) sync guards run in a worker thread."""
 
 
 class Guard(Protocol):
@@ -91,10 +95,15 @@ class SemanticCache:
     async def _rejections(self, prompt: str, candidate: str) -> list[str]:
         """Names of the guards that veto ``candidate`` for ``prompt`` (cheap ones run first)."""
         rejected: list[str] = []
+        long = len(prompt) + len(candidate) > LONG_PROMPT_CHARS
         for guard in self.guards:
-            if rejected and inspect.iscoroutinefunction(guard.reject):
+            is_async = inspect.iscoroutinefunction(guard.reject)
+            if rejected and is_async:
                 continue  # already vetoed: spare the model call
-            verdict = guard.reject(prompt, candidate)
+            if long and not is_async:  # text rules cost ~1 ms per KB: keep them off the event loop
+                verdict = await asyncio.to_thread(guard.reject, prompt, candidate)
+            else:
+                verdict = guard.reject(prompt, candidate)
             if inspect.isawaitable(verdict):
                 verdict = await verdict
             if verdict:
