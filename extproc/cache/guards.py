@@ -2,10 +2,11 @@
 every guard accepts it.  :func:`build_guards` builds them from settings, for the server and
 the ``eval`` tool alike.
 
-Cheap rule guards (``rules.py``) run first.  The content guard then checks that every content
-word of each prompt is present in the other, or aligned to one of its words by the embedding
-model's own contextual token vectors (computed on the embedding worker, batched, only when a
-word is missing).  A user's verifier (e.g. a cross-encoder) runs last, if configured.
+Cheap rule guards (``rules.py``) run first.  The content guard then looks for a name in one
+prompt only, or a word on each side with no counterpart in the other; a word counts as matched
+by stem, or by the embedding model's own contextual word vectors (computed on the embedding
+worker, batched, only when the text alone cannot decide).  A user's verifier (e.g. a
+cross-encoder) runs last, if configured.
 """
 
 from __future__ import annotations

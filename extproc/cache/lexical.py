@@ -14,7 +14,7 @@ from functools import lru_cache
 from itertools import pairwise
 
 
-def _split(text: str) -> list[str]:
+def word_list(text: str) -> list[str]:
     """The words of a space-separated list."""
     return text.split()
 
@@ -99,31 +99,33 @@ _NUMBER_UNITS = {"g": "g", "l": "l", "m": "m", "c": "celsius", "f": "fahrenheit"
 _CARDINALS = {
     w: i
     for i, w in enumerate(
-        _split(
+        word_list(
             "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
             "fifteen sixteen seventeen eighteen nineteen"
         )
     )
 }
 _CARDINALS |= {
-    w: 10 * i for i, w in enumerate(_split("twenty thirty forty fifty sixty seventy eighty ninety"), 2)
+    w: 10 * i for i, w in enumerate(word_list("twenty thirty forty fifty sixty seventy eighty ninety"), 2)
 }
 _CARDINALS["dozen"] = 12
 _SCALES = {"hundred": 100, "thousand": 1000, "million": 1_000_000, "billion": 1_000_000_000, "k": 1000}
 _ORDINALS = {
     w: i
-    for i, w in enumerate(_split("third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth"), 3)
+    for i, w in enumerate(
+        word_list("third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth"), 3
+    )
 }
 _ORDINAL_SUFFIXES = {"st", "nd", "rd", "th"}
 # "first" / "second" are too often not ordinals ("first time", "a second"); they are handled
 # as the opposites first/last.  Weekdays and months are compared like numbers.
 _CALENDAR = {
-    **{d: d for d in _split("monday tuesday wednesday thursday friday saturday sunday")},
+    **{d: d for d in word_list("monday tuesday wednesday thursday friday saturday sunday")},
     **{
         m: m[:3]
-        for m in _split("january february april june july august september october november december")
+        for m in word_list("january february april june july august september october november december")
     },
-    **{a: a[:3] for a in _split("jan feb apr jun jul aug sep oct nov dec")},
+    **{a: a[:3] for a in word_list("jan feb apr jun jul aug sep oct nov dec")},
     "sept": "sep",
 }
 _CAPITALIZED_MONTHS = {"May": "may", "March": "mar"}  # lower-case they are a verb
@@ -132,11 +134,11 @@ NUMBER_WORDS = frozenset(_CARDINALS) | frozenset(_SCALES) | frozenset(_ORDINALS)
 CALENDAR_WORDS = frozenset(_CALENDAR)
 
 NEGATIONS = frozenset(
-    _split("not no never without none nothing nobody nowhere neither nor unable lack lacks lacking")
+    word_list("not no never without none nothing nobody nowhere neither nor unable lack lacks lacking")
 )
 
 STOPWORDS = frozenset(
-    _split(
+    word_list(
         """a an the this that these those there here it its it's i me my mine myself we us our ours you your
     yours he him his she her hers they them their theirs one ones someone somebody something anyone
     anybody anything everyone everybody everything who whom whose what which when where why how whether

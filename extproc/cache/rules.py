@@ -7,7 +7,7 @@ unit or date, a negation on one side only, an opposite action, or a swapped dire
 
 from __future__ import annotations
 
-from .lexical import NEGATIONS, STOPWORDS, UNIT_WORDS, Analysis, _split, analyze, stem
+from .lexical import NEGATIONS, STOPWORDS, UNIT_WORDS, Analysis, analyze, stem, word_list
 
 # Opposite meanings: a word from one side in one prompt and a word from the other side in the
 # other prompt (and neither shares the first's side) means the questions ask for opposite things.
@@ -135,7 +135,7 @@ OPPOSITE_OF = _opposite_table()
 _NEGATING_PREFIXES = ("un", "dis", "de", "in", "im", "il", "ir", "non", "anti", "counter")
 # Words after which "in" / "out", "on" / "off", "up" / "down" are particles of the verb.
 _PARTICLE_VERBS = frozenset(
-    _split(
+    word_list(
         "turn switch log sign opt check zoom plug breathe scroll scale speed slow shut power cash "
         "phase roll back tune time ramp fade"
     )
