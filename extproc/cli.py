@@ -1,4 +1,4 @@
-"""The ``semantic-cache`` command: run, serve, check-config, create-collection, admin, render-envoy."""
+"""The ``semantic-cache`` command: run, serve, check-config, create-collection, admin, eval, render-envoy."""
 
 from __future__ import annotations
 
@@ -176,6 +176,22 @@ def cmd_create_collection(args: argparse.Namespace) -> int:
         client.close()
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Measure answer correctness on labelled pairs (see extproc/evaluate.py for the protocol)."""
+    import json
+
+    from .evaluate import SWEEP, eval_settings, evaluate, format_report, read_pairs
+
+    pairs = read_pairs(args.pairs, args.limit)
+    settings = eval_settings(_load(args.config), len(pairs), args.threshold, args.guards)
+    thresholds = SWEEP if args.sweep else ()
+    report = asyncio.run(evaluate(settings, pairs, thresholds, concurrency=args.concurrency))
+    print(format_report(report, args.sweep))
+    if args.json:
+        print(json.dumps(report.to_json(), sort_keys=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``semantic-cache`` command."""
     parser = argparse.ArgumentParser(prog="semantic-cache", description=__doc__)
@@ -204,6 +220,19 @@ def build_parser() -> argparse.ArgumentParser:
     from .admin_cli import add_admin_parser
 
     add_admin_parser(sub)
+
+    ev = sub.add_parser("eval", help="answer correctness on labelled question pairs (JSON lines)")
+    ev.add_argument("--pairs", required=True, help='JSON lines {"a","b","label"} or {"origin","similar"}')
+    ev.add_argument("--config", help=config_help)
+    ev.add_argument("--threshold", type=float, help="similarity_threshold to report (default: the config's)")
+    ev.add_argument("--sweep", action="store_true", help="also print the table over thresholds 0.70-0.98")
+    ev.add_argument("--limit", type=int, help="use only the first N pairs")
+    ev.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    ev.add_argument(
+        "--guards", help="override the config's guards: none, all, or e.g. numbers,negation,content"
+    )
+    ev.add_argument("--concurrency", type=int, default=64, help="lookups in flight (default 64)")
+    ev.set_defaults(func=cmd_eval)
 
     render = sub.add_parser("render-envoy", help="render envoy/envoy.yaml from the environment")
     render.add_argument("-o", "--output", help="write to this file instead of stdout")

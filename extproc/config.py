@@ -65,7 +65,7 @@ class CacheSettings:
     enabled: bool = True
     backend_type: str = "memory"
     backend_config_path: str | None = None
-    similarity_threshold: float = 0.9
+    similarity_threshold: float = 0.88
     max_entries: int = 10_000
     ttl_seconds: int = 3600
     eviction_policy: str = "lru"
@@ -84,6 +84,18 @@ class CacheSettings:
     """The model weights' revision: part of every partition, so an upgrade never serves old answers."""
     revision_header: str = ""
     """A request header (set by a trusted hop) that overrides ``revision`` per request; "" = none."""
+    # Answer-correctness guards (see extproc/cache/guards.py and bench/quality.md).
+    guard_numbers: bool = True
+    guard_units: bool = True
+    guard_negation: bool = True
+    guard_opposites: bool = True
+    guard_direction: bool = True
+    guard_content: bool = True
+    guard_content_min_alignment: float = 0.5
+    guard_content_swaps: bool = True
+    guard_content_modifiers: bool = False
+    verifier: str = ""
+    """``"package.module:function"`` building an extra guard (e.g. a cross-encoder); empty: none."""
     server: ServerSettings = field(default_factory=ServerSettings)
     milvus_config: MilvusSettings | None = None
     """The validated milvus.yaml when backend_type is milvus (read once, at load)."""
@@ -153,6 +165,11 @@ def _optional_header_name(v: Any) -> str | None:
     return None if v == "" else _header_name(v)
 
 
+def _import_spec(v: Any) -> str | None:
+    ok = v == "" or re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", v) is not None
+    return None if ok else 'must be "package.module:function" (a factory returning a guard) or ""'
+
+
 def _header_name(v: Any) -> str | None:
     ok = re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", v) is not None
     return None if ok else "must be an HTTP header name such as x-tenant-id"
@@ -181,6 +198,16 @@ _CACHE_KEYS: KeySpec = {
     "embedding_threads": (int, "an integer (0 = library default)", int_range(0, 256)),
     "revision": (str, 'a string (e.g. "2024-06-01" or a weights hash)', _revision),
     "revision_header": (str, 'a header name, or "" for none', _optional_header_name),
+    "guard_numbers": (bool, "true or false", None),
+    "guard_units": (bool, "true or false", None),
+    "guard_negation": (bool, "true or false", None),
+    "guard_opposites": (bool, "true or false", None),
+    "guard_direction": (bool, "true or false", None),
+    "guard_content": (bool, "true or false", None),
+    "guard_content_min_alignment": ((int, float), "a number", _unit_interval),
+    "guard_content_swaps": (bool, "true or false", None),
+    "guard_content_modifiers": (bool, "true or false", None),
+    "verifier": (str, '"package.module:function" or ""', _import_spec),
 }
 _SERVER_KEYS: KeySpec = {
     "grpc_address": (str, '"host:port"', _address),

@@ -13,7 +13,9 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -73,11 +75,83 @@ def load_sentence_model(name: str, threads: int = 0) -> tuple[EncodeFn, int]:
             )
         return np.asarray(vectors, dtype=np.float32)
 
-    encode(["warm up"])
+    encoder = SentenceEncoder(encode, _word_encoder(model))
+    encoder(["warm up"])
     log.info(
         "embedding model %s loaded from %s in %.2fs (dim %d)", name, path, time.perf_counter() - started, dim
     )
-    return encode, dim
+    return encoder, dim
+
+
+@dataclass(frozen=True)
+class WordVectors:
+    """One text's words (lower case, as the model's tokenizer splits them) and their unit vectors."""
+
+    words: tuple[str, ...]
+    vectors: np.ndarray
+    """Shape (len(words), dim): the mean of each word's last-layer token embeddings, normalized."""
+
+
+WordsFn = Callable[[Sequence[str]], list[WordVectors]]
+
+
+class SentenceEncoder:
+    """An encode function (texts -> unit vectors) that can also give per-word vectors."""
+
+    def __init__(self, encode: EncodeFn, words: WordsFn | None = None) -> None:
+        self._encode = encode
+        self.words = words
+        """Per-word contextual vectors from the same forward pass the sentence vector pools."""
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit sentence vectors of ``texts``."""
+        return self._encode(texts)
+
+
+def _word_encoder(model: Any) -> WordsFn | None:
+    """Word vectors from the model's last layer (BERT-style tokenizers only), else None."""
+    import torch
+
+    transformer = model[0]
+    tokenizer = getattr(transformer, "tokenizer", None)
+    network = getattr(transformer, "auto_model", None)
+    if tokenizer is None or network is None or not getattr(tokenizer, "is_fast", False):
+        return None
+    max_length = int(getattr(transformer, "max_seq_length", None) or 256)
+
+    def words(texts: Sequence[str]) -> list[WordVectors]:
+        batch = tokenizer(
+            list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        with torch.inference_mode():
+            hidden = network(**batch).last_hidden_state.float().numpy()
+        out = []
+        for i in range(len(texts)):
+            ids = batch["input_ids"][i].tolist()
+            pieces: dict[int, list[int]] = {}
+            for j, word in enumerate(batch.word_ids(i)):
+                if word is not None:
+                    pieces.setdefault(word, []).append(j)
+            names = [
+                tokenizer.decode([ids[j] for j in js]).replace(" ", "").replace("##", "").lower()
+                for js in pieces.values()
+            ]
+            vectors = np.array([hidden[i, js].mean(axis=0) for js in pieces.values()], dtype=np.float32)
+            vectors = vectors.reshape(len(names), -1)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-12
+            out.append(WordVectors(tuple(names), vectors))
+        return out
+
+    return words
+
+
+class _Queue:
+    """Texts waiting for one encode function, and whether a drain task is running."""
+
+    def __init__(self, fn: Callable[[Sequence[str]], Any]) -> None:
+        self.fn = fn
+        self.pending: list[tuple[str, asyncio.Future[Any]]] = []
+        self.draining = False
 
 
 class Embedder:
@@ -88,23 +162,34 @@ class Embedder:
         self.max_batch = max_batch
         self._encode = encode
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
-        self._pending: list[tuple[str, asyncio.Future[np.ndarray]]] = []
-        self._draining = False
-        self._drain_task: asyncio.Task[None] | None = None
+        self._sentences = _Queue(encode)
+        words = getattr(encode, "words", None)
+        self._words = _Queue(words) if words is not None else None
+        self._tasks: set[asyncio.Task[None]] = set()
         self.batches = 0
         self.encoded = 0
         self.on_batch: Callable[[int], None] | None = None
         """Called with each forward pass's batch size (metrics)."""
 
+    @property
+    def has_words(self) -> bool:
+        """True when the model can give per-word vectors (see :meth:`embed_words`)."""
+        return self._words is not None
+
     async def embed(self, text: str) -> np.ndarray:
         """The normalized embedding of one text (batched with concurrent callers)."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[np.ndarray] = loop.create_future()
-        self._pending.append((text, future))
-        if not self._draining:
-            self._draining = True
-            self._drain_task = loop.create_task(self._drain())
-        return await future
+        result: np.ndarray = await self._submit(self._sentences, text)
+        return result
+
+    async def embed_words(self, text: str) -> WordVectors:
+        """Per-word contextual vectors of one text, on the same worker and batched the same way."""
+        if self._words is None:
+            raise RuntimeError(
+                "this embedding model gives no word vectors; disable guard_content or use a "
+                "sentence-transformers model with a fast (BERT-style) tokenizer"
+            )
+        result: WordVectors = await self._submit(self._words, text)
+        return result
 
     async def embed_many(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings of many texts in batches of ``max_batch`` (for tools, not the hot path)."""
@@ -115,31 +200,47 @@ class Embedder:
         ]
         return np.concatenate(out) if out else np.empty((0, self.dim), dtype=np.float32)
 
-    async def _drain(self) -> None:
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` on the embedding worker thread (model calls never share a thread)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _submit(self, queue: _Queue, text: str) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        queue.pending.append((text, future))
+        if not queue.draining:
+            queue.draining = True
+            task = loop.create_task(self._drain(queue))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await future
+
+    async def _drain(self, queue: _Queue) -> None:
         loop = asyncio.get_running_loop()
         try:
-            while self._pending:
-                batch = self._pending[: self.max_batch]
-                del self._pending[: self.max_batch]
+            while queue.pending:
+                batch = queue.pending[: self.max_batch]
+                del queue.pending[: self.max_batch]
                 live = [(t, f) for t, f in batch if not f.done()]
                 if not live:
                     continue
                 try:
-                    vectors = await loop.run_in_executor(self._executor, self._encode, [t for t, _ in live])
+                    results = await loop.run_in_executor(self._executor, queue.fn, [t for t, _ in live])
                 except Exception as exc:  # every waiter of the batch gets the error
                     for _, f in live:
                         if not f.done():
                             f.set_exception(exc)
                     continue
-                self.batches += 1
-                self.encoded += len(live)
-                if self.on_batch is not None:
-                    self.on_batch(len(live))
-                for (_, f), v in zip(live, vectors, strict=True):
+                if queue is self._sentences:
+                    self.batches += 1
+                    self.encoded += len(live)
+                    if self.on_batch is not None:
+                        self.on_batch(len(live))
+                for (_, f), r in zip(live, results, strict=True):
                     if not f.done():
-                        f.set_result(v)
+                        f.set_result(r)
         finally:
-            self._draining = False
+            queue.draining = False
 
     def close(self) -> None:
         """Stop the worker thread."""

@@ -90,6 +90,19 @@ def cache_control(value: str) -> tuple[bool, bool]:
     return "no-cache" in directives, "no-store" in directives
 
 
+def cache_query(chat: ChatRequest, scope: str, revision: str = "") -> CacheQuery:
+    """The cache lookup key of a parsed request in ``scope`` (the ``eval`` tool uses it too)."""
+    fingerprint = with_revision(chat.fingerprint, revision)
+    return CacheQuery(
+        model=chat.model,
+        scope=scope,
+        fingerprint=fingerprint,
+        prompt=chat.prompt,
+        partition=partition_key(chat.model, scope, fingerprint),
+        exact_key=exact_key(chat.model, scope, fingerprint, chat.prompt),
+    )
+
+
 class StreamProcessor:
     """Handles the messages of one HTTP request / response."""
 
@@ -191,15 +204,7 @@ class StreamProcessor:
             return m.request_body()
         self._request = chat
         self.decision.model = chat.model
-        fingerprint = with_revision(chat.fingerprint, self._revision)
-        query = CacheQuery(
-            model=chat.model,
-            scope=self._scope,
-            fingerprint=fingerprint,
-            prompt=chat.prompt,
-            partition=partition_key(chat.model, self._scope, fingerprint),
-            exact_key=exact_key(chat.model, self._scope, fingerprint, chat.prompt),
-        )
+        query = cache_query(chat, self._scope, self._revision)
         self._query = query
         self.decision.partition = query.partition[:16]
         self.decision.outcome = "miss"

@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from . import messages as m
 from .cache import MemoryBackend, SemanticCache
+from .cache.guards import build_guards
 from .cache.schema import CacheBackend
 from .config import CacheSettings, ConfigError
 from .embedding import Embedder, EncodeFn, load_sentence_model
@@ -159,8 +160,8 @@ def make_backend(settings: CacheSettings, dim: int) -> CacheBackend:
     return MilvusBackend(milvus, dim, settings.max_entries)
 
 
-async def build_server(settings: CacheSettings, model: tuple[EncodeFn, int] | None = None) -> ExtProcServer:
-    """Load the model (unless given) and backend and assemble a server (not yet listening)."""
+async def make_cache(settings: CacheSettings, model: tuple[EncodeFn, int] | None = None) -> SemanticCache:
+    """Model (unless given), backend and guards as ``settings`` say: used by the server and ``eval``."""
     if model is None:
         started = time.perf_counter()
         model = await asyncio.to_thread(
@@ -180,12 +181,22 @@ async def build_server(settings: CacheSettings, model: tuple[EncodeFn, int] | No
         settings.eviction_policy,
         settings.scope_mode,
     )
-    cache = SemanticCache(backend, embedder, settings.similarity_threshold, top_k, settings.ttl_seconds)
+    guards = await build_guards(settings, embedder)
+    log.info("guards: %s", ", ".join(g.name for g in guards) or "none")
+    cache = SemanticCache(
+        backend, embedder, settings.similarity_threshold, top_k, settings.ttl_seconds, guards
+    )
     await backend.start()
+    return cache
+
+
+async def build_server(settings: CacheSettings, model: tuple[EncodeFn, int] | None = None) -> ExtProcServer:
+    """Load the model (unless given), backend and guards; assemble a server (not yet listening)."""
+    cache = await make_cache(settings, model)
     tasks = BackgroundTasks()
     metrics = Metrics()
-    embedder.on_batch = metrics.batch_size.observe
-    decisions = DecisionLog(metrics, backend.name)
+    cache.embedder.on_batch = metrics.batch_size.observe
+    decisions = DecisionLog(metrics, cache.backend.name)
     shared = Shared(settings=settings, cache=cache, spawn=tasks.spawn, on_decision=decisions)
     metrics.watch(shared)
     return ExtProcServer(shared, tasks, settings.server.max_message_bytes, metrics)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -24,12 +26,19 @@ def timed(into: dict[str, float], key: str) -> Iterator[None]:
         into[key] = into.get(key, 0.0) + (time.perf_counter() - started) * 1000
 
 
+LONG_PROMPT_CHARS = 1000
+"""Above this many characters (query + candidate) sync guards run in a worker thread."""
+
+
 class Guard(Protocol):
-    """Vetoes a candidate whose prompt looks like the query but means something else."""
+    """Vetoes a candidate whose prompt looks like the query but means something else.
+
+    ``reject`` may also be a coroutine (a verifier that needs a model); the cache awaits it.
+    """
 
     name: str
 
-    def reject(self, query: str, candidate: str) -> bool:
+    def reject(self, query: str, candidate: str) -> bool | Awaitable[bool]:
         """True when ``candidate``'s answer must not be served for ``query``."""
         ...
 
@@ -53,11 +62,13 @@ class SemanticCache:
         self.ttl_seconds = ttl_seconds
         self.guards = list(guards)
 
-    async def check(self, query: CacheQuery, threshold: float | None = None) -> LookupResult:
+    async def check(
+        self, query: CacheQuery, threshold: float | None = None, vector: np.ndarray | None = None
+    ) -> LookupResult:
         """Find a stored answer for ``query``: exact key first, then nearest prompts.
 
         Candidates come best first; the first at or above the threshold that every guard
-        accepts is the hit.
+        accepts is the hit.  ``vector`` skips embedding when the caller already has it.
         """
         now = time.time()
         timings: dict[str, float] = {}
@@ -69,11 +80,12 @@ class SemanticCache:
             return LookupResult(
                 entry=entry, similarity=1.0, match="exact", best_similarity=1.0, timings=timings
             )
-        with timed(timings, "embed_ms"), tracer.start_as_current_span("semantic_cache.embed"):
-            try:
-                vector = await self.embedder.embed(query.prompt)
-            except Exception as exc:
-                raise EmbeddingFailed(f"embedding failed: {type(exc).__name__}") from exc
+        if vector is None:
+            with timed(timings, "embed_ms"), tracer.start_as_current_span("semantic_cache.embed"):
+                try:
+                    vector = await self.embedder.embed(query.prompt)
+                except Exception as exc:
+                    raise EmbeddingFailed(f"embedding failed: {type(exc).__name__}") from exc
         result = await self.check_vector(query, vector, threshold, now)
         result.timings.update(timings)
         return result
@@ -99,7 +111,7 @@ class SemanticCache:
             entry = candidate.entry
             if entry.partition != query.partition:
                 continue  # defence in depth: backends already filter by partition
-            rejected = [g.name for g in self.guards if g.reject(query.prompt, entry.prompt)]
+            rejected = await self._rejections(query.prompt, entry.prompt)
             if rejected:
                 result.rejections.extend(rejected)
                 continue
@@ -107,6 +119,24 @@ class SemanticCache:
             result.entry, result.similarity, result.match = entry, candidate.similarity, "semantic"
             return result
         return result
+
+    async def _rejections(self, prompt: str, candidate: str) -> list[str]:
+        """Names of the guards that veto ``candidate`` for ``prompt`` (cheap ones run first)."""
+        rejected: list[str] = []
+        long = len(prompt) + len(candidate) > LONG_PROMPT_CHARS
+        for guard in self.guards:
+            is_async = inspect.iscoroutinefunction(guard.reject)
+            if rejected and is_async:
+                continue  # already vetoed: spare the model call
+            if long and not is_async:  # text rules cost ~1 ms per KB: keep them off the event loop
+                verdict = await asyncio.to_thread(guard.reject, prompt, candidate)
+            else:
+                verdict = guard.reject(prompt, candidate)
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+            if verdict:
+                rejected.append(guard.name)
+        return rejected
 
     async def store(
         self, query: CacheQuery, response: dict[str, Any], vector: np.ndarray | None = None

@@ -1,0 +1,269 @@
+"""Guards run after the vector search: a candidate above the threshold is served only if
+every guard accepts it.  :func:`build_guards` builds them from settings, for the server and
+the ``eval`` tool alike.
+
+Cheap rule guards (``rules.py``) run first.  The content guard then looks for a name in one
+prompt only, or a word on each side with no counterpart in the other; a word counts as matched
+by stem, or by the embedding model's own contextual word vectors (computed on the embedding
+worker, batched, only when the text alone cannot decide).  A user's verifier (e.g. a
+cross-encoder) runs last, if configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import unicodedata
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..config import ConfigError
+from .lexical import CALENDAR_WORDS, NEGATIONS, NUMBER_WORDS, STOPWORDS, Analysis, analyze
+from .rules import DirectionGuard, NegationGuard, NumbersGuard, OppositesGuard, UnitsGuard
+from .semantic import LONG_PROMPT_CHARS, Guard
+
+if TYPE_CHECKING:
+    from ..config import CacheSettings
+    from ..embedding import Embedder, WordVectors
+
+__all__ = [
+    "ContentGuard",
+    "CrossEncoderVerifier",
+    "DirectionGuard",
+    "NegationGuard",
+    "NumbersGuard",
+    "OppositesGuard",
+    "UnitsGuard",
+    "build_guards",
+    "missing_words",
+    "modifiers",
+]
+
+_SKIP = STOPWORDS | NEGATIONS | NUMBER_WORDS | CALENDAR_WORDS
+
+
+def missing_words(a: Analysis, b: Analysis) -> list[str]:
+    """Content words of ``a`` that ``b`` does not contain (same stem, a compound, an abbreviation)."""
+    have, whole = set(b.stems), set(b.words)
+    out: list[str] = []
+    for k, (word, stem) in enumerate(zip(a.words, a.stems, strict=True)):
+        if word in _SKIP or not word.isalpha() or len(word) < 2 or stem in have or word in out:
+            continue
+        if len(stem) >= 4 and (word in b.joined_pairs or any(w.startswith(stem) for w in b.words)):
+            continue  # "wifi" against "wi-fi", "dict" against "dictionaries"
+        if (k + 1 < len(a.words) and word + a.words[k + 1] in whole) or (
+            k and a.words[k - 1] + word in whole
+        ):
+            continue  # "wi", "fi" against "wifi"
+        out.append(word)
+    return out
+
+
+def modifiers(a: Analysis, b: Analysis, words: Sequence[str]) -> list[str]:
+    """Those of ``words`` that modify a word both prompts have ("vegan" in "vegan cake" vs "cake")."""
+    have = set(b.stems)
+    out = []
+    for k in range(len(a.words) - 1):
+        word, head = a.words[k], a.words[k + 1]
+        shared = head not in words and head.isalpha() and head not in STOPWORDS and a.stems[k + 1] in have
+        if word in words and shared:
+            out.append(word)
+    return out
+
+
+def _fold(word: str) -> str:
+    """Lower case without accents, as uncased BERT tokenizers see a word."""
+    return "".join(c for c in unicodedata.normalize("NFKD", word) if not unicodedata.combining(c))
+
+
+def _unaligned(words: Sequence[str], own: WordVectors, other: WordVectors, min_alignment: float) -> list[str]:
+    """Those of ``words`` with no counterpart in ``other`` at cosine ``min_alignment`` or more."""
+    index = {w: i for i, w in enumerate(own.words)}
+    out = []
+    for word in words:
+        i = index.get(_fold(word))
+        if i is None:  # split differently by the model's tokenizer: look for a piece of it
+            i = next((k for k, w in enumerate(own.words) if w and w in _fold(word)), None)
+        if (
+            i is None
+            or len(other.words) == 0
+            or float(np.max(other.vectors @ own.vectors[i])) < min_alignment
+        ):
+            out.append(word)
+    return out
+
+
+class ContentGuard:
+    """Rejects a name, thing or modifier that one prompt has and the other lacks.
+
+    Three kinds of difference that the embedding barely notices:
+
+    - ``names``: a name (capitalized mid-sentence, an acronym, iPhone) in one prompt only:
+      "Austria" vs "Australia", "UMass, Boston" vs "UMass";
+    - ``swaps``: a word on each side with no counterpart on the other: "soccer team" vs
+      "basketball team";
+    - ``modifiers`` (off by default: on Quora pairs it costs more paraphrases than it saves):
+      a word that modifies a word both share: "vegan cake" vs "cake".
+
+    A word has a counterpart when the other prompt has its stem, or a word whose contextual
+    vector from the embedding model aligns with it at ``min_alignment`` or more (synonyms such as
+    fix / repair align at 0.8+, different names of the same kind much lower).  Other added detail
+    ("... in economics") is left alone: paraphrases add such detail all the time.  Word vectors
+    are computed only when the text alone cannot decide; without them (``embedder`` None or a
+    model without word vectors) stems alone decide.
+    """
+
+    name = "content"
+
+    def __init__(
+        self,
+        embedder: Embedder | None = None,
+        min_alignment: float = 0.5,
+        swaps: bool = True,
+        modifiers: bool = False,
+        cache_size: int = 2048,
+    ) -> None:
+        self.embedder = embedder if embedder is not None and embedder.has_words else None
+        self.min_alignment = min_alignment
+        self.swaps = swaps
+        self.modifiers = modifiers
+        self._cache: OrderedDict[str, WordVectors] = OrderedDict()
+        self._cache_size = cache_size
+        self.model_calls = 0
+        """Lookups that needed word vectors (the rest were decided on the text alone)."""
+
+    def _decides(self, a: Analysis, b: Analysis, lone_a: list[str], lone_b: list[str]) -> bool:
+        """True when the words without counterpart make the prompts ask different things."""
+        if any(w in a.names for w in lone_a) or any(w in b.names for w in lone_b):
+            return True
+        if self.swaps and lone_a and lone_b:
+            return True
+        return self.modifiers and bool(modifiers(a, b, lone_a) or modifiers(b, a, lone_b))
+
+    def _suspects(self, query: str, candidate: str) -> tuple[Analysis, Analysis, list[str], list[str]] | None:
+        """The analyses and missing words of both prompts, or None when nothing could reject."""
+        a, b = analyze(query), analyze(candidate)
+        missing_a, missing_b = missing_words(a, b), missing_words(b, a)
+        if not self._decides(a, b, missing_a, missing_b):
+            return None
+        return a, b, missing_a, missing_b
+
+    async def reject(self, query: str, candidate: str) -> bool:
+        """True for a name, swap or modifier that no word of the other prompt matches."""
+        if len(query) + len(candidate) > LONG_PROMPT_CHARS:  # ~1 ms per KB: off the event loop
+            found = await asyncio.to_thread(self._suspects, query, candidate)
+        else:
+            found = self._suspects(query, candidate)
+        if found is None:
+            return False  # nothing that could reject: no model call
+        if self.embedder is None:
+            return True
+        a, b, missing_a, missing_b = found
+        self.model_calls += 1
+        words_a, words_b = await asyncio.gather(self._words(query), self._words(candidate))
+        lone_a = _unaligned(missing_a, words_a, words_b, self.min_alignment)
+        lone_b = _unaligned(missing_b, words_b, words_a, self.min_alignment)
+        return self._decides(a, b, lone_a, lone_b)
+
+    async def _words(self, text: str) -> WordVectors:
+        cached = self._cache.get(text)
+        if cached is not None:
+            self._cache.move_to_end(text)
+            return cached
+        assert self.embedder is not None
+        vectors = await self.embedder.embed_words(text)
+        self._cache[text] = vectors
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return vectors
+
+
+ScoreFn = Callable[[Sequence[tuple[str, str]]], Sequence[float]]
+
+
+class CrossEncoderVerifier:
+    """Adapts a pair scorer (e.g. ``sentence_transformers.CrossEncoder(path).predict``) to a guard.
+
+    The scorer runs on the embedding worker thread, never on the event loop; a pair scoring
+    below ``min_score`` is rejected.
+    """
+
+    def __init__(self, score: ScoreFn, min_score: float, embedder: Embedder, name: str = "verifier") -> None:
+        self.score = score
+        self.min_score = min_score
+        self.embedder = embedder
+        self.name = name
+
+    async def reject(self, query: str, candidate: str) -> bool:
+        """True when the scorer rates the pair below ``min_score``."""
+        scores = await self.embedder.run(self.score, [(query, candidate)])
+        return float(scores[0]) < self.min_score
+
+
+VerifierFactory = Callable[["CacheSettings", "Embedder"], Guard | Awaitable[Guard]]
+
+
+def load_verifier_factory(spec: str) -> VerifierFactory:
+    """Import ``"package.module:function"``; the function builds the verifier guard."""
+    where = f"semantic_cache.verifier {spec!r}"
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f'{where}: must look like "package.module:function"')
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"{where}: cannot import {module_name} ({exc}); install it or fix the name"
+        ) from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ConfigError(f"{where}: {module_name} has no function {attr}")
+    return factory  # type: ignore[no-any-return]
+
+
+async def build_guards(settings: CacheSettings, embedder: Embedder) -> list[Guard]:
+    """The guards enabled in ``settings``, cheapest first (shared by the server and ``eval``)."""
+    guards: list[Any] = []
+    if settings.guard_numbers:
+        guards.append(NumbersGuard())
+    if settings.guard_units:
+        guards.append(UnitsGuard())
+    if settings.guard_negation:
+        guards.append(NegationGuard())
+    if settings.guard_opposites:
+        guards.append(OppositesGuard())
+    if settings.guard_direction:
+        guards.append(DirectionGuard())
+    if settings.guard_content:
+        guards.append(
+            ContentGuard(
+                embedder,
+                settings.guard_content_min_alignment,
+                swaps=settings.guard_content_swaps,
+                modifiers=settings.guard_content_modifiers,
+            )
+        )
+    if settings.verifier:
+        factory = load_verifier_factory(settings.verifier)
+        try:
+            made = factory(settings, embedder)
+            verifier = await made if inspect.isawaitable(made) else made
+        except Exception as exc:
+            raise ConfigError(
+                f"semantic_cache.verifier {settings.verifier!r}: the factory failed: {exc!r}; it is "
+                "called as factory(settings, embedder) and must return a guard"
+            ) from exc
+        if not isinstance(getattr(verifier, "name", None), str) or not callable(
+            getattr(verifier, "reject", None)
+        ):
+            raise ConfigError(
+                f"semantic_cache.verifier {settings.verifier!r}: the factory returned "
+                f"{type(verifier).__name__}, which has no name and reject(query, candidate); "
+                "return an object with both"
+            )
+        guards.append(verifier)
+    return guards
