@@ -73,6 +73,8 @@ class CacheSettings:
     lookup_timeout_ms: int = 1500
     embedding_batch_size: int = 64
     embedding_threads: int = 0
+    embedding_backend: str = "auto"
+    """``auto`` (ONNX Runtime when usable, else torch) | ``torch`` | ``onnx``."""
     server: ServerSettings = field(default_factory=ServerSettings)
     milvus_config: MilvusSettings | None = None
     """The validated milvus.yaml when backend_type is milvus (read once, at load)."""
@@ -158,6 +160,7 @@ _CACHE_KEYS: KeySpec = {
     "lookup_timeout_ms": (int, "an integer (milliseconds)", int_range(1)),
     "embedding_batch_size": (int, "an integer", int_range(1, 4096)),
     "embedding_threads": (int, "an integer (0 = library default)", int_range(0, 256)),
+    "embedding_backend": (str, "a string", one_of("auto", "torch", "onnx")),
 }
 _SERVER_KEYS: KeySpec = {
     "grpc_address": (str, '"host:port"', _address),

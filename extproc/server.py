@@ -164,7 +164,10 @@ async def build_server(settings: CacheSettings, model: tuple[EncodeFn, int] | No
     if model is None:
         started = time.perf_counter()
         model = await asyncio.to_thread(
-            load_sentence_model, settings.embedding_model, settings.embedding_threads
+            load_sentence_model,
+            settings.embedding_model,
+            settings.embedding_threads,
+            settings.embedding_backend,
         )
         log.info("model ready in %.2fs", time.perf_counter() - started)
     encode, dim = model

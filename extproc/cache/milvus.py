@@ -298,11 +298,11 @@ class MilvusBackend:
         # |a - b|^2 = 2 - 2 cos(a, b).
         return 1.0 - distance / 2.0 if self.settings.metric_type == "L2" else distance
 
-    async def put(self, entry: CacheEntry) -> None:
-        """Write one row (the exact key is the primary key, so a repeat replaces it)."""
+    def row(self, entry: CacheEntry) -> dict[str, Any]:
+        """The collection row of ``entry`` (also used by bulk loaders such as the benchmarks)."""
         if len(entry.prompt.encode()) > VARCHAR_MAX:
             raise EntryTooLarge("prompt longer than a Milvus VARCHAR")
-        row = {
+        return {
             "id": entry.exact_key,
             "partition_key": entry.partition,
             "model": entry.model,
@@ -314,6 +314,10 @@ class MilvusBackend:
             "created_at": int(entry.created_at * 1000),
             "expires_at": int(entry.expires_at * 1000) if entry.expires_at > 0 else NEVER,
         }
+
+    async def put(self, entry: CacheEntry) -> None:
+        """Write one row (the exact key is the primary key, so a repeat replaces it)."""
+        row = self.row(entry)
         collection, timeout = self.settings.collection, self.settings.timeout
 
         def write(client: Any) -> None:
