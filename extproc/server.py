@@ -14,6 +14,7 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from . import messages as m
+from . import wire
 from .cache import MemoryBackend, SemanticCache
 from .cache.schema import CacheBackend
 from .config import CacheSettings, ConfigError
@@ -94,8 +95,8 @@ class ExtProcServer:
             {
                 "Process": grpc.stream_stream_rpc_method_handler(
                     self._process,
-                    request_deserializer=m.ProcessingRequest.FromString,
-                    response_serializer=m.ProcessingResponse.SerializeToString,
+                    request_deserializer=wire.decode_request,
+                    response_serializer=wire.encode_response,
                 )
             },
         )
