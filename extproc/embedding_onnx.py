@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -173,7 +174,7 @@ class OnnxEncoder:
         self.dim = int(meta["dim"])
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.tokenizer.enable_truncation(int(meta["max_seq_length"]))
-        self.tokenizer.enable_padding()
+        self.tokenizer.no_padding()
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.inter_op_num_threads = 1
@@ -186,16 +187,43 @@ class OnnxEncoder:
         )
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit-length embeddings of ``texts`` (float32, one row each)."""
+        """Unit-length embeddings of ``texts`` (float32, one row each).
+
+        A batch is run as a few sub-batches of similar token counts: padding every text to the
+        longest one of a micro-batch doubled the work per query on chat-length prompts.
+        """
         encodings = self.tokenizer.encode_batch(list(texts))
-        columns = {
-            "input_ids": [e.ids for e in encodings],
-            "attention_mask": [e.attention_mask for e in encodings],
-            "token_type_ids": [e.type_ids for e in encodings],
-        }
-        feeds = {name: np.asarray(columns[name], dtype=np.int64) for name in self.inputs}
-        out = self.session.run(None, feeds)[0]
-        return np.ascontiguousarray(out, dtype=np.float32)
+        out = np.empty((len(encodings), self.dim), dtype=np.float32)
+        for group in length_groups([len(e.ids) for e in encodings]):
+            out[group] = self._run([encodings[i] for i in group])
+        return out
+
+    def _run(self, encodings: list[Any]) -> np.ndarray:
+        width = max(len(e.ids) for e in encodings)
+        columns = {name: np.zeros((len(encodings), width), dtype=np.int64) for name in self.inputs}
+        for row, e in enumerate(encodings):
+            n = len(e.ids)
+            for name, values in (
+                ("input_ids", e.ids),
+                ("attention_mask", e.attention_mask),
+                ("token_type_ids", e.type_ids),
+            ):
+                if name in columns:
+                    columns[name][row, :n] = values
+        return self.session.run(None, columns)[0]
+
+
+def length_groups(lengths: Sequence[int], slack: float = 1.3, extra: int = 4) -> list[list[int]]:
+    """Indices grouped by similar length (shortest first): a group's longest is at most
+    ``slack`` × its shortest + ``extra`` tokens, so little of a padded sub-batch is padding."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and lengths[i] <= lengths[groups[-1][0]] * slack + extra:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
 
 
 if __name__ == "__main__":
