@@ -26,7 +26,7 @@ from extproc.embedding import load_sentence_model
 from . import load
 from .load import Request
 from .report import DATASET, machine, median, save, summary, table
-from .stack import start_envoys, start_processor, start_upstream
+from .stack import Processor, start_envoys, start_processor, start_upstream
 from .targets import check_targets
 from .tracing import tracing_cost
 from .workload import chat_body, paraphrase_pairs
@@ -36,14 +36,22 @@ TARGETS = ("direct", "envoy", "cache")
 JSON_HEADERS = (("content-type", "application/json"),)
 
 
-def encode_floor(encode: Any, texts: list[str], n: int = 200) -> dict[str, float]:
-    """Median single-query encode time, and per-query time in batches of 32 (ms)."""
+def encode_floor(encode: Any, texts: list[str], n: int = 200, gap_s: float = 0.003) -> dict[str, float]:
+    """Median single-query encode time (ms): a lone query after ``gap_s`` idle, as a request
+    meets the model, and back to back; and the per-query time in batches of 32."""
     encode(texts[:8])
-    single = []
-    for text in (texts * (n // max(1, len(texts)) + 1))[:n]:
-        started = time.perf_counter()
-        encode([text])
-        single.append((time.perf_counter() - started) * 1000)
+    cycle = (texts * (n // max(1, len(texts)) + 1))[:n]
+
+    def single(gap: float) -> float:
+        times = []
+        for text in cycle:
+            if gap:
+                time.sleep(gap)
+            started = time.perf_counter()
+            encode([text])
+            times.append((time.perf_counter() - started) * 1000)
+        return round(statistics.median(times), 3)
+
     batched = []
     for i in range(0, max(32, min(len(texts), 320)) - 31, 32):
         chunk = (texts * 32)[i : i + 32]
@@ -51,7 +59,8 @@ def encode_floor(encode: Any, texts: list[str], n: int = 200) -> dict[str, float
         encode(chunk)
         batched.append((time.perf_counter() - started) * 1000 / len(chunk))
     return {
-        "single_ms": round(statistics.median(single), 3),
+        "single_ms": single(gap_s),
+        "single_back_to_back_ms": single(0.0),
         "batch32_ms_per_query": round(median(batched), 3),
     }
 
@@ -81,8 +90,27 @@ def row_of(result: load.Result, **key: Any) -> dict[str, Any]:
     }
 
 
+def in_situ(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Mean lookup and embed time (ms) the processor itself measured between two scrapes."""
+    out = {}
+    for name, metric in (("lookup_mean_ms", "lookup"), ("embed_mean_ms", "embed")):
+        total = after.get(f"semantic_cache_{metric}_seconds_sum", 0) - before.get(
+            f"semantic_cache_{metric}_seconds_sum", 0
+        )
+        count = after.get(f"semantic_cache_{metric}_seconds_count", 0) - before.get(
+            f"semantic_cache_{metric}_seconds_count", 0
+        )
+        out[name] = round(1000 * total / count, 3) if count else float("nan")
+    return out
+
+
 async def run_level(
-    args: argparse.Namespace, bases: dict[str, str], prompts: list[tuple[str, str]], latency: int, c: int
+    args: argparse.Namespace,
+    bases: dict[str, str],
+    processor: Processor,
+    prompts: list[tuple[str, str]],
+    latency: int,
+    c: int,
 ) -> list[dict[str, Any]]:
     """Every phase of one (latency, concurrency) level, targets back to back."""
     n = count_for(args, c, latency)
@@ -95,30 +123,29 @@ async def run_level(
         return [Request("POST", CHAT, chat_body(model, t, stream), headers) for t in texts]
 
     rows: list[dict[str, Any]] = []
+
+    async def phase(
+        name: str, target: str, reqs: list[Request], warm: list[Request], stream: bool = False
+    ) -> None:
+        before = await processor.metrics() if target == "cache" else {}
+        result = await load.run(bases[target], reqs, c, stream=stream, warmup=warm)
+        row = row_of(result, phase=name, latency_ms=latency, concurrency=c, target=target)
+        if target == "cache":
+            row |= in_situ(before, await processor.metrics())
+        rows.append(row)
+
     for target in TARGETS:
-        base = bases[target]
-        key = {"latency_ms": latency, "concurrency": c, "target": target}
         model, stream_model = f"bench-{uuid.uuid4().hex[:8]}", f"bench-{uuid.uuid4().hex[:8]}"
-        warm = chats(f"warm-{uuid.uuid4().hex[:8]}", warm_prompts)
-        miss = await load.run(base, chats(model, firsts), c, warmup=warm)
-        rows.append(row_of(miss, phase="miss", **key))
+        await phase("miss", target, chats(model, firsts), chats(f"warm-{uuid.uuid4().hex[:8]}", warm_prompts))
         if target == "cache" and latency == 0:
             await asyncio.sleep(0.3)  # stores run after each response
-            exact = await load.run(base, chats(model, firsts), c, warmup=chats(model, firsts[:c]))
-            rows.append(row_of(exact, phase="exact_hit", **key))
-            semantic = await load.run(base, chats(model, seconds), c, warmup=chats(model, seconds[:c]))
-            rows.append(row_of(semantic, phase="semantic_hit", **key))
-        stream = await load.run(
-            base,
-            chats(stream_model, firsts, True),
-            c,
-            stream=True,
-            warmup=chats(f"w{stream_model}", warm_prompts),
-        )
-        rows.append(row_of(stream, phase="stream_miss", **key))
+            await phase("exact_hit", target, chats(model, firsts), chats(model, firsts[:c]))
+            await phase("semantic_hit", target, chats(model, seconds), chats(model, seconds[:c]))
+        warm = chats(f"w{stream_model}", warm_prompts, True)
+        await phase("stream_miss", target, chats(stream_model, firsts, True), warm, stream=True)
         if latency == 0:
             bypass = [Request("GET", "/v1/models")] * n
-            rows.append(row_of(await load.run(base, bypass, c, warmup=bypass[:c]), phase="bypass", **key))
+            await phase("bypass", target, bypass, bypass[:c])
     return rows
 
 
@@ -130,8 +157,17 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (latency, c, phase, target), rs in sorted(groups.items(), key=lambda kv: kv[0]):
         agg: dict[str, Any] = {"latency_ms": latency, "concurrency": c, "phase": phase, "target": target}
-        for col in ("p50_ms", "p90_ms", "p99_ms", "rps", "ttft_p50_ms", "gap_p50_ms"):
-            agg[col] = round(median(r[col] for r in rs), 3)
+        for col in (
+            "p50_ms",
+            "p90_ms",
+            "p99_ms",
+            "rps",
+            "ttft_p50_ms",
+            "gap_p50_ms",
+            "lookup_mean_ms",
+            "embed_mean_ms",
+        ):
+            agg[col] = round(median(r.get(col, float("nan")) for r in rs), 3)
         agg["runs"] = len(rs)
         outcomes: dict[str, int] = {}
         for r in rs:
@@ -145,17 +181,22 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def added_cost(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per repeat, what ``cache`` adds over ``envoy`` (and ``envoy`` over ``direct``); medians."""
     by: dict[tuple[Any, ...], dict[str, float]] = {}
+    lookups: dict[tuple[Any, ...], float] = {}
     for r in rows:
+        key = (r["repeat"], r["latency_ms"], r["concurrency"], r["phase"])
         for col in ("p50_ms", "ttft_p50_ms", "gap_p50_ms", "rps"):
-            by.setdefault((r["repeat"], r["latency_ms"], r["concurrency"], r["phase"], col), {})[
-                r["target"]
-            ] = r[col]
+            by.setdefault((*key, col), {})[r["target"]] = r[col]
+        if r["target"] == "cache":
+            lookups[key] = r.get("lookup_mean_ms", float("nan"))
     out: dict[tuple[Any, ...], dict[str, list[float]]] = {}
-    for (_, latency, c, phase, col), t in by.items():
+    for (repeat, latency, c, phase, col), t in by.items():
         if "envoy" not in t or "cache" not in t:
             continue
         d = out.setdefault((latency, c, phase), {})
         d.setdefault(f"{col}_added", []).append(t["cache"] - t["envoy"])
+        if col == "ttft_p50_ms":  # the stream's own cost: what is added beyond the lookup itself
+            lookup = lookups.get((repeat, latency, c, phase), float("nan"))
+            d.setdefault("ttft_beyond_lookup", []).append(t["cache"] - t["envoy"] - lookup)
         d.setdefault(f"{col}_ratio", []).append(t["cache"] / t["envoy"] if t["envoy"] else float("nan"))
         if "direct" in t:
             d.setdefault(f"{col}_envoy_over_direct", []).append(t["envoy"] - t["direct"])
@@ -166,6 +207,7 @@ def added_cost(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[name] = round(median(d.get(name, [])), 3)
         if phase == "stream_miss":
             row["ttft_added_ms"] = round(median(d.get("ttft_p50_ms_added", [])), 3)
+            row["ttft_beyond_lookup_ms"] = round(median(d.get("ttft_beyond_lookup", [])), 3)
             row["gap_added_ms"] = round(median(d.get("gap_p50_ms_added", [])), 3)
         rows_out.append(row)
     return rows_out
@@ -186,7 +228,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         torch_encode, _ = load_sentence_model("all-MiniLM-L6-v2", backend="torch")
         floor_torch = encode_floor(torch_encode, texts)
     trace = await tracing_cost(
-        encode, dim, rounds=5 if args.scale >= 0.5 else 1, n=int(2000 * min(1, args.scale)) or 20
+        encode, dim, rounds=9 if args.scale >= 0.5 else 1, n=int(2000 * min(1, args.scale)) or 20
     )
     upstream, upstream_port = await start_upstream(tmp)
     processor = envoy = plain = None
@@ -202,10 +244,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         envoy, plain = await start_envoys(tmp, processor.grpc_port, upstream_port)
         bases = {"direct": f"http://127.0.0.1:{upstream_port}", "envoy": plain.url, "cache": envoy.url}
         rows: list[dict[str, Any]] = []
+        floors: list[float] = []
         for repeat in range(args.repeat):
+            # The floor again, now, under the same background load as this repeat.
+            floors.append(encode_floor(encode, texts[:60], n=60 if args.scale >= 0.5 else 10)["single_ms"])
             for latency in args.latency:
                 for c in args.concurrency:
-                    for row in await run_level(args, bases, prompts, latency, c):
+                    for row in await run_level(args, bases, processor, prompts, latency, c):
                         rows.append({"repeat": repeat} | row)
                     print(
                         f"  repeat {repeat + 1}/{args.repeat} latency {latency} ms concurrency {c}: done",
@@ -234,7 +279,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "scale": args.scale,
             "dataset": str(args.data),
         },
-        "encode_floor": floor,
+        "encode_floor": floor | {"per_repeat_single_ms": floors, "single_ms_median": median([*floors])},
         "encode_floor_torch": floor_torch,
         "tracing": trace,
         "processor": {
@@ -258,7 +303,12 @@ def print_report(doc: dict[str, Any]) -> None:
     print(f"processor: {doc['processor']}")
     print(f"tracing (in-process hit path, µs/request): {doc['tracing']}\n")
     cols = ["latency_ms", "concurrency", "phase", "target", "p50_ms", "p90_ms", "p99_ms", "rps"]
-    print(table(doc["summary"], [*cols, "ttft_p50_ms", "gap_p50_ms", "outcomes"]))
+    print(
+        table(
+            doc["summary"],
+            [*cols, "ttft_p50_ms", "gap_p50_ms", "lookup_mean_ms", "embed_mean_ms", "outcomes"],
+        )
+    )
     print("\nAdded by the processor (cache − envoy, medians over repeats):\n")
     print(table(doc["added"]))
     print("\nTargets:\n")
