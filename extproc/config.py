@@ -96,6 +96,8 @@ class CacheSettings:
     guard_content_modifiers: bool = False
     verifier: str = ""
     """``"package.module:function"`` building an extra guard (e.g. a cross-encoder); empty: none."""
+    embedding_backend: str = "auto"
+    """``auto`` (ONNX Runtime when usable, else torch) | ``torch`` | ``onnx``."""
     server: ServerSettings = field(default_factory=ServerSettings)
     milvus_config: MilvusSettings | None = None
     """The validated milvus.yaml when backend_type is milvus (read once, at load)."""
@@ -208,6 +210,7 @@ _CACHE_KEYS: KeySpec = {
     "guard_content_swaps": (bool, "true or false", None),
     "guard_content_modifiers": (bool, "true or false", None),
     "verifier": (str, '"package.module:function" or ""', _import_spec),
+    "embedding_backend": (str, "a string", one_of("auto", "torch", "onnx")),
 }
 _SERVER_KEYS: KeySpec = {
     "grpc_address": (str, '"host:port"', _address),

@@ -14,6 +14,7 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from . import messages as m
+from . import wire
 from .cache import MemoryBackend, SemanticCache
 from .cache.guards import build_guards
 from .cache.schema import CacheBackend
@@ -95,8 +96,8 @@ class ExtProcServer:
             {
                 "Process": grpc.stream_stream_rpc_method_handler(
                     self._process,
-                    request_deserializer=m.ProcessingRequest.FromString,
-                    response_serializer=m.ProcessingResponse.SerializeToString,
+                    request_deserializer=wire.decode_request,
+                    response_serializer=wire.encode_response,
                 )
             },
         )
@@ -165,7 +166,10 @@ async def make_cache(settings: CacheSettings, model: tuple[EncodeFn, int] | None
     if model is None:
         started = time.perf_counter()
         model = await asyncio.to_thread(
-            load_sentence_model, settings.embedding_model, settings.embedding_threads
+            load_sentence_model,
+            settings.embedding_model,
+            settings.embedding_threads,
+            settings.embedding_backend,
         )
         log.info("model ready in %.2fs", time.perf_counter() - started)
     encode, dim = model

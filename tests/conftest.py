@@ -71,8 +71,14 @@ class Envoy:
                 self.process.wait(5)
 
 
-async def start_envoy(tmp: Path, extproc_port: int, upstream_port: int, **env: str) -> Envoy:
-    """Render envoy/envoy.yaml for these ports and start the real Envoy binary."""
+async def start_envoy(
+    tmp: Path,
+    extproc_port: int,
+    upstream_port: int,
+    edit: Callable[[str], str] | None = None,
+    **env: str,
+) -> Envoy:
+    """Render envoy/envoy.yaml for these ports (``edit`` may change the text) and start Envoy."""
     port, admin = free_port(), free_port()
     values = (
         dict(os.environ)
@@ -85,7 +91,8 @@ async def start_envoy(tmp: Path, extproc_port: int, upstream_port: int, **env: s
         | env
     )
     config = tmp / f"envoy-{port}.yaml"
-    config.write_text(render_envoy_config(values))
+    text = render_envoy_config(values)
+    config.write_text(edit(text) if edit is not None else text)
     log = tmp / f"envoy-{port}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(envoy_command(config, "info"), stdout=out, stderr=subprocess.STDOUT)

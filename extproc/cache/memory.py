@@ -13,6 +13,8 @@ from .eviction import make_policy
 from .schema import CacheEntry, Candidate, EntryFilter
 from .vector_index import VectorIndex
 
+_NO_VECTOR = np.empty(0, dtype=np.float32)
+
 
 class MemoryBackend:
     """Entries in process memory; lost on restart, never shared between replicas."""
@@ -80,7 +82,9 @@ class MemoryBackend:
             self.evictions += 1
         label = next(self._labels)
         vector = np.ascontiguousarray(entry.vector, dtype=np.float32)
-        entry.vector = vector
+        # The index keeps its own copy; holding this one too would double the memory (and a row
+        # of an embedding batch would pin the whole batch).
+        entry.vector = _NO_VECTOR
         self._entries[label] = entry
         self._label_of[entry.id] = label
         self._exact[entry.exact_key] = label

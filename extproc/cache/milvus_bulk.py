@@ -58,7 +58,7 @@ class MilvusBulkOps:
 
         def _entry(self, row: dict[str, Any], vector: np.ndarray | None = None) -> CacheEntry: ...
 
-        def _row(self, entry: CacheEntry) -> dict[str, Any]: ...
+        def row(self, entry: CacheEntry) -> dict[str, Any]: ...
 
         def _similarity(self, distance: float) -> float: ...
 
@@ -158,7 +158,7 @@ class MilvusBulkOps:
         rows: list[dict[str, Any]] = []
         for i, entry in enumerate(entries):
             try:
-                rows.append(self._row(entry))
+                rows.append(self.row(entry))
             except EntryTooLarge as exc:
                 rejected[i] = f"too large for Milvus: {exc}"
         if not rows:

@@ -21,9 +21,9 @@ class CacheQuery:
     exact_key: str
 
 
-@dataclass
+@dataclass(slots=True)
 class CacheEntry:
-    """One stored answer with its identity, prompt and embedding."""
+    """One stored answer with its identity, prompt and embedding (slots: millions may be held)."""
 
     id: str
     model: str
