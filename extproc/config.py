@@ -96,8 +96,8 @@ class CacheSettings:
     guard_content_modifiers: bool = False
     verifier: str = ""
     """``"package.module:function"`` building an extra guard (e.g. a cross-encoder); empty: none."""
-    embedding_backend: str = "auto"
-    """``auto`` (ONNX Runtime when usable, else torch) | ``torch`` | ``onnx``."""
+    embedding_backend: str = "torch"
+    """``torch`` (default: the content guard needs its word vectors) | ``onnx`` | ``auto``."""
     server: ServerSettings = field(default_factory=ServerSettings)
     milvus_config: MilvusSettings | None = None
     """The validated milvus.yaml when backend_type is milvus (read once, at load)."""

@@ -94,7 +94,7 @@ async def test_stats_reports_entries_decisions_and_settings(ops: Ops) -> None:
     for outcome in ("hit", "miss", "bypass"):
         assert stats["decisions"][outcome] == before["decisions"][outcome] + 1
     assert stats["embedding_model"] == "all-MiniLM-L6-v2" and stats["dimension"] == 384
-    assert stats["similarity_threshold"] == 0.9 and stats["enabled"] is True
+    assert stats["similarity_threshold"] == CacheSettings().similarity_threshold and stats["enabled"] is True
     assert stats["uptime_seconds"] >= before["uptime_seconds"]
     cli = await admin_cli("stats", "--url", ops.url)
     assert cli.code == 0 and json.loads(cli.out)["decisions"]["hit"] >= 1

@@ -65,7 +65,7 @@ def test_falls_back_to_torch_when_onnx_cannot_be_used(
 
 
 def test_embedding_backend_config_key() -> None:
-    assert parse_config({"semantic_cache": {}}).embedding_backend == "auto"
+    assert parse_config({"semantic_cache": {}}).embedding_backend == "torch"
     assert parse_config({"semantic_cache": {"embedding_backend": "torch"}}).embedding_backend == "torch"
     with pytest.raises(ConfigError, match=r"semantic_cache\.embedding_backend: must be one of"):
         parse_config({"semantic_cache": {"embedding_backend": "gpu"}})

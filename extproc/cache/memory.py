@@ -6,6 +6,7 @@ import asyncio
 import heapq
 import itertools
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -129,10 +130,17 @@ class MemoryBackend:
     ) -> AsyncIterator[list[CacheEntry]]:
         """Every live selected entry, in batches, from a snapshot taken at the first batch."""
         self._purge_expired(now)
-        snapshot = [e for e in self._entries.values() if not e.expired(now) and selector.matches(e)]
+        snapshot = [(lb, e) for lb, e in self._entries.items() if not e.expired(now) and selector.matches(e)]
         for start in range(0, len(snapshot), batch_size):
-            yield snapshot[start : start + batch_size]
+            batch = snapshot[start : start + batch_size]
+            yield [self._with_vector(lb, e) if vectors else e for lb, e in batch]
             await asyncio.sleep(0)  # let requests run between batches
+
+    def _with_vector(self, label: int, entry: CacheEntry) -> CacheEntry:
+        """A copy of ``entry`` carrying its vector (entries do not keep one; the index does)."""
+        index = self._partitions.get(entry.partition)
+        vector = index.vector(label) if index is not None else None
+        return replace(entry, vector=vector if vector is not None else _NO_VECTOR)
 
     async def count_matching(self, selector: EntryFilter, now: float) -> int:
         """Number of live selected entries."""

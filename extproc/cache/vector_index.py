@@ -99,6 +99,15 @@ class VectorIndex:
             self._labels[row] = moved
             self._row_of[moved] = row
 
+    def vector(self, label: int) -> np.ndarray | None:
+        """A copy of the stored vector of ``label`` (export), or None if it is not here."""
+        if self._hnsw is not None:
+            if label not in self._live:
+                return None
+            return np.asarray(self._hnsw.get_items([label])[0], dtype=np.float32)
+        row = self._row_of.get(label)
+        return None if row is None else self._vectors[row].copy()
+
     def search(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
         """Up to ``k`` (label, similarity) pairs, most similar first."""
         n = len(self)
