@@ -85,7 +85,7 @@ class MemoryBackend:
         vector = np.ascontiguousarray(entry.vector, dtype=np.float32)
         # The index keeps its own copy; holding this one too would double the memory (and a row
         # of an embedding batch would pin the whole batch).
-        entry.vector = _NO_VECTOR
+        entry = replace(entry, vector=_NO_VECTOR)  # the caller's entry keeps its vector
         self._entries[label] = entry
         self._label_of[entry.id] = label
         self._exact[entry.exact_key] = label
