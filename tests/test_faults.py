@@ -114,6 +114,14 @@ async def test_upstream_slow_and_reset_are_passed_through(stack: Stack) -> None:
     assert again.headers["x-semantic-cache"] == "miss"
 
 
+def _rss_mb() -> float:
+    """This process's resident memory in MB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 async def _load(
     url: str, prompts: list[str], model: str, seconds: float, concurrency: int
 ) -> tuple[int, list[str], dict[str, int]]:
@@ -261,10 +269,15 @@ async def test_bounded_load_mixed_traffic(stack: Stack) -> None:
         for t in ("tides", "volcanoes", "jazz", "chess", "bread", "rust", "owls")
     ]
     prompts += [p.replace("explain it briefly", "give a short explanation") for p in prompts]
+    warm = await _load(stack.envoy.url, prompts, "load-mix", seconds=3, concurrency=64)
+    assert warm[1] == []
+    rss_before = _rss_mb()  # this process runs the processor (the cache is already full)
     done, errors, decisions = await _load(stack.envoy.url, prompts, "load-mix", seconds=8, concurrency=64)
+    growth = _rss_mb() - rss_before
     assert errors == []
     assert done > 200
-    assert decisions.get("hit", 0) > 0 and decisions.get("miss", 0) > 0
+    assert growth < 64, f"RSS grew {growth:.0f} MB under steady load"
+    assert warm[2].get("miss", 0) > 0 and decisions.get("hit", 0) > 0
     await stack.settle()
     backend = stack.server.shared.cache.backend
     assert await backend.count() <= stack.server.shared.settings.max_entries
