@@ -33,15 +33,20 @@ def limit_numpy_blas_threads() -> None:
 
 
 class VectorIndex:
-    """Add / remove / search float32 vectors under integer labels."""
+    """Add / remove / search float32 vectors under integer labels.
+
+    HNSW parameters (bench/README.md, 1M sentence-like rows): M=16 / ef=96 found the exact
+    nearest row for 94.7% of paraphrase queries, and needed ef=600 to reach 99%; M=32 / ef=256
+    finds 99.4% at 0.3 ms p50, for 128 more bytes per row (the vectors are 1536).
+    """
 
     def __init__(
         self,
         dim: int,
         hnsw_threshold: int = 10_000,
-        hnsw_m: int = 16,
+        hnsw_m: int = 32,
         hnsw_ef_construction: int = 100,
-        hnsw_ef_search: int = 96,
+        hnsw_ef_search: int = 256,
     ) -> None:
         limit_numpy_blas_threads()
         self.dim = dim
