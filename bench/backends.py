@@ -26,7 +26,7 @@ from extproc.cache import MemoryBackend
 from extproc.cache.schema import CacheEntry
 
 from . import vectors
-from .report import DATASET, machine, rss_mb, save, summary, table, trim_heap, verdict
+from .report import DATASET, exit_on_sigterm, machine, rss_mb, save, summary, table, trim_heap, verdict
 from .workload import encode_all, read_pairs
 
 PARTITION = "f" * 64
@@ -113,7 +113,7 @@ async def memory_child(n: int, anchor_file: Path, queries: int) -> dict[str, Any
     started, now = time.perf_counter(), time.time()
     for start, data in vectors.chunks(base, n):
         for j in range(len(data)):
-            await backend.put(entry(start + j, data[j].copy(), now))
+            await backend.put(entry(start + j, data[j], now))  # a row of a batch, as the embedder gives
     build_s = time.perf_counter() - started
     gc.collect()
     trim_heap()
@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
     p.add_argument("--anchors", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    exit_on_sigterm()
     if args.child:
         print(json.dumps(asyncio.run(memory_child(args.child, args.anchors, args.queries))))
         return 0

@@ -31,7 +31,7 @@ from extproc.cache import CacheQuery, MemoryBackend, SemanticCache
 from extproc.embedding import Embedder, load_sentence_model, resolve_model_path
 from extproc.openai import exact_key, partition_key
 
-from .report import DATASET, machine, save, summary, table, verdict
+from .report import DATASET, exit_on_sigterm, machine, save, summary, table, verdict
 from .workload import Pair, read_pairs
 
 MODEL = "all-MiniLM-L6-v2"
@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=DATASET)
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
+    exit_on_sigterm()
     before = machine()
     pairs = list(read_pairs(args.data, limit=args.pairs))
     encode, dim = load_sentence_model(MODEL, backend=args.embedding_backend)

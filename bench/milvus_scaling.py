@@ -81,10 +81,10 @@ async def measure(
         server.uri,
         f"bench_{n}_{int(time.time())}",
         search={"consistency_level": "Session"},
+        maintenance={"sweep_interval_seconds": 3600},  # no TTL / max_entries sweeps meanwhile
     )
-    settings = parse_config(
-        {"semantic_cache": {"backend_type": "milvus", "backend_config_path": str(config)}}
-    )
+    section = {"backend_type": "milvus", "backend_config_path": str(config), "max_entries": n + 1}
+    settings = parse_config({"semantic_cache": section})
     backend = make_backend(settings, anchors.shape[1])
     assert isinstance(backend, MilvusBackend)
     await backend.start()

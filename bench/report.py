@@ -7,8 +7,10 @@ import ctypes
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -18,6 +20,11 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DATASET = ROOT.parent / "shared" / "data" / "qqp-dev.jsonl"
 """The QQP dev pairs, ``../shared/data/qqp-dev.jsonl`` from the repository root."""
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so ``finally`` blocks stop the processes a run started."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def percentile(values: Sequence[float], q: float) -> float:

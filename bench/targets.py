@@ -55,6 +55,15 @@ def check_targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 floor + 3,
             )
         )
+        idle = doc["encode_floor"].get(f"single_after_{latency}ms_idle_ms")
+        if latency and idle:
+            out.append(
+                _check(
+                    f"  … with the encode time of a lone query after {latency} ms idle",
+                    add("miss", "p50_ms_added", latency=latency),
+                    idle + 3,
+                )
+            )
     out.append(_check("bypass added p50, c=1 (ms) ≤ 1", add("bypass", "p50_ms_added"), 1.0))
     hits = _find(summary, phase="semantic_hit", concurrency=32, target="cache", latency_ms=0)
     out.append(_check("semantic hits/s at c=32 ≥ 250", None if hits is None else hits["rps"], 250, True))

@@ -49,6 +49,9 @@ def test_e2e_smoke(tmp_path: Path) -> None:
     assert {"exact", "semantic"} <= doc["tracing"].keys()
     assert {r["phase"] for r in doc["added"]} >= {"miss", "stream_miss", "bypass"}
     assert all({"target", "measured", "verdict"} <= t.keys() for t in doc["targets"])
+    from bench import render
+
+    assert "| target" in render.e2e(doc) and "cores" in render.machine(doc)
 
 
 def test_backends_smoke(tmp_path: Path) -> None:
