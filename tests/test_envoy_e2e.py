@@ -269,7 +269,9 @@ async def test_body_bigger_than_buffer_reaches_upstream(stack: Stack) -> None:
         "/v1/chat/completions", content=raw, headers={"content-type": "application/json"}
     )
     assert r.status_code == 200
-    assert r.headers["x-semantic-cache"] == "bypass"
+    # Usually a bypass (Envoy hands over only the first chunk); when the whole body arrives in one
+    # read Envoy may deliver it complete, and the lookup is then an ordinary miss.
+    assert r.headers["x-semantic-cache"] in ("bypass", "miss")
     assert stack.upstream.seen[-1].body == raw
 
 
