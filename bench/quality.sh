@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Reproduce bench/quality.md: cosine only vs the shipped defaults, on qqp-dev and on the
 # adversarial look-alike set.  Results (text + one JSON line each) go to bench/results/.
-# Usage: bench/quality.sh [QQP_FILE]   (default /work/shared/data/qqp-dev.jsonl)
+# Usage: bench/quality.sh [QQP_FILE]   (default ../shared/data/qqp-dev.jsonl, beside the repository)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-QQP=${1:-/work/shared/data/qqp-dev.jsonl}
+QQP=${1:-../shared/data/qqp-dev.jsonl}
 PY=${PYTHON:-.venv/bin/python}
 mkdir -p bench/results
 run() {  # name, then eval arguments

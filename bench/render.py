@@ -23,8 +23,8 @@ def machine(doc: dict[str, Any]) -> str:
     return (
         f"{before['cpu']}, {before['cores']} cores, {before['memory_gb']} GB, Python {before['python']}, "
         f"{before['platform']}. Load average at start {before['load_average']}, at end "
-        f"{after['load_average']} (other engineers' test suites were running: "
-        f"{'; '.join(before['busy'][:3])})."
+        f"{after['load_average']}; busiest other processes at start: "
+        f"{'; '.join(before['busy'][:3]) or 'none'}."
     )
 
 

@@ -92,12 +92,14 @@ class CacheSettings:
     guard_direction: bool = True
     guard_content: bool = True
     guard_content_min_alignment: float = 0.5
+    guard_content_name_alignment: float = 0.7
+    """A name (Austria, Python) without an exact match needs a counterpart this close."""
     guard_content_swaps: bool = True
     guard_content_modifiers: bool = False
     verifier: str = ""
     """``"package.module:function"`` building an extra guard (e.g. a cross-encoder); empty: none."""
-    embedding_backend: str = "torch"
-    """``torch`` (default: the content guard needs its word vectors) | ``onnx`` | ``auto``."""
+    embedding_backend: str = "auto"
+    """``auto`` (ONNX Runtime when usable, else torch) | ``onnx`` | ``torch``."""
     server: ServerSettings = field(default_factory=ServerSettings)
     milvus_config: MilvusSettings | None = None
     """The validated milvus.yaml when backend_type is milvus (read once, at load)."""
@@ -207,6 +209,7 @@ _CACHE_KEYS: KeySpec = {
     "guard_direction": (bool, "true or false", None),
     "guard_content": (bool, "true or false", None),
     "guard_content_min_alignment": ((int, float), "a number", _unit_interval),
+    "guard_content_name_alignment": ((int, float), "a number", _unit_interval),
     "guard_content_swaps": (bool, "true or false", None),
     "guard_content_modifiers": (bool, "true or false", None),
     "verifier": (str, '"package.module:function" or ""', _import_spec),

@@ -158,24 +158,31 @@ def _word_encoder(model: Any) -> WordsFn | None:
         )
         with torch.inference_mode():
             hidden = network(**batch).last_hidden_state.float().numpy()
-        out = []
-        for i in range(len(texts)):
-            ids = batch["input_ids"][i].tolist()
-            pieces: dict[int, list[int]] = {}
-            for j, word in enumerate(batch.word_ids(i)):
-                if word is not None:
-                    pieces.setdefault(word, []).append(j)
-            names = [
-                tokenizer.decode([ids[j] for j in js]).replace(" ", "").replace("##", "").lower()
-                for js in pieces.values()
-            ]
-            vectors = np.array([hidden[i, js].mean(axis=0) for js in pieces.values()], dtype=np.float32)
-            vectors = vectors.reshape(len(names), -1)
-            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-12
-            out.append(WordVectors(tuple(names), vectors))
-        return out
+        return [
+            word_vectors(hidden[i], batch["input_ids"][i].tolist(), batch.word_ids(i), tokenizer.decode)
+            for i in range(len(texts))
+        ]
 
     return words
+
+
+def word_vectors(
+    hidden: np.ndarray, ids: Sequence[int], word_ids: Sequence[int | None], decode: Callable[[list[int]], str]
+) -> WordVectors:
+    """One text's :class:`WordVectors` from its last-layer token vectors (``hidden``, one row per
+    token id, padding allowed past the end), the ids and each token's word index (None for
+    special tokens); ``decode`` turns a word's ids back into text."""
+    pieces: dict[int, list[int]] = {}
+    for j, word in enumerate(word_ids):
+        if word is not None:
+            pieces.setdefault(word, []).append(j)
+    names = [
+        decode([ids[j] for j in js]).replace(" ", "").replace("##", "").lower() for js in pieces.values()
+    ]
+    vectors = np.array([hidden[js].mean(axis=0) for js in pieces.values()], dtype=np.float32)
+    vectors = vectors.reshape(len(names), hidden.shape[-1])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-12
+    return WordVectors(tuple(names), vectors)
 
 
 class _Queue:

@@ -22,9 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from .embedding import WordVectors, word_vectors
+
 log = logging.getLogger(__name__)
 
-EXPORT_VERSION = "1"
+EXPORT_VERSION = "2"
 """Bumped when the exported graph changes, so stale exports are not reused."""
 CACHE_ENV = "SEMANTIC_CACHE_MODEL_CACHE"
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -122,17 +124,19 @@ def export(model_dir: Path, out: Path) -> None:
             super().__init__()
             self.st = model
 
-        def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-            return self.st(dict(zip(names, inputs, strict=True)))["sentence_embedding"]
+        def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            out = self.st(dict(zip(names, inputs, strict=True)))
+            return out["sentence_embedding"], out["token_embeddings"]
 
-    axes = {n: {0: "batch", 1: "tokens"} for n in names} | {"embedding": {0: "batch"}}
+    axes = {n: {0: "batch", 1: "tokens"} for n in names}
+    axes |= {"embedding": {0: "batch"}, "tokens": {0: "batch", 1: "tokens"}}
     with torch.inference_mode():
         torch.onnx.export(
             Pooled(),
             tuple(sample[n] for n in names),
             str(out / "model.onnx"),
             input_names=names,
-            output_names=["embedding"],
+            output_names=["embedding", "tokens"],
             dynamic_axes=axes,
             opset_version=17,
             dynamo=False,
@@ -202,7 +206,21 @@ class OnnxEncoder:
             out[group] = self._run([encodings[i] for i in group])
         return out
 
-    def _run(self, encodings: list[Any]) -> np.ndarray:
+    def words(self, texts: Sequence[str]) -> list[WordVectors]:
+        """Per-word contextual vectors (the token vectors the sentence vector pools), as torch gives."""
+        encodings = self.tokenizer.encode_batch(list(texts))
+        out: list[WordVectors | None] = [None] * len(encodings)
+        for group in length_groups([len(e.ids) for e in encodings]):
+            hidden = self._run([encodings[i] for i in group], "tokens")
+            for row, i in enumerate(group):
+                e = encodings[i]
+                out[i] = word_vectors(hidden[row], e.ids, e.word_ids, self._decode)
+        return [w for w in out if w is not None]
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def _run(self, encodings: list[Any], output: str = "embedding") -> np.ndarray:
         width = max(len(e.ids) for e in encodings)
         columns = {name: np.zeros((len(encodings), width), dtype=np.int64) for name in self.inputs}
         for row, e in enumerate(encodings):
@@ -214,7 +232,7 @@ class OnnxEncoder:
             ):
                 if name in columns:
                     columns[name][row, :n] = values
-        return self.session.run(None, columns)[0]
+        return self.session.run([output], columns)[0]
 
 
 def length_groups(lengths: Sequence[int], slack: float = 1.3, extra: int = 4) -> list[list[int]]:

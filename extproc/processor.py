@@ -11,8 +11,7 @@ import gzip
 import logging
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import betterproto2
@@ -20,87 +19,24 @@ from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind
 
 from . import messages as m
-from .cache import CacheQuery, LookupResult, SemanticCache
+from .cache import CacheQuery, LookupResult
 from .cache.schema import BackendUnavailable, EmbeddingFailed, EntryTooLarge
-from .cache.singleflight import InFlight
-from .config import CacheSettings
 from .openai import (
     CHAT_PATH,
     ChatRequest,
     NotCacheable,
     NotStorable,
-    exact_key,
     parse_chat_request,
     parse_json_completion,
     parse_sse_completion,
-    partition_key,
     render_completion,
     render_sse,
     scope_from_authorization,
-    with_revision,
 )
+from .shared import HEADER, MAX_SCOPE_CHARS, Decision, Shared, cache_control, cache_query
 from .telemetry import parent_context, span_attributes, tracer
 
 log = logging.getLogger(__name__)
-
-HEADER = "x-semantic-cache"
-MAX_SCOPE_CHARS = 256
-"""A longer scope header value is treated as missing (the request bypasses)."""
-Spawn = Callable[[Coroutine[Any, Any, None]], None]
-
-
-@dataclass
-class Decision:
-    """What happened to one request, for the response header, logs, metrics and traces."""
-
-    outcome: str = "bypass"
-    """``hit`` | ``miss`` | ``bypass``."""
-    reason: str = ""
-    """Why a request was bypassed (``not_chat``, ``no_cache_no_store``, ``backend_error``…)."""
-    match: str | None = None
-    similarity: float = 0.0
-    model: str = ""
-    store: str = ""
-    """``stored`` or the store-skip reason (``non_2xx``, ``truncated``, ``too_large``…)."""
-    timings: dict[str, float] = field(default_factory=dict)
-    candidates: int = 0
-    best_similarity: float = 0.0
-    rejected_by: list[str] = field(default_factory=list)
-    entry_age_s: float | None = None
-    partition: str = ""
-
-
-@dataclass
-class Shared:
-    """What every stream of one server shares."""
-
-    settings: CacheSettings
-    cache: SemanticCache
-    spawn: Spawn
-    """Runs a coroutine in the background, tracked for graceful shutdown."""
-    on_decision: Callable[[Decision], None] = lambda d: None
-    """Called once per request with its final decision (metrics, logs)."""
-    inflight: InFlight = field(default_factory=InFlight)
-    """Identical misses being fetched now (single-flight)."""
-
-
-def cache_control(value: str) -> tuple[bool, bool]:
-    """(no_cache, no_store) from a ``cache-control`` request header."""
-    directives = {d.strip().split("=", 1)[0].lower() for d in value.split(",")}
-    return "no-cache" in directives, "no-store" in directives
-
-
-def cache_query(chat: ChatRequest, scope: str, revision: str = "") -> CacheQuery:
-    """The cache lookup key of a parsed request in ``scope`` (the ``eval`` tool uses it too)."""
-    fingerprint = with_revision(chat.fingerprint, revision)
-    return CacheQuery(
-        model=chat.model,
-        scope=scope,
-        fingerprint=fingerprint,
-        prompt=chat.prompt,
-        partition=partition_key(chat.model, scope, fingerprint),
-        exact_key=exact_key(chat.model, scope, fingerprint, chat.prompt),
-    )
 
 
 class StreamProcessor:

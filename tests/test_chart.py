@@ -1329,3 +1329,16 @@ def test_dockerfile_matches_the_package_and_the_chart() -> None:
     assert any(op == "WORKDIR" and args == "/app" for op, args in steps)
     (healthcheck,) = [args for op, args in steps if op == "HEALTHCHECK"]
     assert f"127.0.0.1:{values['processor']['metricsPort']}/healthz" in healthcheck
+
+
+def test_schema_accepts_every_cache_setting_the_processor_does() -> None:
+    """Every ``semantic_cache`` key config.py accepts can be set through ``cache.settings``
+    (except those the chart sets itself), and the schema accepts no key config.py rejects."""
+    from extproc.config import _CACHE_KEYS, _SERVER_KEYS
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    settings = schema["properties"]["cache"]["properties"]["settings"]["properties"]
+    chart_sets = {"backend_type", "backend_config_path", "scope_mode", "scope_header"}
+    assert set(settings) - {"server"} == set(_CACHE_KEYS) - chart_sets
+    server_chart_sets = {"grpc_address", "metrics_address", "admin_address"}
+    assert set(settings["server"]["properties"]) == set(_SERVER_KEYS) - server_chart_sets

@@ -40,6 +40,17 @@ def test_onnx_matches_torch(torch_model: tuple[EncodeFn, int]) -> None:
         assert float(onnx_encode([text])[0] @ ref) >= 0.999
 
 
+def test_onnx_word_vectors_match_torch(torch_model: tuple[EncodeFn, int]) -> None:
+    """The content guard gets the same words and word vectors from either backend."""
+    onnx_encode, _ = load_sentence_model("all-MiniLM-L6-v2", backend="onnx")
+    torch_encode, _ = torch_model
+    texts = [*SENTENCES, "What's the café's best-selling naïve pastry in Zürich?", "iPhone 15 vs 14"]
+    for ours, reference in zip(onnx_encode.words(texts), torch_encode.words(texts), strict=True):
+        assert ours.words == reference.words and len(ours.words) > 0
+        assert ours.vectors.shape == reference.vectors.shape
+        assert (ours.vectors * reference.vectors).sum(axis=1).min() >= 0.999
+
+
 def test_an_existing_export_is_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model_dir = resolve_model_path("all-MiniLM-L6-v2")
     monkeypatch.setattr(embedding_onnx, "cache_roots", lambda: [tmp_path / "baked"])
@@ -65,7 +76,7 @@ def test_falls_back_to_torch_when_onnx_cannot_be_used(
 
 
 def test_embedding_backend_config_key() -> None:
-    assert parse_config({"semantic_cache": {}}).embedding_backend == "torch"
+    assert parse_config({"semantic_cache": {}}).embedding_backend == "auto"
     assert parse_config({"semantic_cache": {"embedding_backend": "torch"}}).embedding_backend == "torch"
     with pytest.raises(ConfigError, match=r"semantic_cache\.embedding_backend: must be one of"):
         parse_config({"semantic_cache": {"embedding_backend": "gpu"}})

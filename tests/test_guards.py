@@ -174,10 +174,19 @@ async def test_word_vectors_come_from_the_model(embedder: Embedder) -> None:
 @pytest.mark.parametrize(
     ("a", "b"),
     [
-        # MySQL / PostgreSQL (0.57) and alligator / caiman (0.71) align too well to be told apart
-        *[(a, b) for a, b in pairs_of("entity") if "MySQL" not in a and "alligator" not in a],
+        # alligator / caiman (0.71, not capitalized: not names) align too well to be told apart
+        *[(a, b) for a, b in pairs_of("entity") if "alligator" not in a],
         ("What are good universities in Boston?", "What are good universities?"),  # a name added
         ("How do I reverse a list in python?", "How do I reverse a list in javascript?"),  # lower case
+        # names of one kind align at 0.5-0.7: a name needs guard_content_name_alignment (0.7)
+        (
+            "What is the penalty for driving without a license in Washington?",
+            "What is the penalty for driving without a license in California?",
+        ),
+        (
+            "How does the education system in South America compare to North America?",
+            "How does the education system in South America compare to Europe?",
+        ),
     ],
 )
 async def test_content_guard_rejects_swapped_and_added_names(embedder: Embedder, a: str, b: str) -> None:
@@ -209,6 +218,10 @@ async def test_content_guard_rejects_added_modifiers_when_asked(embedder: Embedd
         ("How do I merge two dictionaries in Python?", "How can I merge two dicts in Python?"),
         ("What is the capital of France?", "What's the capital city of France?"),
         ("What is inflation?", "What does inflation mean in economics?"),
+        # abbreviations of names: initials, or a name aligned with its short form
+        ("What is the population of NYC?", "What is the population of New York City?"),
+        ("How do I get a visa for the US?", "How do I get a visa for the United States?"),
+        ("How do I learn JS quickly?", "How do I learn JavaScript quickly?"),
     ],
 )
 async def test_content_guard_accepts_synonyms_and_added_detail(embedder: Embedder, a: str, b: str) -> None:

@@ -16,7 +16,7 @@ import importlib
 import inspect
 import unicodedata
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -49,6 +49,7 @@ _SKIP = STOPWORDS | NEGATIONS | NUMBER_WORDS | CALENDAR_WORDS
 def missing_words(a: Analysis, b: Analysis) -> list[str]:
     """Content words of ``a`` that ``b`` does not contain (same stem, a compound, an abbreviation)."""
     have, whole = set(b.stems), set(b.words)
+    spelled_out = _acronym_spans(a.words, b.words)
     out: list[str] = []
     for k, (word, stem) in enumerate(zip(a.words, a.stems, strict=True)):
         if word in _SKIP or not word.isalpha() or len(word) < 2 or stem in have or word in out:
@@ -59,8 +60,21 @@ def missing_words(a: Analysis, b: Analysis) -> list[str]:
             k and a.words[k - 1] + word in whole
         ):
             continue  # "wi", "fi" against "wifi"
+        if k in spelled_out or _acronym_spans(b.words, (word,)):
+            continue  # "new york city" against "nyc", and "nyc" against "new york city"
         out.append(word)
     return out
+
+
+def _acronym_spans(words: Sequence[str], others: Sequence[str]) -> set[int]:
+    """Indices of ``words`` in a run of 2-6 whose initials spell one of ``others`` ("nyc")."""
+    covered: set[int] = set()
+    for short in {w for w in others if 2 <= len(w) <= 6 and w.isalpha()}:
+        n = len(short)
+        for i in range(len(words) - n + 1):
+            if "".join(w[:1] for w in words[i : i + n]) == short:
+                covered.update(range(i, i + n))
+    return covered
 
 
 def modifiers(a: Analysis, b: Analysis, words: Sequence[str]) -> list[str]:
@@ -80,8 +94,16 @@ def _fold(word: str) -> str:
     return "".join(c for c in unicodedata.normalize("NFKD", word) if not unicodedata.combining(c))
 
 
-def _unaligned(words: Sequence[str], own: WordVectors, other: WordVectors, min_alignment: float) -> list[str]:
-    """Those of ``words`` with no counterpart in ``other`` at cosine ``min_alignment`` or more."""
+def _unaligned(
+    words: Sequence[str],
+    own: WordVectors,
+    other: WordVectors,
+    min_alignment: float,
+    names: Collection[str] = (),
+    name_alignment: float = 0.0,
+) -> list[str]:
+    """Those of ``words`` with no counterpart in ``other`` at cosine ``min_alignment`` or more
+    (``name_alignment`` or more for the words in ``names``)."""
     index = {w: i for i, w in enumerate(own.words)}
     out = []
     for word in words:
@@ -91,7 +113,8 @@ def _unaligned(words: Sequence[str], own: WordVectors, other: WordVectors, min_a
         if (
             i is None
             or len(other.words) == 0
-            or float(np.max(other.vectors @ own.vectors[i])) < min_alignment
+            or float(np.max(other.vectors @ own.vectors[i]))
+            < (max(min_alignment, name_alignment) if word in names else min_alignment)
         ):
             out.append(word)
     return out
@@ -111,7 +134,9 @@ class ContentGuard:
 
     A word has a counterpart when the other prompt has its stem, or a word whose contextual
     vector from the embedding model aligns with it at ``min_alignment`` or more (synonyms such as
-    fix / repair align at 0.8+, different names of the same kind much lower).  Other added detail
+    fix / repair align at 0.8+, different names of the same kind much lower); a name needs
+    ``name_alignment`` (names of one kind, Europe / America, Washington / California, align at
+    0.5-0.7, while a name and its abbreviation or inflection align above 0.8).  Other added detail
     ("... in economics") is left alone: paraphrases add such detail all the time.  Word vectors
     are computed only when the text alone cannot decide; without them (``embedder`` None or a
     model without word vectors) stems alone decide.
@@ -126,9 +151,11 @@ class ContentGuard:
         swaps: bool = True,
         modifiers: bool = False,
         cache_size: int = 2048,
+        name_alignment: float = 0.7,
     ) -> None:
         self.embedder = embedder if embedder is not None and embedder.has_words else None
         self.min_alignment = min_alignment
+        self.name_alignment = name_alignment
         self.swaps = swaps
         self.modifiers = modifiers
         self._cache: OrderedDict[str, WordVectors] = OrderedDict()
@@ -165,8 +192,8 @@ class ContentGuard:
         a, b, missing_a, missing_b = found
         self.model_calls += 1
         words_a, words_b = await asyncio.gather(self._words(query), self._words(candidate))
-        lone_a = _unaligned(missing_a, words_a, words_b, self.min_alignment)
-        lone_b = _unaligned(missing_b, words_b, words_a, self.min_alignment)
+        lone_a = _unaligned(missing_a, words_a, words_b, self.min_alignment, a.names, self.name_alignment)
+        lone_b = _unaligned(missing_b, words_b, words_a, self.min_alignment, b.names, self.name_alignment)
         return self._decides(a, b, lone_a, lone_b)
 
     async def _words(self, text: str) -> WordVectors:
@@ -245,6 +272,7 @@ async def build_guards(settings: CacheSettings, embedder: Embedder) -> list[Guar
                 settings.guard_content_min_alignment,
                 swaps=settings.guard_content_swaps,
                 modifiers=settings.guard_content_modifiers,
+                name_alignment=settings.guard_content_name_alignment,
             )
         )
     if settings.verifier:
