@@ -2,7 +2,9 @@
 
 Usage: python bench/compare.py BASELINE.txt GUARDED.txt  (files whose last line is the JSON)
 For each threshold of the guarded run, the baseline's precision at the same recall is read off
-its curve by linear interpolation between neighbouring thresholds.
+its curve by linear interpolation between neighbouring thresholds.  A second table does the same
+for *judged* precision, correct / (correct + look-alike): only the hits the labels can judge (the
+pair's own ``a`` served), leaving out hits of other pairs' entries, which the labels say nothing of.
 """
 
 from __future__ import annotations
@@ -20,9 +22,14 @@ def last_json(path: str) -> dict[str, Any]:
     return result
 
 
-def precision_at(rows: list[dict[str, Any]], recall: float) -> float | None:
+def judged(row: dict[str, Any]) -> float:
+    """correct / (correct + look-alike hits)."""
+    return float(row["correct"] / max(1, row["correct"] + row["wrong_negative"]))
+
+
+def precision_at(rows: list[dict[str, Any]], recall: float, key: str = "precision") -> float | None:
     """The curve's precision at ``recall`` (None outside the recall range the curve covers)."""
-    points = sorted((r["recall"], r["precision"]) for r in rows)
+    points = sorted((r["recall"], judged(r) if key == "judged" else r[key]) for r in rows)
     for (r0, p0), (r1, p1) in pairwise(points):
         if r0 <= recall <= r1:
             return p0 if r1 == r0 else p0 + (p1 - p0) * (recall - r0) / (r1 - r0)
@@ -33,16 +40,18 @@ def main(baseline_path: str, guarded_path: str) -> None:
     """Print the comparison as a markdown table."""
     baseline, guarded = last_json(baseline_path), last_json(guarded_path)
     best = max(baseline["rows"], key=lambda r: r["precision"])
-    print("| threshold | recall | precision (guarded) | cosine only at the same recall | difference |")
-    print("| ---: | ---: | ---: | ---: | ---: |")
-    for row in guarded["rows"]:
-        other = precision_at(baseline["rows"], row["recall"])
-        if other is None:
-            continue
-        print(
-            f"| {row['threshold']:.2f} | {row['recall']:.4f} | {row['precision']:.4f} | {other:.4f} "
-            f"| {row['precision'] - other:+.4f} |"
-        )
+    for key in ("precision", "judged"):
+        print(f"\n| threshold | recall | {key} (guarded) | cosine only at the same recall | difference |")
+        print("| ---: | ---: | ---: | ---: | ---: |")
+        for row in guarded["rows"]:
+            other = precision_at(baseline["rows"], row["recall"], key)
+            if other is None:
+                continue
+            ours = judged(row) if key == "judged" else row[key]
+            print(
+                f"| {row['threshold']:.2f} | {row['recall']:.4f} | {ours:.4f} | {other:.4f} "
+                f"| {ours - other:+.4f} |"
+            )
     print(
         f"\nbest precision of cosine only: {best['precision']:.4f} at threshold {best['threshold']:.2f} "
         f"(recall {best['recall']:.4f})"

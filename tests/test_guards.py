@@ -27,7 +27,7 @@ from extproc.cache.guards import (
 )
 from extproc.cache.lexical import analyze, normalize_number, stem
 from extproc.config import CacheSettings, ConfigError, with_overrides
-from extproc.embedding import Embedder, EncodeFn
+from extproc.embedding import Embedder, EncodeFn, WordVectors
 
 from .test_cache import RejectContaining, answer, make_cache, query
 
@@ -326,6 +326,54 @@ async def test_cache_awaits_async_guards_and_spares_them_after_a_veto() -> None:
     assert result.entry is not None and result.entry.response == answer("served")
     assert result.rejections == ["marker", "async-veto"]
     assert veto.calls == 2  # not called for the candidate the sync guard had already vetoed
+
+
+class SlowVeto(AsyncVeto):
+    """An async veto that takes a while, recording how many of its calls overlap."""
+
+    name = "slow-veto"
+
+    def __init__(self, marker: str) -> None:
+        super().__init__(marker)
+        self.running = self.peak = 0
+
+    async def reject(self, query: str, candidate: str) -> bool:
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        await asyncio.sleep(0.02)
+        self.running -= 1
+        return await super().reject(query, candidate)
+
+
+async def test_model_guards_check_all_candidates_at_once_but_serve_in_order() -> None:
+    """Model-backed guards run for every candidate together (one batched forward pass), and the
+    hit is still the best candidate they accept, with only the vetoes before it reported."""
+    veto = SlowVeto("0.1")
+    cache = make_cache(threshold=0.9, guards=[RejectContaining("0.05"), veto])
+    for name in ("v:1,0.05", "v:1,0.1", "v:1,0.12", "v:1,0.3", "v:1,0.35"):
+        await cache.store(query(name), answer(name))
+    result = await cache.check(query("v:1,0"))
+    assert result.entry is not None and result.entry.response == answer("v:1,0.3")
+    assert result.rejections == ["marker", "slow-veto", "slow-veto"]
+    assert veto.calls == 4 and veto.peak == 4  # the rule-vetoed candidate spared, the rest at once
+
+
+async def test_content_guard_asks_for_a_prompt_once_when_checked_against_many(embedder: Embedder) -> None:
+    asked: list[str] = []
+
+    class Counting:
+        has_words = True
+
+        async def embed_words(self, text: str) -> WordVectors:
+            asked.append(text)
+            return await embedder.embed_words(text)
+
+    guard = ContentGuard(Counting())  # type: ignore[arg-type]
+    query_text = "How do I reverse a list in python?"
+    others = [f"How do I reverse a list in {lang}?" for lang in ("javascript", "rust", "golang", "kotlin")]
+    verdicts = await asyncio.gather(*(guard.reject(query_text, other) for other in others))
+    assert verdicts == [True] * 4 and guard.model_calls == 4
+    assert sorted(asked) == sorted([query_text, *others])  # the query's words once, not four times
 
 
 async def test_server_wires_the_configured_guards(model: tuple[EncodeFn, int]) -> None:

@@ -76,26 +76,25 @@ class LfuPolicy:
         f = self._freq.get(key)
         if f is None:
             return
-        bucket = self._buckets[f]
-        del bucket[key]
-        if not bucket:
-            del self._buckets[f]
-            if self._min == f:
-                self._min = f + 1
+        self._unbucket(key, f, next_min=f + 1)
         self._freq[key] = f + 1
         self._buckets.setdefault(f + 1, OrderedDict())[key] = None
 
     def removed(self, key: int) -> None:
         """Forget the entry."""
         f = self._freq.pop(key, None)
-        if f is None:
-            return
+        if f is not None:
+            self._unbucket(key, f, next_min=None)
+
+    def _unbucket(self, key: int, f: int, next_min: int | None) -> None:
+        """Take ``key`` out of bucket ``f``; if that empties the lowest bucket, the lowest
+        becomes ``next_min`` (or the lowest left, when None)."""
         bucket = self._buckets[f]
         del bucket[key]
         if not bucket:
             del self._buckets[f]
             if self._min == f:
-                self._min = min(self._buckets, default=0)
+                self._min = min(self._buckets, default=0) if next_min is None else next_min
 
     def victim(self) -> int | None:
         """First entry of the lowest-frequency bucket."""

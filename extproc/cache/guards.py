@@ -159,6 +159,7 @@ class ContentGuard:
         self.swaps = swaps
         self.modifiers = modifiers
         self._cache: OrderedDict[str, WordVectors] = OrderedDict()
+        self._pending: dict[str, asyncio.Future[WordVectors]] = {}
         self._cache_size = cache_size
         self.model_calls = 0
         """Lookups that needed word vectors (the rest were decided on the text alone)."""
@@ -201,8 +202,16 @@ class ContentGuard:
         if cached is not None:
             self._cache.move_to_end(text)
             return cached
+        pending = self._pending.get(text)
+        if pending is not None:  # the same prompt checked against several candidates at once
+            return await asyncio.shield(pending)
         assert self.embedder is not None
-        vectors = await self.embedder.embed_words(text)
+        task = asyncio.ensure_future(self.embedder.embed_words(text))
+        self._pending[text] = task
+        try:
+            vectors = await asyncio.shield(task)
+        finally:
+            self._pending.pop(text, None)
         self._cache[text] = vectors
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
