@@ -328,36 +328,6 @@ async def test_cache_awaits_async_guards_and_spares_them_after_a_veto() -> None:
     assert veto.calls == 2  # not called for the candidate the sync guard had already vetoed
 
 
-class SlowVeto(AsyncVeto):
-    """An async veto that takes a while, recording how many of its calls overlap."""
-
-    name = "slow-veto"
-
-    def __init__(self, marker: str) -> None:
-        super().__init__(marker)
-        self.running = self.peak = 0
-
-    async def reject(self, query: str, candidate: str) -> bool:
-        self.running += 1
-        self.peak = max(self.peak, self.running)
-        await asyncio.sleep(0.02)
-        self.running -= 1
-        return await super().reject(query, candidate)
-
-
-async def test_model_guards_check_all_candidates_at_once_but_serve_in_order() -> None:
-    """Model-backed guards run for every candidate together (one batched forward pass), and the
-    hit is still the best candidate they accept, with only the vetoes before it reported."""
-    veto = SlowVeto("0.1")
-    cache = make_cache(threshold=0.9, guards=[RejectContaining("0.05"), veto])
-    for name in ("v:1,0.05", "v:1,0.1", "v:1,0.12", "v:1,0.3", "v:1,0.35"):
-        await cache.store(query(name), answer(name))
-    result = await cache.check(query("v:1,0"))
-    assert result.entry is not None and result.entry.response == answer("v:1,0.3")
-    assert result.rejections == ["marker", "slow-veto", "slow-veto"]
-    assert veto.calls == 4 and veto.peak == 4  # the rule-vetoed candidate spared, the rest at once
-
-
 async def test_content_guard_asks_for_a_prompt_once_when_checked_against_many(embedder: Embedder) -> None:
     asked: list[str] = []
 

@@ -105,68 +105,38 @@ class SemanticCache:
         result = LookupResult(vector=vector, candidates=len(candidates), timings=timings)
         if candidates:
             result.best_similarity = candidates[0].similarity
-        above = [
-            c for c in candidates if c.similarity >= limit and c.entry.partition == query.partition
-        ]  # the partition test is defence in depth: backends already filter by partition
-        verdicts = await self._verdicts(query.prompt, [c.entry.prompt for c in above])
-        for candidate, rejected in zip(above, verdicts, strict=False):  # verdicts stop at a hit
+        for candidate in candidates:
+            if candidate.similarity < limit:
+                break
+            entry = candidate.entry
+            if entry.partition != query.partition:
+                continue  # defence in depth: backends already filter by partition
+            rejected = await self._rejections(query.prompt, entry.prompt)
             if rejected:
                 result.rejections.extend(rejected)
                 continue
-            entry = candidate.entry
             await self.backend.record_hit(entry)
             result.entry, result.similarity, result.match = entry, candidate.similarity, "semantic"
             return result
         return result
 
-    async def _verdicts(self, prompt: str, candidates: list[str]) -> list[list[str]]:
-        """Per candidate (best first), the names of the guards that veto it.
-
-        The text rules run first, one candidate after another (microseconds each).  The guards
-        that await a model (word vectors, a verifier) then run only for the candidates every rule
-        accepted, all at once, so their model calls share one batched forward pass instead of one
-        pass per candidate.  The hit is the first candidate with no veto, as if checked in order.
-        """
-        sync = [g for g in self.guards if not inspect.iscoroutinefunction(g.reject)]
-        model = [g for g in self.guards if inspect.iscoroutinefunction(g.reject)]
-        verdicts: list[list[str]] = []
-        for candidate in candidates:
-            rejected = await self._run_rules(sync, prompt, candidate)
-            verdicts.append(rejected)
-            if not rejected and not model:
-                break  # the hit: later candidates are never looked at
-        survivors = [i for i, v in enumerate(verdicts) if not v]
-        if model and survivors:
-            found = await asyncio.gather(
-                *(self._run_model_guards(model, prompt, candidates[i]) for i in survivors)
-            )
-            for i, rejected in zip(survivors, found, strict=True):
-                verdicts[i] = rejected
-        return verdicts
-
-    @staticmethod
-    async def _run_rules(guards: list[Guard], prompt: str, candidate: str) -> list[str]:
-        """Names of the synchronous ``guards`` that veto ``candidate`` (off the loop when long)."""
-        long = len(prompt) + len(candidate) > LONG_PROMPT_CHARS
+    async def _rejections(self, prompt: str, candidate: str) -> list[str]:
+        """Names of the guards that veto ``candidate`` for ``prompt`` (cheap ones run first)."""
         rejected: list[str] = []
-        for guard in guards:
-            if long:  # text rules cost ~1 ms per KB: keep them off the event loop
+        long = len(prompt) + len(candidate) > LONG_PROMPT_CHARS
+        for guard in self.guards:
+            is_async = inspect.iscoroutinefunction(guard.reject)
+            if rejected and is_async:
+                continue  # already vetoed: spare the model call
+            if long and not is_async:  # text rules cost ~1 ms per KB: keep them off the event loop
                 verdict = await asyncio.to_thread(guard.reject, prompt, candidate)
             else:
                 verdict = guard.reject(prompt, candidate)
-            if inspect.isawaitable(verdict):  # a sync reject() that still returned an awaitable
+            if inspect.isawaitable(verdict):
                 verdict = await verdict
             if verdict:
                 rejected.append(guard.name)
         return rejected
-
-    @staticmethod
-    async def _run_model_guards(guards: list[Guard], prompt: str, candidate: str) -> list[str]:
-        """The first of the async ``guards`` that vetoes ``candidate`` (the rest are spared)."""
-        for guard in guards:
-            if await guard.reject(prompt, candidate):  # type: ignore[misc]
-                return [guard.name]
-        return []
 
     async def store(
         self, query: CacheQuery, response: dict[str, Any], vector: np.ndarray | None = None
