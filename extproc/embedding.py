@@ -43,7 +43,7 @@ def resolve_model_path(name: str) -> Path:
     )
 
 
-def load_sentence_model(name: str, threads: int = 0, backend: str = "torch") -> tuple[EncodeFn, int]:
+def load_sentence_model(name: str, threads: int = 0, backend: str = "auto") -> tuple[EncodeFn, int]:
     """Load a sentence-transformers model offline; return (encode function, dimension).
 
     ``backend`` is ``onnx`` (ONNX Runtime, exported once from the local model folder), ``torch``,
