@@ -185,8 +185,11 @@ async def test_processor_killed_and_restarted_under_load(
         await wait_port(grpc_port, processor, tmp_path / "serve.log")
         await wait_backend_ready(mgmt)
         envoy = await start_envoy(tmp_path, grpc_port, state.port)
+        # Stored before the kill and never sent by the load: it tells whether the restarted
+        # processor remembers (Milvus) or starts empty (memory), however soon it is back up.
+        sentinel = "Why is the sea salty?"
         async with httpx.AsyncClient(base_url=envoy.url, timeout=30) as client:
-            for p in prompts:
+            for p in [*prompts, sentinel]:
                 await client.post("/v1/chat/completions", json=chat("kill-load", p))
             await asyncio.sleep(0.5)
         load = asyncio.create_task(_load(envoy.url, prompts, "kill-load", seconds=6, concurrency=8))
@@ -201,7 +204,7 @@ async def test_processor_killed_and_restarted_under_load(
         await wait_port(grpc_port, processor, tmp_path / "serve2.log")
         await wait_backend_ready(mgmt)
         async with httpx.AsyncClient(base_url=envoy.url, timeout=30) as client:
-            r = await client.post("/v1/chat/completions", json=chat("kill-load", prompts[0]))
+            r = await client.post("/v1/chat/completions", json=chat("kill-load", sentinel))
         expected = "hit" if backend == "milvus" else "miss"  # memory starts empty, Milvus remembers
         assert r.headers["x-semantic-cache"] == expected
     finally:
