@@ -10,12 +10,26 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+
+from .checks import (
+    KeySpec,
+    address,
+    check_section,
+    header_name,
+    import_spec,
+    int_range,
+    one_of,
+    optional_header_name,
+    positive,
+    revision,
+    unit_interval,
+)
 
 if TYPE_CHECKING:
     from .cache.milvus_config import MilvusSettings
@@ -126,130 +140,46 @@ class CacheSettings:
 
 # --- validation ---------------------------------------------------------------------------
 
-Check = Callable[[Any], str | None]
-
-
-def one_of(*choices: str) -> Check:
-    """A check that the value is one of ``choices``."""
-    return lambda v: None if v in choices else "must be one of " + ", ".join(f'"{c}"' for c in choices)
-
-
-def int_range(lo: int, hi: int | None = None) -> Check:
-    """A check that an integer lies in [lo, hi]."""
-
-    def check(v: Any) -> str | None:
-        if v < lo or (hi is not None and v > hi):
-            return f"must be an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
-        return None
-
-    return check
-
-
-def _unit_interval(v: Any) -> str | None:
-    return None if 0.0 <= v <= 1.0 else "must be a number between 0 and 1 (e.g. 0.9)"
-
-
-def positive(v: Any) -> str | None:
-    """A check that a number is > 0."""
-    return None if v > 0 else "must be a positive number"
-
-
-def _address(v: Any) -> str | None:
-    host, sep, port = v.rpartition(":")
-    ok = sep and host and port.isdigit() and 0 < int(port) < 65536
-    return None if ok else 'must be "host:port", e.g. "127.0.0.1:50051"'
-
-
-def _revision(v: Any) -> str | None:
-    ok = len(v) <= 128 and v.isprintable()
-    return None if ok else "must be printable and at most 128 characters (e.g. a weights hash or date)"
-
-
-def _optional_header_name(v: Any) -> str | None:
-    return None if v == "" else _header_name(v)
-
-
-def _import_spec(v: Any) -> str | None:
-    ok = v == "" or re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", v) is not None
-    return None if ok else 'must be "package.module:function" (a factory returning a guard) or ""'
-
-
-def _header_name(v: Any) -> str | None:
-    ok = re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", v) is not None
-    return None if ok else "must be an HTTP header name such as x-tenant-id"
-
-
-KeySpec = dict[str, tuple[type | tuple[type, ...], str, Check | None]]
-"""key -> (python type(s), type description, extra check)."""
-
 _CACHE_KEYS: KeySpec = {
     "enabled": (bool, "true or false", None),
     "backend_type": (str, "a string", one_of("memory", "milvus")),
     "backend_config_path": (str, "a file path", None),
-    "similarity_threshold": ((int, float), "a number", _unit_interval),
+    "similarity_threshold": ((int, float), "a number", unit_interval),
     "max_entries": (int, "an integer", int_range(1)),
     "ttl_seconds": (int, "an integer (seconds, 0 = never expire)", int_range(0)),
     "eviction_policy": (str, "a string", one_of("fifo", "lru", "lfu")),
     "embedding_model": (str, "a model name or a local path", None),
     "top_k": (int, "an integer", int_range(1, 1000)),
     "scope_mode": (str, "a string", one_of("global", "header", "authorization")),
-    "scope_header": (str, "a header name", _header_name),
+    "scope_header": (str, "a header name", header_name),
     "fingerprint_ignore_fields": (list, "a list of request field names", None),
     "max_response_bytes": (int, "an integer (bytes)", int_range(1024)),
     "lookup_timeout_ms": (int, "an integer (milliseconds)", int_range(1)),
     "coalesce_wait_ms": (int, "an integer (milliseconds, 0 = never wait)", int_range(0, 600_000)),
     "embedding_batch_size": (int, "an integer", int_range(1, 4096)),
     "embedding_threads": (int, "an integer (0 = library default)", int_range(0, 256)),
-    "revision": (str, 'a string (e.g. "2024-06-01" or a weights hash)', _revision),
-    "revision_header": (str, 'a header name, or "" for none', _optional_header_name),
+    "revision": (str, 'a string (e.g. "2024-06-01" or a weights hash)', revision),
+    "revision_header": (str, 'a header name, or "" for none', optional_header_name),
     "guard_numbers": (bool, "true or false", None),
     "guard_units": (bool, "true or false", None),
     "guard_negation": (bool, "true or false", None),
     "guard_opposites": (bool, "true or false", None),
     "guard_direction": (bool, "true or false", None),
     "guard_content": (bool, "true or false", None),
-    "guard_content_min_alignment": ((int, float), "a number", _unit_interval),
-    "guard_content_name_alignment": ((int, float), "a number", _unit_interval),
+    "guard_content_min_alignment": ((int, float), "a number", unit_interval),
+    "guard_content_name_alignment": ((int, float), "a number", unit_interval),
     "guard_content_swaps": (bool, "true or false", None),
     "guard_content_modifiers": (bool, "true or false", None),
-    "verifier": (str, '"package.module:function" or ""', _import_spec),
+    "verifier": (str, '"package.module:function" or ""', import_spec),
     "embedding_backend": (str, "a string", one_of("auto", "torch", "onnx")),
 }
 _SERVER_KEYS: KeySpec = {
-    "grpc_address": (str, '"host:port"', _address),
-    "metrics_address": (str, '"host:port"', _address),
+    "grpc_address": (str, '"host:port"', address),
+    "metrics_address": (str, '"host:port"', address),
     "max_message_bytes": (int, "an integer (bytes)", int_range(4 * 1024 * 1024)),
     "shutdown_grace_seconds": ((int, float), "a number of seconds", positive),
-    "admin_address": (str, '"host:port"', _address),
+    "admin_address": (str, '"host:port"', address),
 }
-
-
-def check_section(
-    section: Mapping[str, Any], spec: KeySpec, prefix: str, errors: list[str]
-) -> dict[str, Any]:
-    """Check a mapping against ``spec``; append one message per problem to ``errors``."""
-    out: dict[str, Any] = {}
-    for key, value in section.items():
-        path = f"{prefix}.{key}"
-        if key not in spec:
-            near = ", ".join(sorted(spec))
-            errors.append(f"{path}: unknown key. Remove it or use one of: {near}")
-            continue
-        types, desc, check = spec[key]
-        is_bool = isinstance(value, bool)
-        if not isinstance(value, types) or (is_bool and types is not bool and bool not in _as_tuple(types)):
-            errors.append(f"{path}: must be {desc}, got {type(value).__name__} {value!r}")
-            continue
-        problem = check(value) if check else None
-        if problem:
-            errors.append(f"{path}: {problem}, got {value!r}")
-            continue
-        out[key] = value
-    return out
-
-
-def _as_tuple(t: type | tuple[type, ...]) -> tuple[type, ...]:
-    return t if isinstance(t, tuple) else (t,)
 
 
 # --- environment expansion ----------------------------------------------------------------

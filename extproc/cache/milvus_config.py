@@ -9,7 +9,8 @@ from typing import Any
 
 import yaml
 
-from ..config import ConfigError, KeySpec, check_section, expand_env, int_range, one_of, positive
+from ..checks import KeySpec, check_section, int_range, one_of, positive
+from ..config import ConfigError, expand_env
 
 # Where the Helm chart mounts the `milvus-tls` Secret; used when tls.enabled has no file keys.
 DEFAULT_TLS_DIR = "/etc/semantic-cache/milvus-tls"
