@@ -29,6 +29,7 @@ def int_range(lo: int, hi: int | None = None) -> Check:
 
 
 def unit_interval(v: Any) -> str | None:
+    """A check that a number lies in [0, 1]."""
     return None if 0.0 <= v <= 1.0 else "must be a number between 0 and 1 (e.g. 0.9)"
 
 
@@ -38,26 +39,31 @@ def positive(v: Any) -> str | None:
 
 
 def address(v: Any) -> str | None:
+    """A check for "host:port" with a port in 1..65535."""
     host, sep, port = v.rpartition(":")
     ok = sep and host and port.isdigit() and 0 < int(port) < 65536
     return None if ok else 'must be "host:port", e.g. "127.0.0.1:50051"'
 
 
 def revision(v: Any) -> str | None:
+    """A check for a printable revision label of at most 128 characters."""
     ok = len(v) <= 128 and v.isprintable()
     return None if ok else "must be printable and at most 128 characters (e.g. a weights hash or date)"
 
 
 def optional_header_name(v: Any) -> str | None:
+    """A check for an HTTP header name, or "" for none."""
     return None if v == "" else header_name(v)
 
 
 def import_spec(v: Any) -> str | None:
+    """A check for "package.module:function", or "" for none."""
     ok = v == "" or re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", v) is not None
     return None if ok else 'must be "package.module:function" (a factory returning a guard) or ""'
 
 
 def header_name(v: Any) -> str | None:
+    """A check for an HTTP header name (RFC 9110 token characters)."""
     ok = re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", v) is not None
     return None if ok else "must be an HTTP header name such as x-tenant-id"
 
