@@ -37,7 +37,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 # The embedding model exported to ONNX now (embedding_backend auto), so a read-only container
 # starts without exporting; the build fails if the export does.
 ENV SEMANTIC_CACHE_MODEL_CACHE=/opt/model-cache
-RUN python -c "from extproc.embedding import resolve_model_path; from extproc.embedding_onnx import \
+RUN python -c "from extproc.embedding.base import resolve_model_path; from extproc.embedding.onnx_backend import \
 exported_model; exported_model(resolve_model_path('all-MiniLM-L6-v2'))"
 USER 10001:10001
 # ext_proc gRPC (loopback by default) and the management HTTP port (/metrics, /healthz).

@@ -49,7 +49,7 @@ DIM = 384
 
 def anchors(count: int, data: Path, backend: str) -> np.ndarray:
     """Embeddings of the first ``count`` distinct QQP questions."""
-    from extproc.embedding import load_sentence_model
+    from extproc.embedding.loader import load_sentence_model
 
     encode, _ = load_sentence_model("all-MiniLM-L6-v2", backend=backend)
     seen: dict[str, None] = {}

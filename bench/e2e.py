@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from extproc.embedding import load_sentence_model
+from extproc.embedding.loader import load_sentence_model
 
 from . import load
 from .load import Request

@@ -29,9 +29,11 @@ import numpy as np
 
 from extproc.cache import CacheQuery, MemoryBackend, SemanticCache
 from extproc.cache.guards import build_guards
-from extproc.config import CacheSettings
-from extproc.embedding import Embedder, load_sentence_model, resolve_model_path
-from extproc.openai import exact_key, partition_key
+from extproc.config.settings import CacheSettings
+from extproc.embedding.base import resolve_model_path
+from extproc.embedding.batcher import Embedder
+from extproc.embedding.loader import load_sentence_model
+from extproc.protocol.openai import exact_key, partition_key
 
 from .report import DATASET, exit_on_sigterm, machine, save, summary, table, verdict
 from .workload import Pair, read_pairs

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from extproc.cache.milvus import MilvusBackend
-from extproc.config import parse_config
-from extproc.server import make_backend
+from extproc.app import make_backend
+from extproc.cache.backends.milvus.backend import MilvusBackend
+from extproc.config.settings import parse_config
 from tests.conftest import MilvusServer, milvus_yaml
 
 from . import vectors

@@ -20,6 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DATASET = ROOT.parent / "shared" / "data" / "qqp-dev.jsonl"
 """The QQP dev pairs, ``../shared/data/qqp-dev.jsonl`` from the repository root."""
+SAMPLE = ROOT / "bench" / "data" / "qqp-sample.jsonl"
+"""The first 1,500 of those pairs, kept in the repository: what the smoke tests run on."""
 
 
 def exit_on_sigterm() -> None:

@@ -7,6 +7,7 @@ baseline is the same rendered config with the ext_proc filter removed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -103,13 +104,14 @@ class Processor:
 
 async def start_processor(tmp: Path, log_level: str = "warning", **cache: Any) -> Processor:
     """Run the processor CLI with ``semantic_cache`` settings ``cache`` and wait until it serves."""
-    grpc_port, management_port = free_port(), free_port()
+    grpc_port, management_port, admin_port = free_port(), free_port(), free_port()
     config = tmp / f"processor-{grpc_port}.yaml"
     section = {
         **cache,
         "server": {
             "grpc_address": f"127.0.0.1:{grpc_port}",
             "metrics_address": f"127.0.0.1:{management_port}",
+            "admin_address": f"127.0.0.1:{admin_port}",
         },
     }
     config.write_text(yaml.safe_dump({"semantic_cache": section}))
@@ -119,11 +121,13 @@ async def start_processor(tmp: Path, log_level: str = "warning", **cache: Any) -
         tmp / f"processor-{grpc_port}.log",
         env,
     )
-    try:
-        await wait_http(f"http://127.0.0.1:{management_port}/readyz", timeout=600)
-    except TimeoutError:
+    ready = asyncio.create_task(wait_http(f"http://127.0.0.1:{management_port}/readyz", timeout=600))
+    while not ready.done() and child.process.poll() is None:  # fail fast if it exits
+        await asyncio.wait({ready}, timeout=0.5)
+    if not ready.done() or ready.exception() is not None:
+        ready.cancel()
         child.stop()
-        raise RuntimeError("processor did not start:\n" + child.log.read_text()[-3000:]) from None
+        raise RuntimeError("processor did not start:\n" + child.log.read_text()[-3000:])
     return Processor(child, grpc_port, management_port)
 
 

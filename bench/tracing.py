@@ -15,12 +15,15 @@ import numpy as np
 from envoy_data_plane.envoy.config.core.v3 import HeaderMap, HeaderValue
 from envoy_data_plane.envoy.service.ext_proc.v3 import HttpBody, HttpHeaders, ProcessingRequest
 
-from extproc import processor as processor_module
 from extproc.cache import MemoryBackend, SemanticCache
 from extproc.cache import semantic as semantic_module
-from extproc.config import CacheSettings
-from extproc.embedding import Embedder, EncodeFn
-from extproc.processor import Shared, StreamProcessor
+from extproc.config.settings import CacheSettings
+from extproc.dataplane.processors import base as processor_base
+from extproc.dataplane.processors import chat as processor_chat
+from extproc.dataplane.processors.chat import ChatCompletionsProcessor
+from extproc.dataplane.shared import Shared
+from extproc.embedding.base import EncodeFn
+from extproc.embedding.batcher import Embedder
 
 from .workload import chat_body
 
@@ -75,7 +78,7 @@ async def _per_request_us(
 ) -> float:
     started = time.perf_counter()
     for head, body in messages:
-        p = StreamProcessor(shared, ())
+        p = ChatCompletionsProcessor(shared, ())
         await p.handle(head)
         reply = await p.handle(body)
         assert reply.immediate_response is not None, "expected a hit"
@@ -96,7 +99,7 @@ async def _measure(
     cache = SemanticCache(MemoryBackend(dim), Embedder(remembered, dim), settings.similarity_threshold)
     shared = Shared(settings=settings, cache=cache, spawn=lambda c: None)
     head, body = _messages("trace-bench", stored)
-    p = StreamProcessor(shared, ())
+    p = ChatCompletionsProcessor(shared, ())
     await p.handle(head)
     await p.handle(body)  # a miss: remember the query, then store an answer for it
     assert p._query is not None
@@ -109,9 +112,9 @@ async def _measure(
             if i % 2:  # alternate the order, so warm-up and drift favour neither
                 noop.append(await _per_request_us(shared, msgs))
             with (
-                mock.patch.object(processor_module, "tracer", _NullTracer()),
-                mock.patch.object(processor_module, "trace", _NullTrace()),
-                mock.patch.object(processor_module, "parent_context", lambda *_: None),
+                mock.patch.object(processor_base, "tracer", _NullTracer()),
+                mock.patch.object(processor_chat, "trace", _NullTrace()),
+                mock.patch.object(processor_base, "parent_context", lambda *_: None),
                 mock.patch.object(semantic_module, "tracer", _NullTracer()),
             ):
                 stub.append(await _per_request_us(shared, msgs))

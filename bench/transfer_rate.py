@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from extproc.admin import AdminServer
+from extproc.admin.api import AdminServer
+from extproc.app import build_server
 from extproc.cache import CacheQuery
-from extproc.config import CacheSettings, ServerSettings, parse_config
-from extproc.embedding import load_sentence_model
-from extproc.openai import exact_key, partition_key
-from extproc.server import build_server
+from extproc.config.settings import CacheSettings, ServerSettings, parse_config
+from extproc.embedding.loader import load_sentence_model
+from extproc.protocol.openai import exact_key, partition_key
 
 
 async def cli(*args: str) -> tuple[float, str]:

@@ -1,4 +1,4 @@
-"""The tests' fake OpenAI-compatible upstream (tests/upstream.py) as a process of its own.
+"""The tests' fake OpenAI-compatible upstream (tests/support/upstream.py) as a process of its own.
 
 Run as ``python -m bench.upstream PORT``.
 Its latency is set per request by the client: ``x-test-mode: slow`` and ``x-test-delay-ms``.
@@ -11,7 +11,7 @@ import sys
 
 from aiohttp import web
 
-from tests.upstream import FakeUpstream, make_app
+from tests.support.upstream import FakeUpstream, make_app
 
 
 def main() -> None:

@@ -17,12 +17,13 @@ from typing import Any
 import httpx
 import pytest
 
-from extproc.config import CacheSettings, ServerSettings, with_overrides
-from extproc.embedding import EncodeFn, load_sentence_model
-from extproc.proxy import envoy_command, render_envoy_config
-from extproc.server import ExtProcServer, build_server
-
-from . import upstream as fake
+from extproc.app import build_server
+from extproc.cli.envoy import envoy_command, render_envoy_config
+from extproc.config.settings import CacheSettings, ServerSettings, with_overrides
+from extproc.dataplane.server import ExtProcServer
+from extproc.embedding.base import EncodeFn
+from extproc.embedding.loader import load_sentence_model
+from tests.support import upstream as fake
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -231,7 +232,7 @@ class MilvusServer:
 
     def start(self, timeout: float = 240.0) -> None:
         """Start (or restart, keeping the data) and wait until it accepts connections."""
-        launcher = Path(__file__).with_name("milvus_launcher.py")
+        launcher = Path(__file__).parent / "support" / "milvus_launcher.py"
         log = (self.data / "server.log").open("ab")
         self.process = subprocess.Popen(
             [

@@ -1,8 +1,9 @@
 """The cache: :class:`SemanticCache` in front of interchangeable backends."""
 
-from .memory import MemoryBackend
-from .schema import CacheBackend, CacheEntry, CacheQuery, Candidate, LookupResult
-from .semantic import Guard, SemanticCache
+from extproc.cache.backends.memory import MemoryBackend
+from extproc.cache.guards.base import Guard
+from extproc.cache.schema import CacheBackend, CacheEntry, CacheQuery, Candidate, LookupResult
+from extproc.cache.semantic import SemanticCache
 
 __all__ = [
     "CacheBackend",

@@ -169,15 +169,3 @@ class BulkBackend(Protocol):
     async def put_many(self, entries: Sequence[CacheEntry]) -> dict[int, str]:
         """Store entries as one write; return {index: reason} for those refused before writing."""
         ...
-
-
-class BackendUnavailable(Exception):
-    """The backend cannot serve now (not connected, breaker open, schema mismatch…)."""
-
-
-class EmbeddingFailed(Exception):
-    """The embedding model raised (bypass reason ``embedding_error``)."""
-
-
-class EntryTooLarge(Exception):
-    """The entry does not fit the backend's limits (store-skip reason ``too_large``)."""

@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from ..embedding import Embedder
-from ..telemetry import tracer
-from .schema import CacheBackend, CacheEntry, CacheQuery, EmbeddingFailed, LookupResult
+from extproc.cache.guards.base import LONG_PROMPT_CHARS, Guard
+from extproc.cache.schema import CacheBackend, CacheEntry, CacheQuery, LookupResult
+from extproc.embedding.batcher import Embedder
+from extproc.errors import EmbeddingFailed
+from extproc.observability.tracing import tracer
 
 
 @contextmanager
@@ -24,23 +26,6 @@ def timed(into: dict[str, float], key: str) -> Iterator[None]:
         yield
     finally:
         into[key] = into.get(key, 0.0) + (time.perf_counter() - started) * 1000
-
-
-LONG_PROMPT_CHARS = 1000
-"""Above this many characters (query + candidate) sync guards run in a worker thread."""
-
-
-class Guard(Protocol):
-    """Vetoes a candidate whose prompt looks like the query but means something else.
-
-    ``reject`` may also be a coroutine (a verifier that needs a model); the cache awaits it.
-    """
-
-    name: str
-
-    def reject(self, query: str, candidate: str) -> bool | Awaitable[bool]:
-        """True when ``candidate``'s answer must not be served for ``query``."""
-        ...
 
 
 class SemanticCache:

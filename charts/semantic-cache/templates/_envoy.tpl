@@ -1,7 +1,7 @@
 {{/*
 The Envoy config is rendered from files/envoy.yaml, the one template that
 `semantic-cache render-envoy` also uses (envoy/envoy.yaml links to it). This file re-implements
-extproc/proxy.py's renderer in Helm; tests/test_chart.py checks both give the same config.
+extproc/cli/envoy.py's renderer in Helm; tests/chart/ checks both give the same config.
 
 "semantic-cache.envoyVars": the template variables, as JSON (include returns text).
 Like proxy.upstream_env(), UPSTREAM_HOST / UPSTREAM_PORT / UPSTREAM_TLS come from UPSTREAM_URL.

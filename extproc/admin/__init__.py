@@ -1,0 +1,1 @@
+"""The admin API (off the request path): stats, flush, import/export, live config."""

@@ -1,0 +1,405 @@
+"""The admin API: an aiohttp server on its own listener, off the ext_proc data path.
+
+``GET /admin/stats``, ``POST /admin/invalidate`` (dry run by default), ``POST /admin/flush``
+(needs ``{"confirm": "flush-all"}``), ``GET /admin/export`` and ``POST /admin/import`` (JSON
+lines, see :mod:`extproc.admin.transfer`), ``POST /admin/enabled`` (the pass-through switch).
+
+It listens on loopback (``127.0.0.1:9191``) unless ``SEMANTIC_CACHE_ADMIN_TOKEN`` is set; with a
+token every request needs ``Authorization: Bearer <token>``, and a non-loopback address without
+one refuses to start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+from aiohttp import web
+
+from extproc import __version__
+from extproc.admin.contract import FLUSH_CONFIRMATION, TOKEN_ENV
+from extproc.admin.importer import Importer
+from extproc.admin.live_config import ConfigWatcher, set_enabled
+from extproc.admin.transfer import entry_to_line
+from extproc.cache.schema import BulkBackend, CacheEntry, EntryFilter
+from extproc.config.settings import CacheSettings
+from extproc.dataplane.shared import Shared
+from extproc.errors import BackendUnavailable, ConfigError
+from extproc.protocol.openai import normalize_text
+
+log = logging.getLogger(__name__)
+
+PREVIEW = 20
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def decision_counts(shared: Shared) -> dict[str, int]:
+    """Hit / miss / bypass counts since start (the one place that knows where they live)."""
+    counts = getattr(shared.on_decision, "counts", None)
+    return {k: int(counts.get(k, 0)) for k in ("hit", "miss", "bypass")} if isinstance(counts, dict) else {}
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_admin_address(address: str, token: str | None) -> None:
+    """Refuse a non-loopback admin address without a token (raises :class:`ConfigError`)."""
+    host = address.rpartition(":")[0]
+    if not token and not is_loopback(host):
+        raise ConfigError(
+            f"the admin API would listen on {address}, which is not loopback, without a token: set "
+            f"{TOKEN_ENV} (Helm: admin.tokenSecret.name) or bind it to 127.0.0.1 "
+            "(SEMANTIC_CACHE_ADMIN_ADDRESS / semantic_cache.server.admin_address)"
+        )
+
+
+def error(status: int, message: str) -> web.Response:
+    """A JSON error body."""
+    return web.json_response({"error": message}, status=status)
+
+
+def _entry_summary(entry: CacheEntry, similarity: float | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "exact_key": entry.exact_key,
+        "model": entry.model,
+        "scope": entry.scope,
+        "fingerprint": entry.fingerprint,
+        "prompt": entry.prompt if len(entry.prompt) <= 200 else entry.prompt[:200] + "…",
+        "created_at": round(entry.created_at, 3),
+        "expires_at": round(entry.expires_at, 3),
+    }
+    if similarity is not None:
+        out["similarity"] = round(similarity, 4)
+    return out
+
+
+_SELECTORS = {"model": str, "scope": str, "fingerprint": str, "older_than_seconds": (int, float)}
+
+
+def parse_selector(data: dict[str, Any], now: float) -> EntryFilter:
+    """An :class:`EntryFilter` from request fields (raises ValueError naming the bad one)."""
+    values: dict[str, Any] = {}
+    for name, kind in _SELECTORS.items():
+        value = data.get(name)
+        if value is None or value == "":
+            continue
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise ValueError(f"{name} must be {'a string' if kind is str else 'a number of seconds'}")
+        values[name] = value
+    older = values.pop("older_than_seconds", None)
+    if older is not None:
+        if older < 0:
+            raise ValueError("older_than_seconds must be >= 0")
+        values["created_before"] = now - float(older)
+    return EntryFilter(**values)
+
+
+class AdminApi:
+    """The request handlers over one server's shared state and backend."""
+
+    def __init__(self, shared: Shared, token: str | None) -> None:
+        self.shared = shared
+        self.token = token or None
+        self.started = time.monotonic()
+
+    @property
+    def backend(self) -> BulkBackend:
+        """The cache backend (every backend implements the bulk operations)."""
+        return cast(BulkBackend, self.shared.cache.backend)
+
+    def app(self) -> web.Application:
+        """The aiohttp application."""
+        app = web.Application(middlewares=[self._auth, self._backend_errors])
+        app.router.add_get("/admin/stats", self.stats)
+        app.router.add_post("/admin/invalidate", self.invalidate)
+        app.router.add_post("/admin/flush", self.flush)
+        app.router.add_get("/admin/export", self.export)
+        app.router.add_post("/admin/import", self.import_)
+        app.router.add_post("/admin/enabled", self.enabled)
+        return app
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self.token is not None:
+            given = request.headers.get("authorization", "")
+            scheme, _, value = given.partition(" ")
+            good = hmac.compare_digest(value.strip().encode(), self.token.encode())
+            if scheme.lower() != "bearer" or not good:
+                log.warning("admin API: %s %s refused (missing or wrong token)", request.method, request.path)
+                response = error(
+                    401, f"missing or wrong bearer token: send Authorization: Bearer ${TOKEN_ENV}"
+                )
+                response.headers["WWW-Authenticate"] = "Bearer"
+                return response
+        return await handler(request)
+
+    @web.middleware
+    async def _backend_errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except BackendUnavailable as exc:
+            state, detail = self.shared.cache.backend.status()
+            return error(503, f"the {self.backend.name} backend cannot serve ({state}: {detail}); {exc}")
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        if not request.can_read_body:
+            return {}
+        try:
+            data = await request.json()
+        except ValueError:
+            raise web.HTTPBadRequest(
+                text='{"error": "the body must be a JSON object"}', content_type="application/json"
+            ) from None
+        if not isinstance(data, dict):
+            raise web.HTTPBadRequest(
+                text='{"error": "the body must be a JSON object"}', content_type="application/json"
+            )
+        return data
+
+    # --- handlers ------------------------------------------------------------------------
+
+    async def stats(self, request: web.Request) -> web.Response:
+        """Entries, decision counts, backend, model, threshold, uptime."""
+        settings: CacheSettings = self.shared.settings
+        state, detail = self.shared.cache.backend.status()
+        try:
+            entries: int | None = await self.shared.cache.backend.count()
+        except BackendUnavailable:
+            entries = None
+        counts = decision_counts(self.shared)
+        looked_up = counts.get("hit", 0) + counts.get("miss", 0)
+        return web.json_response(
+            {
+                "version": __version__,
+                "enabled": settings.enabled,
+                "backend": self.backend.name,
+                "backend_state": state,
+                "backend_detail": detail,
+                "entries": entries,
+                "decisions": counts,
+                "hit_ratio": round(counts.get("hit", 0) / looked_up, 4) if looked_up else None,
+                "embedding_model": settings.embedding_model,
+                "dimension": self.backend.dim,
+                "similarity_threshold": self.shared.cache.similarity_threshold,
+                "ttl_seconds": settings.ttl_seconds,
+                "max_entries": settings.max_entries,
+                "revision": settings.revision,
+                "scope_mode": settings.scope_mode,
+                "uptime_seconds": round(time.monotonic() - self.started, 1),
+            }
+        )
+
+    async def invalidate(self, request: web.Request) -> web.Response:
+        """Entries by model / scope / fingerprint / age / a prompt's nearest; a dry run by default."""
+        data = await self._body(request)
+        known = {*_SELECTORS, "prompt", "min_similarity", "limit", "dry_run"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            return error(400, f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        now = time.time()
+        try:
+            selector = parse_selector(data, now)
+        except ValueError as exc:
+            return error(400, str(exc))
+        prompt = data.get("prompt")
+        dry_run = data.get("dry_run", True)
+        if not isinstance(dry_run, bool):
+            return error(400, "dry_run must be true or false")
+        if prompt is not None and (not isinstance(prompt, str) or not normalize_text(prompt)):
+            return error(400, "prompt must be a non-empty string")
+        if selector.everything and prompt is None:
+            return error(
+                400,
+                "give at least one of model, scope, fingerprint, older_than_seconds, prompt; "
+                "to remove every entry use POST /admin/flush",
+            )
+        if prompt is not None:
+            result = await self._nearest(selector, prompt, data, now)
+            if isinstance(result, web.Response):
+                return result
+            preview = [_entry_summary(c.entry, c.similarity) for c in result]
+            matched = len(result)
+            deleted = 0 if dry_run else await self.backend.delete_ids([c.entry.exact_key for c in result])
+        else:
+            matched = await self.backend.count_matching(selector, now)
+            preview = []
+            batches = self.backend.entries(selector, now, batch_size=PREVIEW, vectors=False)
+            async with contextlib.aclosing(batches):  # the first batch only; release the iterator
+                async for batch in batches:
+                    preview = [_entry_summary(e) for e in batch[:PREVIEW]]
+                    break
+            deleted = 0 if dry_run else await self.backend.delete_matching(selector)
+        body: dict[str, Any] = {"dry_run": dry_run, "matched": matched, "deleted": deleted}
+        body["entries"] = preview
+        if dry_run:
+            body["note"] = 'dry run: nothing was deleted; send "dry_run": false (CLI: --apply) to delete'
+        else:
+            log.warning("admin API: invalidated %d entries (%s, prompt: %s)", deleted, selector, bool(prompt))
+        return web.json_response(body)
+
+    async def _nearest(
+        self, selector: EntryFilter, prompt: str, data: dict[str, Any], now: float
+    ) -> list[Any] | web.Response:
+        threshold = data.get("min_similarity", self.shared.cache.similarity_threshold)
+        limit = data.get("limit", self.shared.cache.top_k)
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
+            return error(400, "min_similarity must be a number between 0 and 1")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            return error(400, "limit must be an integer between 1 and 1000")
+        vector = await self.shared.cache.embedder.embed(normalize_text(prompt))
+        found = await self.backend.nearest(vector, selector, limit, now)
+        return [c for c in found if c.similarity >= threshold]
+
+    async def flush(self, request: web.Request) -> web.Response:
+        """Delete every entry; needs {"confirm": "flush-all"}."""
+        data = await self._body(request)
+        if data.get("confirm") != FLUSH_CONFIRMATION:
+            try:
+                entries = f"{await self.shared.cache.backend.count()} entries"
+            except BackendUnavailable:
+                entries = "every entry"
+            return error(
+                400,
+                f"flush deletes {entries} of the {self.backend.name} cache (on Milvus: for every replica); "
+                f'confirm with {{"confirm": "{FLUSH_CONFIRMATION}"}} (CLI: semantic-cache admin flush --yes)',
+            )
+        deleted = await self.backend.delete_matching(EntryFilter())
+        log.warning("admin API: flushed the %s cache (%d entries)", self.backend.name, deleted)
+        return web.json_response({"flushed": True, "deleted": deleted})
+
+    async def enabled(self, request: web.Request) -> web.Response:
+        """The pass-through switch: {"enabled": false} stops lookups and stores, true resumes."""
+        data = await self._body(request)
+        value = data.get("enabled")
+        if not isinstance(value, bool):
+            return error(400, 'send {"enabled": false} (pass every request through) or {"enabled": true}')
+        changed = set_enabled(self.shared, value, "the admin API")
+        return web.json_response({"enabled": value, "changed": changed})
+
+    async def export(self, request: web.Request) -> web.StreamResponse:
+        """Every live entry (optionally selected) as JSON lines, streamed."""
+        now = time.time()
+        try:
+            selector = parse_selector(dict(request.query), now)
+        except ValueError as exc:
+            return error(400, str(exc))
+        total = await self.backend.count_matching(selector, now)
+        response = web.StreamResponse(
+            headers={"content-type": "application/x-ndjson", "x-semantic-cache-entries": str(total)}
+        )
+        await response.prepare(request)
+        written = 0
+        started = time.monotonic()
+        try:
+            async for batch in self.backend.entries(selector, now):
+                text = await asyncio.to_thread(lambda b=batch: "".join(entry_to_line(e) + "\n" for e in b))
+                await response.write(text.encode("utf-8"))
+                written += len(batch)
+        except BackendUnavailable as exc:
+            # Headers are sent: break the chunked body so the client sees an incomplete export.
+            log.error("admin API: export aborted after %d entries: %s", written, exc)
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        await response.write_eof()
+        log.info("admin API: exported %d entries in %.1fs", written, time.monotonic() - started)
+        return response
+
+    async def import_(self, request: web.Request) -> web.Response:
+        """JSON lines in the export format; checks every line; reports the refused ones."""
+        reembed = request.query.get("reembed", "").lower() in ("1", "true", "yes")
+        state, detail = self.shared.cache.backend.status()
+        if state != "ready":
+            return error(503, f"the {self.backend.name} backend cannot take an import ({state}: {detail})")
+        importer = Importer(self.backend, self.shared.cache.embedder, reembed)
+        report = await importer.run(request.content.iter_any())
+        log.info(
+            "admin API: import of %d lines: %d imported, %d rejected%s",
+            report.lines,
+            report.imported,
+            report.rejected,
+            f", stopped: {report.error}" if report.error else "",
+        )
+        return web.json_response(report.as_dict(), status=503 if report.error else 200)
+
+
+class AdminServer:
+    """The admin API listener plus the config watcher, started and stopped with the processor."""
+
+    def __init__(
+        self,
+        shared: Shared,
+        address: str,
+        token: str | None = None,
+        watch_interval: float = 5.0,
+    ) -> None:
+        check_admin_address(address, token)
+        self.api = AdminApi(shared, token)
+        self.address = address
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+        source = shared.settings.source
+        self.watcher = (
+            ConfigWatcher(shared, source, watch_interval) if source and not source.startswith("<") else None
+        )
+
+    async def start(self) -> int:
+        """Bind and serve; return the bound port."""
+        host, _, port = self.address.rpartition(":")
+        self._runner = web.AppRunner(self.api.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host.strip("[]"), int(port))
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise ConfigError(
+                f"the admin API cannot listen on {self.address}: {exc.strerror or exc}; choose another "
+                "port with SEMANTIC_CACHE_ADMIN_ADDRESS"
+            ) from exc
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        self.port = int(sockets[0].getsockname()[1]) if sockets else int(port)
+        if self.watcher is not None:
+            self.watcher.start()
+        log.info(
+            "admin API listening on http://%s:%d (%s)",
+            host,
+            self.port,
+            "bearer token required" if self.api.token else "loopback only, no token",
+        )
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop the watcher and the listener."""
+        if self.watcher is not None:
+            await self.watcher.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+def admin_preflight(settings: CacheSettings) -> None:
+    """Check the admin address and token before anything slow starts (raises :class:`ConfigError`)."""
+    check_admin_address(settings.server.admin_address, os.environ.get(TOKEN_ENV))
+
+
+async def start_admin(shared: Shared, settings: CacheSettings) -> AdminServer:
+    """Start the admin API at ``settings.server.admin_address`` with the token from the environment."""
+    admin = AdminServer(shared, settings.server.admin_address, os.environ.get(TOKEN_ENV))
+    await admin.start()
+    return admin

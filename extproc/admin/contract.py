@@ -1,0 +1,10 @@
+"""What the admin API and its command-line client agree on: the token variable, address, confirmations."""
+
+TOKEN_ENV = "SEMANTIC_CACHE_ADMIN_TOKEN"
+"""The bearer token the admin API requires (and the CLI sends) when set."""
+FLUSH_CONFIRMATION = "flush-all"
+"""The ``confirm`` value ``POST /admin/flush`` requires."""
+ADDRESS_ENV = "SEMANTIC_CACHE_ADMIN_ADDRESS"
+"""Where the admin API listens (overrides ``server.admin_address``)."""
+DEFAULT_ADDRESS = "127.0.0.1:9191"
+"""The admin API's default listen address (loopback only)."""

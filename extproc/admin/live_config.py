@@ -1,0 +1,101 @@
+"""Settings that change without a restart: the pass-through switch and the model revision.
+
+Both the admin API (``POST /admin/enabled``) and the config file (a Kubernetes ConfigMap is
+updated in place in the pod) change them.  Every ext_proc stream reads the shared settings
+when it starts, so the next request sees the change; requests in flight finish as they began.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from dataclasses import fields, replace
+from pathlib import Path
+
+from extproc.config.settings import CacheSettings, load_config
+from extproc.dataplane.shared import Shared
+from extproc.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+LIVE_KEYS = ("enabled", "revision", "revision_header")
+
+
+def set_enabled(shared: Shared, enabled: bool, source: str) -> bool:
+    """Turn caching on, or off (every request passes through untouched); True if it changed."""
+    if shared.settings.enabled == enabled:
+        return False
+    shared.settings = replace(shared.settings, enabled=enabled)
+    if enabled:
+        log.warning("cache enabled by %s: lookups and stores resume", source)
+    else:
+        log.warning("cache disabled by %s: every request passes through (no lookups, no stores)", source)
+    return True
+
+
+class ConfigWatcher:
+    """Re-reads the config file every ``interval`` seconds and applies :data:`LIVE_KEYS`."""
+
+    def __init__(self, shared: Shared, path: str, interval: float = 5.0) -> None:
+        self.shared = shared
+        self.path = Path(path)
+        self.interval = interval
+        self._digest = self._read_digest()
+        self._task: asyncio.Task[None] | None = None
+
+    def _read_digest(self) -> str | None:
+        try:
+            return hashlib.sha256(self.path.read_bytes()).hexdigest()
+        except OSError:
+            return None
+
+    def start(self) -> None:
+        """Begin polling."""
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        """Stop polling."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            digest = await asyncio.to_thread(self._read_digest)
+            if digest is None or digest == self._digest:
+                continue
+            self._digest = digest
+            try:
+                fresh = await asyncio.to_thread(load_config, self.path)
+            except ConfigError as exc:
+                log.error("%s changed but is invalid; keeping the running settings: %s", self.path, exc)
+                continue
+            self.apply(fresh)
+
+    def apply(self, fresh: CacheSettings) -> None:
+        """Take the live keys from ``fresh``; log which other changes need a restart."""
+        current = self.shared.settings
+        set_enabled(self.shared, fresh.enabled, str(self.path))
+        if (fresh.revision, fresh.revision_header) != (current.revision, current.revision_header):
+            self.shared.settings = replace(
+                self.shared.settings, revision=fresh.revision, revision_header=fresh.revision_header
+            )
+            log.warning(
+                "model revision is now %r (header %r) from %s: answers of other revisions are no longer "
+                "served; remove them with: semantic-cache admin invalidate --model NAME --apply",
+                fresh.revision,
+                fresh.revision_header,
+                self.path,
+            )
+        skip = {*LIVE_KEYS, "source", "milvus_config"}
+        pending = [
+            f.name
+            for f in fields(CacheSettings)
+            if f.name not in skip and getattr(fresh, f.name) != getattr(current, f.name)
+        ]
+        if pending:
+            log.warning("%s changed %s: restart the processor to apply", self.path, ", ".join(pending))

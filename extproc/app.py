@@ -1,0 +1,117 @@
+"""Building the cache and the server from settings: what ``serve``, ``eval``, tests and bench reuse."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+from extproc.cache import MemoryBackend, SemanticCache
+from extproc.cache.guards import build_guards
+from extproc.cache.schema import CacheBackend
+from extproc.config.settings import CacheSettings
+from extproc.dataplane.decision import DecisionLog
+from extproc.dataplane.server import BackgroundTasks, ExtProcServer
+from extproc.dataplane.shared import Shared
+from extproc.embedding.base import EncodeFn
+from extproc.embedding.batcher import Embedder
+from extproc.embedding.loader import load_sentence_model
+from extproc.errors import ConfigError
+from extproc.observability.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+def make_backend(settings: CacheSettings, dim: int) -> CacheBackend:
+    """The backend named by ``backend_type`` (a Milvus backend starts unconnected)."""
+    if settings.backend_type == "memory":
+        return MemoryBackend(dim, settings.max_entries, settings.eviction_policy)
+    from extproc.cache.backends.milvus import MilvusBackend
+
+    milvus = settings.milvus()
+    if milvus.dimension != dim:
+        raise ConfigError(
+            f"{settings.backend_config_path}: collection.vector_field.dimension is {milvus.dimension} "
+            f"but the embedding model {settings.embedding_model} produces {dim}-dimensional vectors; "
+            f"set it to {dim}"
+        )
+    return MilvusBackend(milvus, dim, settings.max_entries)
+
+
+async def make_cache(settings: CacheSettings, model: tuple[EncodeFn, int] | None = None) -> SemanticCache:
+    """Model (unless given), backend and guards as ``settings`` say: used by the server and ``eval``."""
+    if model is None:
+        started = time.perf_counter()
+        model = await asyncio.to_thread(
+            load_sentence_model,
+            settings.embedding_model,
+            settings.embedding_threads,
+            settings.embedding_backend,
+        )
+        log.info("model ready in %.2fs", time.perf_counter() - started)
+    encode, dim = model
+    embedder = Embedder(encode, dim, settings.embedding_batch_size)
+    backend = make_backend(settings, dim)
+    top_k = settings.milvus().topk if settings.backend_type == "milvus" else settings.top_k
+    log.info(
+        "cache backend=%s threshold=%.3f max_entries=%d ttl=%ds eviction=%s scope=%s",
+        backend.name,
+        settings.similarity_threshold,
+        settings.max_entries,
+        settings.ttl_seconds,
+        settings.eviction_policy,
+        settings.scope_mode,
+    )
+    guards = await build_guards(settings, embedder)
+    log.info("guards: %s", ", ".join(g.name for g in guards) or "none")
+    cache = SemanticCache(
+        backend, embedder, settings.similarity_threshold, top_k, settings.ttl_seconds, guards
+    )
+    await backend.start()
+    return cache
+
+
+async def build_server(settings: CacheSettings, model: tuple[EncodeFn, int] | None = None) -> ExtProcServer:
+    """Load the model (unless given), backend and guards; assemble a server (not yet listening)."""
+    cache = await make_cache(settings, model)
+    tasks = BackgroundTasks()
+    metrics = Metrics()
+    cache.embedder.on_batch = metrics.batch_size.observe
+    decisions = DecisionLog(metrics, cache.backend.name)
+    shared = Shared(settings=settings, cache=cache, spawn=tasks.spawn, on_decision=decisions)
+    metrics.watch(lambda: shared.cache.backend)
+    return ExtProcServer(shared, tasks, settings.server.max_message_bytes, metrics)
+
+
+async def start_management_logged(server: ExtProcServer, address: str) -> None:
+    """Start the management listener and log where it is."""
+    port = await server.start_management(address)
+    log.info(
+        "management (metrics, healthz, readyz) listening on http://%s:%d", address.rpartition(":")[0], port
+    )
+
+
+async def serve(settings: CacheSettings, ready: asyncio.Event | None = None) -> None:
+    """Run the processor until SIGINT / SIGTERM, then shut down gracefully."""
+    from extproc.admin.api import admin_preflight, start_admin
+
+    admin_preflight(settings)
+    server = await build_server(settings)
+    port = await server.start(settings.server.grpc_address)
+    host = settings.server.grpc_address.rpartition(":")[0]
+    log.info("ext_proc gRPC listening on %s:%d", host, port)
+    await start_management_logged(server, settings.server.metrics_address)
+    admin = await start_admin(server.shared, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    log.info("shutting down: draining streams for up to %.0fs", settings.server.shutdown_grace_seconds)
+    await admin.stop()
+    await server.stop(settings.server.shutdown_grace_seconds)
+    await server.shared.cache.close()
+    log.info("stopped")

@@ -1,0 +1,410 @@
+"""Milvus backend: a persistent cache shared by every replica that points at the same collection.
+
+Every call runs on a small thread pool with a deadline; failures open a circuit breaker and the
+processor bypasses the cache, so Milvus being down never fails a client request.  Connecting,
+schema checks, TTL sweeps and the ``max_entries`` bound run in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import time
+import zlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import numpy as np
+
+from extproc.cache.backends.breaker import CircuitBreaker
+from extproc.cache.backends.milvus.bulk import MilvusBulkOps
+from extproc.cache.backends.milvus.client import create_collection, open_client
+from extproc.cache.backends.milvus.schema import check_schema
+from extproc.cache.schema import CacheEntry, Candidate
+from extproc.config.milvus import MilvusSettings
+from extproc.errors import BackendUnavailable, EntryTooLarge
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+NEVER = 2**62  # expires_at for entries without TTL, so "expires_at > now" needs no special case
+VARCHAR_MAX = 65_535
+_OUTPUT = [
+    "id",
+    "partition_key",
+    "model",
+    "scope",
+    "fingerprint",
+    "prompt",
+    "response",
+    "created_at",
+    "expires_at",
+]
+
+
+def encode_response(response: dict[str, Any]) -> str:
+    """JSON text, or ``zlib:`` + base64 of the compressed JSON when it would not fit a VARCHAR."""
+    text = json.dumps(response, ensure_ascii=False, separators=(",", ":"))
+    if len(text.encode()) <= VARCHAR_MAX:
+        return text
+    packed = "zlib:" + base64.b64encode(zlib.compress(text.encode(), 6)).decode()
+    if len(packed) > VARCHAR_MAX:
+        raise EntryTooLarge(f"response of {len(text)} bytes does not fit Milvus even compressed")
+    return packed
+
+
+def decode_response(text: str) -> dict[str, Any]:
+    """Inverse of :func:`encode_response`."""
+    if text.startswith("zlib:"):
+        text = zlib.decompress(base64.b64decode(text[5:])).decode()
+    return json.loads(text)
+
+
+def _auth_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(w in text for w in ("auth", "password", "unauthenticated", "credential"))
+
+
+class MilvusBackend(MilvusBulkOps):
+    """Entries in a Milvus collection (a server, or embedded Milvus Lite for a file URI)."""
+
+    name = "milvus"
+
+    def __init__(
+        self, settings: MilvusSettings, dim: int, max_entries: int, call_timeout: float | None = None
+    ) -> None:
+        self.settings = settings
+        self.dim = dim
+        self.max_entries = max_entries
+        self.call_timeout = call_timeout or settings.search_timeout_ms / 1000
+        self.breaker = CircuitBreaker()
+        self.state = "connecting"
+        self.detail = f"connecting to Milvus at {settings.address}"
+        self.evictions = 0
+        self.expired = 0
+        self.known_entries = 0
+        """Entity count as of the last connect or sweep (metrics read this, not Milvus)."""
+        self._client: Any = None
+        self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="milvus")
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = asyncio.Event()
+        # pymilvus retries a failing call up to 75 times (minutes) unless told otherwise: bound it.
+        self._fast: dict[str, Any] = {"timeout": self.call_timeout, "retry_times": 1}
+        self._slow: dict[str, Any] = {"timeout": settings.timeout, "retry_times": 3}
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Begin connecting (in the background) and sweeping; returns at once."""
+        loop = asyncio.get_running_loop()
+        self._tasks += [loop.create_task(self._connect_loop()), loop.create_task(self._sweep_loop())]
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Wait until connected and checked (tests and tools); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self.state != "ready" and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self.state == "ready"
+
+    async def close(self) -> None:
+        """Stop background work and close the connection."""
+        self._closed.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._client is not None:
+            client, self._client = self._client, None
+            await asyncio.get_running_loop().run_in_executor(self._executor, client.close)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def status(self) -> tuple[str, str]:
+        """(state, human-readable detail) for /readyz, logs and metrics."""
+        if self.state == "ready" and self.breaker.state != "closed":
+            return (
+                "unavailable",
+                f"circuit breaker {self.breaker.state}: recent Milvus calls failed ({self.settings.address})",
+            )
+        return self.state, self.detail
+
+    def _set_state(self, state: str, detail: str, level: int = logging.WARNING) -> None:
+        if (state, detail) != (self.state, self.detail):
+            log.log(level, "%s", detail)
+        self.state, self.detail = state, detail
+
+    async def _connect_loop(self) -> None:
+        backoff = 1.0
+        s = self.settings
+        while not self._closed.is_set():
+            try:
+                info = await asyncio.get_running_loop().run_in_executor(self._executor, self._connect)
+            except Exception as exc:  # connection, auth or schema problem: stay up as pass-through
+                reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                if isinstance(exc, SchemaProblem):
+                    self._set_state(exc.state, f"Milvus collection problem: {exc}", logging.ERROR)
+                elif _auth_error(exc):
+                    self._set_state(
+                        "auth_failed",
+                        f"failed to connect to Milvus: authentication failed: {reason} ({s.address}); "
+                        "check the milvus-auth Secret (MILVUS_USERNAME / MILVUS_PASSWORD)",
+                        logging.ERROR,
+                    )
+                else:
+                    self._set_state("unavailable", f"failed to connect to Milvus: {reason} ({s.address})")
+                with contextlib.suppress(TimeoutError):  # an interruptible sleep
+                    await asyncio.wait_for(self._closed.wait(), backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            self.breaker.success()
+            self._set_state("ready", f"Milvus ready: {info}", logging.INFO)
+            return
+
+    def _connect(self) -> str:
+        s = self.settings
+        client = open_client(s)
+        try:
+            version = "lite" if s.is_lite else client.get_server_version()
+            created = False
+            if not client.has_collection(s.collection):
+                if not s.auto_create_collection:
+                    raise SchemaProblem(
+                        "missing_collection",
+                        f"collection {s.collection!r} does not exist and development.auto_create_collection "
+                        "is false; create it with: semantic-cache create-collection --config FILE",
+                    )
+                create_collection(client, s, self.dim)
+                created = True
+            problems = check_schema(client.describe_collection(s.collection), s, self.dim)
+            if problems:
+                raise SchemaProblem(
+                    "schema_mismatch",
+                    f"collection {s.collection!r} does not have the schema the cache needs: "
+                    + "; ".join(problems)
+                    + ". Point collection.name at a new collection (it is created automatically) or run "
+                    "semantic-cache create-collection --config FILE with a new name; existing collections "
+                    "are never dropped",
+                )
+            client.load_collection(s.collection)
+            count = self.known_entries = self._count(client)
+        except Exception:
+            client.close()
+            raise
+        self._client = client
+        action = "created" if created else "reused"
+        return (
+            f"backend=milvus address={s.address} version={version} collection={s.collection} ({action}) "
+            f"index={s.index_type}/{s.metric_type} entities={count}"
+        )
+
+    # --- calls ---------------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[[Any], T], timeout: float) -> T:
+        client = self._client
+        if client is None or self.state != "ready":
+            raise BackendUnavailable(self.detail)
+        if not self.breaker.allow():
+            raise BackendUnavailable(f"circuit breaker open ({self.settings.address})")
+        loop = asyncio.get_running_loop()
+        try:
+            result = await asyncio.wait_for(loop.run_in_executor(self._executor, fn, client), timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            was_closed = self.breaker.state == "closed"
+            self.breaker.failure()
+            if self.breaker.state == "open" and was_closed:
+                # A fresh connection recovers faster than gRPC's own reconnect backoff.
+                self._reconnect(f"lost connection to Milvus: {type(exc).__name__} ({self.settings.address})")
+            raise BackendUnavailable(f"Milvus call failed: {type(exc).__name__}") from exc
+        self.breaker.success()
+        return result
+
+    def _reconnect(self, reason: str) -> None:
+        """Drop the client and connect again in the background (bypassing meanwhile)."""
+        if self.state != "ready":
+            return
+        self._set_state("unavailable", f"{reason}; reconnecting")
+        client, self._client = self._client, None
+        loop = asyncio.get_running_loop()
+        if client is not None:
+            loop.run_in_executor(self._executor, client.close)
+        self._tasks = [t for t in self._tasks if not t.done()]
+        self._tasks.append(loop.create_task(self._connect_loop()))
+
+    def _entry(self, row: dict[str, Any], vector: np.ndarray | None = None) -> CacheEntry:
+        expires = int(row["expires_at"])
+        return CacheEntry(
+            id=row["id"],
+            model=row["model"],
+            scope=row["scope"],
+            fingerprint=row["fingerprint"],
+            partition=row["partition_key"],
+            exact_key=row["id"],
+            prompt=row["prompt"],
+            response=decode_response(row["response"]),
+            vector=vector if vector is not None else np.empty(0, dtype=np.float32),
+            created_at=int(row["created_at"]) / 1000,
+            expires_at=0.0 if expires >= NEVER else expires / 1000,
+        )
+
+    async def get_exact(self, exact_key: str, now: float) -> CacheEntry | None:
+        """The live entry stored under ``exact_key`` (the primary key), if any."""
+        s = self.settings
+        flt = f'id == "{exact_key}" and expires_at > {int(now * 1000)}'
+
+        def query(client: Any) -> list[dict[str, Any]]:
+            return client.query(
+                s.collection,
+                filter=flt,
+                output_fields=_OUTPUT,
+                limit=1,
+                consistency_level=s.consistency_level,
+                **self._fast,
+            )
+
+        rows = await self._call(query, self.call_timeout)
+        return self._entry(rows[0]) if rows else None
+
+    async def search(self, partition: str, vector: np.ndarray, top_k: int, now: float) -> list[Candidate]:
+        """Up to ``top_k`` live entries of ``partition``, most similar first (cosine)."""
+        s = self.settings
+        flt = f'partition_key == "{partition}" and expires_at > {int(now * 1000)}'
+        params = {"metric_type": s.metric_type, "params": dict(s.search_params)}
+
+        def run(client: Any) -> list[Any]:
+            return client.search(
+                s.collection,
+                data=[vector.tolist()],
+                anns_field=s.vector_field,
+                limit=top_k,
+                filter=flt,
+                search_params=params,
+                output_fields=_OUTPUT,
+                consistency_level=s.consistency_level,
+                **self._fast,
+            )
+
+        hits = (await self._call(run, self.call_timeout))[0]
+        out = [
+            Candidate(self._entry(h["entity"] | {"id": h["id"]}), self._similarity(float(h["distance"])))
+            for h in hits
+        ]
+        out.sort(key=lambda c: c.similarity, reverse=True)
+        return out
+
+    def _similarity(self, distance: float) -> float:
+        # IP and COSINE on normalized vectors are cosine similarity; L2 is a squared distance:
+        # |a - b|^2 = 2 - 2 cos(a, b).
+        return 1.0 - distance / 2.0 if self.settings.metric_type == "L2" else distance
+
+    def row(self, entry: CacheEntry) -> dict[str, Any]:
+        """The collection row of ``entry`` (also used by bulk loaders such as the benchmarks)."""
+        if len(entry.prompt.encode()) > VARCHAR_MAX:
+            raise EntryTooLarge("prompt longer than a Milvus VARCHAR")
+        return {
+            "id": entry.exact_key,
+            "partition_key": entry.partition,
+            "model": entry.model,
+            "scope": entry.scope,
+            "fingerprint": entry.fingerprint,
+            "prompt": entry.prompt,
+            "response": encode_response(entry.response),
+            self.settings.vector_field: np.asarray(entry.vector, dtype=np.float32).tolist(),
+            "created_at": round(entry.created_at * 1000),  # round: imported ms survive float math
+            "expires_at": round(entry.expires_at * 1000) if entry.expires_at > 0 else NEVER,
+        }
+
+    async def put(self, entry: CacheEntry) -> None:
+        """Write one row (the exact key is the primary key, so a repeat replaces it)."""
+        row = self.row(entry)
+        collection, timeout = self.settings.collection, self.settings.timeout
+
+        def write(client: Any) -> None:
+            # Not upsert: Milvus 2.3 routes upserted rows outside their partition-key partition, so
+            # a filtered search never finds them. Deleting by primary key first keeps keys unique.
+            client.delete(collection, ids=[row["id"]], **self._slow)
+            client.insert(collection, [row], **self._slow)
+
+        await self._call(write, timeout)
+
+    async def record_hit(self, entry: CacheEntry) -> None:
+        """Milvus entries are evicted oldest-first: hits change nothing."""
+
+    async def count(self) -> int:
+        """Entities in the collection."""
+        return await self._call(self._count, self.settings.timeout)
+
+    def _count(self, client: Any) -> int:
+        rows = client.query(
+            self.settings.collection,
+            filter="",
+            output_fields=["count(*)"],
+            consistency_level="Strong",
+            **self._slow,
+        )
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    # --- maintenance ---------------------------------------------------------------------
+
+    async def _sweep_loop(self) -> None:
+        while not self._closed.is_set():
+            with contextlib.suppress(TimeoutError):  # an interruptible sleep
+                await asyncio.wait_for(self._closed.wait(), self.settings.sweep_interval_seconds)
+            if self._closed.is_set():
+                return
+            if self.state != "ready":
+                continue
+            try:
+                await self.sweep(time.time())
+            except BackendUnavailable as exc:
+                log.debug("Milvus sweep skipped: %s", exc)
+
+    async def sweep(self, now: float) -> None:
+        """Delete expired entries, then the oldest ones beyond ``max_entries``."""
+        s = self.settings
+        expired = await self._call(
+            lambda c: c.delete(s.collection, filter=f"expires_at <= {int(now * 1000)}", **self._slow),
+            s.timeout,
+        )
+        self.expired += int(expired.get("delete_count", 0)) if isinstance(expired, dict) else 0
+        self.known_entries = await self.count()
+        excess = self.known_entries - self.max_entries
+        if excess <= 0:
+            return
+        cutoff = await self._call(lambda c: self._oldest_cutoff(c, excess), s.timeout * 4)
+        deleted = await self._call(
+            lambda c: c.delete(s.collection, filter=f"created_at < {cutoff}", **self._slow), s.timeout
+        )
+        n = int(deleted.get("delete_count", 0)) if isinstance(deleted, dict) else 0
+        self.evictions += n
+        log.info("Milvus cache over max_entries=%d: evicted %d oldest entries", self.max_entries, n)
+
+    def _oldest_cutoff(self, client: Any, excess: int) -> int:
+        """Smallest created_at (ms) with at least ``excess`` entries older than it (binary search)."""
+        s = self.settings
+        lo, hi = 0, int(time.time() * 1000) + 1
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            rows = client.query(
+                s.collection,
+                filter=f"created_at < {mid}",
+                output_fields=["count(*)"],
+                consistency_level="Strong",
+                **self._slow,
+            )
+            if int(rows[0]["count(*)"]) >= excess:
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+
+class SchemaProblem(Exception):
+    """The collection is missing or unusable; ``state`` says which."""
+
+    def __init__(self, state: str, message: str) -> None:
+        super().__init__(message)
+        self.state = state

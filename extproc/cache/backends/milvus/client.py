@@ -1,0 +1,59 @@
+"""Connecting to Milvus (auth, TLS, a connection of our own) and creating the collection."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from extproc.cache.backends.milvus.schema import REQUIRED_FIELDS, build_schema
+from extproc.config.milvus import MilvusSettings
+
+log = logging.getLogger(__name__)
+
+
+def open_client(s: MilvusSettings) -> Any:
+    """A connected pymilvus client for these settings (auth and TLS included)."""
+    from pymilvus import MilvusClient
+
+    # pymilvus logs every failed RPC at ERROR (one line per request while Milvus is down) and
+    # sets its loggers up on import; the backend logs each state change once instead.
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("pymilvus")] + ["pymilvus"]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+    # An alias of our own: pymilvus otherwise shares one connection per (uri, user) in a process,
+    # so closing one client would close another's, and a corrected password would be ignored.
+    alias = f"semantic-cache-{uuid.uuid4().hex}"
+    kwargs: dict[str, Any] = {"uri": s.client_uri(), "timeout": s.timeout, "alias": alias}
+    if s.database:
+        kwargs["db_name"] = s.database
+    if s.auth_enabled:
+        kwargs["user"], kwargs["password"] = s.username, s.password
+    if s.tls_enabled:
+        kwargs.update(
+            secure=True, ca_pem_path=s.ca_file, client_pem_path=s.cert_file, client_key_path=s.key_file
+        )
+        if s.server_name:
+            kwargs["server_name"] = s.server_name
+    return MilvusClient(**kwargs)
+
+
+def create_collection(client: Any, settings: MilvusSettings, dim: int) -> None:
+    """Create the collection with its one vector index (never drops an existing one)."""
+    schema, index = build_schema(client, settings, dim)
+    client.create_collection(
+        settings.collection,
+        schema=schema,
+        index_params=index,
+        consistency_level=settings.consistency_level,
+        timeout=settings.timeout,
+        retry_times=3,
+    )
+    log.info(
+        "Milvus collection %s created (dim %d, %s/%s, fields %s)",
+        settings.collection,
+        dim,
+        settings.index_type,
+        settings.metric_type,
+        ", ".join(REQUIRED_FIELDS),
+    )

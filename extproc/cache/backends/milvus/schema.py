@@ -1,0 +1,76 @@
+"""The Milvus collection schema the cache needs, and the check of an existing collection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from extproc.config.milvus import MilvusSettings
+
+KEY_LEN = 64  # sha256 hex
+# name -> (DataType name, max_length); the vector field is added from the settings.
+REQUIRED_FIELDS: dict[str, tuple[str, int | None]] = {
+    "id": ("VARCHAR", KEY_LEN),  # the exact-match key: a repeat replaces its entry
+    "partition_key": ("VARCHAR", KEY_LEN),  # H(model, scope, fingerprint): Milvus partition key
+    "model": ("VARCHAR", 512),
+    "scope": ("VARCHAR", 512),
+    "fingerprint": ("VARCHAR", KEY_LEN),
+    "prompt": ("VARCHAR", 65_535),
+    "response": ("VARCHAR", 65_535),
+    "created_at": ("INT64", None),  # unix ms
+    "expires_at": ("INT64", None),  # unix ms
+}
+
+
+def build_schema(client: Any, s: MilvusSettings, dim: int) -> tuple[Any, Any]:
+    """(schema, index params) for a new collection."""
+    from pymilvus import DataType, MilvusClient
+
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False, description=s.description)
+    for name, (kind, max_length) in REQUIRED_FIELDS.items():
+        kwargs: dict[str, Any] = {}
+        if max_length:
+            kwargs["max_length"] = max_length
+        schema.add_field(
+            name,
+            getattr(DataType, kind),
+            is_primary=name == "id",
+            is_partition_key=name == "partition_key",
+            **kwargs,
+        )
+    schema.add_field(s.vector_field, DataType.FLOAT_VECTOR, dim=dim)
+    index = client.prepare_index_params()
+    index.add_index(
+        field_name=s.vector_field,
+        index_type=s.index_type,
+        metric_type=s.metric_type,
+        params=dict(s.index_params),
+    )
+    return schema, index
+
+
+def check_schema(description: dict[str, Any], s: MilvusSettings, dim: int) -> list[str]:
+    """Problems that make an existing collection unusable (empty when it fits)."""
+    fields = {f["name"]: f for f in description.get("fields", [])}
+    problems: list[str] = []
+    for name, (kind, _) in REQUIRED_FIELDS.items():
+        field = fields.get(name)
+        if field is None:
+            problems.append(f"missing field {name} ({kind})")
+        elif getattr(field.get("type"), "name", str(field.get("type"))) != kind:
+            problems.append(
+                f"field {name} is {getattr(field['type'], 'name', field['type'])}, expected {kind}"
+            )
+    if "id" in fields and not fields["id"].get("is_primary"):
+        problems.append("field id is not the primary key")
+    if "partition_key" in fields and not fields["partition_key"].get("is_partition_key"):
+        problems.append("field partition_key is not the partition key")
+    vector = fields.get(s.vector_field)
+    if vector is None:
+        problems.append(f"missing vector field {s.vector_field} (FLOAT_VECTOR, dim {dim})")
+    else:
+        have = int(vector.get("params", {}).get("dim", 0))
+        if have != dim:
+            problems.append(
+                f"vector field {s.vector_field} has dimension {have}, the embedding model produces {dim}"
+            )
+    return problems

@@ -1,0 +1,81 @@
+"""Guards run after the vector search: a candidate above the threshold is served only if
+every guard accepts it.  :func:`build_guards` builds them from settings, for the server and
+the ``eval`` tool alike.
+
+Cheap rule guards (``rules.py``) run first, then the content guard (``content.py``); a user's
+verifier (``verifier.py``, e.g. a cross-encoder) runs last, if configured.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any
+
+from extproc.cache.guards.base import Guard
+from extproc.cache.guards.content import ContentGuard, missing_words, modifiers
+from extproc.cache.guards.rules import DirectionGuard, NegationGuard, NumbersGuard, OppositesGuard, UnitsGuard
+from extproc.cache.guards.verifier import CrossEncoderVerifier, load_verifier_factory
+from extproc.errors import ConfigError
+
+if TYPE_CHECKING:
+    from extproc.config.settings import CacheSettings
+    from extproc.embedding.batcher import Embedder
+
+__all__ = [
+    "ContentGuard",
+    "CrossEncoderVerifier",
+    "DirectionGuard",
+    "Guard",
+    "NegationGuard",
+    "NumbersGuard",
+    "OppositesGuard",
+    "UnitsGuard",
+    "build_guards",
+    "missing_words",
+    "modifiers",
+]
+
+
+async def build_guards(settings: CacheSettings, embedder: Embedder) -> list[Guard]:
+    """The guards enabled in ``settings``, cheapest first (shared by the server and ``eval``)."""
+    guards: list[Any] = []
+    if settings.guard_numbers:
+        guards.append(NumbersGuard())
+    if settings.guard_units:
+        guards.append(UnitsGuard())
+    if settings.guard_negation:
+        guards.append(NegationGuard())
+    if settings.guard_opposites:
+        guards.append(OppositesGuard())
+    if settings.guard_direction:
+        guards.append(DirectionGuard())
+    if settings.guard_content:
+        guards.append(
+            ContentGuard(
+                embedder,
+                settings.guard_content_min_alignment,
+                swaps=settings.guard_content_swaps,
+                modifiers=settings.guard_content_modifiers,
+                name_alignment=settings.guard_content_name_alignment,
+            )
+        )
+    if settings.verifier:
+        factory = load_verifier_factory(settings.verifier)
+        try:
+            made = factory(settings, embedder)
+            verifier = await made if inspect.isawaitable(made) else made
+        except Exception as exc:
+            raise ConfigError(
+                f"semantic_cache.verifier {settings.verifier!r}: the factory failed: {exc!r}; it is "
+                "called as factory(settings, embedder) and must return a guard"
+            ) from exc
+        if not isinstance(getattr(verifier, "name", None), str) or not callable(
+            getattr(verifier, "reject", None)
+        ):
+            raise ConfigError(
+                f"semantic_cache.verifier {settings.verifier!r}: the factory returned "
+                f"{type(verifier).__name__}, which has no name and reject(query, candidate); "
+                "return an object with both"
+            )
+        guards.append(verifier)
+    return guards

@@ -1,0 +1,196 @@
+"""The content guard: a name in one prompt only, or a word on each side with no counterpart.
+
+A word counts as matched by stem, or by the embedding model's own contextual word vectors
+(computed on the embedding worker, batched, only when the text alone cannot decide).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import unicodedata
+from collections import OrderedDict
+from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from extproc.cache.guards.base import LONG_PROMPT_CHARS
+from extproc.cache.guards.lexical import CALENDAR_WORDS, NEGATIONS, NUMBER_WORDS, STOPWORDS, Analysis, analyze
+
+if TYPE_CHECKING:
+    from extproc.embedding.base import WordVectors
+    from extproc.embedding.batcher import Embedder
+
+_SKIP = STOPWORDS | NEGATIONS | NUMBER_WORDS | CALENDAR_WORDS
+
+
+def missing_words(a: Analysis, b: Analysis) -> list[str]:
+    """Content words of ``a`` that ``b`` does not contain (same stem, a compound, an abbreviation)."""
+    have, whole = set(b.stems), set(b.words)
+    spelled_out = _acronym_spans(a.words, b.words)
+    out: list[str] = []
+    for k, (word, stem) in enumerate(zip(a.words, a.stems, strict=True)):
+        if word in _SKIP or not word.isalpha() or len(word) < 2 or stem in have or word in out:
+            continue
+        if len(stem) >= 4 and (word in b.joined_pairs or any(w.startswith(stem) for w in b.words)):
+            continue  # "wifi" against "wi-fi", "dict" against "dictionaries"
+        if (k + 1 < len(a.words) and word + a.words[k + 1] in whole) or (
+            k and a.words[k - 1] + word in whole
+        ):
+            continue  # "wi", "fi" against "wifi"
+        if k in spelled_out or _acronym_spans(b.words, (word,)):
+            continue  # "new york city" against "nyc", and "nyc" against "new york city"
+        out.append(word)
+    return out
+
+
+def _acronym_spans(words: Sequence[str], others: Sequence[str]) -> set[int]:
+    """Indices of ``words`` in a run of 2-6 whose initials spell one of ``others`` ("nyc")."""
+    covered: set[int] = set()
+    for short in {w for w in others if 2 <= len(w) <= 6 and w.isalpha()}:
+        n = len(short)
+        for i in range(len(words) - n + 1):
+            if "".join(w[:1] for w in words[i : i + n]) == short:
+                covered.update(range(i, i + n))
+    return covered
+
+
+def modifiers(a: Analysis, b: Analysis, words: Sequence[str]) -> list[str]:
+    """Those of ``words`` that modify a word both prompts have ("vegan" in "vegan cake" vs "cake")."""
+    have = set(b.stems)
+    out = []
+    for k in range(len(a.words) - 1):
+        word, head = a.words[k], a.words[k + 1]
+        shared = head not in words and head.isalpha() and head not in STOPWORDS and a.stems[k + 1] in have
+        if word in words and shared:
+            out.append(word)
+    return out
+
+
+def _fold(word: str) -> str:
+    """Lower case without accents, as uncased BERT tokenizers see a word."""
+    return "".join(c for c in unicodedata.normalize("NFKD", word) if not unicodedata.combining(c))
+
+
+def _unaligned(
+    words: Sequence[str],
+    own: WordVectors,
+    other: WordVectors,
+    min_alignment: float,
+    names: Collection[str] = (),
+    name_alignment: float = 0.0,
+) -> list[str]:
+    """Those of ``words`` with no counterpart in ``other`` at cosine ``min_alignment`` or more
+    (``name_alignment`` or more for the words in ``names``)."""
+    index = {w: i for i, w in enumerate(own.words)}
+    out = []
+    for word in words:
+        i = index.get(_fold(word))
+        if i is None:  # split differently by the model's tokenizer: look for a piece of it
+            i = next((k for k, w in enumerate(own.words) if w and w in _fold(word)), None)
+        if (
+            i is None
+            or len(other.words) == 0
+            or float(np.max(other.vectors @ own.vectors[i]))
+            < (max(min_alignment, name_alignment) if word in names else min_alignment)
+        ):
+            out.append(word)
+    return out
+
+
+class ContentGuard:
+    """Rejects a name, thing or modifier that one prompt has and the other lacks.
+
+    Three kinds of difference that the embedding barely notices:
+
+    - ``names``: a name (capitalized mid-sentence, an acronym, iPhone) in one prompt only:
+      "Austria" vs "Australia", "UMass, Boston" vs "UMass";
+    - ``swaps``: a word on each side with no counterpart on the other: "soccer team" vs
+      "basketball team";
+    - ``modifiers`` (off by default: on Quora pairs it costs more paraphrases than it saves):
+      a word that modifies a word both share: "vegan cake" vs "cake".
+
+    A word has a counterpart when the other prompt has its stem, or a word whose contextual
+    vector from the embedding model aligns with it at ``min_alignment`` or more (synonyms such as
+    fix / repair align at 0.8+, different names of the same kind much lower); a name needs
+    ``name_alignment`` (names of one kind, Europe / America, Washington / California, align at
+    0.5-0.7, while a name and its abbreviation or inflection align above 0.8).  Other added detail
+    ("... in economics") is left alone: paraphrases add such detail all the time.  Word vectors
+    are computed only when the text alone cannot decide; without them (``embedder`` None or a
+    model without word vectors) stems alone decide.
+    """
+
+    name = "content"
+
+    def __init__(
+        self,
+        embedder: Embedder | None = None,
+        min_alignment: float = 0.5,
+        swaps: bool = True,
+        modifiers: bool = False,
+        cache_size: int = 2048,
+        name_alignment: float = 0.7,
+    ) -> None:
+        self.embedder = embedder if embedder is not None and embedder.has_words else None
+        self.min_alignment = min_alignment
+        self.name_alignment = name_alignment
+        self.swaps = swaps
+        self.modifiers = modifiers
+        self._cache: OrderedDict[str, WordVectors] = OrderedDict()
+        self._pending: dict[str, asyncio.Future[WordVectors]] = {}
+        self._cache_size = cache_size
+        self.model_calls = 0
+        """Lookups that needed word vectors (the rest were decided on the text alone)."""
+
+    def _decides(self, a: Analysis, b: Analysis, lone_a: list[str], lone_b: list[str]) -> bool:
+        """True when the words without counterpart make the prompts ask different things."""
+        if any(w in a.names for w in lone_a) or any(w in b.names for w in lone_b):
+            return True
+        if self.swaps and lone_a and lone_b:
+            return True
+        return self.modifiers and bool(modifiers(a, b, lone_a) or modifiers(b, a, lone_b))
+
+    def _suspects(self, query: str, candidate: str) -> tuple[Analysis, Analysis, list[str], list[str]] | None:
+        """The analyses and missing words of both prompts, or None when nothing could reject."""
+        a, b = analyze(query), analyze(candidate)
+        missing_a, missing_b = missing_words(a, b), missing_words(b, a)
+        if not self._decides(a, b, missing_a, missing_b):
+            return None
+        return a, b, missing_a, missing_b
+
+    async def reject(self, query: str, candidate: str) -> bool:
+        """True for a name, swap or modifier that no word of the other prompt matches."""
+        if len(query) + len(candidate) > LONG_PROMPT_CHARS:  # ~1 ms per KB: off the event loop
+            found = await asyncio.to_thread(self._suspects, query, candidate)
+        else:
+            found = self._suspects(query, candidate)
+        if found is None:
+            return False  # nothing that could reject: no model call
+        if self.embedder is None:
+            return True
+        a, b, missing_a, missing_b = found
+        self.model_calls += 1
+        words_a, words_b = await asyncio.gather(self._words(query), self._words(candidate))
+        lone_a = _unaligned(missing_a, words_a, words_b, self.min_alignment, a.names, self.name_alignment)
+        lone_b = _unaligned(missing_b, words_b, words_a, self.min_alignment, b.names, self.name_alignment)
+        return self._decides(a, b, lone_a, lone_b)
+
+    async def _words(self, text: str) -> WordVectors:
+        cached = self._cache.get(text)
+        if cached is not None:
+            self._cache.move_to_end(text)
+            return cached
+        pending = self._pending.get(text)
+        if pending is not None:  # the same prompt checked against several candidates at once
+            return await asyncio.shield(pending)
+        assert self.embedder is not None
+        task = asyncio.ensure_future(self.embedder.embed_words(text))
+        self._pending[text] = task
+        try:
+            vectors = await asyncio.shield(task)
+        finally:
+            self._pending.pop(text, None)
+        self._cache[text] = vectors
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return vectors

@@ -1,0 +1,293 @@
+"""Rule guards: cheap text checks that veto look-alike candidates (no model, microseconds).
+
+Each guard compares the query with a candidate prompt and rejects when they differ in a way
+that changes the answer while leaving the embedding almost unchanged: a different number,
+unit or date, a negation on one side only, an opposite action, or a swapped direction.
+"""
+
+from __future__ import annotations
+
+from extproc.cache.guards.lexical import NEGATIONS, STOPWORDS, UNIT_WORDS, Analysis, analyze, stem, word_list
+
+# Opposite meanings: a word from one side in one prompt and a word from the other side in the
+# other prompt (and neither shares the first's side) means the questions ask for opposite things.
+_OPPOSITES = """
+on | off
+enable enabled enabling | disable disabled disabling
+activate | deactivate
+turn_on switch_on | turn_off switch_off
+increase raise rise grow more higher greater | decrease reduce lower fall drop shrink less fewer
+install | uninstall remove
+buy purchase buyer | sell seller
+ascending ascend | descending descend
+advantage pro benefit strength | disadvantage con drawback weakness
+add | remove delete subtract
+start begin | stop end finish
+open | close shut
+lock | unlock
+upload | download
+import | export
+encrypt | decrypt
+encode | decode
+compress zip | decompress unzip extract
+minimum min minimize | maximum max maximize
+high | low
+highest | lowest
+most | least
+best | worst
+better | worse
+before | after
+first | last
+rich | poor
+hot warm | cold cool
+up | down
+in | out
+upper | lower
+uppercase | lowercase
+inside | outside
+above | below
+north | south
+east | west
+left | right
+top | bottom
+forward | backward
+next | previous
+push | pull
+send sender | receive receiver
+borrow | lend
+win won winner gain | lose lost loser loss
+profit | loss
+accept | reject decline
+allow permit | deny block forbid ban
+show unhide | hide
+hire | fire
+love | hate
+like | dislike
+agree | disagree
+legal | illegal
+possible | impossible
+safe | unsafe dangerous
+healthy | unhealthy
+cheap cheapest | expensive
+fast faster fastest quick | slow slower slowest
+big bigger biggest large larger largest | small smaller smallest little
+long longer longest | short shorter shortest
+young younger youngest | old older oldest
+male man men boy husband boyfriend | female woman women girl wife girlfriend
+father dad son brother king | mother mom daughter sister queen
+connect | disconnect
+mount | unmount
+attach | detach
+include | exclude
+plus | minus
+multiply | divide
+subscribe | unsubscribe
+follow | unfollow
+mute | unmute
+horizontal horizontally | vertical vertically
+success successful succeed | failure fail
+pass | fail
+internal | external
+public | private
+online | offline
+visible | invisible
+positive | negative
+true | false
+input | output
+incoming inbound | outgoing outbound
+arrive arrival | depart departure leave
+enter entry | exit
+login signin | logout signout
+heavy | light
+thick | thin
+wet | dry
+full | empty
+strong | weak
+hard difficult | easy simple
+early | late
+asleep | awake
+alive | dead
+day | night
+morning | evening
+summer | winter
+spring | autumn fall
+sunrise | sunset
+teacher | student
+employer | employee
+landlord | tenant
+parent | child
+manual | automatic
+offense offensive attack | defense defensive defend
+"""
+
+
+def _opposite_table() -> dict[str, list[tuple[int, int]]]:
+    table: dict[str, list[tuple[int, int]]] = {}
+    for group, line in enumerate(ln for ln in _OPPOSITES.strip().splitlines() if ln.strip()):
+        for side, half in enumerate(line.split("|")):
+            for word in half.split():
+                table.setdefault(stem(word) if "_" not in word else word, []).append((group, side))
+    return table
+
+
+OPPOSITE_OF = _opposite_table()
+# Prefixes that turn a word into its opposite: lock/unlock, like/dislike, activate/deactivate.
+_NEGATING_PREFIXES = ("un", "dis", "de", "in", "im", "il", "ir", "non", "anti", "counter")
+# Words after which "in" / "out", "on" / "off", "up" / "down" are particles of the verb.
+_PARTICLE_VERBS = frozenset(
+    word_list(
+        "turn switch log sign opt check zoom plug breathe scroll scale speed slow shut power cash "
+        "phase roll back tune time ramp fade"
+    )
+)
+
+
+def _opposite_marks(words: tuple[str, ...]) -> dict[int, set[int]]:
+    """group -> the sides of that opposite pair the prompt uses."""
+    marks: dict[int, set[int]] = {}
+    for i, word in enumerate(words):
+        prev = words[i - 1] if i else ""
+        if word in ("on", "off", "in", "out", "up", "down") and prev not in _PARTICLE_VERBS:
+            continue  # plain prepositions ("in Python", "on a Mac") carry no polarity
+        key = f"{prev}_{word}" if word in ("on", "off") and prev in ("turn", "switch") else stem(word)
+        for group, side in OPPOSITE_OF.get(key, ()):
+            marks.setdefault(group, set()).add(side)
+    return marks
+
+
+class OppositesGuard:
+    """Rejects when one prompt asks for an action or quality and the other for its opposite."""
+
+    name = "opposites"
+
+    def reject(self, query: str, candidate: str) -> bool:
+        """True when the prompts use opposite sides of an antonym pair, or a negating prefix."""
+        a, b = analyze(query), analyze(candidate)
+        marks_a, marks_b = _opposite_marks(a.words), _opposite_marks(b.words)
+        for group, sides in marks_a.items():
+            other = marks_b.get(group)
+            if other and len(sides) == 1 and len(other) == 1 and sides != other:
+                return True
+        return _prefix_opposite(a.words, b.words) or _prefix_opposite(b.words, a.words)
+
+
+def _prefix_opposite(words_a: tuple[str, ...], words_b: tuple[str, ...]) -> bool:
+    """True when ``words_b`` has prefix+w for a word w of ``words_a`` (and not w itself)."""
+    set_a, set_b = set(words_a), set(words_b)
+    for word in set_b - set_a:
+        for prefix in _NEGATING_PREFIXES:
+            base = word[len(prefix) :]
+            if word.startswith(prefix) and len(base) >= 4 and base in set_a and base not in set_b:
+                return True
+    return False
+
+
+class NumbersGuard:
+    """Rejects when the prompts mention different numbers, years, dates, versions or percentages."""
+
+    name = "numbers"
+
+    def reject(self, query: str, candidate: str) -> bool:
+        """True when the multisets of numbers (and weekday / month names) differ."""
+        return analyze(query).numbers != analyze(candidate).numbers
+
+
+class UnitsGuard:
+    """Rejects when both prompts name units of measure or currencies and they differ."""
+
+    name = "units"
+
+    def reject(self, query: str, candidate: str) -> bool:
+        """True for "5 miles" against "5 km"; a unit on one side only is left to other guards."""
+        a, b = analyze(query).units, analyze(candidate).units
+        return bool(a and b and a != b)
+
+
+def _negates_shared(a: Analysis, b: Analysis) -> bool:
+    """True when a negation in ``a`` applies to words ``b`` also has ("not safe" vs "safe").
+
+    The scope of a negation is the next two content words; a negation inside a clause the other
+    prompt does not have ("... starting from nothing") changes nothing they share.
+    """
+    have = set(b.stems)
+    for k, word in enumerate(a.words):
+        if word not in NEGATIONS or (k > 0 and a.words[k - 1] in _TAG_WORDS):
+            continue
+        scope = [
+            s
+            for w, s in zip(a.words[k + 1 : k + 5], a.stems[k + 1 : k + 5], strict=True)
+            if w not in STOPWORDS
+        ]
+        if any(s in have for s in scope[:2]):
+            return True
+    return False
+
+
+_TAG_WORDS = frozenset({"or", "why", "if"})  # "..., or not?", "why not?", "if not, ..."
+
+
+class NegationGuard:
+    """Rejects when one prompt negates what the other asserts (not, no, never, without, can't...)."""
+
+    name = "negation"
+
+    def reject(self, query: str, candidate: str) -> bool:
+        """True when exactly one prompt is negated and the negation covers words both share."""
+        a, b = analyze(query), analyze(candidate)
+        if a.negated == b.negated:
+            return False
+        return _negates_shared(a, b) if a.negated else _negates_shared(b, a)
+
+
+# Markers of a direction or comparison, and how many content words on each side they bind.
+# "in" counts only between units ("cups in a liter" vs "liters in a cup").
+_DIRECTION_MARKERS = {"to": "to", "into": "to", "from": "from", "than": "than", "in": "in"}
+_WINDOW = {"to": 2, "from": 2, "than": 3, "in": 3}
+_UNIT_STEMS = frozenset(stem(u) for u in UNIT_WORDS)
+
+
+def _direction_sides(words: tuple[str, ...]) -> list[tuple[str, set[str], set[str]]]:
+    """(marker, content stems before it, content stems after it) for each direction marker."""
+    out = []
+    for i, word in enumerate(words):
+        marker = _DIRECTION_MARKERS.get(word)
+        if marker is None:
+            continue
+        window = _WINDOW[marker]
+        left: set[str] = set()
+        j = i - 1
+        while j >= 0 and len(left) < window and words[j] not in _DIRECTION_MARKERS:
+            if words[j] not in STOPWORDS and not words[j][0].isdigit():
+                left.add(stem(words[j]))
+            j -= 1
+        right: set[str] = set()
+        j = i + 1
+        while j < len(words) and len(right) < window and words[j] not in _DIRECTION_MARKERS:
+            if words[j] not in STOPWORDS and not words[j][0].isdigit():
+                right.add(stem(words[j]))
+            j += 1
+        out.append((marker, left, right))
+    return out
+
+
+class DirectionGuard:
+    """Rejects "A to B" against "B to A" (also from / into / than): same words, swapped roles."""
+
+    name = "direction"
+
+    def reject(self, query: str, candidate: str) -> bool:
+        """True when two words sit on opposite sides of the same marker in the two prompts."""
+        sides_a = _direction_sides(analyze(query).words)
+        sides_b = _direction_sides(analyze(candidate).words)
+        for marker, left_a, right_a in sides_a:
+            for marker_b, left_b, right_b in sides_b:
+                if marker != marker_b:
+                    continue
+                moved_right = (left_a & right_b) - right_a - left_b
+                moved_left = (right_a & left_b) - left_a - right_b
+                if marker == "in":
+                    moved_right &= _UNIT_STEMS
+                    moved_left &= _UNIT_STEMS
+                if moved_right and moved_left:
+                    return True
+        return False

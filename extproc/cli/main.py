@@ -1,0 +1,263 @@
+"""The ``semantic-cache`` command: run, serve, check-config, create-collection, admin, eval, render-envoy."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from extproc import __version__
+from extproc.cli.envoy import envoy_command, render_envoy_config, validate_envoy_config
+from extproc.config.settings import CacheSettings, default_config_path, load_config
+from extproc.errors import ConfigError
+from extproc.observability.logs import setup_logging
+from extproc.observability.tracing import setup_tracing, shutdown_tracing
+
+log = logging.getLogger("semantic_cache")
+
+
+def _load(path: str | None) -> CacheSettings:
+    file = default_config_path(path)
+    settings = load_config(file)
+    log.info("config %s loaded (backend=%s, enabled=%s)", file, settings.backend_type, settings.enabled)
+    return settings
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate a config file and print the effective settings."""
+    settings = load_config(args.file or default_config_path(None))
+    print(f"{settings.source}: OK")
+    for name, value in vars(settings).items():
+        if name != "source":
+            print(f"  {name}: {value}")
+    return 0
+
+
+def cmd_render_envoy(args: argparse.Namespace) -> int:
+    """Print (or write) the Envoy config rendered from the environment."""
+    text = render_envoy_config()
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the processor alone (Envoy runs elsewhere)."""
+    from extproc.app import serve
+
+    asyncio.run(serve(_load(args.config)))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run processor + Envoy (+ the demo upstream when UPSTREAM_URL is unset) until Ctrl-C."""
+    settings = _load(args.config)
+    return asyncio.run(_run(settings, args.envoy_log_level))
+
+
+async def _wait_port(host: str, port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection(host, port)
+            writer.close()
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def _run(settings: CacheSettings, envoy_log_level: str) -> int:
+    from extproc.admin.api import admin_preflight, start_admin
+    from extproc.app import build_server, start_management_logged
+    from extproc.cli.demo_upstream import start_demo_upstream
+
+    admin_preflight(settings)
+
+    env = dict(os.environ)
+    demo = None
+    if not env.get("UPSTREAM_URL"):
+        demo, demo_port = await start_demo_upstream("127.0.0.1", int(env.get("DEMO_UPSTREAM_PORT", "0")))
+        env["UPSTREAM_URL"] = f"http://127.0.0.1:{demo_port}"
+        log.warning(
+            "UPSTREAM_URL is not set: started the built-in DEMO upstream on %s (canned answers, not "
+            "a model). Point at vLLM with UPSTREAM_URL=http://127.0.0.1:8000 semantic-cache run",
+            env["UPSTREAM_URL"],
+        )
+    else:
+        log.info("upstream %s", env["UPSTREAM_URL"])
+    server = await build_server(settings)
+    port = await server.start(settings.server.grpc_address)
+    grpc_host = settings.server.grpc_address.rpartition(":")[0]
+    log.info("ext_proc gRPC listening on %s:%d", grpc_host, port)
+    await start_management_logged(server, settings.server.metrics_address)
+    admin = await start_admin(server.shared, settings)
+    env.setdefault("EXTPROC_HOST", grpc_host)
+    env.setdefault("SCOPE_HEADER", settings.scope_header.lower())
+    env["EXTPROC_PORT"] = str(port)
+    workdir = Path(tempfile.mkdtemp(prefix="semantic-cache-"))
+    config_file = workdir / "envoy.yaml"
+    config_file.write_text(render_envoy_config(env), encoding="utf-8")
+    checked = validate_envoy_config(config_file)
+    if checked.returncode != 0:
+        log.error("rendered Envoy config is invalid:\n%s", checked.stdout + checked.stderr)
+        return 2
+    envoy = await asyncio.create_subprocess_exec(*envoy_command(config_file, envoy_log_level))
+    listen = (env.get("ENVOY_LISTEN_ADDRESS", "127.0.0.1"), int(env.get("ENVOY_LISTEN_PORT", "8801")))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    code = 0
+    try:
+        if not await _wait_port(*listen, timeout=30):
+            log.error("Envoy did not start listening on %s:%d", *listen)
+            return 3
+        log.info("Envoy listening on http://%s:%d (config %s)", *listen, config_file)
+        log.info(
+            "ready: curl -s http://%s:%d/v1/chat/completions -H 'content-type: application/json' "
+            '-d \'{"model":"demo","messages":[{"role":"user","content":"What is Envoy?"}]}\' -i',
+            *listen,
+        )
+        envoy_exit = asyncio.create_task(envoy.wait())
+        stop_wait = asyncio.create_task(stop.wait())
+        await asyncio.wait({envoy_exit, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if envoy_exit.done():
+            log.error("Envoy exited with code %s", envoy.returncode)
+            code = 1
+        stop_wait.cancel()
+    finally:
+        log.info("stopping")
+        if envoy.returncode is None:
+            envoy.terminate()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(envoy.wait(), 10)
+            if envoy.returncode is None:
+                envoy.kill()
+        await admin.stop()
+        await server.stop(settings.server.shutdown_grace_seconds)
+        await server.shared.cache.close()
+        if demo is not None:
+            await demo.cleanup()
+        log.info("stopped")
+    return code
+
+
+def cmd_create_collection(args: argparse.Namespace) -> int:
+    """Create the Milvus collection named in milvus.yaml (for auto_create_collection: false)."""
+    from extproc.cache.backends.milvus.client import create_collection, open_client
+    from extproc.cache.backends.milvus.schema import check_schema
+
+    settings = load_config(default_config_path(args.config))
+    if settings.backend_type != "milvus":
+        raise ConfigError(f'{settings.source}: backend_type is "{settings.backend_type}", not "milvus"')
+    milvus = settings.milvus()
+    client = open_client(milvus)
+    try:
+        if client.has_collection(milvus.collection):
+            problems = check_schema(client.describe_collection(milvus.collection), milvus, milvus.dimension)
+            print(f"collection {milvus.collection} already exists at {milvus.address} (not changed)")
+            for problem in problems:
+                print(f"  unusable: {problem}")
+            return 1 if problems else 0
+        create_collection(client, milvus, milvus.dimension)
+        print(
+            f"collection {milvus.collection} created at {milvus.address} (dim {milvus.dimension}, "
+            f"{milvus.index_type}/{milvus.metric_type})"
+        )
+        return 0
+    finally:
+        client.close()
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Measure answer correctness on labelled pairs (see extproc/cli/evaluate.py for the protocol)."""
+    import json
+
+    from extproc.cli.evaluate import SWEEP, eval_settings, evaluate, format_report, read_pairs
+
+    pairs = read_pairs(args.pairs, args.limit)
+    settings = eval_settings(_load(args.config), len(pairs), args.threshold, args.guards)
+    thresholds = SWEEP if args.sweep else ()
+    report = asyncio.run(evaluate(settings, pairs, thresholds, concurrency=args.concurrency))
+    print(format_report(report, args.sweep))
+    if args.json:
+        print(json.dumps(report.to_json(), sort_keys=True))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``semantic-cache`` command."""
+    parser = argparse.ArgumentParser(prog="semantic-cache", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"semantic-cache {__version__}")
+    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "info"))
+    sub = parser.add_subparsers(dest="command", required=True)
+    config_help = "config file (default: $SEMANTIC_CACHE_CONFIG, else config/config.yaml)"
+
+    run = sub.add_parser("run", help="processor + Envoy (+ demo upstream if UPSTREAM_URL is unset)")
+    run.add_argument("--config", help=config_help)
+    run.add_argument("--envoy-log-level", default="warning")
+    run.set_defaults(func=cmd_run)
+
+    serve = sub.add_parser("serve", help="the processor alone")
+    serve.add_argument("--config", help=config_help)
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("file", nargs="?", help=config_help)
+    check.set_defaults(func=cmd_check_config)
+
+    create = sub.add_parser("create-collection", help="create the Milvus collection from milvus.yaml")
+    create.add_argument("--config", help=config_help)
+    create.set_defaults(func=cmd_create_collection)
+
+    from extproc.cli.admin import add_admin_parser
+
+    add_admin_parser(sub)
+
+    ev = sub.add_parser("eval", help="answer correctness on labelled question pairs (JSON lines)")
+    ev.add_argument("--pairs", required=True, help='JSON lines {"a","b","label"} or {"origin","similar"}')
+    ev.add_argument("--config", help=config_help)
+    ev.add_argument("--threshold", type=float, help="similarity_threshold to report (default: the config's)")
+    ev.add_argument("--sweep", action="store_true", help="also print the table over thresholds 0.70-0.98")
+    ev.add_argument("--limit", type=int, help="use only the first N pairs")
+    ev.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    ev.add_argument(
+        "--guards", help="override the config's guards: none, all, or e.g. numbers,negation,content"
+    )
+    ev.add_argument("--concurrency", type=int, default=64, help="lookups in flight (default 64)")
+    ev.set_defaults(func=cmd_eval)
+
+    render = sub.add_parser("render-envoy", help="render envoy/envoy.yaml from the environment")
+    render.add_argument("-o", "--output", help="write to this file instead of stdout")
+    render.set_defaults(func=cmd_render_envoy)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``semantic-cache`` console script."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        if args.command in ("run", "serve"):
+            setup_tracing()
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"semantic-cache: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        shutdown_tracing()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Value checks for configuration sections: a key spec, small check builders, one validator.
+
+Shared by ``settings.py`` (the ``semantic_cache`` section) and ``milvus.py`` (milvus.yaml).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+Check = Callable[[Any], str | None]
+
+
+def one_of(*choices: str) -> Check:
+    """A check that the value is one of ``choices``."""
+    return lambda v: None if v in choices else "must be one of " + ", ".join(f'"{c}"' for c in choices)
+
+
+def int_range(lo: int, hi: int | None = None) -> Check:
+    """A check that an integer lies in [lo, hi]."""
+
+    def check(v: Any) -> str | None:
+        if v < lo or (hi is not None and v > hi):
+            return f"must be an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
+        return None
+
+    return check
+
+
+def unit_interval(v: Any) -> str | None:
+    """A check that a number lies in [0, 1]."""
+    return None if 0.0 <= v <= 1.0 else "must be a number between 0 and 1 (e.g. 0.9)"
+
+
+def positive(v: Any) -> str | None:
+    """A check that a number is > 0."""
+    return None if v > 0 else "must be a positive number"
+
+
+def address(v: Any) -> str | None:
+    """A check for "host:port" with a port in 1..65535."""
+    host, sep, port = v.rpartition(":")
+    ok = sep and host and port.isdigit() and 0 < int(port) < 65536
+    return None if ok else 'must be "host:port", e.g. "127.0.0.1:50051"'
+
+
+def revision(v: Any) -> str | None:
+    """A check for a printable revision label of at most 128 characters."""
+    ok = len(v) <= 128 and v.isprintable()
+    return None if ok else "must be printable and at most 128 characters (e.g. a weights hash or date)"
+
+
+def optional_header_name(v: Any) -> str | None:
+    """A check for an HTTP header name, or "" for none."""
+    return None if v == "" else header_name(v)
+
+
+def import_spec(v: Any) -> str | None:
+    """A check for "package.module:function", or "" for none."""
+    ok = v == "" or re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", v) is not None
+    return None if ok else 'must be "package.module:function" (a factory returning a guard) or ""'
+
+
+def header_name(v: Any) -> str | None:
+    """A check for an HTTP header name (RFC 9110 token characters)."""
+    ok = re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", v) is not None
+    return None if ok else "must be an HTTP header name such as x-tenant-id"
+
+
+KeySpec = dict[str, tuple[type | tuple[type, ...], str, Check | None]]
+"""key -> (python type(s), type description, extra check)."""
+
+
+def check_section(
+    section: Mapping[str, Any], spec: KeySpec, prefix: str, errors: list[str]
+) -> dict[str, Any]:
+    """Check a mapping against ``spec``; append one message per problem to ``errors``."""
+    out: dict[str, Any] = {}
+    for key, value in section.items():
+        path = f"{prefix}.{key}"
+        if key not in spec:
+            near = ", ".join(sorted(spec))
+            errors.append(f"{path}: unknown key. Remove it or use one of: {near}")
+            continue
+        types, desc, check = spec[key]
+        is_bool = isinstance(value, bool)
+        if not isinstance(value, types) or (is_bool and types is not bool and bool not in _as_tuple(types)):
+            errors.append(f"{path}: must be {desc}, got {type(value).__name__} {value!r}")
+            continue
+        problem = check(value) if check else None
+        if problem:
+            errors.append(f"{path}: {problem}, got {value!r}")
+            continue
+        out[key] = value
+    return out
+
+
+def _as_tuple(t: type | tuple[type, ...]) -> tuple[type, ...]:
+    return t if isinstance(t, tuple) else (t,)

@@ -1,0 +1,213 @@
+"""The Milvus client config file (``config/semantic-cache/milvus.yaml``): schema and validation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from extproc.config.checks import KeySpec, check_section, int_range, one_of, positive
+from extproc.config.env import expand_env
+from extproc.errors import ConfigError
+
+# Where the Helm chart mounts the `milvus-tls` Secret; used when tls.enabled has no file keys.
+DEFAULT_TLS_DIR = "/etc/semantic-cache/milvus-tls"
+
+
+@dataclass(frozen=True)
+class MilvusSettings:
+    """Everything the Milvus backend needs, with defaults filled in."""
+
+    host: str = "localhost"
+    port: int = 19530
+    uri: str | None = None
+    """``http(s)://host:port`` for a server, or a local file path for embedded Milvus Lite."""
+    database: str | None = None
+    timeout: float = 60.0
+    auth_enabled: bool = False
+    username: str = ""
+    password: str = ""
+    tls_enabled: bool = False
+    ca_file: str = f"{DEFAULT_TLS_DIR}/ca.crt"
+    cert_file: str = f"{DEFAULT_TLS_DIR}/client.crt"
+    key_file: str = f"{DEFAULT_TLS_DIR}/client.key"
+    server_name: str | None = None
+    collection: str = "semantic_cache"
+    description: str = "Semantic cache"
+    vector_field: str = "embedding"
+    dimension: int = 384
+    metric_type: str = "IP"
+    index_type: str = "HNSW"
+    index_params: dict[str, Any] = field(default_factory=lambda: {"M": 16, "efConstruction": 64})
+    search_params: dict[str, Any] = field(default_factory=lambda: {"ef": 64})
+    topk: int = 10
+    consistency_level: str = "Session"
+    search_timeout_ms: int = 1000
+    auto_create_collection: bool = True
+    verbose_errors: bool = True
+    sweep_interval_seconds: float = 30.0
+
+    @property
+    def is_lite(self) -> bool:
+        """True when ``uri`` is a local file (embedded Milvus Lite)."""
+        return bool(self.uri) and "://" not in str(self.uri)
+
+    @property
+    def address(self) -> str:
+        """What logs call the server: the URI, or HOST:PORT."""
+        return str(self.uri) if self.uri else f"{self.host}:{self.port}"
+
+    def client_uri(self) -> str:
+        """The URI handed to pymilvus."""
+        if self.uri:
+            return str(self.uri)
+        return f"{'https' if self.tls_enabled else 'http'}://{self.host}:{self.port}"
+
+
+_PARAM_TYPES = (int, float, str, bool)
+_metric = one_of("IP", "COSINE", "L2")
+_consistency = one_of("Strong", "Session", "Bounded", "Eventually")
+_index = one_of("HNSW", "IVF_FLAT", "FLAT", "AUTOINDEX")
+
+_SECTIONS: dict[str, KeySpec] = {
+    "connection": {
+        "host": (str, "a host name", None),
+        "port": (int, "a port number", int_range(1, 65535)),
+        "uri": (str, "http(s)://host:port or a local file path", None),
+        "database": (str, "a database name", None),
+        "timeout": ((int, float), "seconds", positive),
+        "auth": (dict, "a mapping", None),
+        "tls": (dict, "a mapping", None),
+    },
+    "connection.auth": {
+        "enabled": (bool, "true or false", None),
+        "username": (str, 'a string, e.g. "${MILVUS_USERNAME}"', None),
+        "password": (str, 'a string, e.g. "${MILVUS_PASSWORD}"', None),
+    },
+    "connection.tls": {
+        "enabled": (bool, "true or false", None),
+        "ca_file": (str, "a file path", None),
+        "cert_file": (str, "a file path", None),
+        "key_file": (str, "a file path", None),
+        "server_name": (str, "a host name", None),
+    },
+    "collection": {
+        "name": (str, "a collection name", None),
+        "description": (str, "a string", None),
+        "vector_field": (dict, "a mapping", None),
+        "index": (dict, "a mapping", None),
+    },
+    "collection.vector_field": {
+        "name": (str, "a field name", None),
+        "dimension": (int, "an integer", int_range(1, 32768)),
+        "metric_type": (str, "a string", _metric),
+    },
+    "collection.index": {"type": (str, "a string", _index), "params": (dict, "a mapping", None)},
+    "search": {
+        "params": (dict, "a mapping", None),
+        "topk": (int, "an integer", int_range(1, 1000)),
+        "consistency_level": (str, "a string", _consistency),
+        "timeout_ms": (int, "milliseconds", int_range(1)),
+    },
+    "development": {
+        "auto_create_collection": (bool, "true or false", None),
+        "verbose_errors": (bool, "true or false", None),
+    },
+    "maintenance": {"sweep_interval_seconds": ((int, float), "seconds", positive)},
+}
+_TOP: KeySpec = {name: (dict, "a mapping", None) for name in _SECTIONS if "." not in name}
+
+
+def _params(value: dict[str, Any], path: str, errors: list[str]) -> dict[str, Any]:
+    bad = [k for k, v in value.items() if not isinstance(v, _PARAM_TYPES)]
+    for key in bad:
+        errors.append(f"{path}.{key}: must be a number or a string")
+    return {k: v for k, v in value.items() if k not in bad}
+
+
+def parse_milvus_config(raw: Any, source: str, env: Mapping[str, str] | None = None) -> MilvusSettings:
+    """Validate a parsed milvus.yaml; raise :class:`ConfigError` naming every bad key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping (connection:, collection:, search:)")
+    raw = expand_env(raw, "", env)
+    errors: list[str] = []
+    for key, value in raw.items():
+        if key not in _TOP:
+            errors.append(f"{source}: {key}: unknown section. Use one of: {', '.join(sorted(_TOP))}")
+        elif not isinstance(value, dict):
+            errors.append(f"{source}: {key}: must be a mapping, got {type(value).__name__}")
+    sections: dict[str, dict[str, Any]] = {}
+    for name, spec in _SECTIONS.items():
+        outer, _, inner = name.partition(".")
+        value = raw.get(outer) if not inner else (raw.get(outer) or {}).get(inner)
+        if value is None or not isinstance(value, dict):
+            continue
+        sections[name] = check_section(value, spec, f"{source}: {name}", errors)
+    get = lambda section, key, default: sections.get(section, {}).get(key, default)  # noqa: E731
+    tls = sections.get("connection.tls", {})
+    auth = sections.get("connection.auth", {})
+    defaults = MilvusSettings()
+    index_params = _params(
+        get("collection.index", "params", defaults.index_params), "collection.index.params", errors
+    )
+    search_params = _params(get("search", "params", defaults.search_params), "search.params", errors)
+    settings = MilvusSettings(
+        host=get("connection", "host", defaults.host),
+        port=get("connection", "port", defaults.port),
+        uri=get("connection", "uri", None),
+        database=get("connection", "database", None),
+        timeout=float(get("connection", "timeout", defaults.timeout)),
+        auth_enabled=auth.get("enabled", False),
+        username=auth.get("username", ""),
+        password=auth.get("password", ""),
+        tls_enabled=tls.get("enabled", False),
+        ca_file=tls.get("ca_file", defaults.ca_file),
+        cert_file=tls.get("cert_file", defaults.cert_file),
+        key_file=tls.get("key_file", defaults.key_file),
+        server_name=tls.get("server_name"),
+        collection=get("collection", "name", defaults.collection),
+        description=get("collection", "description", defaults.description),
+        vector_field=get("collection.vector_field", "name", defaults.vector_field),
+        dimension=get("collection.vector_field", "dimension", defaults.dimension),
+        metric_type=get("collection.vector_field", "metric_type", defaults.metric_type),
+        index_type=get("collection.index", "type", defaults.index_type),
+        index_params=index_params,
+        search_params=search_params,
+        topk=get("search", "topk", defaults.topk),
+        consistency_level=get("search", "consistency_level", defaults.consistency_level),
+        search_timeout_ms=get("search", "timeout_ms", defaults.search_timeout_ms),
+        auto_create_collection=get("development", "auto_create_collection", True),
+        verbose_errors=get("development", "verbose_errors", True),
+        sweep_interval_seconds=float(
+            get("maintenance", "sweep_interval_seconds", defaults.sweep_interval_seconds)
+        ),
+    )
+    if settings.auth_enabled and not (settings.username and settings.password):
+        errors.append(
+            f"{source}: connection.auth: enabled needs username and password "
+            '(e.g. "${MILVUS_USERNAME}" / "${MILVUS_PASSWORD}" from the milvus-auth Secret)'
+        )
+    if settings.is_lite and (settings.auth_enabled or settings.tls_enabled):
+        errors.append(
+            f"{source}: connection.uri {settings.uri!r} is a local Milvus Lite file: "
+            "auth and tls do not apply; disable them or use an http(s):// URI"
+        )
+    if errors:
+        raise ConfigError("invalid Milvus configuration:\n  " + "\n  ".join(errors))
+    return settings
+
+
+def load_milvus_config(path: Path, env: Mapping[str, str] | None = None) -> MilvusSettings:
+    """Read and validate a milvus.yaml file."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return parse_milvus_config(raw, str(path), env)

@@ -1,0 +1,287 @@
+"""Configuration: YAML file + ``${ENV}`` expansion + validation with precise errors.
+
+The file is compatible with vLLM Semantic Router: only the ``semantic_cache:`` section is read,
+every other top-level section is ignored.  Deployment and security settings (listen addresses,
+scope mode and header) may also come from environment variables, which override the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from extproc.config.checks import (
+    KeySpec,
+    address,
+    check_section,
+    header_name,
+    import_spec,
+    int_range,
+    one_of,
+    optional_header_name,
+    positive,
+    revision,
+    unit_interval,
+)
+from extproc.config.env import expand_env, resolve_relative
+from extproc.config.milvus import MilvusSettings, load_milvus_config
+from extproc.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG_PATH = "config/config.yaml"
+CONFIG_ENV = "SEMANTIC_CACHE_CONFIG"
+DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+
+# Semantic-router cache keys that have no meaning here: accepted, with a warning.
+IGNORED_ROUTER_KEYS = frozenset({"use_hnsw", "hnsw_m", "hnsw_ef_construction", "max_memory_entries"})
+
+# Environment variables that override deployment / security settings of the file.
+ENV_OVERRIDES: dict[str, str] = {
+    "SEMANTIC_CACHE_GRPC_ADDRESS": "server.grpc_address",
+    "SEMANTIC_CACHE_METRICS_ADDRESS": "server.metrics_address",
+    "SEMANTIC_CACHE_SCOPE_MODE": "scope_mode",
+    "SEMANTIC_CACHE_SCOPE_HEADER": "scope_header",
+    "SEMANTIC_CACHE_ADMIN_ADDRESS": "server.admin_address",
+    "SEMANTIC_CACHE_REVISION": "revision",
+    "SEMANTIC_CACHE_REVISION_HEADER": "revision_header",
+}
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Where and how the gRPC processor listens."""
+
+    grpc_address: str = "127.0.0.1:50051"
+    metrics_address: str = "127.0.0.1:9190"
+    """Prometheus /metrics, /healthz, /readyz."""
+    max_message_bytes: int = 64 * 1024 * 1024
+    shutdown_grace_seconds: float = 30.0
+    admin_address: str = "127.0.0.1:9191"
+    """The admin API (extproc.admin); off loopback only with SEMANTIC_CACHE_ADMIN_TOKEN set."""
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The ``semantic_cache:`` section, with every default filled in."""
+
+    enabled: bool = True
+    backend_type: str = "memory"
+    backend_config_path: str | None = None
+    similarity_threshold: float = 0.88
+    max_entries: int = 10_000
+    ttl_seconds: int = 3600
+    eviction_policy: str = "lru"
+    embedding_model: str = DEFAULT_EMBEDDING_MODEL
+    top_k: int = 10
+    scope_mode: str = "global"
+    scope_header: str = "x-tenant-id"
+    fingerprint_ignore_fields: tuple[str, ...] = ("stream", "stream_options")
+    max_response_bytes: int = 4 * 1024 * 1024
+    lookup_timeout_ms: int = 1500
+    coalesce_wait_ms: int = 60_000
+    """How long identical concurrent misses wait for the first one's answer (single-flight)."""
+    embedding_batch_size: int = 64
+    embedding_threads: int = 0
+    revision: str = ""
+    """The model weights' revision: part of every partition, so an upgrade never serves old answers."""
+    revision_header: str = ""
+    """A request header (set by a trusted hop) that overrides ``revision`` per request; "" = none."""
+    # Answer-correctness guards (see extproc/cache/guards/ and bench/quality.md).
+    guard_numbers: bool = True
+    guard_units: bool = True
+    guard_negation: bool = True
+    guard_opposites: bool = True
+    guard_direction: bool = True
+    guard_content: bool = True
+    guard_content_min_alignment: float = 0.5
+    guard_content_name_alignment: float = 0.7
+    """A name (Austria, Python) without an exact match needs a counterpart this close."""
+    guard_content_swaps: bool = True
+    guard_content_modifiers: bool = False
+    verifier: str = ""
+    """``"package.module:function"`` building an extra guard (e.g. a cross-encoder); empty: none."""
+    embedding_backend: str = "auto"
+    """``auto`` (ONNX Runtime when usable, else torch) | ``onnx`` | ``torch``."""
+    server: ServerSettings = field(default_factory=ServerSettings)
+    milvus_config: MilvusSettings | None = None
+    """The validated milvus.yaml when backend_type is milvus (read once, at load)."""
+    source: str = "<defaults>"
+    """Path of the file this came from (for messages)."""
+
+    def milvus(self) -> MilvusSettings:
+        """The validated Milvus client settings from ``backend_config_path``."""
+        if self.milvus_config is not None:
+            return self.milvus_config
+
+        path = self.backend_config_file()
+        if path is None:
+            raise ConfigError("semantic_cache.backend_config_path is required for the milvus backend")
+        return load_milvus_config(path)
+
+    def backend_config_file(self) -> Path | None:
+        """Resolve ``backend_config_path`` (working directory first, then the config's folder)."""
+        if not self.backend_config_path:
+            return None
+        return resolve_relative(self.backend_config_path, self.source, "backend_config_path")
+
+
+# --- validation ---------------------------------------------------------------------------
+
+_CACHE_KEYS: KeySpec = {
+    "enabled": (bool, "true or false", None),
+    "backend_type": (str, "a string", one_of("memory", "milvus")),
+    "backend_config_path": (str, "a file path", None),
+    "similarity_threshold": ((int, float), "a number", unit_interval),
+    "max_entries": (int, "an integer", int_range(1)),
+    "ttl_seconds": (int, "an integer (seconds, 0 = never expire)", int_range(0)),
+    "eviction_policy": (str, "a string", one_of("fifo", "lru", "lfu")),
+    "embedding_model": (str, "a model name or a local path", None),
+    "top_k": (int, "an integer", int_range(1, 1000)),
+    "scope_mode": (str, "a string", one_of("global", "header", "authorization")),
+    "scope_header": (str, "a header name", header_name),
+    "fingerprint_ignore_fields": (list, "a list of request field names", None),
+    "max_response_bytes": (int, "an integer (bytes)", int_range(1024)),
+    "lookup_timeout_ms": (int, "an integer (milliseconds)", int_range(1)),
+    "coalesce_wait_ms": (int, "an integer (milliseconds, 0 = never wait)", int_range(0, 600_000)),
+    "embedding_batch_size": (int, "an integer", int_range(1, 4096)),
+    "embedding_threads": (int, "an integer (0 = library default)", int_range(0, 256)),
+    "revision": (str, 'a string (e.g. "2024-06-01" or a weights hash)', revision),
+    "revision_header": (str, 'a header name, or "" for none', optional_header_name),
+    "guard_numbers": (bool, "true or false", None),
+    "guard_units": (bool, "true or false", None),
+    "guard_negation": (bool, "true or false", None),
+    "guard_opposites": (bool, "true or false", None),
+    "guard_direction": (bool, "true or false", None),
+    "guard_content": (bool, "true or false", None),
+    "guard_content_min_alignment": ((int, float), "a number", unit_interval),
+    "guard_content_name_alignment": ((int, float), "a number", unit_interval),
+    "guard_content_swaps": (bool, "true or false", None),
+    "guard_content_modifiers": (bool, "true or false", None),
+    "verifier": (str, '"package.module:function" or ""', import_spec),
+    "embedding_backend": (str, "a string", one_of("auto", "torch", "onnx")),
+}
+_SERVER_KEYS: KeySpec = {
+    "grpc_address": (str, '"host:port"', address),
+    "metrics_address": (str, '"host:port"', address),
+    "max_message_bytes": (int, "an integer (bytes)", int_range(4 * 1024 * 1024)),
+    "shutdown_grace_seconds": ((int, float), "a number of seconds", positive),
+    "admin_address": (str, '"host:port"', address),
+}
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+def default_config_path(explicit: str | None = None) -> str:
+    """``--config`` if given, else ``$SEMANTIC_CACHE_CONFIG``, else ``config/config.yaml``."""
+    return explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> CacheSettings:
+    """Read, expand and validate a config file; raise :class:`ConfigError` on any problem."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(
+            f"config file {file} not found. Pass --config FILE, set {CONFIG_ENV}, "
+            f"or create {DEFAULT_CONFIG_PATH}"
+        )
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
+    return parse_config(raw, source=str(file), env=env)
+
+
+def parse_config(raw: Any, source: str = "<inline>", env: Mapping[str, str] | None = None) -> CacheSettings:
+    """Validate an already-parsed YAML document (see :func:`load_config`)."""
+    env = os.environ if env is None else env
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping with a semantic_cache: section")
+    section = raw.get("semantic_cache")
+    if section is None:
+        raise ConfigError(
+            f"{source}: no semantic_cache: section. Add one, e.g. semantic_cache: {{backend_type: memory}}"
+        )
+    if not isinstance(section, dict):
+        raise ConfigError(f"semantic_cache: must be a mapping, got {type(section).__name__}")
+    section = expand_env(section, "semantic_cache", env)
+    section = _apply_env_overrides(section, env)
+
+    errors: list[str] = []
+    for key in sorted(IGNORED_ROUTER_KEYS & section.keys()):
+        log.warning("semantic_cache.%s is a semantic-router setting with no effect here; ignored", key)
+    cache_part = {k: v for k, v in section.items() if k not in IGNORED_ROUTER_KEYS and k != "server"}
+    values = check_section(cache_part, _CACHE_KEYS, "semantic_cache", errors)
+    server_raw = section.get("server", {}) or {}
+    if not isinstance(server_raw, dict):
+        errors.append("semantic_cache.server: must be a mapping")
+        server_raw = {}
+    server_values = check_section(server_raw, _SERVER_KEYS, "semantic_cache.server", errors)
+    ignore = values.get("fingerprint_ignore_fields")
+    if ignore is not None:
+        if not all(isinstance(x, str) for x in ignore):
+            errors.append("semantic_cache.fingerprint_ignore_fields: every item must be a string")
+        elif {"model", "messages"} & set(ignore):
+            errors.append(
+                "semantic_cache.fingerprint_ignore_fields: model and messages are always part of "
+                "the request identity; remove them"
+            )
+        values["fingerprint_ignore_fields"] = tuple(ignore)
+    if values.get("embedding_model") == "bert":
+        values["embedding_model"] = DEFAULT_EMBEDDING_MODEL
+    if errors:
+        raise ConfigError(f"{source}: invalid configuration:\n  " + "\n  ".join(errors))
+    settings = CacheSettings(**values, server=ServerSettings(**server_values), source=source)
+    if settings.backend_type == "milvus" and not settings.backend_config_path:
+        raise ConfigError(
+            f"{source}: semantic_cache.backend_config_path is required when backend_type is "
+            '"milvus" (e.g. "config/semantic-cache/milvus.yaml")'
+        )
+    if settings.backend_config_path:
+        settings.backend_config_file()  # raises with both locations when missing
+    if settings.backend_type == "milvus":
+        if "eviction_policy" in values and settings.eviction_policy != "fifo":
+            raise ConfigError(
+                f'{source}: semantic_cache.eviction_policy "{settings.eviction_policy}" is not supported '
+                'with backend_type "milvus" (entries are evicted oldest-first); remove it or set "fifo"'
+            )
+
+        path = settings.backend_config_file()
+        assert path is not None
+        # Validated now, so a bad milvus.yaml stops the process at start.
+        settings = replace(settings, eviction_policy="fifo", milvus_config=load_milvus_config(path, env))
+    return settings
+
+
+def _apply_env_overrides(section: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    section = dict(section)
+    for var, key_path in ENV_OVERRIDES.items():
+        value = env.get(var)
+        if not value:
+            continue
+        if "." in key_path:
+            outer, inner = key_path.split(".", 1)
+            nested = dict(section.get(outer) or {})
+            nested[inner] = value
+            section[outer] = nested
+        else:
+            section[key_path] = value
+    return section
+
+
+def with_overrides(settings: CacheSettings, **changes: Any) -> CacheSettings:
+    """A copy of ``settings`` with some fields changed (tests and the eval tool use this)."""
+    known = {f.name for f in fields(CacheSettings)}
+    unknown = set(changes) - known
+    if unknown:
+        raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+    return replace(settings, **changes)

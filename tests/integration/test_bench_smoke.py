@@ -1,0 +1,97 @@
+"""Tiny runs of each benchmark script: they run and produce their fields (no timing asserts).
+
+They read the QQP sample kept in the repository (bench/data/qqp-sample.jsonl), so they need
+nothing beside the clone; real benchmark runs read the full file (bench/README.md).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bench.report import SAMPLE
+from tests.conftest import ROOT, MilvusServer
+
+pytestmark = pytest.mark.integration
+
+
+def run_bench(module: str, out: Path, *args: str, header: str = "| target") -> dict[str, Any]:
+    """Run ``python -m bench.MODULE`` from the repository root; return its JSON result."""
+    done = subprocess.run(
+        [sys.executable, "-m", f"bench.{module}", "--out", str(out), "--data", str(SAMPLE), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert header in done.stdout  # the tables were printed
+    return json.loads(out.read_text())
+
+
+def test_e2e_smoke(tmp_path: Path) -> None:
+    doc = run_bench("e2e", tmp_path / "e2e.json", "--scale", "0.01", "--repeat", "1", "--concurrency", "1,2")
+    phases = {(r["target"], r["phase"], r["latency_ms"]) for r in doc["summary"]}
+    for target in ("direct", "envoy", "cache"):
+        for phase in ("miss", "stream_miss", "bypass"):
+            assert (target, phase, 0) in phases
+        assert (target, "miss", 300) in phases
+    assert ("cache", "exact_hit", 0) in phases and ("cache", "semantic_hit", 0) in phases
+    for row in doc["summary"]:
+        assert {"p50_ms", "p90_ms", "p99_ms", "rps", "outcomes"} <= row.keys()
+    outcomes = {(r["phase"], r["outcomes"]) for r in doc["summary"] if r["target"] == "cache"}
+    assert any(p == "exact_hit" and "hit/exact" in o for p, o in outcomes)
+    assert any(p == "semantic_hit" and "hit/semantic" in o for p, o in outcomes)
+    assert doc["encode_floor"]["single_ms"] > 0
+    assert doc["processor"]["rss_after_mb"] > 0
+    assert {"exact", "semantic"} <= doc["tracing"].keys()
+    assert {r["phase"] for r in doc["added"]} >= {"miss", "stream_miss", "bypass"}
+    assert all({"target", "measured", "verdict"} <= t.keys() for t in doc["targets"])
+    from bench import render
+
+    assert "| target" in render.e2e(doc) and "cores" in render.machine(doc)
+
+
+def test_backends_smoke(tmp_path: Path) -> None:
+    doc = run_bench(
+        "backends",
+        tmp_path / "backends.json",
+        *("--sizes", "2000,12000", "--milvus-sizes", "", "--queries", "20", "--anchors-count", "64"),
+    )
+    rows = {r["entries"]: r for r in doc["rows"]}
+    assert set(rows) == {2000, 12000}  # a flat partition and one past the HNSW threshold
+    for r in rows.values():
+        assert r["paraphrase_p50_ms"] > 0 and 0 <= r["paraphrase_recall@1"] <= 1
+        assert r["rss_mb"] > 0 and r["raw_vectors_mb"] > 0
+
+
+async def test_milvus_scaling_smoke(milvus_server: MilvusServer, tmp_path: Path) -> None:
+    from bench.milvus_scaling import measure
+
+    anchors = np.random.default_rng(1).standard_normal((32, 384)).astype(np.float32)
+    anchors /= np.linalg.norm(anchors, axis=1, keepdims=True)
+    row = await measure(milvus_server, 500, anchors, 10, tmp_path)
+    assert row["backend"] == "milvus" and row["entries"] == 500
+    assert row["paraphrase_p50_ms"] > 0 and 0 <= row["paraphrase_recall@1"] <= 1
+
+
+def test_gptcache_compare_smoke(tmp_path: Path) -> None:
+    doc = run_bench("gptcache_compare", tmp_path / "gptcache.json", "--pairs", "12", header="| system")
+    ours = doc["rows"][0]
+    assert ours["system"].startswith("ours")
+    for row in doc["rows"]:  # GPTCache rows only when the bench extra is installed
+        assert {
+            "inserts_per_s",
+            "lookup_p50_ms",
+            "lookup_p99_ms",
+            "precision",
+            "recall",
+            "hits",
+        } <= row.keys()

@@ -1,0 +1,254 @@
+"""Hostile and odd input: never a crash, always a well-formed ext_proc reply or a clean pass-through."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from typing import Any
+
+import betterproto2
+import httpx
+import pytest
+from envoy_data_plane.envoy.config.core.v3 import HeaderMap, HeaderValue
+from envoy_data_plane.envoy.service.ext_proc.v3 import (
+    HttpBody,
+    HttpHeaders,
+    ProcessingRequest,
+    ProcessingResponse,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from extproc.cache import MemoryBackend, SemanticCache
+from extproc.config.settings import CacheSettings
+from extproc.dataplane.processors.chat import ChatCompletionsProcessor
+from extproc.dataplane.shared import Shared
+from extproc.embedding.batcher import Embedder
+from tests.conftest import Stack
+from tests.support.toy import DIM, toy_encode
+
+EXPECTED_REPLY = {
+    "request_headers": {"request_headers"},
+    "request_body": {"request_body", "immediate_response"},
+    "response_headers": {"response_headers"},
+    "response_body": {"response_body"},
+}
+
+
+def headers_msg(pairs: list[tuple[str, bytes]], eos: bool = False) -> HttpHeaders:
+    """Envoy-style headers (values in raw_value)."""
+    return HttpHeaders(
+        headers=HeaderMap(headers=[HeaderValue(key=k, raw_value=v) for k, v in pairs]), end_of_stream=eos
+    )
+
+
+def make_shared(**overrides: Any) -> Shared:
+    """A Shared over the memory backend and a toy embedding, collecting background work."""
+    cache = SemanticCache(MemoryBackend(DIM, 100), Embedder(toy_encode, DIM), 0.9, 5, 60)
+    pending: list[Any] = []
+    return Shared(settings=CacheSettings(**overrides), cache=cache, spawn=pending.append)
+
+
+async def drive(shared: Shared, phases: list[ProcessingRequest]) -> None:
+    """Feed messages to one chat processor; each reply must be well formed and serializable."""
+    processor = ChatCompletionsProcessor(shared)
+    for message in phases:
+        # what Envoy would send goes over the wire first
+        message = ProcessingRequest.FromString(message.SerializeToString())
+        phase, _ = betterproto2.which_one_of(message, "request")
+        reply = await processor.handle(message)
+        assert isinstance(reply, ProcessingResponse)
+        got, _ = betterproto2.which_one_of(reply, "response")
+        assert got in EXPECTED_REPLY[phase], (phase, got)
+        ProcessingResponse.FromString(reply.SerializeToString())
+        if got == "immediate_response":
+            break
+    processor.on_stream_closed()
+    for coro in list(getattr(shared.spawn, "__self__", [])):  # stores spawned by the processor
+        await coro
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+messages = st.lists(
+    st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "system", "assistant", "tool", "x"])},
+        optional={"content": json_values, "name": st.text(max_size=5)},
+    ),
+    max_size=4,
+)
+bodies = st.one_of(
+    st.binary(max_size=300),
+    st.builds(
+        lambda m, msgs, extra: json.dumps({"model": m, "messages": msgs, **extra}).encode(),
+        st.one_of(st.text(max_size=20), st.integers()),
+        messages,
+        st.dictionaries(st.sampled_from(["stream", "n", "temperature", "tools"]), json_values, max_size=3),
+    ),
+)
+header_values = st.binary(max_size=40)
+header_lists = st.lists(
+    st.tuples(
+        st.sampled_from(
+            [
+                "cache-control",
+                "x-tenant-id",
+                "authorization",
+                "content-encoding",
+                "x-custom",
+                "content-type",
+                "traceparent",
+            ]
+        ),
+        header_values,
+    ),
+    max_size=5,
+)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    method=st.sampled_from([b"POST", b"GET", b"PUT", b""]),
+    path=st.sampled_from(
+        [b"/v1/chat/completions", b"/v1/chat/completions?x=1", b"/v1/embeddings", b"", b"/\xff"]
+    ),
+    extra=header_lists,
+    body=bodies,
+    body_eos=st.booleans(),
+    status=st.sampled_from([b"200", b"500", b"abc", b""]),
+    chunks=st.lists(st.binary(max_size=200), max_size=3),
+    scope_mode=st.sampled_from(["global", "header", "authorization"]),
+)
+async def test_random_requests_never_break_the_processor(
+    method: bytes,
+    path: bytes,
+    extra: list[tuple[str, bytes]],
+    body: bytes,
+    body_eos: bool,
+    status: bytes,
+    chunks: list[bytes],
+    scope_mode: str,
+) -> None:
+    shared = make_shared(scope_mode=scope_mode)
+    phases = [
+        ProcessingRequest(request_headers=headers_msg([(":method", method), (":path", path), *extra])),
+        ProcessingRequest(request_body=HttpBody(body=body, end_of_stream=body_eos)),
+        ProcessingRequest(
+            response_headers=headers_msg([(":status", status), ("content-type", b"text/event-stream")])
+        ),
+        *[ProcessingRequest(response_body=HttpBody(body=c, end_of_stream=False)) for c in chunks],
+        ProcessingRequest(response_body=HttpBody(body=b"", end_of_stream=True)),
+    ]
+    await drive(shared, phases)
+
+
+HOSTILE: list[tuple[str, bytes, dict[str, str]]] = [
+    ("malformed json", b'{"model": "x", "messages": [', {}),
+    ("not an object", b'"just a string"', {}),
+    ("messages wrong type", b'{"model": "x", "messages": {"role": "user"}}', {}),
+    ("empty messages", b'{"model": "x", "messages": []}', {}),
+    (
+        "deep nesting",
+        b'{"model": "x", "messages": [{"role": "user", "content": ' + b"[" * 5000 + b"]" * 5000 + b"}]}",
+        {},
+    ),
+    ("invalid utf-8", b'{"model": "x", "messages": [{"role": "user", "content": "\xff\xfe"}]}', {}),
+    ("lone surrogate", b'{"model": "x", "messages": [{"role": "user", "content": "\\ud800 hi"}]}', {}),
+    (
+        "image part",
+        json.dumps(
+            {
+                "model": "x",
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+                        ],
+                    }
+                ],
+            }
+        ).encode(),
+        {},
+    ),
+    (
+        "tool message last",
+        json.dumps(
+            {
+                "model": "x",
+                "messages": [
+                    {"role": "user", "content": "weather?"},
+                    {"role": "tool", "content": "{}", "tool_call_id": "1"},
+                ],
+            }
+        ).encode(),
+        {},
+    ),
+    (
+        "model of 10 kB",
+        json.dumps({"model": "m" * 10_000, "messages": [{"role": "user", "content": "hi"}]}).encode(),
+        {},
+    ),
+    (
+        "gzip body",
+        gzip.compress(
+            json.dumps({"model": "gz", "messages": [{"role": "user", "content": "zipped"}]}).encode()
+        ),
+        {"content-encoding": "gzip"},
+    ),
+    ("broken gzip", b"\x1f\x8bnot really gzip", {"content-encoding": "gzip"}),
+]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("name", "raw", "headers"), HOSTILE, ids=[h[0] for h in HOSTILE])
+async def test_hostile_bodies_reach_the_upstream_unchanged(
+    stack: Stack, name: str, raw: bytes, headers: dict[str, str]
+) -> None:
+    sent = {"content-type": "application/json", **headers}
+    async with httpx.AsyncClient(timeout=30) as direct:  # what the upstream says without us
+        expected = await direct.post(
+            f"http://127.0.0.1:{stack.upstream.port}/v1/chat/completions", content=raw, headers=sent
+        )
+    expected_body = stack.upstream.seen[-1].body
+    r = await stack.client.post("/v1/chat/completions", content=raw, headers=sent)
+    assert r.status_code == expected.status_code  # the upstream's own answer
+    assert r.headers["x-semantic-cache"] in ("bypass", "miss")
+    assert stack.upstream.seen[-1].body == expected_body  # the body went through unchanged
+    ok = await stack.chat(
+        {"model": "after-hostile", "messages": [{"role": "user", "content": "still alive?"}]}
+    )
+    assert ok.status_code == 200 and "x-semantic-cache" in ok.headers
+
+
+@pytest.mark.integration
+async def test_duplicate_headers_and_huge_body(stack: Stack) -> None:
+    body = {"model": "dup-headers", "messages": [{"role": "user", "content": "Duplicate header test"}]}
+    r = await stack.client.post(
+        "/v1/chat/completions",
+        json=body,
+        headers=httpx.Headers(
+            [
+                ("cache-control", "no-cache"),
+                ("cache-control", "no-store"),
+                ("x-custom", "1"),
+                ("x-custom", "2"),
+            ]
+        ),
+    )
+    assert r.status_code == 200 and r.headers["x-semantic-cache"] == "bypass"  # joined: no-cache, no-store
+    huge = json.dumps({"model": "huge", "messages": [{"role": "user", "content": "x" * 6_000_000}]}).encode()
+    r = await stack.client.post(
+        "/v1/chat/completions", content=huge, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 200 and r.headers["x-semantic-cache"] == "bypass"
+    assert stack.upstream.seen[-1].body == huge

@@ -1,0 +1,426 @@
+"""The Milvus backend against a real Milvus 2.3 standalone server (and Milvus Lite)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from extproc.app import make_backend
+from extproc.cache import SemanticCache
+from extproc.cache.backends.milvus.backend import MilvusBackend, decode_response, encode_response
+from extproc.config.settings import parse_config
+from extproc.embedding.base import EncodeFn
+from extproc.embedding.batcher import Embedder
+from extproc.errors import BackendUnavailable, ConfigError, EntryTooLarge
+from tests.conftest import MilvusServer, milvus_yaml
+from tests.support.toy import answer
+from tests.support.toy import query as q
+
+pytestmark = pytest.mark.integration
+
+
+def settings_for(cfg: Path, **cache: Any) -> Any:
+    """CacheSettings selecting the Milvus backend described by ``cfg``."""
+    return parse_config(
+        {"semantic_cache": {"backend_type": "milvus", "backend_config_path": str(cfg), **cache}}
+    )
+
+
+async def open_cache(
+    model: tuple[EncodeFn, int], cfg: Path, ready: bool = True, **cache: Any
+) -> SemanticCache:
+    """A SemanticCache over a Milvus backend built the way the server builds it."""
+    settings = settings_for(cfg, **cache)
+    encode, dim = model
+    backend = make_backend(settings, dim)
+    await backend.start()
+    if ready:
+        assert await backend.wait_ready(60), backend.status()
+    return SemanticCache(
+        backend, Embedder(encode, dim), settings.similarity_threshold, 10, settings.ttl_seconds
+    )
+
+
+_created: list[str] = []
+
+
+def collection() -> str:
+    """A fresh collection name (dropped at the end of the module)."""
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    _created.append(name)
+    return name
+
+
+def drop_created(server: MilvusServer) -> None:
+    """Drop the collections this module created (Milvus restarts slow down with each one)."""
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=server.uri, timeout=30)
+    while _created:
+        name = _created.pop()
+        if client.has_collection(name):
+            client.drop_collection(name)
+    client.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def drop_test_collections(milvus_server: MilvusServer) -> Any:
+    """Drop this module's collections at its end."""
+    yield
+    drop_created(milvus_server)
+
+
+async def test_auto_create_reuse_and_restart_hits(
+    model: tuple[EncodeFn, int], milvus_server: MilvusServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    cfg = milvus_yaml(
+        tmp_path / "m.yaml", milvus_server.uri, collection(), search={"consistency_level": "Session"}
+    )
+    first = await open_cache(model, cfg)
+    assert "(created)" in first.backend.status()[1]
+    await first.store(q("What is the capital of France?"), answer("Paris"))
+    hit = await first.check(q("What's the capital city of France?"))
+    assert hit.match == "semantic" and hit.entry is not None and hit.entry.response == answer("Paris")
+    await first.close()
+
+    again = await open_cache(model, cfg)  # a restarted processor
+    state, detail = again.backend.status()
+    assert state == "ready" and "(reused)" in detail and "entities=1" in detail
+    exact = await again.check(q("What is the capital of France?"))
+    assert exact.match == "exact" and exact.entry is not None and exact.entry.response == answer("Paris")
+    assert (await again.check(q("What's the capital city of France?"))).match == "semantic"
+    await again.close()
+    assert "Milvus ready: backend=milvus" in caplog.text and "version=v2.3.5" in caplog.text
+
+
+async def test_two_processors_share_one_collection(
+    model: tuple[EncodeFn, int], milvus_server: MilvusServer, tmp_path: Path
+) -> None:
+    cfg = milvus_yaml(tmp_path / "m.yaml", milvus_server.uri, collection())
+    a, b = await open_cache(model, cfg), await open_cache(model, cfg)
+    await a.store(q("How do I reverse a list in Python?"), answer("list[::-1]"))
+    for _ in range(50):  # the other replica sees it within the consistency level
+        result = await b.check(q("How can I reverse a Python list?"))
+        if result.hit:
+            break
+        await asyncio.sleep(0.1)
+    assert result.entry is not None and result.entry.response == answer("list[::-1]")
+    await b.store(q("How do I reverse a list in Python?"), answer("reversed()"))  # same exact key: replaced
+    assert await a.backend.count() == 1
+    assert (await a.check(q("How do I reverse a list in Python?"))).entry.response == answer("reversed()")  # type: ignore[union-attr]
+    await a.close()
+    await b.close()
+
+
+async def test_partitions_never_cross(
+    model: tuple[EncodeFn, int], milvus_server: MilvusServer, tmp_path: Path
+) -> None:
+    cache = await open_cache(model, milvus_yaml(tmp_path / "m.yaml", milvus_server.uri, collection()))
+    prompt = "What is the boiling point of water?"
+    await cache.store(q(prompt), answer("100 C"))
+    assert (await cache.check(q(prompt))).hit
+    for other in (q(prompt, model="m2"), q(prompt, scope="tenant-b"), q(prompt, fp="g")):
+        assert not (await cache.check(other)).hit
+    await cache.close()
+
+
+async def test_ttl_expiry_and_sweep(
+    model: tuple[EncodeFn, int], milvus_server: MilvusServer, tmp_path: Path
+) -> None:
+    cache = await open_cache(
+        model, milvus_yaml(tmp_path / "m.yaml", milvus_server.uri, collection()), ttl_seconds=1
+    )
+    await cache.store(q("Where is the Eiffel Tower?"), answer("Paris"))
+    assert (await cache.check(q("Where is the Eiffel Tower?"))).hit
+    await asyncio.sleep(1.1)
+    assert not (await cache.check(q("Where is the Eiffel Tower?"))).hit
+    assert not (await cache.check(q("Where can I find the Eiffel Tower?"))).hit
+    backend = cache.backend
+    assert isinstance(backend, MilvusBackend)
+    await backend.sweep(time.time())
+    assert await backend.count() == 0
+    await cache.close()
+
+
+async def test_max_entries_evicts_oldest_first(
+    model: tuple[EncodeFn, int], milvus_server: MilvusServer, tmp_path: Path
+) -> None:
+    cache = await open_cache(
+        model, milvus_yaml(tmp_path / "m.yaml", milvus_server.uri, collection()), max_entries=3
+    )
+    prompts = [f"Question number {i} about owls" for i in range(5)]
+    for p in prompts:
+        await cache.store(q(p), answer(p))
+        await asyncio.sleep(0.01)
+    backend = cache.backend
+    assert isinstance(backend, MilvusBackend)
+    await backend.sweep(time.time())
+    assert await backend.count() == 3
+    kept = [p for p in prompts if await backend.get_exact(q(p).exact_key, time.time())]
+    assert kept == prompts[2:]
+    await cache.close()
+
+
+def test_eviction_policy_and_dimension_errors(tmp_path: Path, model: tuple[EncodeFn, int]) -> None:
+    cfg = milvus_yaml(tmp_path / "m.yaml", "http://127.0.0.1:1", "x")
+    with pytest.raises(
+        ConfigError, match='eviction_policy "lru" is not supported with backend_type "milvus"'
+    ):
+        settings_for(cfg, eviction_policy="lru")
+    assert settings_for(cfg).eviction_policy == "fifo"
+    wrong = milvus_yaml(
+        tmp_path / "w.yaml", "http://127.0.0.1:1", "x", collection={"vector_field": {"dimension": 768}}
+    )
+    with pytest.raises(ConfigError, match=r"dimension is 768 but the embedding model .* produces 384"):
+        make_backend(settings_for(wrong), model[1])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "connection:\n  port: high\n  tls: {enabled: true, cafile: x}\nsearch:\n  consistency_level: Always\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        settings_for(bad)
+    text = str(info.value)
+    assert "connection.port: must be a port number" in text
+    assert "connection.tls.cafile: unknown key" in text
+    assert 'search.consistency_level: must be one of "Strong"' in text
+
+
+async def test_schema_mismatch_and_missing_collection_bypass(
+    model: tuple[EncodeFn, int], milvus_server: MilvusServer, tmp_path: Path
+) -> None:
+    from pymilvus import DataType, MilvusClient
+
+    name = collection()
+    client = MilvusClient(uri=milvus_server.uri)
+    schema = MilvusClient.create_schema(auto_id=True)  # the runbook's minimal id/embedding/response schema
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=512)
+    schema.add_field("response", DataType.VARCHAR, max_length=65535)
+    client.create_collection(name, schema=schema)
+    cache = await open_cache(model, milvus_yaml(tmp_path / "m.yaml", milvus_server.uri, name), ready=False)
+    for _ in range(100):
+        if cache.backend.status()[0] == "schema_mismatch":
+            break
+        await asyncio.sleep(0.1)
+    state, detail = cache.backend.status()
+    assert state == "schema_mismatch"
+    assert (
+        "missing field partition_key" in detail
+        and "has dimension 512, the embedding model produces 384" in detail
+    )
+    assert "semantic-cache create-collection" in detail
+    with pytest.raises(BackendUnavailable):
+        await cache.check(q("anything"))
+    assert client.has_collection(name)  # never dropped
+    await cache.close()
+
+    missing = milvus_yaml(
+        tmp_path / "n.yaml", milvus_server.uri, collection(), development={"auto_create_collection": False}
+    )
+    cache = await open_cache(model, missing, ready=False)
+    for _ in range(100):
+        if cache.backend.status()[0] == "missing_collection":
+            break
+        await asyncio.sleep(0.1)
+    assert "does not exist and development.auto_create_collection is false" in cache.backend.status()[1]
+    await cache.close()
+
+
+def test_create_collection_command(milvus_server: MilvusServer, tmp_path: Path) -> None:
+    from pymilvus import MilvusClient
+
+    from .conftest import ROOT, python_exe
+
+    name = collection()
+    cfg = milvus_yaml(
+        tmp_path / "m.yaml", milvus_server.uri, name, development={"auto_create_collection": False}
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(f'semantic_cache:\n  backend_type: "milvus"\n  backend_config_path: "{cfg}"\n')
+    for expect in ("created", "already exists"):
+        done = subprocess.run(
+            [python_exe(), "-m", "extproc.cli", "create-collection", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert expect in done.stdout
+    assert MilvusClient(uri=milvus_server.uri).has_collection(name)
+
+
+def test_response_compression_and_too_large() -> None:
+    big = answer("word " * 40_000)  # 200 kB of very compressible text
+    packed = encode_response(big)
+    assert packed.startswith("zlib:") and len(packed) <= 65_535
+    assert decode_response(packed) == big
+    import os
+
+    random_text = os.urandom(200_000).hex()
+    with pytest.raises(EntryTooLarge):
+        encode_response(answer(random_text))
+
+
+async def test_milvus_lite_file_uri(model: tuple[EncodeFn, int], tmp_path: Path) -> None:
+    cfg = tmp_path / "lite.yaml"
+    cfg.write_text(
+        f'connection:\n  uri: "{tmp_path / "cache.db"}"\n'
+        "collection:\n  name: lite_cache\n  index:\n    type: FLAT\n    params: {}\n"
+        "search:\n  params: {}\n  consistency_level: Strong\n"
+    )
+    cache = await open_cache(model, cfg)
+    assert "address=" + str(tmp_path / "cache.db") in cache.backend.status()[1]
+    await cache.store(q("How tall is Mount Everest?"), answer("8849 m"))
+    result = await cache.check(q("What is the height of Mount Everest?"))
+    assert result.entry is not None and result.entry.response == answer("8849 m")
+    await cache.close()
+
+
+def make_certs(folder: Path) -> dict[str, Path]:
+    """A CA, a server certificate for localhost/127.0.0.1 and a client certificate (openssl)."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True, timeout=60)
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+    )
+    ext = folder / "san.ext"
+    ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    for name in ("server", "client"):
+        run(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={'localhost' if name == 'server' else 'semantic-cache'}",
+        )
+        run(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.crt",
+            "-days",
+            "2",
+            "-extfile",
+            str(ext),
+        )
+    return {n: folder / n for n in ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")}
+
+
+@pytest.fixture(scope="module")
+def secured_milvus(tmp_path_factory: pytest.TempPathFactory, milvus_server: MilvusServer) -> Any:
+    """A Milvus server with authentication and mutual TLS.
+
+    Milvus 2.3 standalone locks /run/milvus/standalone.pid, so the session's server is stopped
+    meanwhile and restarted (with its data) afterwards.
+    """
+    drop_created(milvus_server)
+    milvus_server.stop(graceful=True)
+    base = tmp_path_factory.mktemp("milvus-secure")
+    certs = make_certs(base / "certs")
+    server = MilvusServer(
+        base / "data",
+        "--authorization-enabled",
+        "true",
+        "--tls-mode",
+        "2",
+        "--server-pem-path",
+        str(certs["server.crt"]),
+        "--server-key-path",
+        str(certs["server.key"]),
+        "--ca-pem-path",
+        str(certs["ca.crt"]),
+    )
+    (base / "data").mkdir()
+    try:
+        server.start()
+        yield server, certs
+    finally:
+        server.stop(graceful=True)
+        milvus_server.start()
+
+
+async def test_auth_and_tls(
+    model: tuple[EncodeFn, int],
+    secured_milvus: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server, certs = secured_milvus
+    tls = {
+        "enabled": True,
+        "ca_file": str(certs["ca.crt"]),
+        "cert_file": str(certs["client.crt"]),
+        "key_file": str(certs["client.key"]),
+        "server_name": "localhost",
+    }
+    auth = {"enabled": True, "username": "${MILVUS_USERNAME}", "password": "${MILVUS_PASSWORD}"}
+    name = collection()
+    cfg = milvus_yaml(tmp_path / "m.yaml", server.uri, name, connection={"tls": tls, "auth": auth})
+
+    monkeypatch.setenv("MILVUS_USERNAME", "root")
+    monkeypatch.setenv("MILVUS_PASSWORD", "wrong-password")
+    caplog.set_level(logging.WARNING)
+    cache = await open_cache(model, cfg, ready=False)
+    for _ in range(150):
+        if cache.backend.status()[0] == "auth_failed":
+            break
+        await asyncio.sleep(0.1)
+    state, detail = cache.backend.status()
+    assert state == "auth_failed", detail
+    assert "failed to connect to Milvus: authentication failed" in caplog.text
+    assert "wrong-password" not in caplog.text and "wrong-password" not in detail
+    with pytest.raises(BackendUnavailable):
+        await cache.check(q("anything"))
+    await cache.close()
+
+    monkeypatch.setenv("MILVUS_PASSWORD", "Milvus")  # the server's default root password
+    cache = await open_cache(model, cfg)
+    await cache.store(q("What port does Milvus use?"), answer("19530"))
+    assert (await cache.check(q("Which port does Milvus listen on?"))).hit
+    await cache.close()
+
+    no_tls = milvus_yaml(
+        tmp_path / "n.yaml", server.uri.replace("https", "http"), name, connection={"auth": auth}
+    )
+    cache = await open_cache(model, no_tls, ready=False)
+    await asyncio.sleep(2)
+    assert cache.backend.status()[0] != "ready"  # a plaintext client cannot talk to a TLS server
+    await cache.close()

@@ -1,0 +1,1 @@
+"""Helpers the tests share: the fake upstream, the Milvus launcher, an OTLP receiver, toy models."""

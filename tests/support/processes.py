@@ -1,0 +1,50 @@
+"""Starting ``semantic-cache`` as users do, waiting for its ports, and stopping it."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests.conftest import ROOT, python_exe
+
+
+def cli(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start ``semantic-cache ARGS`` with output to ``log``."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [python_exe(), "-m", "extproc.cli", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+
+
+async def wait_port(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> None:
+    """Wait until something listens on 127.0.0.1:port (or fail with the process log)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"process exited {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"nothing listened on {port}:\n{log.read_text()[-3000:]}")
+
+
+def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+    """Signal a process and wait for it."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+    return process.returncode

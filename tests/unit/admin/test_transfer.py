@@ -1,0 +1,143 @@
+"""The export / import line format and the streaming line reader (no server, no model)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from extproc.admin.importer import ImportReport, read_lines
+from extproc.admin.transfer import MAX_LINE_BYTES, LineError, entry_to_line, line_to_entry
+from extproc.cache.schema import CacheEntry
+from extproc.protocol.openai import exact_key, partition_key, with_revision
+
+DIM = 16
+
+
+def unit(seed: int, dim: int = DIM) -> np.ndarray:
+    """A random unit float32 vector."""
+    v = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def entry(prompt: str = "What is the capital of France?", seed: int = 1, **changes: Any) -> CacheEntry:
+    """A consistent entry (keys derived from its identity)."""
+    model, scope, fp = changes.pop("model", "m"), changes.pop("scope", "global"), changes.pop("fp", "f" * 64)
+    now = time.time()
+    e = CacheEntry(
+        id=exact_key(model, scope, fp, prompt),
+        model=model,
+        scope=scope,
+        fingerprint=fp,
+        partition=partition_key(model, scope, fp),
+        exact_key=exact_key(model, scope, fp, prompt),
+        prompt=prompt,
+        response={
+            "object": "chat.completion",
+            "model": model,
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "Paris"}, "finish_reason": "stop"}
+            ],
+        },
+        vector=unit(seed),
+        created_at=now - 10,
+        expires_at=now + 3600,
+    )
+    for k, v in changes.items():
+        setattr(e, k, v)
+    return e
+
+
+def edited(line: str, **changes: Any) -> str:
+    """The line with some fields replaced (None removes a field)."""
+    data = json.loads(line)
+    for k, v in changes.items():
+        if v is None:
+            data.pop(k, None)
+        else:
+            data[k] = v
+    return json.dumps(data)
+
+
+def test_round_trip_is_exact() -> None:
+    original = entry()
+    line = entry_to_line(original)
+    assert "\n" not in line
+    back = line_to_entry(line, DIM, time.time())
+    assert np.array_equal(back.vector, original.vector)  # 9 significant digits: float32 exact
+    for name in ("id", "model", "scope", "fingerprint", "partition", "exact_key", "prompt", "response"):
+        assert getattr(back, name) == getattr(original, name)
+    assert back.created_at == pytest.approx(original.created_at, abs=1e-3)
+    assert back.expires_at == pytest.approx(original.expires_at, abs=1e-3)
+    never = line_to_entry(entry_to_line(entry(expires_at=0.0)), DIM, time.time())
+    assert never.expires_at == 0.0
+
+
+def test_revision_changes_the_partition_and_key() -> None:
+    fp = "a" * 64
+    assert with_revision(fp, "") == fp
+    r1, r2 = with_revision(fp, "r1"), with_revision(fp, "r2")
+    assert len({fp, r1, r2}) == 3 and len(r1) == 64
+    assert partition_key("m", "global", r1) != partition_key("m", "global", r2)
+    assert exact_key("m", "global", r1, "p") != exact_key("m", "global", fp, "p")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda line: line[:-5], "not valid JSON"),
+        (lambda line: "[1, 2]", "must be a JSON object"),
+        (lambda line: edited(line, extra=1), "unknown field(s) extra"),
+        (lambda line: edited(line, v=2), "format version 2 is not supported"),
+        (lambda line: edited(line, model=""), "model must be a non-empty string"),
+        (lambda line: edited(line, prompt="What  is the capital of France?"), "prompt is not normalized"),
+        (lambda line: edited(line, prompt="Another question entirely"), "exact_key does not match"),
+        (lambda line: edited(line, scope="tenant-b"), "partition does not match"),
+        (lambda line: edited(line, vector=unit(2, 8).tolist()), "vector has 8 dimensions but"),
+        (lambda line: edited(line, vector=[0.5] * DIM), "vector is not unit length"),
+        (lambda line: edited(line, vector=["x"] * DIM), "vector must contain only numbers"),
+        (lambda line: edited(line, vector=None), "vector is missing"),
+        (lambda line: edited(line, created_at="yesterday"), "created_at must be a number"),
+        (lambda line: edited(line, expires_at=time.time() - 60), "expired"),
+        (
+            lambda line: edited(
+                line,
+                response={
+                    "choices": [{"index": 0, "message": {"content": "Par"}, "finish_reason": "length"}]
+                },
+            ),
+            "response is not a complete chat.completion (truncated)",
+        ),
+        (lambda line: edited(line, response="Paris"), "response is not a complete chat.completion"),
+    ],
+)
+def test_bad_lines_are_rejected_with_a_reason(mutate: Any, reason: str) -> None:
+    with pytest.raises(LineError) as info:
+        line_to_entry(mutate(entry_to_line(entry())), DIM, time.time())
+    assert reason in str(info.value)
+
+
+def test_reembed_accepts_any_vector() -> None:
+    line = edited(entry_to_line(entry()), vector=unit(3, 768).tolist())
+    parsed = line_to_entry(line, DIM, time.time(), reembed=True)
+    assert parsed.vector.size == 0  # the importer embeds the prompt
+    with pytest.raises(LineError, match="--reembed"):
+        line_to_entry(line, DIM, time.time())
+
+
+async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    """An async byte stream."""
+    for part in parts:
+        yield part
+
+
+async def test_read_lines_numbers_blank_split_and_overlong_lines() -> None:
+    report = ImportReport()
+    body = [b'{"a":1}\n\n{"b"', b":2}\n", b"x" * (MAX_LINE_BYTES + 10), b"yy\n", b'{"c":3}']
+    got = [(n, line) async for n, line in read_lines(chunks(*body), report)]
+    assert got == [(1, b'{"a":1}'), (3, b'{"b":2}'), (5, b'{"c":3}')]
+    assert report.rejections == [{"line": 4, "reason": f"line longer than {MAX_LINE_BYTES} bytes"}]

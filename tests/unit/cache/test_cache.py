@@ -1,0 +1,182 @@
+"""SemanticCache and the memory backend, with a deterministic toy embedding."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from extproc.cache.backends.eviction import LfuPolicy, LruPolicy, make_policy
+from extproc.cache.backends.vector_index import VectorIndex
+from extproc.embedding.batcher import Embedder
+from tests.support.toy import DIM, RejectContaining, answer, make_cache, query, toy_encode
+
+
+async def test_exact_hit_needs_no_embedding() -> None:
+    cache = make_cache()
+    await cache.store(query("v:1,0"), answer("a"))
+    before = cache.embedder.encoded
+    result = await cache.check(query("v:1,0"))
+    assert result.match == "exact" and result.similarity == 1.0
+    assert cache.embedder.encoded == before
+
+
+async def test_threshold_and_partitions() -> None:
+    cache = make_cache(threshold=0.9)
+    await cache.store(query("v:1,0"), answer("a"))
+    near = await cache.check(query("v:1,0.2"))  # cos = 0.98
+    assert (
+        near.match == "semantic"
+        and near.entry is not None
+        and near.similarity == pytest.approx(0.9806, abs=1e-3)
+    )
+    assert (await cache.check(query("v:1,1"))).entry is None  # cos = 0.707
+    assert (await cache.check(query("v:1,0.2", model="other"))).entry is None
+    assert (await cache.check(query("v:1,0.2", scope="tenant-b"))).entry is None
+    assert (await cache.check(query("v:1,0.2", fp="g"))).entry is None
+    assert (await cache.check(query("v:1,0.2"), threshold=0.99)).entry is None
+
+
+async def test_candidates_tried_best_first_and_guard_rejection_falls_through() -> None:
+    cache = make_cache(threshold=0.9, guards=[RejectContaining("0.05")])
+    await cache.store(query("v:1,0.05"), answer("best but rejected"))
+    await cache.store(query("v:1,0.3"), answer("second"))
+    await cache.store(query("v:1,0.6"), answer("below threshold"))
+    result = await cache.check(query("v:1,0"))
+    assert result.entry is not None and result.entry.response == answer("second")
+    assert result.rejections == ["marker"]
+    assert result.candidates == 3
+    # when every candidate above the threshold is rejected it is a miss
+    cache.guards = [RejectContaining("v:")]
+    assert (await cache.check(query("v:1,0.01"))).entry is None
+
+
+async def test_same_exact_key_replaces() -> None:
+    cache = make_cache()
+    await cache.store(query("v:1,0"), answer("old"))
+    await cache.store(query("v:1,0"), answer("new"))
+    assert await cache.backend.count() == 1
+    result = await cache.check(query("v:1,0"))
+    assert result.entry is not None and result.entry.response == answer("new")
+
+
+@pytest.mark.parametrize(
+    ("policy", "expect_kept"),
+    [
+        ("fifo", {"v:0,1", "v:0,0,1"}),  # oldest ("v:1,0") goes, hits do not matter
+        ("lru", {"v:1,0", "v:0,0,1"}),  # "v:0,1" is least recently used
+        ("lfu", {"v:1,0", "v:0,0,1"}),  # "v:0,1" has the fewest hits
+    ],
+)
+async def test_eviction_policies(policy: str, expect_kept: set[str]) -> None:
+    cache = make_cache(max_entries=2, policy=policy)
+    await cache.store(query("v:1,0"), answer("a"))
+    await cache.store(query("v:0,1"), answer("b"))
+    assert (await cache.check(query("v:1,0"))).hit  # use the oldest entry
+    await cache.store(query("v:0,0,1"), answer("c"))
+    assert await cache.backend.count() == 2
+    kept = {
+        p
+        for p in ("v:1,0", "v:0,1", "v:0,0,1")
+        if (await cache.backend.get_exact(query(p).exact_key, 0)) is not None
+    }
+    assert kept == expect_kept
+
+
+def test_lfu_policy_order() -> None:
+    lfu = LfuPolicy()
+    for k in (1, 2, 3):
+        lfu.added(k)
+    lfu.used(1)
+    lfu.used(1)
+    lfu.used(2)
+    assert lfu.victim() == 3
+    lfu.removed(3)
+    assert lfu.victim() == 2
+    lfu.removed(2)
+    assert lfu.victim() == 1
+    lru = LruPolicy()
+    lru.added(1)
+    lru.added(2)
+    lru.used(1)
+    assert lru.victim() == 2
+    with pytest.raises(ValueError):
+        make_policy("random")
+
+
+async def test_ttl_is_absolute_and_not_extended_by_hits(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr("extproc.cache.semantic.time.time", lambda: clock[0])
+    cache = make_cache(ttl=10)
+    await cache.store(query("v:1,0"), answer("a"))
+    clock[0] = 1009.0
+    assert (await cache.check(query("v:1,0"))).hit
+    assert (await cache.check(query("v:1,0.1"))).hit
+    clock[0] = 1010.0  # 10 s after storing, hits in between do not matter
+    assert not (await cache.check(query("v:1,0"))).hit
+    assert not (await cache.check(query("v:1,0.1"))).hit
+    assert await cache.backend.count() == 0
+
+
+async def test_ttl_zero_never_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr("extproc.cache.semantic.time.time", lambda: clock[0])
+    cache = make_cache(ttl=0)
+    await cache.store(query("v:1,0"), answer("a"))
+    clock[0] = 10**10
+    assert (await cache.check(query("v:1,0"))).hit
+
+
+def test_vector_index_flat_then_hnsw_agree() -> None:
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(600, 32)).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    flat = VectorIndex(32, hnsw_threshold=10_000)
+    hnsw = VectorIndex(32, hnsw_threshold=100)
+    for i, v in enumerate(data):
+        flat.add(i, v)
+        hnsw.add(i, v)
+    assert not flat.is_hnsw and hnsw.is_hnsw
+    for i in range(0, 600, 3):  # deletes shrink both the same way
+        flat.remove(i)
+        hnsw.remove(i)
+    assert len(flat) == len(hnsw) == 400
+    agree = 0
+    for q in data[:100]:
+        f, h = flat.search(q, 1), hnsw.search(q, 1)
+        assert f[0][0] % 3 != 0 and h[0][0] % 3 != 0
+        agree += f[0][0] == h[0][0]
+    assert agree >= 98
+    for i in range(600, 700):  # re-adding after deletes reuses slots
+        hnsw.add(i, data[i - 600])
+    assert len(hnsw) == 500
+
+
+async def test_micro_batching_shares_forward_passes() -> None:
+    calls: list[int] = []
+
+    def slow_encode(texts: Sequence[str]) -> np.ndarray:
+        calls.append(len(texts))
+        import time
+
+        time.sleep(0.02)
+        return toy_encode(texts)
+
+    embedder = Embedder(slow_encode, DIM, max_batch=64)
+    vectors = await asyncio.gather(*(embedder.embed(f"text {i}") for i in range(40)))
+    assert len(vectors) == 40
+    assert all(np.allclose(v, toy_encode([f"text {i}"])[0]) for i, v in enumerate(vectors))
+    assert len(calls) < 40 and sum(calls) == 40
+    embedder.close()
+
+
+async def test_embedding_failure_reaches_every_waiter() -> None:
+    def broken(texts: Sequence[str]) -> np.ndarray:
+        raise RuntimeError("model crashed")
+
+    embedder = Embedder(broken, DIM)
+    results = await asyncio.gather(*(embedder.embed("x") for _ in range(3)), return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results)
+    embedder.close()

@@ -1,0 +1,394 @@
+"""The answer-correctness guards: text analysis, each rule on the adversarial pairs, the content
+guard with the real model's word vectors, verifiers, and the wiring from settings."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from extproc.cache import SemanticCache
+from extproc.cache.guards import build_guards
+from extproc.cache.guards.content import ContentGuard, missing_words
+from extproc.cache.guards.lexical import analyze, normalize_number, stem
+from extproc.cache.guards.rules import DirectionGuard, NegationGuard, NumbersGuard, OppositesGuard, UnitsGuard
+from extproc.cache.guards.verifier import CrossEncoderVerifier
+from extproc.config.settings import CacheSettings, with_overrides
+from extproc.embedding.base import EncodeFn, WordVectors
+from extproc.embedding.batcher import Embedder
+from extproc.errors import ConfigError
+from tests.support.toy import RejectContaining, answer, make_cache, query
+
+DATA = Path(__file__).resolve().parents[2] / "data" / "adversarial.jsonl"
+PAIRS: list[dict[str, Any]] = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
+RULES = [NumbersGuard(), UnitsGuard(), NegationGuard(), OppositesGuard(), DirectionGuard()]
+
+
+def pairs_of(*categories: str) -> list[tuple[str, str]]:
+    """(a, b) of the fixture pairs in ``categories``."""
+    return [(p["a"], p["b"]) for p in PAIRS if p["category"] in categories]
+
+
+def test_fixture_is_big_enough() -> None:
+    look_alikes = [p for p in PAIRS if p["label"] == 0]
+    paraphrases = [p for p in PAIRS if p["label"] == 1]
+    assert len(look_alikes) >= 60 and len(paraphrases) >= len(look_alikes)
+    assert {p["category"] for p in look_alikes} == {
+        "opposite", "negation", "modifier", "number", "date", "entity", "direction", "unit"
+    }  # fmt: skip
+
+
+# --- text analysis ------------------------------------------------------------------------
+
+
+def test_numbers_are_read_as_people_write_them() -> None:
+    assert normalize_number("300,000") == "300000"
+    assert normalize_number("3.50") == "3.5"
+    assert normalize_number("2,5") == "2.5"
+    got = analyze("Is $300,000 15% of two hundred fifty thousand in May, or 1st of 2 iPhone6s?")
+    assert got.numbers == {"300000": 1, "15": 1, "%": 1, "250000": 1, "may": 1, "2": 1, "6": 1}
+    assert got.units == {"dollar"}
+    assert (
+        analyze("How many calories are in two bananas?").numbers == analyze("calories in 2 bananas").numbers
+    )
+    assert not analyze("Which one is a better phone?").numbers  # "one" / "a" / 1 say the same
+    assert analyze("What is the fourth state of matter?").numbers == analyze("the 4th state").numbers
+    assert analyze("S04E02 review").numbers == analyze("S4E2 review").numbers
+
+
+def test_negation_contractions_and_tags() -> None:
+    assert analyze("Why can't I sleep?").negated and analyze("Why am I unable to sleep?").negated
+    assert analyze("Why won't it start?").words[:4] == ("why", "will", "not", "it")
+    assert not analyze("Is the moon landing a hoax, or not?").negated
+
+
+def test_stems_join_inflections() -> None:
+    assert stem("increasing") == stem("increases") == stem("increase") == stem("increased")
+    assert stem("stopped") == stem("stop") and stem("dictionaries") == stem("dictionary")
+    assert stem("300000") == "300000"
+
+
+# --- rule guards on the adversarial pairs --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("guard", "categories"),
+    [
+        (NumbersGuard(), ("number", "date")),
+        (OppositesGuard(), ("opposite",)),
+        (DirectionGuard(), ("direction",)),
+        (UnitsGuard(), ("unit",)),
+    ],
+    ids=lambda v: getattr(v, "name", None) or "-".join(v),
+)
+def test_each_rule_rejects_its_category(guard: Any, categories: tuple[str, ...]) -> None:
+    pairs = pairs_of(*categories)
+    missed = [(a, b) for a, b in pairs if not (guard.reject(b, a) and guard.reject(a, b))]
+    assert not missed, f"{guard.name} let through {missed}"
+
+
+def test_negation_rejects_negated_counterparts_and_with_without() -> None:
+    guard = NegationGuard()
+    for a, b in pairs_of("negation"):
+        assert guard.reject(b, a), (a, b)
+    assert guard.reject("How do I make bread with yeast?", "How do I make bread without yeast?")
+    # both negated, or a negation in a clause the other prompt does not have: no veto
+    assert not guard.reject("Why can't I sleep at night?", "Why am I unable to sleep at night?")
+    assert not guard.reject(
+        "How would you take over the world starting from nothing?", "How would you take over the world?"
+    )
+
+
+def test_rules_never_reject_a_paraphrase_of_the_fixture() -> None:
+    vetoed = [(g.name, a, b) for a, b in pairs_of("paraphrase") for g in RULES if g.reject(b, a)]
+    assert not vetoed
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("How do I turn on Wi-Fi?", "How do I turn off Wi-Fi?"),
+        ("How do I log in to Slack?", "How do I log out of Slack?"),
+        ("How do I install npm?", "How do I uninstall npm?"),  # negating prefix, not in any list
+        ("Is it legal to fish here?", "Is it illegal to fish here?"),
+    ],
+)
+def test_opposites_by_list_and_by_prefix(a: str, b: str) -> None:
+    assert OppositesGuard().reject(a, b)
+
+
+def test_plain_prepositions_carry_no_polarity() -> None:
+    guard = OppositesGuard()
+    assert not guard.reject("How do I sort a list in Python?", "How do I sort a Python list out?")
+    assert not guard.reject("How do I turn off notifications?", "How can I disable notifications?")
+
+
+def test_direction_needs_swapped_words() -> None:
+    guard = DirectionGuard()
+    assert guard.reject("Why is UK better than USA?", "Why is the USA better than the UK?")
+    assert not guard.reject("How do I convert a PDF to Word?", "How can I turn a PDF into a Word file?")
+    assert not guard.reject("How do I get from Rome to Milan?", "How do I get to Milan from Rome?")
+    assert not guard.reject("What to do in Rome?", "What is there to do in Rome with kids?")
+
+
+# --- the content guard -------------------------------------------------------------------
+
+
+def test_missing_words_ignore_function_words_inflections_and_compounds() -> None:
+    assert missing_words(analyze("How can I fix my wi-fi?"), analyze("How do I fix the wifi")) == []
+    assert missing_words(analyze("merge two dicts"), analyze("merge two dictionaries")) == []
+    assert missing_words(analyze("boiling point of ethanol"), analyze("boiling point of methanol")) == [
+        "ethanol"
+    ]
+
+
+@pytest.fixture(scope="module")
+def embedder(model: tuple[EncodeFn, int]) -> Embedder:
+    """An Embedder over the real model (word vectors included)."""
+    encode, dim = model
+    return Embedder(encode, dim)
+
+
+async def test_word_vectors_come_from_the_model(embedder: Embedder) -> None:
+    assert embedder.has_words
+    words = await embedder.embed_words("How do I fix a flat tire on my bike?")
+    assert words.words[:4] == ("how", "do", "i", "fix")
+    assert words.vectors.shape == (len(words.words), embedder.dim)
+    assert np.allclose(np.linalg.norm(words.vectors, axis=1), 1.0, atol=1e-4)
+    batches = await asyncio.gather(*(embedder.embed_words(f"question number {i}") for i in range(20)))
+    assert [w.words[-1] for w in batches] == [str(i) for i in range(20)]
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        # alligator / caiman (0.71, not capitalized: not names) align too well to be told apart
+        *[(a, b) for a, b in pairs_of("entity") if "alligator" not in a],
+        ("What are good universities in Boston?", "What are good universities?"),  # a name added
+        ("How do I reverse a list in python?", "How do I reverse a list in javascript?"),  # lower case
+        # names of one kind align at 0.5-0.7: a name needs guard_content_name_alignment (0.7)
+        (
+            "What is the penalty for driving without a license in Washington?",
+            "What is the penalty for driving without a license in California?",
+        ),
+        (
+            "How does the education system in South America compare to North America?",
+            "How does the education system in South America compare to Europe?",
+        ),
+    ],
+)
+async def test_content_guard_rejects_swapped_and_added_names(embedder: Embedder, a: str, b: str) -> None:
+    guard = ContentGuard(embedder)
+    assert await guard.reject(b, a) and await guard.reject(a, b)
+
+
+MODIFIED = [
+    ("What is a good gluten-free pizza dough recipe?", "What is a good pizza dough recipe?"),
+    ("How do I make a vegan chocolate cake?", "How do I make a chocolate cake?"),
+    ("What is the best free antivirus for Windows?", "What is the best antivirus for Windows?"),
+    ("How do I cook salmon in an air fryer?", "How do I cook frozen salmon in an air fryer?"),
+]
+
+
+@pytest.mark.parametrize(("a", "b"), MODIFIED)
+async def test_content_guard_rejects_added_modifiers_when_asked(embedder: Embedder, a: str, b: str) -> None:
+    assert not await ContentGuard(embedder).reject(b, a)  # off by default (see bench/quality.md)
+    guard = ContentGuard(embedder, modifiers=True)
+    assert await guard.reject(b, a) and await guard.reject(a, b)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("How do I fix a flat bike tire?", "How do I repair a flat tire on my bike?"),
+        ("How can I configure a VPN on my router?", "How do I set up a VPN on my router?"),
+        ("What are fun things to do in Rome with kids?", "What can I do in Rome with children?"),
+        ("How do I merge two dictionaries in Python?", "How can I merge two dicts in Python?"),
+        ("What is the capital of France?", "What's the capital city of France?"),
+        ("What is inflation?", "What does inflation mean in economics?"),
+        # abbreviations of names: initials, or a name aligned with its short form
+        ("What is the population of NYC?", "What is the population of New York City?"),
+        ("How do I get a visa for the US?", "How do I get a visa for the United States?"),
+        ("How do I learn JS quickly?", "How do I learn JavaScript quickly?"),
+    ],
+)
+async def test_content_guard_accepts_synonyms_and_added_detail(embedder: Embedder, a: str, b: str) -> None:
+    guard = ContentGuard(embedder)
+    assert not await guard.reject(b, a) and not await guard.reject(a, b)
+
+
+async def test_content_guard_asks_the_model_only_when_text_cannot_decide(embedder: Embedder) -> None:
+    guard = ContentGuard(embedder)
+    assert not await guard.reject("How do I tie a tie?", "How do you tie a tie?")
+    assert not await guard.reject("What is inflation?", "What does inflation mean in economics?")
+    assert guard.model_calls == 0
+    assert await guard.reject("What is the capital of Austria?", "What is the capital of Australia?")
+    assert guard.model_calls == 1
+    started = time.perf_counter()
+    for _ in range(20):  # word vectors of both prompts are cached
+        await guard.reject("What is the capital of Austria?", "What is the capital of Australia?")
+    assert (time.perf_counter() - started) / 20 < 0.005
+
+
+async def test_content_guard_without_word_vectors_uses_stems_alone() -> None:
+    guard = ContentGuard(None)
+    assert await guard.reject("What is the capital of Austria?", "What is the capital of Australia?")
+    assert await guard.reject("How do I fix a bike?", "How do I repair a bike?")  # no synonyms
+    assert not await guard.reject("How do I tie a tie?", "How do you tie a tie?")
+    assert not await guard.reject("Where is the Louvre?", "Where is the louvre museum?")  # case
+
+
+# --- verifiers and wiring ----------------------------------------------------------------
+
+
+def overlap_score(pairs: Sequence[tuple[str, str]]) -> list[float]:
+    """A deterministic pair scorer: Jaccard overlap of the word sets."""
+    out = []
+    for a, b in pairs:
+        x, y = set(analyze(a).words), set(analyze(b).words)
+        out.append(len(x & y) / len(x | y))
+    return out
+
+
+def make_verifier(settings: CacheSettings, embedder: Embedder) -> CrossEncoderVerifier:
+    """A verifier factory as a user would write one (named in ``semantic_cache.verifier``)."""
+    return CrossEncoderVerifier(overlap_score, 0.5, embedder, name="overlap")
+
+
+def make_nothing(settings: CacheSettings, embedder: Embedder) -> object:
+    """A broken verifier factory: returns something that is not a guard."""
+    return object()
+
+
+async def test_cross_encoder_verifier_runs_the_scorer_off_the_loop(model: tuple[EncodeFn, int]) -> None:
+    embedder = Embedder(*model)
+    verifier = make_verifier(CacheSettings(), embedder)
+    assert not await verifier.reject("how do I tie a tie", "how do I tie a tie please")
+    assert await verifier.reject("how do I tie a tie", "what is a bow tie made of")
+    embedder.close()
+
+
+async def test_build_guards_follows_settings(model: tuple[EncodeFn, int]) -> None:
+    embedder = Embedder(*model)
+    names = [g.name for g in await build_guards(CacheSettings(), embedder)]
+    assert names == ["numbers", "units", "negation", "opposites", "direction", "content"]
+    off = with_overrides(CacheSettings(), guard_units=False, guard_content=False)
+    assert [g.name for g in await build_guards(off, embedder)] == [
+        "numbers", "negation", "opposites", "direction"
+    ]  # fmt: skip
+    plugged = with_overrides(CacheSettings(), verifier="tests.unit.cache.test_guards:make_verifier")
+    assert [g.name for g in await build_guards(plugged, embedder)][-1] == "overlap"
+    for spec, message in [
+        ("tests.no_such_module:make", "cannot import tests.no_such_module"),
+        ("tests.unit.cache.test_guards:nothing_here", "has no function nothing_here"),
+        ("tests.unit.cache.test_guards:make_nothing", "has no name and reject"),
+        ("tests.unit.cache.test_guards:overlap_score", "the factory failed"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            await build_guards(with_overrides(CacheSettings(), verifier=spec), embedder)
+    embedder.close()
+
+
+class AsyncVeto:
+    """An async guard (a verifier) that rejects candidates containing a marker, counting calls."""
+
+    name = "async-veto"
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+        self.calls = 0
+
+    async def reject(self, query: str, candidate: str) -> bool:
+        self.calls += 1
+        await asyncio.sleep(0)
+        return self.marker in candidate
+
+
+async def test_cache_awaits_async_guards_and_spares_them_after_a_veto() -> None:
+    veto = AsyncVeto("0.1")
+    cache = make_cache(threshold=0.9, guards=[RejectContaining("0.05"), veto])
+    await cache.store(query("v:1,0.05"), answer("vetoed by the sync guard"))
+    await cache.store(query("v:1,0.1"), answer("vetoed by the async guard"))
+    await cache.store(query("v:1,0.3"), answer("served"))
+    result = await cache.check(query("v:1,0"))
+    assert result.entry is not None and result.entry.response == answer("served")
+    assert result.rejections == ["marker", "async-veto"]
+    assert veto.calls == 2  # not called for the candidate the sync guard had already vetoed
+
+
+async def test_content_guard_asks_for_a_prompt_once_when_checked_against_many(embedder: Embedder) -> None:
+    asked: list[str] = []
+
+    class Counting:
+        has_words = True
+
+        async def embed_words(self, text: str) -> WordVectors:
+            asked.append(text)
+            return await embedder.embed_words(text)
+
+    guard = ContentGuard(Counting())  # type: ignore[arg-type]
+    query_text = "How do I reverse a list in python?"
+    others = [f"How do I reverse a list in {lang}?" for lang in ("javascript", "rust", "golang", "kotlin")]
+    verdicts = await asyncio.gather(*(guard.reject(query_text, other) for other in others))
+    assert verdicts == [True] * 4 and guard.model_calls == 4
+    assert sorted(asked) == sorted([query_text, *others])  # the query's words once, not four times
+
+
+async def test_server_wires_the_configured_guards(model: tuple[EncodeFn, int]) -> None:
+    from extproc.app import build_server
+
+    server = await build_server(CacheSettings(), model)
+    cache: SemanticCache = server.shared.cache
+    assert [g.name for g in cache.guards] == [
+        "numbers",
+        "units",
+        "negation",
+        "opposites",
+        "direction",
+        "content",
+    ]
+    await cache.close()
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "expected"),
+    [
+        ("guard_numbers: yes please", "semantic_cache.guard_numbers: must be true or false"),
+        ("guard_content: 1", "semantic_cache.guard_content: must be true or false"),
+        (
+            "guard_content_min_alignment: 1.5",
+            "semantic_cache.guard_content_min_alignment: must be a number between 0 and 1",
+        ),
+        ("verifier: my_verifier", 'semantic_cache.verifier: must be "package.module:function"'),
+        ("guard_spelling: true", "semantic_cache.guard_spelling: unknown key"),
+    ],
+)
+def test_guard_settings_are_validated(yaml_text: str, expected: str) -> None:
+    import yaml
+
+    from extproc.config.settings import parse_config
+
+    with pytest.raises(ConfigError, match=expected.replace(".", r"\.")):
+        parse_config(yaml.safe_load("semantic_cache:\n  " + yaml_text + "\n"))
+
+
+def test_guard_settings_load() -> None:
+    from extproc.config.settings import parse_config
+
+    settings = parse_config(
+        {
+            "semantic_cache": {
+                "guard_direction": False,
+                "guard_content_min_alignment": 0.6,
+                "verifier": "a.b:make",
+            }
+        }
+    )
+    assert not settings.guard_direction and settings.guard_numbers
+    assert settings.guard_content_min_alignment == 0.6 and settings.verifier == "a.b:make"

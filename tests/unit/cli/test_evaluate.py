@@ -1,0 +1,158 @@
+"""``semantic-cache eval``: input formats, the protocol on a fixture with known answers, sweeps,
+the CLI, and the same decisions as the server through the real Envoy."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from extproc.cli.evaluate import Pair, Report, eval_settings, evaluate, read_pairs
+from extproc.cli.main import main
+from extproc.config.settings import CacheSettings
+from extproc.embedding.base import EncodeFn
+from extproc.errors import ConfigError
+from tests.conftest import StackFactory
+
+DATA = Path(__file__).resolve().parents[2] / "data"
+SMALL = DATA / "eval_small.jsonl"
+
+
+def test_read_pairs_accepts_both_formats(tmp_path: Path) -> None:
+    pairs = read_pairs(SMALL)
+    assert len(pairs) == 7
+    assert pairs[0] == Pair(
+        "How do I turn on dark mode in Windows 11?", "How do I turn off dark mode in Windows 11?", 0
+    )
+    assert pairs[-1] == Pair("How do I reverse a list in Python?", "How can I reverse a list in Python?", 1)
+    assert len(read_pairs(SMALL, limit=3)) == 3
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("not json", ":1: not JSON"),
+        ('{"a": "x", "b": "y", "label": 2}', ":1: label must be 0 or 1"),
+        ('{"a": "x", "b": "y", "label": true}', ":1: label must be 0 or 1"),
+        ('{"question": "x"}', ':1: needs "a", "b" and "label"'),
+        ('{"a": "x", "b": 3, "label": 1}', ":1: the two questions must be strings"),
+    ],
+)
+def test_read_pairs_errors_name_the_line(tmp_path: Path, line: str, message: str) -> None:
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(ConfigError, match=message):
+        read_pairs(path)
+
+
+def test_eval_settings_make_room_and_override_guards() -> None:
+    settings = eval_settings(CacheSettings(max_entries=10), 500, threshold=0.8, guards="numbers,content")
+    assert settings.max_entries == 501 and settings.ttl_seconds == 0
+    assert settings.similarity_threshold == 0.8
+    assert settings.guard_numbers and settings.guard_content and not settings.guard_negation
+    off = eval_settings(CacheSettings(verifier="a.b:c"), 5, guards="none")
+    assert not off.guard_numbers and not off.guard_content and off.verifier == ""
+    with pytest.raises(ConfigError, match="--guards: unknown spelling"):
+        eval_settings(CacheSettings(), 5, guards="spelling")
+
+
+async def run_small(model: tuple[EncodeFn, int], guards: str) -> Report:
+    """The small fixture at threshold 0.8 with a sweep."""
+    settings = eval_settings(CacheSettings(), 7, threshold=0.8, guards=guards)
+    return await evaluate(settings, read_pairs(SMALL), [0.8, 0.9], model=model)
+
+
+async def test_protocol_on_known_answers_cosine_only(model: tuple[EncodeFn, int]) -> None:
+    report = await run_small(model, "none")
+    assert (report.pairs, report.positives, report.negatives, report.stored) == (7, 3, 4, 6)
+    row = report.row(0.8)
+    # on/off (0.95) and 15% / 25% (0.82) hit their own a: look-alikes served as paraphrases;
+    # "What is the capital of France?" asked in a label-0 pair hits another pair's entry.
+    assert (row.hits, row.correct, row.wrong) == (6, 3, 3)
+    assert (row.wrong_negative, row.wrong_other, row.wrong_repeat) == (2, 1, 1)
+    assert row.precision == pytest.approx(0.5) and row.recall == pytest.approx(1.0)
+    assert row.negative_hit_rate == pytest.approx(0.75) and row.hit_rate == pytest.approx(6 / 7)
+    assert report.row(0.9).wrong_negative == 1  # 15% / 25% is below 0.9
+    served = {o.pair.b: o.served for o in report.outcomes}
+    assert served["How do I turn off dark mode in Windows 11?"] == "How do I turn on dark mode in Windows 11?"
+    assert served["How tall is Mount Everest?"] is None
+
+
+async def test_protocol_on_known_answers_with_guards(model: tuple[EncodeFn, int]) -> None:
+    report = await run_small(model, "all")
+    row = report.row(0.8)
+    assert (row.hits, row.correct, row.wrong, row.wrong_negative, row.wrong_other) == (4, 3, 1, 0, 1)
+    assert row.precision == pytest.approx(0.75) and row.recall == pytest.approx(1.0)
+    assert report.rejections == {"opposites": 1, "numbers": 1}
+    assert report.guards == ["numbers", "units", "negation", "opposites", "direction", "content"]
+
+
+async def test_a_sweep_row_equals_a_run_at_that_threshold(model: tuple[EncodeFn, int]) -> None:
+    pairs = read_pairs(DATA / "adversarial.jsonl")
+    settings = eval_settings(CacheSettings(), len(pairs), threshold=0.8)
+    sweep = await evaluate(settings, pairs, [0.8, 0.86, 0.92], model=model)
+    for level in (0.86, 0.92):
+        direct = await evaluate(eval_settings(settings, len(pairs), threshold=level), pairs, model=model)
+        assert direct.row(level) == sweep.row(level)
+
+
+def test_cli_prints_the_table_and_json_last(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("semantic_cache:\n  similarity_threshold: 0.8\n")
+    code = main(
+        [
+            "--log-level",
+            "warning",
+            "eval",
+            "--pairs",
+            str(SMALL),
+            "--config",
+            str(config),
+            "--sweep",
+            "--json",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith("pairs 7 (positives 3, negatives 4")
+    assert any(line.startswith("| 0.80 | 4 | 3 | 1 |") for line in out)
+    result = json.loads(out[-1])
+    assert result["threshold"] == 0.8 and result["hits"] == 4 and result["correct"] == 3
+    assert result["precision"] == 0.75 and len(result["rows"]) == 15
+    assert {"wall_seconds", "queries_per_second", "latency_ms", "rejections"} <= result.keys()
+
+
+def test_cli_reports_a_bad_pairs_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"a": "x"}\n')
+    assert main(["eval", "--pairs", str(bad)]) == 2
+    assert f"{bad}:1: needs" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+async def test_server_and_eval_decide_the_same(make_stack: StackFactory, model: tuple[EncodeFn, int]) -> None:
+    pairs = read_pairs(SMALL) + [
+        Pair(p.a, p.b, p.label) for p in read_pairs(DATA / "adversarial.jsonl")[::12]
+    ]
+    stack = await make_stack()  # the shipped defaults, as the eval below
+    name = f"m-{uuid.uuid4().hex[:8]}"
+    answer_of: dict[str, str] = {}
+    for a in dict.fromkeys(p.a for p in pairs):
+        r = await stack.chat({"model": name, "messages": [{"role": "user", "content": a}]})
+        assert r.headers["x-semantic-cache"] == "miss"
+        answer_of[r.json()["choices"][0]["message"]["content"]] = a
+    await stack.settle()
+    through_envoy = {}
+    for p in pairs:  # no-store: looking b up must not add it to the cache
+        r = await stack.chat(
+            {"model": name, "messages": [{"role": "user", "content": p.b}]}, **{"cache-control": "no-store"}
+        )
+        hit = r.headers["x-semantic-cache"] == "hit"
+        through_envoy[p.b] = answer_of[r.json()["choices"][0]["message"]["content"]] if hit else None
+
+    report = await evaluate(eval_settings(CacheSettings(), len(pairs)), pairs, model=model)
+    by_eval = {o.pair.b: o.served for o in report.outcomes}
+    assert by_eval == through_envoy
+    assert any(v is not None for v in by_eval.values()) and any(v is None for v in by_eval.values())

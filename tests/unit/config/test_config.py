@@ -1,0 +1,157 @@
+"""Configuration loading, env expansion and validation messages."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from extproc.config.settings import load_config, parse_config
+from extproc.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
+    """Write a config file."""
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_rollback_one_liner_is_valid(tmp_path: Path) -> None:
+    settings = load_config(write(tmp_path, 'semantic_cache:\n  backend_type: "memory"\n'))
+    assert settings.backend_type == "memory"
+    assert settings.similarity_threshold == 0.88
+    assert settings.max_entries == 10_000 and settings.ttl_seconds == 3600
+    assert settings.eviction_policy == "lru"
+
+
+def test_shipped_config_is_valid() -> None:
+    settings = load_config(ROOT / "config" / "config.yaml")
+    assert settings.enabled and settings.backend_type == "memory"
+
+
+def test_other_router_sections_ignored_and_router_keys_warned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    text = (
+        "bert_model:\n  model_id: x\n"
+        "semantic_cache:\n  use_hnsw: true\n  hnsw_m: 16\n  embedding_model: bert\n"
+    )
+    settings = load_config(write(tmp_path, text))
+    assert settings.embedding_model == "all-MiniLM-L6-v2"
+    assert "use_hnsw" in caplog.text and "hnsw_m" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "expected"),
+    [
+        (
+            "semantic_cache:\n  similarity_threshold: 1.5\n",
+            "semantic_cache.similarity_threshold: must be a number between 0 and 1",
+        ),
+        (
+            "semantic_cache:\n  similarity_threshold: high\n",
+            "semantic_cache.similarity_threshold: must be a number",
+        ),
+        ("semantic_cache:\n  max_entries: -1\n", "semantic_cache.max_entries: must be an integer >= 1"),
+        ("semantic_cache:\n  max_entries: true\n", "semantic_cache.max_entries: must be an integer"),
+        (
+            "semantic_cache:\n  eviction_policy: random\n",
+            'semantic_cache.eviction_policy: must be one of "fifo", "lru", "lfu"',
+        ),
+        (
+            "semantic_cache:\n  backend_type: redis\n",
+            'semantic_cache.backend_type: must be one of "memory", "milvus"',
+        ),
+        ("semantic_cache:\n  treshold: 0.8\n", "semantic_cache.treshold: unknown key"),
+        (
+            "semantic_cache:\n  server:\n    grpc_address: nowhere\n",
+            'semantic_cache.server.grpc_address: must be "host:port"',
+        ),
+        ("semantic_cache:\n  scope_mode: tenant\n", "semantic_cache.scope_mode: must be one of"),
+        ("semantic_cache:\n  backend_type: milvus\n", "backend_config_path is required"),
+        (
+            "semantic_cache:\n  backend_config_path: nope/milvus.yaml\n",
+            "semantic_cache.backend_config_path: 'nope/milvus.yaml' not found (looked in",
+        ),
+        (
+            "semantic_cache:\n  ttl_seconds: ${UNSET_VAR_FOR_TEST}\n",
+            "environment variable UNSET_VAR_FOR_TEST is not set",
+        ),
+        ("semantic_cache:\n  fingerprint_ignore_fields: [model]\n", "model and messages are always part"),
+        ("other: 1\n", "no semantic_cache: section"),
+        ("semantic_cache: [1]\n", "semantic_cache: must be a mapping"),
+        ("semantic_cache:\n  a: [\n", "not valid YAML"),
+    ],
+)
+def test_errors_name_the_key_and_fix(tmp_path: Path, yaml_text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, yaml_text))
+    assert expected in str(info.value)
+
+
+def test_missing_file_error() -> None:
+    with pytest.raises(ConfigError, match=r"not found\. Pass --config FILE"):
+        load_config("/nonexistent/config.yaml")
+
+
+def test_env_expansion_with_defaults_and_typing() -> None:
+    raw = {
+        "semantic_cache": {
+            "ttl_seconds": "${TTL:-60}",
+            "similarity_threshold": "${T}",
+            "scope_header": "x-${H:-tenant}-id",
+        }
+    }
+    settings = parse_config(raw, env={"T": "0.85"})
+    assert settings.ttl_seconds == 60 and settings.similarity_threshold == 0.85
+    assert settings.scope_header == "x-tenant-id"
+
+
+def test_env_overrides_beat_the_file() -> None:
+    raw = {"semantic_cache": {"scope_mode": "global", "server": {"grpc_address": "0.0.0.0:1"}}}
+    env = {
+        "SEMANTIC_CACHE_SCOPE_MODE": "header",
+        "SEMANTIC_CACHE_SCOPE_HEADER": "x-org",
+        "SEMANTIC_CACHE_GRPC_ADDRESS": "127.0.0.1:6000",
+    }
+    settings = parse_config(raw, env=env)
+    assert settings.scope_mode == "header" and settings.scope_header == "x-org"
+    assert settings.server.grpc_address == "127.0.0.1:6000"
+
+
+def test_backend_config_path_resolves_against_config_folder(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "milvus.yaml").write_text("connection: {}\n")
+    path = write(tmp_path, 'semantic_cache:\n  backend_config_path: "sub/milvus.yaml"\n')
+    settings = load_config(path)
+    assert settings.backend_config_file() == tmp_path / "sub" / "milvus.yaml"
+
+
+def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
+    from .conftest import python_exe
+
+    good = subprocess.run(
+        [python_exe(), "-m", "extproc.cli", "check-config", str(ROOT / "config" / "config.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert good.returncode == 0 and "OK" in good.stdout
+    bad = subprocess.run(
+        [
+            python_exe(),
+            "-m",
+            "extproc.cli",
+            "check-config",
+            str(write(tmp_path, "semantic_cache:\n  top_k: 0\n")),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert "semantic_cache.top_k: must be an integer >= 1" in bad.stderr

@@ -1,0 +1,199 @@
+"""The processors, one focused test per ext_proc phase, and the registry that picks them by path."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import betterproto2
+from envoy_data_plane.envoy.config.core.v3 import HeaderMap, HeaderValue
+from envoy_data_plane.envoy.service.ext_proc.v3 import HttpBody, HttpHeaders, ProcessingRequest
+
+from extproc.cache import MemoryBackend, SemanticCache
+from extproc.config.settings import CacheSettings
+from extproc.dataplane.decision import Decision
+from extproc.dataplane.processors import (
+    ChatCompletionsProcessor,
+    PassThroughProcessor,
+    open_processor,
+    processor_for,
+)
+from extproc.dataplane.shared import HEADER, Shared
+from extproc.embedding.batcher import Embedder
+from extproc.protocol import messages as m
+from tests.support.toy import DIM, toy_encode
+
+CHAT = [(":method", "POST"), (":path", "/v1/chat/completions"), ("content-type", "application/json")]
+
+
+def make_shared(**overrides: Any) -> tuple[Shared, list[Decision], list[Any]]:
+    """A Shared over the memory backend and a toy embedding; decisions and spawned stores collected."""
+    cache = SemanticCache(MemoryBackend(DIM, 100), Embedder(toy_encode, DIM), 0.9, 5, 60)
+    decisions: list[Decision] = []
+    pending: list[Any] = []
+    shared = Shared(
+        settings=CacheSettings(**overrides), cache=cache, spawn=pending.append, on_decision=decisions.append
+    )
+    return shared, decisions, pending
+
+
+def headers(pairs: list[tuple[str, str]], eos: bool = False) -> dict[str, str]:
+    """Header dict as the processor's phase methods receive it."""
+    return m.header_dict(HeaderMap(headers=[HeaderValue(key=k, raw_value=v.encode()) for k, v in pairs]))
+
+
+def chat_body(prompt: str, stream: bool = False) -> bytes:
+    """A chat-completions request body."""
+    return json.dumps(
+        {"model": "m", "messages": [{"role": "user", "content": prompt}], "stream": stream}
+    ).encode()
+
+
+def completion(text: str) -> bytes:
+    """A storable JSON completion."""
+    return json.dumps(
+        {
+            "id": "x",
+            "object": "chat.completion",
+            "model": "m",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            ],
+        }
+    ).encode()
+
+
+def first_message(pairs: list[tuple[str, str]]) -> ProcessingRequest:
+    """The request-headers message that opens a stream."""
+    header_map = HeaderMap(headers=[HeaderValue(key=k, raw_value=v.encode()) for k, v in pairs])
+    return ProcessingRequest(request_headers=HttpHeaders(headers=header_map))
+
+
+async def miss_and_store(
+    shared: Shared, pending: list[Any], prompt: str, text: str
+) -> ChatCompletionsProcessor:
+    """Run one full miss through a chat processor and let its store finish."""
+    p = ChatCompletionsProcessor(shared)
+    p.on_request_headers(headers(CHAT), False)
+    await p.on_request_body(chat_body(prompt), True)
+    p.on_response_headers(headers([(":status", "200"), ("content-type", "application/json")]), False)
+    p.on_response_body(completion(text), True)
+    for coro in pending:
+        await coro
+    pending.clear()
+    return p
+
+
+# --- the registry ---------------------------------------------------------------------------
+
+
+def test_registry_picks_the_chat_processor_by_path() -> None:
+    assert processor_for("/v1/chat/completions") is ChatCompletionsProcessor
+    assert processor_for("/v1/chat/completions?api-version=1") is ChatCompletionsProcessor
+    assert processor_for("/v1/embeddings") is PassThroughProcessor
+    assert processor_for("/healthz") is PassThroughProcessor
+
+
+def test_open_processor_reads_the_first_message() -> None:
+    shared, _, _ = make_shared()
+    assert isinstance(open_processor(first_message(CHAT), shared), ChatCompletionsProcessor)
+    other = [(":method", "POST"), (":path", "/v1/completions")]
+    assert isinstance(open_processor(first_message(other), shared), PassThroughProcessor)
+    body_first = ProcessingRequest(request_body=HttpBody(body=b"{}", end_of_stream=True))
+    assert isinstance(open_processor(body_first, shared), PassThroughProcessor)
+
+
+async def test_pass_through_skips_the_stream_and_reports_once() -> None:
+    shared, decisions, _ = make_shared()
+    p = open_processor(first_message([(":method", "GET"), (":path", "/v1/models")]), shared)
+    reply = await p.handle(first_message([(":method", "GET"), (":path", "/v1/models")]))
+    assert reply.mode_override == m.SKIP_ALL
+    p.on_stream_closed()
+    assert [(d.outcome, d.reason) for d in decisions] == [("bypass", "not_chat")]
+
+
+# --- one test per phase of the chat processor ---------------------------------------------
+
+
+def test_request_headers_phase() -> None:
+    """Ours: accept-encoding is removed so the answer can be stored; not POST: pass through."""
+    shared, decisions, _ = make_shared()
+    reply = ChatCompletionsProcessor(shared).on_request_headers(headers(CHAT), False)
+    assert reply.request_headers.response.header_mutation.remove_headers == ["accept-encoding"]
+    assert reply.mode_override is None
+    get = [(":method", "GET"), (":path", "/v1/chat/completions")]
+    reply = ChatCompletionsProcessor(shared).on_request_headers(headers(get), False)
+    assert reply.mode_override == m.SKIP_ALL
+    assert decisions[-1].reason == "not_chat"
+
+
+async def test_request_body_phase_miss_then_hit() -> None:
+    """A miss continues upstream; the same prompt after a store is answered at once."""
+    shared, decisions, pending = make_shared()
+    p = ChatCompletionsProcessor(shared)
+    p.on_request_headers(headers(CHAT), False)
+    reply = await p.on_request_body(chat_body("what is the capital of france"), True)
+    _, kind = betterproto2.which_one_of(reply, "response")
+    assert kind is not None and reply.request_body is not None
+    assert p.decision.outcome == "miss"
+    for coro in pending:
+        await coro
+    pending.clear()
+    await miss_and_store(shared, pending, "capital of spain?", "Madrid")
+    hit = ChatCompletionsProcessor(shared)
+    hit.on_request_headers(headers(CHAT), False)
+    reply = await hit.on_request_body(chat_body("capital of spain?"), True)
+    assert reply.immediate_response is not None
+    assert json.loads(reply.immediate_response.body)["choices"][0]["message"]["content"] == "Madrid"
+    marks = {h.header.key: h.header.raw_value for h in reply.immediate_response.headers.set_headers}
+    assert marks[HEADER] == b"hit" and marks[f"{HEADER}-match"] == b"exact"
+    assert decisions[-1].outcome == "hit"
+
+
+async def test_response_headers_phase() -> None:
+    """A non-2xx answer is marked and not streamed back to us (it will not be stored)."""
+    shared, decisions, _ = make_shared()
+    p = ChatCompletionsProcessor(shared)
+    p.on_request_headers(headers(CHAT), False)
+    await p.on_request_body(chat_body("hello there"), True)
+    reply = p.on_response_headers(headers([(":status", "503")]), False)
+    marks = {
+        h.header.key: h.header.raw_value for h in reply.response_headers.response.header_mutation.set_headers
+    }
+    assert marks[HEADER] == b"miss"
+    assert reply.mode_override == m.NO_RESPONSE_BODY
+    assert decisions[-1].store == "non_2xx"
+
+
+async def test_response_body_phase() -> None:
+    """Each chunk passes on at once; the whole answer is stored when the stream ends."""
+    shared, decisions, pending = make_shared()
+    p = ChatCompletionsProcessor(shared)
+    p.on_request_headers(headers(CHAT), False)
+    await p.on_request_body(chat_body("tell me a joke"), True)
+    p.on_response_headers(headers([(":status", "200"), ("content-type", "application/json")]), False)
+    body = completion("a joke")
+    first = p.on_response_body(body[:10], False)
+    assert first.response_body is not None and not pending
+    p.on_response_body(body[10:], True)
+    assert len(pending) == 1
+    await pending.pop()
+    assert decisions[-1].store == "stored"
+    assert p._query is not None
+    stored = await shared.cache.backend.get_exact(p._query.exact_key, time.time())
+    assert stored is not None and stored.response["choices"][0]["message"]["content"] == "a joke"
+
+
+async def test_stream_closed_before_the_answer_completed() -> None:
+    """An aborted response is never stored, and the decision is still reported once."""
+    shared, decisions, pending = make_shared()
+    p = ChatCompletionsProcessor(shared)
+    p.on_request_headers(headers(CHAT), False)
+    await p.on_request_body(chat_body("a long answer please"), True)
+    p.on_response_headers(headers([(":status", "200"), ("content-type", "application/json")]), False)
+    p.on_response_body(b'{"choices": [', False)
+    p.on_stream_closed()
+    p.on_stream_closed()
+    assert not pending
+    assert [(d.outcome, d.store) for d in decisions] == [("miss", "stream_aborted")]

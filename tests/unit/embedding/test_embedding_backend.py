@@ -1,0 +1,86 @@
+"""The ONNX embedding backend: same vectors as torch, offline export, fallback, config key."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from extproc.config.settings import parse_config
+from extproc.embedding import onnx_backend as embedding_onnx
+from extproc.embedding.base import EncodeFn, resolve_model_path
+from extproc.embedding.loader import load_sentence_model
+from extproc.errors import ConfigError
+
+SENTENCES = [
+    "What is the capital of France?",
+    "How do I reverse a list in Python?",
+    "ok",
+    "Explain, in detail, why the sky appears blue during the day but red at sunset. " * 8,
+]
+
+
+@pytest.fixture(scope="module")
+def torch_model() -> tuple[EncodeFn, int]:
+    """The reference: the model on torch."""
+    return load_sentence_model("all-MiniLM-L6-v2", backend="torch")
+
+
+def test_onnx_matches_torch(torch_model: tuple[EncodeFn, int]) -> None:
+    onnx_encode, dim = load_sentence_model("all-MiniLM-L6-v2", backend="onnx")
+    torch_encode, torch_dim = torch_model
+    assert dim == torch_dim == 384
+    assert isinstance(onnx_encode, embedding_onnx.OnnxEncoder)
+    batch = onnx_encode(SENTENCES)
+    reference = torch_encode(SENTENCES)
+    assert batch.dtype == np.float32 and batch.shape == (len(SENTENCES), 384)
+    assert np.allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-5)
+    assert (batch * reference).sum(axis=1).min() >= 0.999
+    for text, ref in zip(SENTENCES, reference, strict=True):  # alone (no padding) as well
+        assert float(onnx_encode([text])[0] @ ref) >= 0.999
+
+
+def test_onnx_word_vectors_match_torch(torch_model: tuple[EncodeFn, int]) -> None:
+    """The content guard gets the same words and word vectors from either backend."""
+    onnx_encode, _ = load_sentence_model("all-MiniLM-L6-v2", backend="onnx")
+    torch_encode, _ = torch_model
+    texts = [*SENTENCES, "What's the café's best-selling naïve pastry in Zürich?", "iPhone 15 vs 14"]
+    for ours, reference in zip(onnx_encode.words(texts), torch_encode.words(texts), strict=True):
+        assert ours.words == reference.words and len(ours.words) > 0
+        assert ours.vectors.shape == reference.vectors.shape
+        assert (ours.vectors * reference.vectors).sum(axis=1).min() >= 0.999
+
+
+def test_an_existing_export_is_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model_dir = resolve_model_path("all-MiniLM-L6-v2")
+    monkeypatch.setattr(embedding_onnx, "cache_roots", lambda: [tmp_path / "baked"])
+    folder = embedding_onnx.exported_model(model_dir)
+    assert folder.parent.parent == tmp_path / "baked" and (folder / "model.onnx").is_file()
+    calls: list[object] = []
+    monkeypatch.setattr(embedding_onnx.subprocess, "run", lambda *a, **k: calls.append(a))
+    assert embedding_onnx.exported_model(model_dir) == folder  # found: nothing exported or written
+    assert calls == []
+
+
+def test_falls_back_to_torch_when_onnx_cannot_be_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setattr(embedding_onnx, "cache_roots", lambda: [blocker / "cache"])
+    with caplog.at_level(logging.WARNING, logger="extproc.embedding"):
+        encode, dim = load_sentence_model("all-MiniLM-L6-v2", backend="auto")
+    assert not isinstance(encode, embedding_onnx.OnnxEncoder)
+    assert dim == 384 and encode(["hello"]).shape == (1, 384)
+    assert any("falling back to torch" in r.getMessage() for r in caplog.records)
+
+
+def test_embedding_backend_config_key() -> None:
+    assert parse_config({"semantic_cache": {}}).embedding_backend == "auto"
+    assert parse_config({"semantic_cache": {"embedding_backend": "torch"}}).embedding_backend == "torch"
+    with pytest.raises(ConfigError, match=r"semantic_cache\.embedding_backend: must be one of"):
+        parse_config({"semantic_cache": {"embedding_backend": "gpu"}})
+    with pytest.raises(ValueError, match="auto, torch or onnx"):
+        load_sentence_model("all-MiniLM-L6-v2", backend="gpu")
