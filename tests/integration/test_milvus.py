@@ -237,7 +237,7 @@ async def test_schema_mismatch_and_missing_collection_bypass(
 def test_create_collection_command(milvus_server: MilvusServer, tmp_path: Path) -> None:
     from pymilvus import MilvusClient
 
-    from .conftest import ROOT, python_exe
+    from tests.conftest import ROOT, python_exe
 
     name = collection()
     cfg = milvus_yaml(

@@ -132,7 +132,7 @@ def test_backend_config_path_resolves_against_config_folder(tmp_path: Path) -> N
 
 
 def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
-    from .conftest import python_exe
+    from tests.conftest import python_exe
 
     good = subprocess.run(
         [python_exe(), "-m", "extproc.cli", "check-config", str(ROOT / "config" / "config.yaml")],
