@@ -70,6 +70,17 @@ async def test_followers_are_released_when_the_leader_will_not_store() -> None:
     assert len(shared.inflight) == 0  # released at the headers, not at the end of the body
 
 
+async def test_an_answer_too_large_to_store_releases_the_waiters_mid_stream() -> None:
+    shared, _, _ = make_shared(max_response_bytes=2048)
+    leader = ChatCompletionsProcessor(shared)
+    leader.on_request_headers(headers(CHAT), False)
+    await leader.on_request_body(chat_body("a very long story"), True)
+    leader.on_response_headers(headers(OK_SSE), False)
+    assert len(shared.inflight) == 1
+    leader.on_response_body(b"data: " + b"x" * 4096 + b"\n\n", False)  # more is still coming
+    assert len(shared.inflight) == 0 and leader.decision.store == "too_large"
+
+
 async def test_store_failure_of_any_kind_reports_and_releases_once() -> None:
     shared, decisions, pending = make_shared()
 
