@@ -17,7 +17,13 @@ from tests.support.upstream import FakeUpstream, make_app
 def main() -> None:
     """Serve on 127.0.0.1:PORT until killed."""
     web.run_app(
-        make_app(FakeUpstream()), host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None
+        make_app(FakeUpstream()),
+        host="127.0.0.1",
+        port=int(sys.argv[1]),
+        access_log=None,
+        print=None,
+        max_field_size=64 * 1024,  # headers as large as Envoy lets through
+        max_line_size=64 * 1024,
     )
 
 

@@ -39,6 +39,7 @@ GUARD_KEYS = {
     "negation": "guard_negation",
     "opposites": "guard_opposites",
     "direction": "guard_direction",
+    "code": "guard_code",
     "content": "guard_content",
 }
 

@@ -84,6 +84,8 @@ class CacheSettings:
     scope_header: str = "x-tenant-id"
     fingerprint_ignore_fields: tuple[str, ...] = ("stream", "stream_options")
     max_response_bytes: int = 4 * 1024 * 1024
+    max_request_bytes: int = 1024 * 1024
+    """The largest request body looked up, after decompression (Envoy's buffer limit by default)."""
     lookup_timeout_ms: int = 1500
     coalesce_wait_ms: int = 60_000
     """How long identical concurrent misses wait for the first one's answer (single-flight)."""
@@ -99,6 +101,7 @@ class CacheSettings:
     guard_negation: bool = True
     guard_opposites: bool = True
     guard_direction: bool = True
+    guard_code: bool = True
     guard_content: bool = True
     guard_content_min_alignment: float = 0.5
     guard_content_name_alignment: float = 0.7
@@ -148,6 +151,7 @@ _CACHE_KEYS: KeySpec = {
     "scope_header": (str, "a header name", header_name),
     "fingerprint_ignore_fields": (list, "a list of request field names", None),
     "max_response_bytes": (int, "an integer (bytes)", int_range(1024)),
+    "max_request_bytes": (int, "an integer (bytes)", int_range(1024)),
     "lookup_timeout_ms": (int, "an integer (milliseconds)", int_range(1)),
     "coalesce_wait_ms": (int, "an integer (milliseconds, 0 = never wait)", int_range(0, 600_000)),
     "embedding_batch_size": (int, "an integer", int_range(1, 4096)),
@@ -159,6 +163,7 @@ _CACHE_KEYS: KeySpec = {
     "guard_negation": (bool, "true or false", None),
     "guard_opposites": (bool, "true or false", None),
     "guard_direction": (bool, "true or false", None),
+    "guard_code": (bool, "true or false", None),
     "guard_content": (bool, "true or false", None),
     "guard_content_min_alignment": ((int, float), "a number", unit_interval),
     "guard_content_name_alignment": ((int, float), "a number", unit_interval),

@@ -33,16 +33,45 @@ __all__ = ["ProcessingRequest", "ProcessingResponse"]
 _OVERWRITE = HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
 
 
+MAX_HEADERS_COUNT = 100
+"""Envoy's default header-count limit (``max_headers_count``), which a mutation must not reach."""
+MAX_HEADERS_BYTES = 60 * 1024
+"""Envoy's default header-size limit (``max_request_headers_kb``: 60 KiB)."""
+_HEADROOM = (4, 1024)
+"""Headers Envoy may still add after ours (x-request-id, x-envoy-*…): count, bytes."""
+
+
 def header_dict(headers: HeaderMap | None) -> dict[str, str]:
-    """Envoy's header map as a dict of lowercase names; repeated headers joined with ``,``."""
+    """Envoy's header map as a dict of lowercase names; repeated headers joined with ``,``.
+
+    Bytes that are not UTF-8 are kept as they were (``surrogateescape``), never folded into
+    U+FFFD: ``t\\xff`` and ``t\\xfe`` stay two different values (scopes hash the raw bytes).
+    """
     out: dict[str, str] = {}
     if headers is None:
         return out
     for h in headers.headers:
-        value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+        value = h.raw_value.decode("utf-8", "surrogateescape") if h.raw_value else h.value
         key = h.key.lower()
         out[key] = f"{out[key]},{value}" if key in out else value
     return out
+
+
+def header_size(headers: HeaderMap | None) -> tuple[int, int]:
+    """(count, bytes) of a header map, as Envoy counts them against its limits."""
+    if headers is None:
+        return 0, 0
+    return len(headers.headers), sum(
+        len(h.key) + len(h.raw_value or h.value.encode()) for h in headers.headers
+    )
+
+
+def near_header_limits(size: tuple[int, int], adding: Mapping[str, str] | None = None) -> bool:
+    """True when a header mutation could take the map to Envoy's limits (it would answer 500)."""
+    extra = adding or {}
+    count = size[0] + len(extra) + _HEADROOM[0]
+    nbytes = size[1] + sum(len(k) + len(v.encode()) for k, v in extra.items()) + _HEADROOM[1]
+    return count > MAX_HEADERS_COUNT or nbytes > MAX_HEADERS_BYTES
 
 
 def header_path(headers: HeaderMap | None) -> str:

@@ -20,7 +20,6 @@ from extproc.errors import NotCacheable, NotStorable
 CHAT_PATH = "/v1/chat/completions"
 MAX_MODEL_CHARS = 256
 """Longer ``model`` values are not cached (no real model name is that long)."""
-_WS = re.compile(r"\s+")
 
 
 @dataclass(frozen=True)
@@ -39,8 +38,21 @@ class ChatRequest:
 
 
 def normalize_text(text: str) -> str:
-    """Unicode NFC, whitespace runs collapsed to one space, ends trimmed (case is kept)."""
-    return _WS.sub(" ", unicodedata.normalize("NFC", text)).strip()
+    """Unicode NFC, line ends as ``\\n``, trailing spaces and blank lines at both ends removed.
+
+    Whitespace that can be meaning is kept (case too): indentation, runs of spaces inside a line
+    (in code and quoted strings they change the answer), and the lines themselves.  A one-line
+    text is trimmed at both ends.
+    """
+    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
+    lines = [line.rstrip() for line in text.split("\n")]
+    while lines and not lines[-1]:
+        lines.pop()
+    while lines and not lines[0]:
+        lines.pop(0)
+    if len(lines) <= 1:
+        return lines[0].strip() if lines else ""
+    return "\n".join(lines)
 
 
 def _hash(*parts: str) -> str:
@@ -136,12 +148,47 @@ def with_revision(fingerprint: str, revision: str) -> str:
     return _hash("revision", fingerprint, revision) if revision else fingerprint
 
 
+def with_query(fingerprint: str, query: str) -> str:
+    """The fingerprint of a request sent with the (canonical) query string ``query``.
+
+    Gateways route on query parameters (``?api-version=…&deployment=…``): the answer of one
+    deployment is never served for another, nor for the bare path.
+    """
+    return _hash("query", fingerprint, query) if query else fingerprint
+
+
+_AUTH_SCHEMES = frozenset({"bearer", "basic", "digest", "token", "apikey", "api-key", "negotiate"})
+
+
 def scope_from_authorization(value: str | None) -> str | None:
-    """Hash of the bearer token (never the token itself), or None without one."""
-    if not value:
+    """Hash of the credentials (never the credentials themselves), or None without any.
+
+    ``Bearer <token>`` and a bare ``<token>`` are the same tenant (the token is what the upstream
+    checks); another scheme hashes the whole value.  An empty token, or a scheme word alone
+    (``Bearer``), is no credential: the request bypasses (``no_scope``).  Hashed from the raw
+    bytes, so tokens that are not valid text never collide.
+    """
+    words = (value or "").split(None, 1)
+    if not words or (len(words) == 1 and words[0].lower() in _AUTH_SCHEMES):
         return None
-    token = value[7:].strip() if value[:7].lower() == "bearer " else value.strip()
+    token = words[1].strip() if words[0].lower() == "bearer" else (value or "").strip()
     return "auth:" + _hash("authorization", token)[:32] if token else None
+
+
+def scope_from_header(value: str, max_chars: int) -> str | None:
+    """The scope of a tenant header's value, or None when it is missing, blank or too long.
+
+    A value that is not valid UTF-8 (decoded with ``surrogateescape``) is named by its raw bytes
+    in hex, so ``t\\xff`` and ``t\\xfe``, or two Latin-1 names, are two tenants, never one.
+    """
+    value = value.strip()
+    if not 0 < len(value) <= max_chars:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "header-bytes:" + value.encode("utf-8", "surrogateescape").hex()
+    return f"header:{value}"
 
 
 # --- responses ----------------------------------------------------------------------------

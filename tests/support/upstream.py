@@ -3,7 +3,8 @@
 The ``x-test-mode`` request header picks the behaviour: ``ok`` (default), ``error`` (HTTP 500),
 ``length`` (finish_reason length), ``content_filter``, ``abort`` (the stream or body is cut
 mid-way), ``slow`` (waits ``x-test-delay-ms``), ``gzip`` (gzip-encoded JSON body),
-``n2-partial`` (two choices, one truncated).
+``n2-partial`` (two choices, one truncated), ``slow-error`` (waits, then HTTP 500),
+``malformed`` (a JSON answer whose ``finish_reason`` is a list).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def make_app(state: FakeUpstream) -> web.Application:
             assert request.transport is not None
             request.transport.abort()
             return web.Response()
-        if mode == "slow":
+        if mode in ("slow", "slow-error"):
             await asyncio.sleep(int(request.headers.get("x-test-delay-ms", "500")) / 1000)
         try:
             body = json.loads(raw)
@@ -87,12 +88,14 @@ def make_app(state: FakeUpstream) -> web.Application:
             return web.json_response({"error": {"message": "not an object"}}, status=400)
         model = str(body.get("model", "m"))
         text = f"answer #{n} from upstream"
-        if mode == "error":
+        if mode in ("error", "slow-error"):
             return web.json_response({"error": {"message": "boom", "type": "server_error"}}, status=500)
         finish = {"length": "length", "content_filter": "content_filter"}.get(mode, "stop")
         completion = _completion(model, text, finish, choices=2 if mode == "n2-partial" else 1)
         if mode == "n2-partial":
             completion["choices"][1]["finish_reason"] = "length"
+        if mode == "malformed":
+            completion["choices"][0]["finish_reason"] = []
         if body.get("stream") is True:
             return await _stream(request, completion, mode, body)
         payload = json.dumps(completion).encode()
@@ -177,7 +180,9 @@ def make_app(state: FakeUpstream) -> web.Application:
 
 async def start(state: FakeUpstream) -> web.AppRunner:
     """Start on a free loopback port (written to ``state.port``)."""
-    runner = web.AppRunner(make_app(state), access_log=None)
+    # Headers as large as Envoy lets through (60 KiB), like a real LLM server behind it.
+    limits: dict[str, Any] = {"max_field_size": 64 * 1024, "max_line_size": 64 * 1024}
+    runner = web.AppRunner(make_app(state), access_log=None, **limits)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

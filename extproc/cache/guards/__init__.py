@@ -12,6 +12,7 @@ import inspect
 from typing import TYPE_CHECKING, Any
 
 from extproc.cache.guards.base import Guard
+from extproc.cache.guards.code import CodeGuard
 from extproc.cache.guards.content import ContentGuard, missing_words, modifiers
 from extproc.cache.guards.rules import DirectionGuard, NegationGuard, NumbersGuard, OppositesGuard, UnitsGuard
 from extproc.cache.guards.verifier import CrossEncoderVerifier, load_verifier_factory
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from extproc.embedding.batcher import Embedder
 
 __all__ = [
+    "CodeGuard",
     "ContentGuard",
     "CrossEncoderVerifier",
     "DirectionGuard",
@@ -49,6 +51,8 @@ async def build_guards(settings: CacheSettings, embedder: Embedder) -> list[Guar
         guards.append(OppositesGuard())
     if settings.guard_direction:
         guards.append(DirectionGuard())
+    if settings.guard_code:
+        guards.append(CodeGuard())
     if settings.guard_content:
         guards.append(
             ContentGuard(

@@ -41,11 +41,15 @@ class Processor:
         self._send = send
         self._span: Span = INVALID_SPAN
         self._reported = False
+        self._header_size = (0, 0)
+        """(count, bytes) of the headers of the current phase: Envoy's limits apply to them."""
 
     async def handle(self, request: m.ProcessingRequest) -> m.ProcessingResponse:
         """Dispatch one ext_proc message to its phase method."""
         phase, value = betterproto2.which_one_of(request, "request")
         try:
+            if phase in ("request_headers", "response_headers"):
+                self._header_size = m.header_size(value.headers)
             if phase == "request_headers":
                 return self.on_request_headers(m.header_dict(value.headers), value.end_of_stream)
             if phase == "request_body":

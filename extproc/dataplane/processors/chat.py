@@ -7,7 +7,6 @@ go upstream, captures the response and stores it in the background.
 from __future__ import annotations
 
 import asyncio
-import gzip
 import logging
 import time
 import zlib
@@ -18,11 +17,12 @@ from opentelemetry import trace
 
 from extproc.cache import CacheQuery, LookupResult
 from extproc.dataplane.decision import lookup_failure_reason
-from extproc.dataplane.identity import cache_control, cache_query
+from extproc.dataplane.identity import cache_control, cache_query, canonical_query
 from extproc.dataplane.processors.base import Processor, Send
 from extproc.dataplane.shared import HEADER, MAX_SCOPE_CHARS, Shared
 from extproc.errors import NotCacheable, NotStorable, OutcomeError
 from extproc.protocol import messages as m
+from extproc.protocol.encoding import GZIP, IDENTITY, gunzip_bounded
 from extproc.protocol.openai import (
     ChatRequest,
     parse_chat_request,
@@ -31,9 +31,13 @@ from extproc.protocol.openai import (
     render_completion,
     render_sse,
     scope_from_authorization,
+    scope_from_header,
 )
 
 log = logging.getLogger(__name__)
+
+INLINE_PARSE_BYTES = 64 * 1024
+"""Bodies up to this size are parsed on the event loop; larger or compressed ones in a thread."""
 
 
 class ChatCompletionsProcessor(Processor):
@@ -62,6 +66,7 @@ class ChatCompletionsProcessor(Processor):
         self._chunks: list[bytes] = []
         self._size = 0
         self._captured = False
+        self._query_string = ""
 
     # --- request -------------------------------------------------------------------------
 
@@ -70,6 +75,7 @@ class ChatCompletionsProcessor(Processor):
         self._start_span(headers)
         if headers.get(":method") != "POST":
             return self._pass_through("not_chat")
+        self._query_string = canonical_query(headers.get(":path", ""))
         if not self.settings.enabled:
             return self._bypass("disabled")
         if end_of_stream:
@@ -85,14 +91,17 @@ class ChatCompletionsProcessor(Processor):
         revision = headers.get(revision_header, "").strip() if revision_header else ""
         self._revision = revision or self.settings.revision
         self._request_encoding = headers.get("content-encoding", "").strip().lower()
-        remove = () if self._no_store else ("accept-encoding",)
+        # Mutate only what is there: Envoy re-checks its header limits after any mutation and
+        # fails the request with a 500 when the map is at them (it adds headers of its own).
+        remove = () if self._no_store or "accept-encoding" not in headers else ("accept-encoding",)
+        if remove and m.near_header_limits(self._header_size):
+            remove = ()  # a compressed answer is still stored (gzip) or skipped, never a 500
         return m.request_headers(m.mutation(remove=remove))
 
     def _scope_of(self, headers: dict[str, str]) -> str | None:
         mode = self.settings.scope_mode
         if mode == "header":
-            value = headers.get(self.settings.scope_header.lower(), "").strip()
-            return f"header:{value}" if 0 < len(value) <= MAX_SCOPE_CHARS else None
+            return scope_from_header(headers.get(self.settings.scope_header.lower(), ""), MAX_SCOPE_CHARS)
         if mode == "authorization":
             return scope_from_authorization(headers.get("authorization"))
         return "global"
@@ -103,14 +112,13 @@ class ChatCompletionsProcessor(Processor):
             self._mark_bypass("request_too_large")
             return m.request_body()
         try:
-            body = self._decode_request(body)
-            chat = parse_chat_request(body, self.settings.fingerprint_ignore_fields)
+            chat = await self._parse_request(body)
         except NotCacheable as exc:
             self._mark_bypass(exc.reason)
             return m.request_body()
         self._request = chat
         self.decision.model = chat.model
-        query = cache_query(chat, self._scope, self._revision)
+        query = cache_query(chat, self._scope, self._revision, self._query_string)
         self._query = query
         self.decision.partition = query.partition[:16]
         self.decision.outcome = "miss"
@@ -174,16 +182,28 @@ class ChatCompletionsProcessor(Processor):
         self.decision.reason = "coalesced"
         return LookupResult(entry=entry, similarity=1.0, match="exact", best_similarity=1.0)
 
-    def _decode_request(self, body: bytes) -> bytes:
+    async def _parse_request(self, body: bytes) -> ChatRequest:
+        """Decode and parse the body; a compressed or large one off the event loop, bounded."""
         encoding = self._request_encoding
-        if encoding in ("", "identity"):
-            return body
-        if encoding in ("gzip", "x-gzip"):
+        if encoding not in IDENTITY and encoding not in GZIP:
+            raise NotCacheable("unsupported_encoding")
+        if len(body) > self.settings.max_request_bytes:
+            raise NotCacheable("request_too_large")
+        if encoding in IDENTITY and len(body) <= INLINE_PARSE_BYTES:
+            return parse_chat_request(body, self.settings.fingerprint_ignore_fields)
+        return await asyncio.to_thread(self._decode_and_parse, body)
+
+    def _decode_and_parse(self, body: bytes) -> ChatRequest:
+        """(worker thread) Inflate at most ``max_request_bytes``, then parse."""
+        if self._request_encoding in GZIP:
             try:
-                return gzip.decompress(body)
-            except (OSError, EOFError, zlib.error) as exc:
+                decoded = gunzip_bounded(body, self.settings.max_request_bytes)
+            except (EOFError, zlib.error) as exc:
                 raise NotCacheable("bad_encoding") from exc
-        raise NotCacheable("unsupported_encoding")
+            if decoded is None:  # a decompression bomb, or just too big: never inflated whole
+                raise NotCacheable("request_too_large")
+            body = decoded
+        return parse_chat_request(body, self.settings.fingerprint_ignore_fields)
 
     def _serve_hit(self, chat: ChatRequest, lookup: LookupResult) -> m.ProcessingResponse:
         assert lookup.entry is not None
@@ -216,7 +236,8 @@ class ChatCompletionsProcessor(Processor):
             self._status = 0
         self._content_type = headers.get("content-type", "").lower()
         self._content_encoding = headers.get("content-encoding", "").strip().lower()
-        marks = m.mutation({HEADER: self.decision.outcome})
+        mark = {HEADER: self.decision.outcome}
+        marks = None if m.near_header_limits(self._header_size, mark) else m.mutation(mark)
         if self._storing and not 200 <= self._status < 300:
             self._skip_store("non_2xx")
         elif self._storing and end_of_stream:
@@ -247,24 +268,25 @@ class ChatCompletionsProcessor(Processor):
         return m.response_body()
 
     async def _store(self, body: bytes) -> None:
-        with trace.use_span(self._span, end_on_exit=False):
-            await self._parse_and_store(body)
-        self._report()
+        """Parse and store the captured answer; whatever happens, report (and release) once."""
+        try:
+            with trace.use_span(self._span, end_on_exit=False):
+                await self._parse_and_store(body)
+        except Exception:  # a bug here must not keep identical misses waiting
+            log.exception("storing a response failed; it is not stored")
+            self._skip_store("internal_error")
+        finally:
+            self._report()
 
     async def _parse_and_store(self, body: bytes) -> None:
         query, lookup = self._query, self._lookup
         assert query is not None
         try:
-            if self._content_encoding == "gzip":
-                body = gzip.decompress(body)
-            expected = self._request.n if self._request is not None else 1
-            if "text/event-stream" in self._content_type:
-                completion = parse_sse_completion(body, expected)
-            else:
-                completion = parse_json_completion(body, expected)
+            completion = await self._parse_response(body)
         except NotStorable as exc:
             self._skip_store(exc.reason)
-        except (OSError, EOFError, zlib.error):
+        except Exception:  # an answer of a shape we do not know: never an exception
+            log.debug("unparseable response", exc_info=True)
             self._skip_store("unparseable")
         else:
             started = time.perf_counter()
@@ -278,6 +300,28 @@ class ChatCompletionsProcessor(Processor):
                 log.warning("cache store failed", exc_info=True)
                 self._skip_store("backend_error")
             self.decision.timings["store_ms"] = (time.perf_counter() - started) * 1000
+
+    async def _parse_response(self, body: bytes) -> dict[str, Any]:
+        """The completion in a captured body; inflated (bounded) and parsed off the loop if big."""
+        expected = self._request.n if self._request is not None else 1
+        stream = "text/event-stream" in self._content_type
+        gzipped = self._content_encoding == "gzip"
+        if not gzipped and len(body) <= INLINE_PARSE_BYTES:
+            return parse_sse_completion(body, expected) if stream else parse_json_completion(body, expected)
+
+        def decode_and_parse() -> dict[str, Any]:
+            raw = body
+            if gzipped:
+                try:
+                    inflated = gunzip_bounded(body, self.settings.max_response_bytes)
+                except (EOFError, zlib.error) as exc:
+                    raise NotStorable("unparseable") from exc
+                if inflated is None:
+                    raise NotStorable("too_large")
+                raw = inflated
+            return parse_sse_completion(raw, expected) if stream else parse_json_completion(raw, expected)
+
+        return await asyncio.to_thread(decode_and_parse)
 
     def on_stream_closed(self) -> None:
         """The stream ended; a response still being captured was aborted."""
@@ -296,12 +340,16 @@ class ChatCompletionsProcessor(Processor):
     def _mark_bypass(self, reason: str) -> None:
         super()._mark_bypass(reason)
         self._storing = False
+        self._release()
 
     def _skip_store(self, reason: str) -> None:
         self._storing = False
         if not self.decision.store:
             self.decision.store = reason
+        self._release()  # identical misses waiting for this answer go upstream now
 
     def _release(self) -> None:
+        """Hand the single-flight lead back (once): waiters stop waiting for this answer."""
         if self._leading and self._query is not None:
+            self._leading = False
             self.shared.inflight.done(self._query.exact_key)

@@ -94,7 +94,7 @@ def test_revision_changes_the_partition_and_key() -> None:
         (lambda line: edited(line, extra=1), "unknown field(s) extra"),
         (lambda line: edited(line, v=2), "format version 2 is not supported"),
         (lambda line: edited(line, model=""), "model must be a non-empty string"),
-        (lambda line: edited(line, prompt="What  is the capital of France?"), "prompt is not normalized"),
+        (lambda line: edited(line, prompt="What is the capital of France?  "), "prompt is not normalized"),
         (lambda line: edited(line, prompt="Another question entirely"), "exact_key does not match"),
         (lambda line: edited(line, scope="tenant-b"), "partition does not match"),
         (lambda line: edited(line, vector=unit(2, 8).tolist()), "vector has 8 dimensions but"),

@@ -277,8 +277,8 @@ async def test_cross_encoder_verifier_runs_the_scorer_off_the_loop(model: tuple[
 async def test_build_guards_follows_settings(model: tuple[EncodeFn, int]) -> None:
     embedder = Embedder(*model)
     names = [g.name for g in await build_guards(CacheSettings(), embedder)]
-    assert names == ["numbers", "units", "negation", "opposites", "direction", "content"]
-    off = with_overrides(CacheSettings(), guard_units=False, guard_content=False)
+    assert names == ["numbers", "units", "negation", "opposites", "direction", "code", "content"]
+    off = with_overrides(CacheSettings(), guard_units=False, guard_content=False, guard_code=False)
     assert [g.name for g in await build_guards(off, embedder)] == [
         "numbers", "negation", "opposites", "direction"
     ]  # fmt: skip
@@ -351,6 +351,7 @@ async def test_server_wires_the_configured_guards(model: tuple[EncodeFn, int]) -
         "negation",
         "opposites",
         "direction",
+        "code",
         "content",
     ]
     await cache.close()

@@ -86,7 +86,7 @@ async def test_protocol_on_known_answers_with_guards(model: tuple[EncodeFn, int]
     assert (row.hits, row.correct, row.wrong, row.wrong_negative, row.wrong_other) == (4, 3, 1, 0, 1)
     assert row.precision == pytest.approx(0.75) and row.recall == pytest.approx(1.0)
     assert report.rejections == {"opposites": 1, "numbers": 1}
-    assert report.guards == ["numbers", "units", "negation", "opposites", "direction", "content"]
+    assert report.guards == ["numbers", "units", "negation", "opposites", "direction", "code", "content"]
 
 
 async def test_a_sweep_row_equals_a_run_at_that_threshold(model: tuple[EncodeFn, int]) -> None:

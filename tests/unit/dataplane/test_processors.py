@@ -117,11 +117,15 @@ async def test_pass_through_skips_the_stream_and_reports_once() -> None:
 
 
 def test_request_headers_phase() -> None:
-    """Ours: accept-encoding is removed so the answer can be stored; not POST: pass through."""
+    """Ours: accept-encoding (only if sent) is removed so the answer can be stored; not POST: pass."""
     shared, decisions, _ = make_shared()
-    reply = ChatCompletionsProcessor(shared).on_request_headers(headers(CHAT), False)
+    reply = ChatCompletionsProcessor(shared).on_request_headers(
+        headers([*CHAT, ("accept-encoding", "br")]), False
+    )
     assert reply.request_headers.response.header_mutation.remove_headers == ["accept-encoding"]
     assert reply.mode_override is None
+    reply = ChatCompletionsProcessor(shared).on_request_headers(headers(CHAT), False)
+    assert reply.request_headers.response.header_mutation is None  # nothing to remove: no mutation
     get = [(":method", "GET"), (":path", "/v1/chat/completions")]
     reply = ChatCompletionsProcessor(shared).on_request_headers(headers(get), False)
     assert reply.mode_override == m.SKIP_ALL

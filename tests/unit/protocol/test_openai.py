@@ -10,6 +10,7 @@ import pytest
 from extproc.errors import NotCacheable, NotStorable
 from extproc.protocol.openai import (
     exact_key,
+    normalize_text,
     parse_chat_request,
     parse_json_completion,
     parse_sse_completion,
@@ -33,12 +34,33 @@ def test_prompt_is_last_user_message_normalized() -> None:
             messages=[
                 {"role": "user", "content": "first"},
                 {"role": "assistant", "content": "ok"},
-                {"role": "user", "content": "  What   is\tthis?\n"},
+                {"role": "user", "content": "  What is this?\r\n"},
             ]
         )
     )
     assert req.prompt == "What is this?"
     assert req.model == "m"
+
+
+def test_normalization_keeps_whitespace_that_can_be_meaning() -> None:
+    """Indentation, runs inside a line and line structure stay; trailing spaces and CRLF do not."""
+    assert normalize_text("x = 'a    b'; print(len(x))") != normalize_text("x = 'a b'; print(len(x))")
+    indented = "def f():\n    return 1"
+    assert normalize_text(indented) != normalize_text("def f():\nreturn 1")
+    assert normalize_text("print(1)\nprint(2)") != normalize_text("print(1) print(2)")
+    assert normalize_text("\n\ndef f():  \r\n    return 1   \n\n") == indented
+    assert normalize_text("cafe\u0301 ") == "caf\u00e9"
+    assert normalize_text(" \n\t ") == ""
+
+
+def test_whitespace_variants_of_code_have_their_own_exact_keys() -> None:
+    def key(prompt: str) -> str:
+        req = parse_chat_request(body(messages=[{"role": "user", "content": prompt}]))
+        return exact_key(req.model, "global", req.fingerprint, req.prompt)
+
+    assert key("x = 'a    b'") != key("x = 'a b'")
+    assert key("if x:\n    y()") != key("if x:\ny()")
+    assert key("What is Envoy?") == key("What is Envoy?  \n")
 
 
 def test_fingerprint_ignores_only_last_user_text_and_stream_fields() -> None:
@@ -81,7 +103,7 @@ def test_content_parts_text_is_embedded_images_go_to_fingerprint() -> None:
     other_image = [*parts, {"type": "image_url", "image_url": {"url": "http://x/2.png"}}]
     a = parse_chat_request(body(messages=[{"role": "user", "content": with_image}]))
     b = parse_chat_request(body(messages=[{"role": "user", "content": other_image}]))
-    assert a.prompt == "Describe this"
+    assert a.prompt == "Describe\nthis"  # each text part its own line
     assert a.fingerprint != b.fingerprint
 
 

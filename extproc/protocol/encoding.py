@@ -1,0 +1,35 @@
+"""Content-encoding of bodies: gzip decompressed incrementally, never past a size limit.
+
+A small compressed body can expand a thousandfold (a "decompression bomb"); the output is
+produced in pieces and the work stops as soon as it passes the limit, so memory stays bounded
+by the limit whatever the input.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+GZIP = frozenset({"gzip", "x-gzip"})
+IDENTITY = frozenset({"", "identity"})
+
+
+def gunzip_bounded(data: bytes, limit: int) -> bytes | None:
+    """The decompressed ``data`` (gzip, one or more members), or None once it exceeds ``limit`` bytes.
+
+    Raises :class:`zlib.error` or :class:`EOFError` on a corrupt or truncated stream.
+    """
+    out = bytearray()
+    pending = data
+    while True:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        while not inflater.eof:
+            chunk = inflater.decompress(pending, limit + 1 - len(out))
+            out += chunk
+            if len(out) > limit:
+                return None
+            pending = inflater.unconsumed_tail
+            if not chunk and not pending and not inflater.eof:
+                raise EOFError("the gzip stream ends before its last block")
+        pending = inflater.unused_data
+        if not pending.strip(b"\x00"):  # nothing, or padding, after the last member
+            return bytes(out)
