@@ -57,7 +57,7 @@ async def test_exact_repeat_hit(stack: Stack) -> None:
     model = fresh_model()
     first = await stack.chat(chat(model, "How do I reverse a list in Python?"))
     await stack.settle()
-    again = await stack.chat(chat(model, "How do I   reverse a list in Python? "))
+    again = await stack.chat(chat(model, "How do I reverse a list in Python?  \r\n"))
     assert again.headers["x-semantic-cache"] == "hit"
     assert again.headers["x-semantic-cache-match"] == "exact"
     assert again.headers["x-semantic-cache-similarity"] == "1.0000"
