@@ -16,7 +16,7 @@ from extproc.dataplane.server import BackgroundTasks, ExtProcServer
 from extproc.dataplane.shared import Shared
 from extproc.embedding.base import EncodeFn
 from extproc.embedding.batcher import Embedder
-from extproc.embedding.loader import load_sentence_model
+from extproc.embedding.loader import load_sentence_model, plan_workers, workers_for
 from extproc.errors import ConfigError
 from extproc.observability.metrics import Metrics
 
@@ -41,17 +41,19 @@ def make_backend(settings: CacheSettings, dim: int) -> CacheBackend:
 
 async def make_cache(settings: CacheSettings, model: tuple[EncodeFn, int] | None = None) -> SemanticCache:
     """Model (unless given), backend and guards as ``settings`` say: used by the server and ``eval``."""
+    workers, threads = plan_workers(
+        settings.embedding_workers, settings.embedding_threads, settings.embedding_backend
+    )
     if model is None:
         started = time.perf_counter()
         model = await asyncio.to_thread(
-            load_sentence_model,
-            settings.embedding_model,
-            settings.embedding_threads,
-            settings.embedding_backend,
+            load_sentence_model, settings.embedding_model, threads, settings.embedding_backend
         )
         log.info("model ready in %.2fs", time.perf_counter() - started)
     encode, dim = model
-    embedder = Embedder(encode, dim, settings.embedding_batch_size)
+    workers = workers_for(encode, workers)
+    embedder = Embedder(encode, dim, settings.embedding_batch_size, workers)
+    log.info("embedding: %d pass(es) at once, batches of up to %d", workers, settings.embedding_batch_size)
     backend = make_backend(settings, dim)
     top_k = settings.milvus().topk if settings.backend_type == "milvus" else settings.top_k
     log.info(
@@ -81,6 +83,7 @@ async def build_server(settings: CacheSettings, model: tuple[EncodeFn, int] | No
     decisions = DecisionLog(metrics, cache.backend.name)
     shared = Shared(settings=settings, cache=cache, spawn=tasks.spawn, on_decision=decisions)
     metrics.watch(lambda: shared.cache.backend)
+    metrics.watch_embedder(lambda: shared.cache.embedder)
     return ExtProcServer(shared, tasks, settings.server.max_message_bytes, metrics)
 
 

@@ -10,6 +10,7 @@ processor maps all of them in one place (``except OutcomeError as exc: exc.reaso
         ├── NotStorable             the response must not be stored (store skip: the parse reason)
         ├── BackendUnavailable      the backend cannot serve now       (``backend_unavailable``)
         ├── EmbeddingFailed         the embedding model raised         (``embedding_error``)
+        ├── Overloaded              the embedding backlog exceeds the latency budget (``overloaded``)
         └── EntryTooLarge           the entry exceeds a backend limit  (``too_large``)
 
 Anything else that escapes a lookup is ``backend_error`` and a timeout is ``lookup_timeout``
@@ -66,6 +67,15 @@ class EmbeddingFailed(OutcomeError):
     """The embedding model raised (bypass reason ``embedding_error``)."""
 
     reason = "embedding_error"
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message=message)
+
+
+class Overloaded(OutcomeError):
+    """Waiting for an embedding would exceed ``max_added_latency_ms``: skip (reason ``overloaded``)."""
+
+    reason = "overloaded"
 
     def __init__(self, message: str = "") -> None:
         super().__init__(message=message)

@@ -14,7 +14,7 @@ import numpy as np
 from extproc.cache.guards.base import LONG_PROMPT_CHARS, Guard
 from extproc.cache.schema import CacheBackend, CacheEntry, CacheQuery, LookupResult
 from extproc.embedding.batcher import Embedder
-from extproc.errors import EmbeddingFailed
+from extproc.errors import EmbeddingFailed, Overloaded
 from extproc.observability.tracing import tracer
 
 
@@ -48,12 +48,18 @@ class SemanticCache:
         self.guards = list(guards)
 
     async def check(
-        self, query: CacheQuery, threshold: float | None = None, vector: np.ndarray | None = None
+        self,
+        query: CacheQuery,
+        threshold: float | None = None,
+        vector: np.ndarray | None = None,
+        max_wait: float | None = None,
     ) -> LookupResult:
         """Find a stored answer for ``query``: exact key first, then nearest prompts.
 
         Candidates come best first; the first at or above the threshold that every guard
-        accepts is the hit.  ``vector`` skips embedding when the caller already has it.
+        accepts is the hit.  ``vector`` skips embedding when the caller already has it.  When
+        the embedder predicts a wait over ``max_wait`` seconds, only the (cheap) exact lookup
+        runs and :class:`~extproc.errors.Overloaded` is raised on a miss.
         """
         now = time.time()
         timings: dict[str, float] = {}
@@ -65,6 +71,8 @@ class SemanticCache:
             return LookupResult(
                 entry=entry, similarity=1.0, match="exact", best_similarity=1.0, timings=timings
             )
+        if vector is None and max_wait is not None and self.embedder.expected_wait() > max_wait:
+            raise Overloaded(f"embedding backlog {self.embedder.backlog}")
         if vector is None:
             with timed(timings, "embed_ms"), tracer.start_as_current_span("semantic_cache.embed"):
                 try:
@@ -124,11 +132,21 @@ class SemanticCache:
         return rejected
 
     async def store(
-        self, query: CacheQuery, response: dict[str, Any], vector: np.ndarray | None = None
+        self,
+        query: CacheQuery,
+        response: dict[str, Any],
+        vector: np.ndarray | None = None,
+        max_wait: float | None = None,
     ) -> CacheEntry:
-        """Store ``response`` as the answer to ``query`` (embedding it if not done yet)."""
+        """Store ``response`` as the answer to ``query`` (embedding it if not done yet).
+
+        A store that must embed waits behind every queued lookup, and is dropped
+        (:class:`~extproc.errors.Overloaded`) when the backlog already exceeds ``max_wait``.
+        """
         if vector is None:
-            vector = await self.embedder.embed(query.prompt)
+            if max_wait is not None and self.embedder.expected_wait() > max_wait:
+                raise Overloaded(f"embedding backlog {self.embedder.backlog}")
+            vector = await self.embedder.embed(query.prompt, deferred=True)
         now = time.time()
         entry = CacheEntry(
             id=query.exact_key,

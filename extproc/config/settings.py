@@ -91,6 +91,10 @@ class CacheSettings:
     """How long identical concurrent misses wait for the first one's answer (single-flight)."""
     embedding_batch_size: int = 64
     embedding_threads: int = 0
+    embedding_workers: int = 0
+    """Forward passes run at once (0 = one per usable core with ONNX Runtime, 1 with torch)."""
+    max_added_latency_ms: int = 150
+    """Budget for the wait for an embedding: past it the semantic lookup is skipped (overloaded)."""
     revision: str = ""
     """The model weights' revision: part of every partition, so an upgrade never serves old answers."""
     revision_header: str = ""
@@ -156,6 +160,8 @@ _CACHE_KEYS: KeySpec = {
     "coalesce_wait_ms": (int, "an integer (milliseconds, 0 = never wait)", int_range(0, 600_000)),
     "embedding_batch_size": (int, "an integer", int_range(1, 4096)),
     "embedding_threads": (int, "an integer (0 = library default)", int_range(0, 256)),
+    "embedding_workers": (int, "an integer (0 = one per usable core)", int_range(0, 64)),
+    "max_added_latency_ms": (int, "an integer (milliseconds, 0 = never skip)", int_range(0, 600_000)),
     "revision": (str, 'a string (e.g. "2024-06-01" or a weights hash)', revision),
     "revision_header": (str, 'a header name, or "" for none', optional_header_name),
     "guard_numbers": (bool, "true or false", None),

@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from extproc.observability.record import BackendLike, DecisionRecord
+from extproc.observability.record import BackendLike, DecisionRecord, EmbedderLike
 
 # Latency buckets that resolve 0.1 ms .. 1 s.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -87,6 +87,10 @@ class Metrics:
         """Also export backend state, entries, evictions and the breaker, read at scrape time."""
         self.registry.register(_BackendCollector(backend))
 
+    def watch_embedder(self, embedder: Callable[[], EmbedderLike]) -> None:
+        """Also export the embedding backlog and the wait it predicts, read at scrape time."""
+        self.registry.register(_EmbedderCollector(embedder))
+
     def observe(self, d: DecisionRecord, backend: str) -> None:
         """Record one finished request."""
         self.requests.labels(d.outcome, d.match or "none").inc()
@@ -157,3 +161,21 @@ class _BackendCollector(Collector):
         )
         evictions.add_metric([backend.name], float(getattr(backend, "evictions", 0)))
         yield evictions
+
+
+class _EmbedderCollector(Collector):
+    """Gauges of the embedding queue, read at scrape time (admission control works from them)."""
+
+    def __init__(self, embedder: Callable[[], EmbedderLike]) -> None:
+        self.embedder = embedder
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        embedder = self.embedder()
+        yield GaugeMetricFamily(
+            "semantic_cache_embedding_queue", "Texts waiting for an embedding pass.", value=embedder.backlog
+        )
+        yield GaugeMetricFamily(
+            "semantic_cache_embedding_expected_wait_seconds",
+            "Predicted wait of a new lookup for its embedding (compared with max_added_latency_ms).",
+            value=embedder.expected_wait(),
+        )

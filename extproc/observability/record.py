@@ -22,6 +22,19 @@ class DecisionRecord(Protocol):
     partition: str
 
 
+class EmbedderLike(Protocol):
+    """What the scrape-time gauges read from the embedder."""
+
+    @property
+    def backlog(self) -> int:
+        """Texts waiting for a forward pass."""
+        ...
+
+    def expected_wait(self) -> float:
+        """Seconds a new lookup would wait for its vector."""
+        ...
+
+
 class BackendLike(Protocol):
     """What the scrape-time gauges read from a cache backend."""
 

@@ -59,6 +59,16 @@ def test_e2e_smoke(tmp_path: Path) -> None:
     assert "| target" in render.e2e(doc) and "cores" in render.machine(doc)
 
 
+def test_openloop_smoke(tmp_path: Path) -> None:
+    doc = run_bench("openloop", tmp_path / "openloop.json", "--rates", "10,40", "--seconds", "1")
+    phases = {(r["target"], r["phase"], r["rate"]) for r in doc["rows"]}
+    for rate in (10.0, 40.0):
+        assert {("envoy", "miss", rate), ("cache", "miss", rate), ("cache", "semantic_hit", rate)} <= phases
+    assert all(r["errors"] == 0 and r["n"] >= 10 for r in doc["rows"])
+    assert {a["rate"] for a in doc["added"]} == {10.0, 40.0}
+    assert doc["encode_floor_ms"] > 0 and "knee_rate" in doc
+
+
 def test_backends_smoke(tmp_path: Path) -> None:
     doc = run_bench(
         "backends",

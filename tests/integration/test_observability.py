@@ -93,7 +93,10 @@ async def test_traces_and_metrics_through_envoy(tmp_path: Path) -> None:
                 headers={"x-test-mode": "error"},
             )
             assert skipped.status_code == 500 and skipped.headers["x-semantic-cache"] == "miss"
+            # Other paths are routed with the filter off: the processor never sees them ...
             assert (await client.get("/v1/models")).status_code == 200
+            # ... while a GET of the chat path reaches it and passes through (not_chat).
+            await client.get("/v1/chat/completions")
             metrics_text = (await client.get(f"http://127.0.0.1:{mgmt_port}/metrics")).text
             ready = (await client.get(f"http://127.0.0.1:{mgmt_port}/readyz")).json()
             health = await client.get(f"http://127.0.0.1:{mgmt_port}/healthz")

@@ -127,10 +127,12 @@ class ChatCompletionsProcessor(Processor):
             self.decision.reason = "no_cache"
             return m.request_body()
         started = time.perf_counter()
+        budget = self.settings.max_added_latency_ms / 1000 or None
         try:
             timeout = self.settings.lookup_timeout_ms / 1000
             with trace.use_span(self._span, end_on_exit=False):
-                self._lookup = await asyncio.wait_for(self.shared.cache.check(query), timeout)
+                lookup = self.shared.cache.check(query, max_wait=budget)
+                self._lookup = await asyncio.wait_for(lookup, timeout)
         except Exception as exc:  # never fail the request because of the cache
             reason = lookup_failure_reason(exc)
             # Backend outages are logged once per state change by the backend itself.
@@ -142,8 +144,9 @@ class ChatCompletionsProcessor(Processor):
                 type(exc).__name__,
                 exc_info=reason == "backend_error",
             )
-            self._storing = False
             self._mark_bypass(reason)
+            # Shed, not broken: the answer may still be stored, at the back of the queue.
+            self._storing = reason == "overloaded" and not self._no_store
             return m.request_body()
         finally:
             self.decision.timings["lookup_ms"] = (time.perf_counter() - started) * 1000
@@ -292,7 +295,8 @@ class ChatCompletionsProcessor(Processor):
             started = time.perf_counter()
             try:
                 vector = lookup.vector if lookup is not None else None
-                await self.shared.cache.store(query, completion, vector)
+                budget = self.settings.max_added_latency_ms / 1000 or None
+                await self.shared.cache.store(query, completion, vector, max_wait=budget)
                 self.decision.store = "stored"
             except OutcomeError as exc:
                 self._skip_store(exc.reason)
