@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import time
 from pathlib import Path
 
-from tests.conftest import ROOT, python_exe
+from tests.conftest import ROOT, free_port, python_exe
 
 
 def cli(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -48,3 +49,12 @@ def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: f
             process.kill()
             process.wait(5)
     return process.returncode
+
+
+def serve_env(metrics_port: int | None = None) -> dict[str, str]:
+    """The environment of a ``semantic-cache serve`` in a test: its management and admin
+    listeners on free ports, never the defaults a ``make run`` on the machine may hold."""
+    return dict(os.environ) | {
+        "SEMANTIC_CACHE_METRICS_ADDRESS": f"127.0.0.1:{metrics_port or free_port()}",
+        "SEMANTIC_CACHE_ADMIN_ADDRESS": f"127.0.0.1:{free_port()}",
+    }
