@@ -14,7 +14,8 @@ import pytest
 
 from extproc.app import make_backend
 from extproc.cache import SemanticCache
-from extproc.cache.backends.milvus.backend import MilvusBackend, decode_response, encode_response
+from extproc.cache.backends.milvus.backend import MilvusBackend
+from extproc.cache.backends.milvus.rows import decode_response, encode_response
 from extproc.config.settings import parse_config
 from extproc.embedding.base import EncodeFn
 from extproc.embedding.batcher import Embedder
@@ -237,7 +238,7 @@ async def test_schema_mismatch_and_missing_collection_bypass(
 def test_create_collection_command(milvus_server: MilvusServer, tmp_path: Path) -> None:
     from pymilvus import MilvusClient
 
-    from .conftest import ROOT, python_exe
+    from tests.conftest import ROOT, python_exe
 
     name = collection()
     cfg = milvus_yaml(
