@@ -87,7 +87,7 @@ def test_selector_expressions_refuse_what_milvus_cannot_parse() -> None:
     assert expression(EntryFilter(model='we\\ird "m"')) == 'model == "we\\\\ird \\"m\\""'
     with pytest.raises(DataRejected, match="model is not valid Unicode text"):
         expression(EntryFilter(model="\ud800"))
-    with pytest.raises(DataRejected, match="created_before -9.99.*e\\+19 is not a time"):
+    with pytest.raises(DataRejected, match=r"created_before -9\.99.*e\+19 is not a time"):
         expression(EntryFilter(created_before=time.time() - 1e20))
     with pytest.raises(DataRejected):
         expression(EntryFilter(created_before=float("nan")))
