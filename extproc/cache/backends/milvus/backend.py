@@ -207,9 +207,7 @@ class MilvusBackend(MilvusBulkOps):
             self.breaker.failure()
             if self.breaker.state == "open" and was_closed:
                 # A fresh connection recovers faster than gRPC's own reconnect backoff.
-                self._reconnect(
-                    f"Milvus calls failing, connection dropped: {describe(exc)} ({self.settings.address})"
-                )
+                self._reconnect(f"lost connection to Milvus: {describe(exc)} ({self.settings.address})")
             raise BackendUnavailable(f"Milvus call failed: {type(exc).__name__}") from exc
         self.breaker.success()
         return result
