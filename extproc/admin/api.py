@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 PREVIEW = 20
 MAX_PROMPT_CHARS = 100_000
+"""The longest ``prompt`` an invalidation embeds (longer ones are a 400, not a slow embedding)."""
 
 
 def decision_counts(shared: Shared) -> dict[str, int]:

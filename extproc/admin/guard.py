@@ -27,11 +27,15 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+"""Methods that change nothing, so they need no body type."""
 JSON = "application/json"
+"""The body type of every state-changing request."""
 NDJSON = "application/x-ndjson"
+"""The body type of an import (JSON lines), as the CLI sends it."""
 BODY_TYPES: dict[str, tuple[str, ...]] = {"/admin/import": (NDJSON, JSON)}
 """Content types a path accepts on state-changing methods (others: application/json only)."""
 WILDCARDS = frozenset({"", "0.0.0.0", "::"})
+"""Listen hosts that are not a name clients use (all interfaces)."""
 
 
 def is_loopback(host: str) -> bool:

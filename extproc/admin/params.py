@@ -20,7 +20,9 @@ MAX_AGE_SECONDS = 100 * 365 * 86_400
 MAX_SELECTOR_CHARS = 4096
 """Longer ``model`` / ``scope`` / ``fingerprint`` values cannot match any stored entry."""
 TEXT_SELECTORS = ("model", "scope", "fingerprint")
+"""Selector fields that hold text."""
 SELECTORS = (*TEXT_SELECTORS, "older_than_seconds")
+"""Every selector field (invalidate's body, export's query)."""
 
 
 class BadParameter(ValueError):

@@ -283,7 +283,7 @@ def _apply_env_overrides(section: dict[str, Any], env: Mapping[str, str]) -> dic
         value = env.get(var)
         if not value:
             continue
-        parsed: Any = [x for x in value.replace(",", " ").split()] if key_path in LIST_OVERRIDES else value
+        parsed: Any = value.replace(",", " ").split() if key_path in LIST_OVERRIDES else value
         if "." in key_path:
             outer, inner = key_path.split(".", 1)
             nested = dict(section.get(outer) or {})

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-# Milvus merr codes of invalid input: ErrParameterInvalid, ErrParameterMissing, ErrParameterTooLarge.
 DATA_CODES = frozenset({1100, 1101, 1102})
-# Server messages of invalid input that Milvus 2.3 reports with the catch-all code 65535.
+"""Milvus merr codes of invalid input: ErrParameterInvalid, ErrParameterMissing, ErrParameterTooLarge."""
 DATA_MESSAGES = (
     "cannot parse expression",
     "failed to create expr plan",
     "exceeds max length",
     "invalid parameter",
 )
-# pymilvus' own checks of the data it is given, before anything is sent.
+"""Server messages of invalid input that Milvus 2.3 reports with the catch-all code 65535."""
 DATA_EXCEPTIONS = frozenset(
     {
         "ParamError",
@@ -34,6 +33,7 @@ DATA_EXCEPTIONS = frozenset(
         "FieldsTypeException",
     }
 )
+"""pymilvus' own checks of the data it is given, raised before anything is sent (by class name)."""
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import zlib
 from collections.abc import Mapping
 from typing import Any
@@ -22,7 +23,9 @@ from extproc.errors import DataRejected, EntryTooLarge
 NEVER = 2**62
 """``expires_at`` of entries without TTL, so ``expires_at > now`` needs no special case."""
 VARCHAR_MAX = 65_535
+"""Milvus' largest VARCHAR ``max_length`` (bytes)."""
 INT64_MAX = 2**63 - 1
+"""The largest value of an INT64 field (times are stored in milliseconds)."""
 DEFAULT_LIMITS: dict[str, int] = {name: n for name, (_, n) in REQUIRED_FIELDS.items() if n}
 """VARCHAR field -> max_length in bytes, as the cache creates the collection."""
 
@@ -71,11 +74,10 @@ def decode_response(text: str) -> dict[str, Any]:
 
 def milliseconds(name: str, seconds: float) -> int:
     """Unix ``seconds`` as INT64 milliseconds; :class:`DataRejected` when out of range."""
-    # round: imported ms survive float math.
-    value = round(seconds * 1000) if seconds == seconds and abs(seconds) < INT64_MAX / 1000 else None
-    if value is None:
+    if not math.isfinite(seconds) or abs(seconds) >= INT64_MAX / 1000:
+        # Milvus cannot parse such a number in a filter and refuses it in a row.
         raise DataRejected(f"{name} {seconds!r} is not a time Milvus can store")
-    return value
+    return round(seconds * 1000)  # round: imported ms survive float math
 
 
 def entry_row(
