@@ -5,6 +5,7 @@ Shared by ``settings.py`` (the ``semantic_cache`` section) and ``milvus.py`` (mi
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -66,6 +67,41 @@ def header_name(v: Any) -> str | None:
     """A check for an HTTP header name (RFC 9110 token characters)."""
     ok = re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", v) is not None
     return None if ok else "must be an HTTP header name such as x-tenant-id"
+
+
+_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?", re.I)
+_ORIGIN = re.compile(r"https?://(\[[0-9a-f:.]+\]|[a-z0-9_.-]+)(:\d{1,5})?", re.I)
+
+
+def _is_host(item: Any) -> bool:
+    if not isinstance(item, str) or not item:
+        return False
+    try:
+        ipaddress.ip_address(item.strip("[]"))
+        return True
+    except ValueError:
+        pass
+    labels = item.rstrip(".").split(".")
+    return len(item) <= 253 and all(_LABEL.fullmatch(label) for label in labels)
+
+
+def host_names(v: Any) -> str | None:
+    """A check for a list of host names or IP addresses (no scheme, port, path or wildcard)."""
+    for item in v:
+        if not _is_host(item):
+            return (
+                "every item must be a host name or IP address, without scheme, port or wildcard "
+                f'(e.g. "semantic-router-admin.my-ns.svc"), got {item!r}'
+            )
+    return None
+
+
+def origins(v: Any) -> str | None:
+    """A check for a list of browser origins: ``http(s)://host[:port]``, no path."""
+    for item in v:
+        if not isinstance(item, str) or not _ORIGIN.fullmatch(item.rstrip("/")):
+            return f'every item must be an origin such as "https://ops.example.com", got {item!r}'
+    return None
 
 
 KeySpec = dict[str, tuple[type | tuple[type, ...], str, Check | None]]

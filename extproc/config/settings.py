@@ -21,10 +21,12 @@ from extproc.config.checks import (
     address,
     check_section,
     header_name,
+    host_names,
     import_spec,
     int_range,
     one_of,
     optional_header_name,
+    origins,
     positive,
     revision,
     unit_interval,
@@ -51,7 +53,11 @@ ENV_OVERRIDES: dict[str, str] = {
     "SEMANTIC_CACHE_ADMIN_ADDRESS": "server.admin_address",
     "SEMANTIC_CACHE_REVISION": "revision",
     "SEMANTIC_CACHE_REVISION_HEADER": "revision_header",
+    "SEMANTIC_CACHE_ADMIN_ALLOWED_HOSTS": "server.admin_allowed_hosts",
+    "SEMANTIC_CACHE_ADMIN_ALLOWED_ORIGINS": "server.admin_allowed_origins",
 }
+LIST_OVERRIDES = frozenset({"server.admin_allowed_hosts", "server.admin_allowed_origins"})
+"""Overrides whose variable holds a comma-separated list."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,10 @@ class ServerSettings:
     shutdown_grace_seconds: float = 30.0
     admin_address: str = "127.0.0.1:9191"
     """The admin API (extproc.admin); off loopback only with SEMANTIC_CACHE_ADMIN_TOKEN set."""
+    admin_allowed_hosts: tuple[str, ...] = ()
+    """Host names the admin API answers to besides loopback, IP addresses and its own address."""
+    admin_allowed_origins: tuple[str, ...] = ()
+    """Browser origins allowed to call the admin API (none: every request with an Origin is refused)."""
 
 
 @dataclass(frozen=True)
@@ -184,6 +194,8 @@ _SERVER_KEYS: KeySpec = {
     "max_message_bytes": (int, "an integer (bytes)", int_range(4 * 1024 * 1024)),
     "shutdown_grace_seconds": ((int, float), "a number of seconds", positive),
     "admin_address": (str, '"host:port"', address),
+    "admin_allowed_hosts": (list, "a list of host names", host_names),
+    "admin_allowed_origins": (list, "a list of origins", origins),
 }
 
 
@@ -237,6 +249,9 @@ def parse_config(raw: Any, source: str = "<inline>", env: Mapping[str, str] | No
         errors.append("semantic_cache.server: must be a mapping")
         server_raw = {}
     server_values = check_section(server_raw, _SERVER_KEYS, "semantic_cache.server", errors)
+    for key in ("admin_allowed_hosts", "admin_allowed_origins"):
+        if key in server_values:
+            server_values[key] = tuple(str(x).lower().rstrip("./") for x in server_values[key])
     ignore = values.get("fingerprint_ignore_fields")
     if ignore is not None:
         if not all(isinstance(x, str) for x in ignore):
@@ -279,13 +294,14 @@ def _apply_env_overrides(section: dict[str, Any], env: Mapping[str, str]) -> dic
         value = env.get(var)
         if not value:
             continue
+        parsed: Any = value.replace(",", " ").split() if key_path in LIST_OVERRIDES else value
         if "." in key_path:
             outer, inner = key_path.split(".", 1)
             nested = dict(section.get(outer) or {})
-            nested[inner] = value
+            nested[inner] = parsed
             section[outer] = nested
         else:
-            section[key_path] = value
+            section[key_path] = parsed
     return section
 
 

@@ -14,7 +14,8 @@ import pytest
 
 from extproc.app import make_backend
 from extproc.cache import SemanticCache
-from extproc.cache.backends.milvus.backend import MilvusBackend, decode_response, encode_response
+from extproc.cache.backends.milvus.backend import MilvusBackend
+from extproc.cache.backends.milvus.rows import decode_response, encode_response
 from extproc.config.settings import parse_config
 from extproc.embedding.base import EncodeFn
 from extproc.embedding.batcher import Embedder

@@ -123,6 +123,42 @@ def test_env_overrides_beat_the_file() -> None:
     assert settings.server.grpc_address == "127.0.0.1:6000"
 
 
+def test_admin_allowed_hosts_and_origins_from_file_and_environment() -> None:
+    server = {
+        "admin_allowed_hosts": ["Semantic-Router-Admin.ns.svc.", "10.0.0.7", "[fd00::1]"],
+        "admin_allowed_origins": ["https://Ops.example.com/", "http://127.0.0.1:3000"],
+    }
+    settings = parse_config({"semantic_cache": {"server": server}}, env={})
+    assert settings.server.admin_allowed_hosts == ("semantic-router-admin.ns.svc", "10.0.0.7", "[fd00::1]")
+    assert settings.server.admin_allowed_origins == ("https://ops.example.com", "http://127.0.0.1:3000")
+    assert parse_config({"semantic_cache": {}}, env={}).server.admin_allowed_hosts == ()
+    env = {
+        "SEMANTIC_CACHE_ADMIN_ALLOWED_HOSTS": "a.ns.svc, a.ns.svc.cluster.local",
+        "SEMANTIC_CACHE_ADMIN_ALLOWED_ORIGINS": "https://ops.example.com",
+    }
+    overridden = parse_config({"semantic_cache": {"server": server}}, env=env).server
+    assert overridden.admin_allowed_hosts == ("a.ns.svc", "a.ns.svc.cluster.local")
+    assert overridden.admin_allowed_origins == ("https://ops.example.com",)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("admin_allowed_hosts", "a.example", "admin_allowed_hosts: must be a list of host names"),
+        ("admin_allowed_hosts", ["*.example.com"], "must be a host name or IP address"),
+        ("admin_allowed_hosts", ["admin.example:9191"], "without scheme, port or wildcard"),
+        ("admin_allowed_hosts", ["http://admin.example"], "got 'http://admin.example'"),
+        ("admin_allowed_origins", ["ops.example.com"], 'must be an origin such as "https://ops.example.com"'),
+        ("admin_allowed_origins", ["https://ops.example.com/path"], "got 'https://ops.example.com/path'"),
+        ("admin_allowed_origins", [3], "got 3"),
+    ],
+)
+def test_admin_allow_lists_are_checked(key: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"semantic_cache": {"server": {key: value}}}, env={})
+    assert f"semantic_cache.server.{key}" in str(info.value) and message in str(info.value)
+
+
 def test_backend_config_path_resolves_against_config_folder(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "milvus.yaml").write_text("connection: {}\n")
