@@ -189,16 +189,20 @@ def parse_sse_completion(body: bytes, choices_expected: int = 1) -> dict[str, An
         raise NotStorable("stream_incomplete")
     head: dict[str, Any] = {}
     choices: dict[int, _Choice] = {}
-    for event in events[:-1]:
-        try:
+    try:
+        for event in events[:-1]:
             chunk = json.loads(event.data)
-        except (ValueError, RecursionError) as exc:
-            raise NotStorable("unparseable") from exc
-        if is_error_payload(chunk):
-            raise NotStorable("error_body")
-        if not isinstance(chunk, dict):
-            raise NotStorable("unparseable")
-        _merge_chunk(head, choices, chunk)
+            if is_error_payload(chunk):
+                raise NotStorable("error_body")
+            if not isinstance(chunk, dict):
+                raise NotStorable("unparseable")
+            _merge_chunk(head, choices, chunk)
+        return validate_completion(_joined(_assemble(head, choices)), choices_expected)
+    except (ValueError, RecursionError) as exc:  # not JSON, or nested deeper than we can merge
+        raise NotStorable("unparseable") from exc
+
+
+def _assemble(head: dict[str, Any], choices: dict[int, _Choice]) -> dict[str, Any]:
     completion: dict[str, Any] = {
         "id": head.pop("id", ""),
         "object": "chat.completion",
@@ -210,7 +214,7 @@ def parse_sse_completion(body: bytes, choices_expected: int = 1) -> dict[str, An
     completion.update(head)
     if usage is not None:
         completion["usage"] = usage
-    return validate_completion(_joined(completion), choices_expected)
+    return completion
 
 
 # --- replaying a stored completion ---------------------------------------------------------
