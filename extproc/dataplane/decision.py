@@ -30,6 +30,10 @@ class Decision:
     rejected_by: list[str] = field(default_factory=list)
     entry_age_s: float | None = None
     partition: str = ""
+    saved_prompt_tokens: int = 0
+    """On hits: the stored usage's prompt tokens, which the upstream did not have to process."""
+    saved_completion_tokens: int = 0
+    """On hits: the stored usage's completion tokens, which the upstream did not have to generate."""
 
 
 def lookup_failure_reason(exc: BaseException) -> str:

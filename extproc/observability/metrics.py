@@ -34,6 +34,12 @@ class Metrics:
         self.stores = Counter(
             "semantic_cache_store", "Responses stored, or skipped by reason.", ["result"], registry=r
         )
+        self.saved_tokens = Counter(
+            "semantic_cache_saved_tokens",
+            "Tokens hits did not send upstream: the stored usage of the answers served.",
+            ["kind"],
+            registry=r,
+        )
         self.guard_rejections = Counter(
             "semantic_cache_guard_rejections",
             "Candidates above the threshold rejected by a guard.",
@@ -104,6 +110,9 @@ class Metrics:
                 self.backend_errors.labels(backend, "store_" + d.store).inc()
         if d.match == "semantic":
             self.hit_similarity.observe(d.similarity)
+        if d.outcome == "hit":
+            self.saved_tokens.labels("prompt").inc(d.saved_prompt_tokens)
+            self.saved_tokens.labels("completion").inc(d.saved_completion_tokens)
         for guard in d.rejected_by:
             self.guard_rejections.labels(guard).inc()
         t = d.timings

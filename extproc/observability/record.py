@@ -20,6 +20,8 @@ class DecisionRecord(Protocol):
     rejected_by: list[str]
     entry_age_s: float | None
     partition: str
+    saved_prompt_tokens: int
+    saved_completion_tokens: int
 
 
 class EmbedderLike(Protocol):

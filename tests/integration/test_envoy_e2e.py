@@ -290,3 +290,45 @@ async def test_identical_concurrent_misses_coalesce(stack: Stack) -> None:
     kinds = sorted(r.headers["x-semantic-cache"] for r in replies)
     assert kinds == ["hit"] * 5 + ["miss"]
     assert len({content(r) for r in replies}) == 1
+
+
+async def test_stream_with_unicode_line_separators_is_stored(stack: Stack) -> None:
+    """Issue #20 item 5: U+2028, U+2029 and U+0085 sent raw inside an event do not cut it."""
+    model = fresh_model()
+    body = chat(model, "Where is the capital?", stream=True, prompt_logprobs=1)
+    before = await stack.entries()
+    miss = await stack.chat(body, **{"x-test-fixture": "usage_details"})
+    assert miss.headers["x-semantic-cache"] == "miss"
+    assert "\u2028".encode() in miss.content and "\x85".encode() in miss.content  # raw, as vLLM sends them
+    await stack.settle()
+    assert await stack.entries() == before + 1
+    hit = await stack.chat(chat(model, "Where is the capital?", prompt_logprobs=1))
+    assert hit.headers["x-semantic-cache"] == "hit"
+    message = hit.json()["choices"][0]["message"]
+    assert message["content"] == "Paris\u2028(capital)"
+    assert message["reasoning_content"] == "Line one\u2028line two\u2029next\x85done."
+    replay = await stack.chat(body)
+    assert replay.headers["x-semantic-cache"] == "hit"
+    assert "\u2028".encode() not in replay.content  # escaped: no reader can split an event there
+    text = "".join(
+        json.loads(p)["choices"][0]["delta"].get("content", "")
+        for p in sse_payloads(replay.text)[:-1]
+        if json.loads(p)["choices"]
+    )
+    assert text == "Paris\u2028(capital)"
+    assert stack.upstream.chat_calls(model) == 1
+
+
+async def test_stream_with_an_error_event_is_not_stored(stack: Stack) -> None:
+    """Issue #20 item 7: an ``event: error`` whose payload has no "error" key, then a normal end."""
+    model = fresh_model()
+    body = chat(model, "Tell me about error events", stream=True)
+    before = await stack.entries()
+    r = await stack.chat(body, **{"x-test-mode": "sse-error-event"})
+    assert r.headers["x-semantic-cache"] == "miss"
+    assert "event: error" in r.text and r.text.rstrip().endswith("data: [DONE]")  # passed on unchanged
+    await stack.settle()
+    assert await stack.entries() == before
+    again = await stack.chat(body)
+    assert again.headers["x-semantic-cache"] == "miss"
+    assert stack.upstream.chat_calls(model) == 2

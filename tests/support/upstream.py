@@ -4,7 +4,13 @@ The ``x-test-mode`` request header picks the behaviour: ``ok`` (default), ``erro
 ``length`` (finish_reason length), ``content_filter``, ``abort`` (the stream or body is cut
 mid-way), ``slow`` (waits ``x-test-delay-ms``), ``gzip`` (gzip-encoded JSON body),
 ``n2-partial`` (two choices, one truncated), ``slow-error`` (waits, then HTTP 500),
-``malformed`` (a JSON answer whose ``finish_reason`` is a list).
+``malformed`` (a JSON answer whose ``finish_reason`` is a list), ``sse-error-event`` (a stream
+with an ``event: error`` mid-way whose payload has no ``error`` key, then ``finish_reason: stop``
+and ``[DONE]``).
+
+``x-test-fixture: NAME`` answers with the vLLM shape tests/data/vllm/NAME.json instead: its
+``json`` body, or its ``stream`` written chunk by chunk as vLLM writes it (the usage chunk only
+with ``stream_options.include_usage``).
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from tests.support.vllm import FIXTURES, stream_body
 
 
 @dataclass
@@ -86,6 +94,9 @@ def make_app(state: FakeUpstream) -> web.Application:
             return web.json_response({"error": {"message": "bad json"}}, status=400)
         if not isinstance(body, dict):
             return web.json_response({"error": {"message": "not an object"}}, status=400)
+        fixture = request.headers.get("x-test-fixture")
+        if fixture:
+            return await _fixture(request, FIXTURES[fixture], body)
         model = str(body.get("model", "m"))
         text = f"answer #{n} from upstream"
         if mode in ("error", "slow-error"):
@@ -114,6 +125,18 @@ def make_app(state: FakeUpstream) -> web.Application:
             return response
         return web.Response(body=payload, content_type="application/json")
 
+    async def _fixture(request: web.Request, doc: dict[str, Any], body: dict[str, Any]) -> web.StreamResponse:
+        if body.get("stream") is not True:
+            payload = json.dumps(doc["json"], ensure_ascii=False, separators=(",", ":")).encode()
+            return web.Response(body=payload, content_type="application/json")
+        include_usage = (body.get("stream_options") or {}).get("include_usage") is True
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        for event in stream_body(doc["stream"], include_usage).split(b"\n\n")[:-1]:
+            await response.write(event + b"\n\n")  # one write per event, as vLLM sends them
+        await response.write_eof()
+        return response
+
     async def _stream(
         request: web.Request, completion: dict[str, Any], mode: str, body: dict[str, Any]
     ) -> web.StreamResponse:
@@ -141,6 +164,8 @@ def make_app(state: FakeUpstream) -> web.Application:
                     ]
                 }
             )
+            if mode == "sse-error-event":  # an error event without an "error" key, then a normal end
+                await response.write(b'event: error\ndata: {"message":"upstream overloaded","code":503}\n\n')
             for i, word in enumerate(words):
                 await send(
                     base

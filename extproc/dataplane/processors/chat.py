@@ -22,6 +22,7 @@ from extproc.dataplane.processors.base import Processor, Send
 from extproc.dataplane.shared import HEADER, MAX_SCOPE_CHARS, Shared
 from extproc.errors import NotCacheable, NotStorable, OutcomeError
 from extproc.protocol import messages as m
+from extproc.protocol.completion import saved_tokens
 from extproc.protocol.encoding import GZIP, IDENTITY, gunzip_bounded
 from extproc.protocol.openai import (
     ChatRequest,
@@ -217,6 +218,7 @@ class ChatCompletionsProcessor(Processor):
             body, content_type = render_sse(stored, chat.include_usage), "text/event-stream"
         else:
             body, content_type = render_completion(stored), "application/json"
+        saved = self._saved_tokens(stored)  # before _report(): the metric reads the decision
         self._report()
         return m.immediate(
             200,
@@ -226,8 +228,18 @@ class ChatCompletionsProcessor(Processor):
                 HEADER: "hit",
                 f"{HEADER}-similarity": f"{lookup.similarity:.4f}",
                 f"{HEADER}-match": lookup.match or "semantic",
+                **saved,
             },
         )
+
+    def _saved_tokens(self, stored: dict[str, Any]) -> dict[str, str]:
+        """Note what a hit saved (the stored usage) on the decision; its header, if the entry has usage."""
+        saved = saved_tokens(stored)
+        if saved is None:
+            return {}
+        self.decision.saved_prompt_tokens = saved.prompt
+        self.decision.saved_completion_tokens = saved.completion
+        return {f"{HEADER}-saved-tokens": str(saved.total)}
 
     # --- response ------------------------------------------------------------------------
 
