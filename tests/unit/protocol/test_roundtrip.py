@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from extproc.cache.backends.milvus.backend import decode_response, encode_response
+from extproc.cache.backends.milvus.rows import decode_response, encode_response
 from extproc.protocol.openai import (
     parse_json_completion,
     parse_sse_completion,
