@@ -168,8 +168,11 @@ async def make_stack(
     async def factory(envoy_env: dict[str, str] | None = None, **overrides: Any) -> Stack:
         key = tuple(sorted(overrides.items())) + tuple(sorted((envoy_env or {}).items()))
         if key not in made:
+            # Tests check decisions, not load behaviour: on a busy test machine a lookup must not
+            # be shed as overloaded (test_load_shedding.py sets a budget of its own).
             settings = with_overrides(
-                CacheSettings(server=ServerSettings(grpc_address="127.0.0.1:0")), **overrides
+                CacheSettings(server=ServerSettings(grpc_address="127.0.0.1:0")),
+                **{"max_added_latency_ms": 0, **overrides},
             )
             server = await build_server(settings, model)
             ready = getattr(server.shared.cache.backend, "wait_ready", None)
