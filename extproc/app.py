@@ -81,6 +81,7 @@ async def build_server(settings: CacheSettings, model: tuple[EncodeFn, int] | No
     decisions = DecisionLog(metrics, cache.backend.name)
     shared = Shared(settings=settings, cache=cache, spawn=tasks.spawn, on_decision=decisions)
     metrics.watch(lambda: shared.cache.backend)
+    metrics.watch_config(lambda: shared.config_error)
     return ExtProcServer(shared, tasks, settings.server.max_message_bytes, metrics)
 
 

@@ -34,6 +34,7 @@ def make_app(shared: Shared, metrics: Metrics, started: float | None = None) -> 
             "backend_state": state,
             "bypassing": state != "ready" or not shared.settings.enabled,
             "detail": detail if state != "ready" else "",
+            "config_error": shared.config_error,
             "uptime_s": round(time.time() - started, 1),
         }
         return web.json_response(body)

@@ -87,6 +87,10 @@ class Metrics:
         """Also export backend state, entries, evictions and the breaker, read at scrape time."""
         self.registry.register(_BackendCollector(backend))
 
+    def watch_config(self, problem: Callable[[], str]) -> None:
+        """Also export whether the config file last re-read was valid (``problem()`` is "" when so)."""
+        self.registry.register(_ConfigCollector(problem))
+
     def observe(self, d: DecisionRecord, backend: str) -> None:
         """Record one finished request."""
         self.requests.labels(d.outcome, d.match or "none").inc()
@@ -157,3 +161,18 @@ class _BackendCollector(Collector):
         )
         evictions.add_metric([backend.name], float(getattr(backend, "evictions", 0)))
         yield evictions
+
+
+class _ConfigCollector(Collector):
+    """``semantic_cache_config_valid``: 0 while an invalid config file is ignored (last good settings run)."""
+
+    def __init__(self, problem: Callable[[], str]) -> None:
+        self.problem = problem
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        valid = GaugeMetricFamily(
+            "semantic_cache_config_valid",
+            "1 when the config file last read is valid; 0 when it is invalid and the last good settings run.",
+        )
+        valid.add_metric([], 0.0 if self.problem() else 1.0)
+        yield valid

@@ -293,12 +293,26 @@ async def test_pass_through_switch_and_live_config(ops: Ops, tmp_path: Path) -> 
         await wait_for(lambda: not ops.server.shared.settings.enabled)
         assert ops.server.shared.settings.revision == "r7"
         assert (await ops.ask(m, "What is a lighthouse for?")).headers["x-semantic-cache"] == "bypass"
-        config.write_text("semantic_cache:\n  enabled: [oops\n")  # invalid: keeps running settings
-        await asyncio.sleep(0.3)
-        assert not ops.server.shared.settings.enabled
-        config.write_text("semantic_cache:\n  enabled: true\n" + keep)
-        await wait_for(lambda: ops.server.shared.settings.enabled)
-        assert ops.server.shared.settings.revision == ""
+        # Invalid: the running settings stay, and the log, /readyz and a metric say so.
+        shared = ops.server.shared
+        port = ops.server.management_port or await ops.server.start_management("127.0.0.1:0")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as mgmt:
+            config.write_text("semantic_cache:\n  enabled: [oops\n")
+            await wait_for(lambda: bool(shared.config_error))
+            assert f"{config}:3:1: not valid YAML" in shared.config_error
+            assert "running with the last good settings" in shared.config_error
+            assert not shared.settings.enabled and shared.settings.revision == "r7"
+            ready = (await mgmt.get("/readyz")).json()
+            assert ready["config_error"] == shared.config_error and ready["ready"] is True
+            assert "semantic_cache_config_valid 0.0" in (await mgmt.get("/metrics")).text
+            config.write_text("semantic_cache:\n  similarity_threshold: 3\n" + keep)  # out of range
+            await wait_for(lambda: "similarity_threshold" in shared.config_error)
+            assert not shared.settings.enabled
+            config.write_text("semantic_cache:\n  enabled: true\n" + keep)
+            await wait_for(lambda: ops.server.shared.settings.enabled)
+            assert shared.settings.revision == "" and shared.config_error == ""
+            assert (await mgmt.get("/readyz")).json()["config_error"] == ""
+            assert "semantic_cache_config_valid 1.0" in (await mgmt.get("/metrics")).text
     finally:
         await watcher.stop()
     assert (await ops.ask(m, "What is a lighthouse for?")).headers["x-semantic-cache"] == "hit"

@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 from extproc.cache.backends.milvus.schema import REQUIRED_FIELDS, build_schema
-from extproc.config.milvus import MilvusSettings
+from extproc.config.milvus import MilvusSettings, TlsFiles, tls_files
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +30,39 @@ def open_client(s: MilvusSettings) -> Any:
     if s.auth_enabled:
         kwargs["user"], kwargs["password"] = s.username, s.password
     if s.tls_enabled:
-        kwargs.update(
-            secure=True, ca_pem_path=s.ca_file, client_pem_path=s.cert_file, client_key_path=s.key_file
-        )
+        files = tls_files(s)
+        kwargs.update(tls_kwargs(files))
+        _log_once(f"Milvus connection to {s.address} uses {files.describe()}")
         if s.server_name:
             kwargs["server_name"] = s.server_name
     return MilvusClient(**kwargs)
+
+
+_logged: set[str] = set()
+
+
+def _log_once(line: str) -> None:
+    # The backend reconnects every few seconds while Milvus is down: say how once per setting.
+    if line not in _logged:
+        _logged.add(line)
+        log.info("%s", line)
+
+
+def tls_kwargs(files: TlsFiles) -> dict[str, Any]:
+    """pymilvus arguments for these TLS files.
+
+    pymilvus reads the client pair only when the CA, certificate and key are all given, and
+    takes ``server_pem_path`` as the trusted root otherwise; with no CA at all gRPC uses its
+    default roots (the system trust store, or ``GRPC_DEFAULT_SSL_ROOTS_FILE_PATH``).
+    """
+    if files.mutual:
+        return {
+            "secure": True,
+            "ca_pem_path": files.ca,
+            "client_pem_path": files.cert,
+            "client_key_path": files.key,
+        }
+    return {"secure": True, "server_pem_path": files.ca or ""}
 
 
 def create_collection(client: Any, settings: MilvusSettings, dim: int) -> None:
