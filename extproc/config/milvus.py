@@ -255,12 +255,13 @@ class TlsFiles:
         return f"one-way TLS ({trust}, no client certificate)"
 
 
-def tls_files(s: MilvusSettings, tls_dir: str = DEFAULT_TLS_DIR) -> TlsFiles:
+def tls_files(s: MilvusSettings, tls_dir: str | None = None) -> TlsFiles:
     """Which TLS files exist and apply; :class:`ConfigError` for a set file that is missing or a half pair.
 
     A key left unset falls back to the chart's Secret mount (``tls_dir``) when that file exists:
     a Secret with only ``ca.crt`` gives one-way TLS, one with all three mutual TLS.
     """
+    tls_dir = tls_dir or DEFAULT_TLS_DIR
     found: dict[str, str | None] = {}
     for key, default_name in DEFAULT_TLS_FILES.items():
         value = getattr(s, key)
