@@ -16,7 +16,8 @@ from pathlib import Path
 from extproc import __version__
 from extproc.cli.envoy import envoy_command, render_envoy_config, validate_envoy_config
 from extproc.config.env import read_yaml
-from extproc.config.milvus import load_milvus_config, looks_like_milvus_config, tls_files
+from extproc.config.milvus import load_milvus_config, looks_like_milvus_config
+from extproc.config.report import milvus_lines, settings_lines
 from extproc.config.settings import CacheSettings, default_config_path, load_config
 from extproc.errors import ConfigError
 from extproc.observability.logs import setup_logging
@@ -36,32 +37,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate a config.yaml (or a milvus.yaml, told by its shape) and print the effective settings."""
     file = Path(args.file or default_config_path(None))
     if file.is_file() and looks_like_milvus_config(read_yaml(file)):
-        return _check_milvus_file(file)
-    settings = load_config(file)
-    print(f"{settings.source}: OK")
-    for name, value in vars(settings).items():
-        if name != "source":
-            print(f"  {name}: {value}")
-    return 0
-
-
-def _check_milvus_file(file: Path) -> int:
-    """check-config on a Milvus client file: validate it, then say how it would connect."""
-    m = load_milvus_config(file)
-    print(f"{file}: OK (a Milvus client file, milvus.yaml)")
-    print(f"  address: {m.address}" + (" (Milvus Lite, a local file)" if m.is_lite else ""))
-    if m.database:
-        print(f"  database: {m.database}")
-    if m.auth_enabled:
-        print(f"  auth: user {m.username!r}, password set (not shown)")
+        milvus = load_milvus_config(file)
+        print(f"{file}: OK (a Milvus client file, milvus.yaml)")
+        lines = milvus_lines(milvus)
     else:
-        print("  auth: off")
-    print(f"  tls: {tls_files(m).describe() if m.tls_enabled else 'off'}")
-    print(
-        f"  collection: {m.collection} ({m.vector_field}, dim {m.dimension}, {m.index_type}/{m.metric_type})"
-    )
-    print(f"  search: topk {m.topk}, {m.consistency_level}, timeout {m.search_timeout_ms} ms")
-    print(f"  auto_create_collection: {str(m.auto_create_collection).lower()}")
+        settings = load_config(file)
+        print(f"{settings.source}: OK; effective settings (source: default, file, or env VAR):")
+        lines = settings_lines(settings)
+    for line in lines:
+        print(f"  {line}")
     return 0
 
 

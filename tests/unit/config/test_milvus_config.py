@@ -181,6 +181,6 @@ def test_check_config_on_milvus_yaml(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "MILVUS_USERNAME": "cache", "MILVUS_PASSWORD": "S3cretPw"}
     ok = run_check(str(runbook), env=env)
     assert ok.returncode == 0, ok.stderr
-    assert "auth: user 'cache', password set (not shown)" in ok.stdout
+    assert "auth: user 'cache', password (set, not shown)" in ok.stdout
     assert "S3cretPw" not in ok.stdout + ok.stderr
     assert "tls: one-way TLS (" in ok.stdout
