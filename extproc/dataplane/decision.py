@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from extproc.errors import OutcomeError
 from extproc.observability.metrics import Metrics
+from extproc.observability.record import bypass_reason
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ class Decision:
     candidates: int = 0
     best_similarity: float = 0.0
     rejected_by: list[str] = field(default_factory=list)
+    rejected_similarity: float = 0.0
     entry_age_s: float | None = None
     partition: str = ""
 
@@ -39,6 +41,16 @@ def lookup_failure_reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "lookup_timeout"
     return "backend_error"
+
+
+def reason_header(d: Decision) -> str | None:
+    """``x-semantic-cache-reason``: why a bypass, or which guard turned a candidate down (no text)."""
+    if d.outcome == "bypass":
+        return bypass_reason(d.reason)
+    if d.outcome == "miss" and d.rejected_by:
+        guards = ", ".join(dict.fromkeys(d.rejected_by))
+        return f"rejected: {guards} {d.rejected_similarity:.4f}"
+    return None
 
 
 class DecisionLog:

@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from extproc.observability.record import BackendLike, DecisionRecord
+from extproc.observability.record import BYPASS_REASONS, BackendLike, DecisionRecord, bypass_reason
 
 # Latency buckets that resolve 0.1 ms .. 1 s.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -31,6 +31,8 @@ class Metrics:
         self.bypasses = Counter(
             "semantic_cache_bypass", "Bypassed requests by reason.", ["reason"], registry=r
         )
+        for reason in BYPASS_REASONS:  # every documented reason exists from the start, at 0
+            self.bypasses.labels(reason)
         self.stores = Counter(
             "semantic_cache_store", "Responses stored, or skipped by reason.", ["result"], registry=r
         )
@@ -95,7 +97,7 @@ class Metrics:
         """Record one finished request."""
         self.requests.labels(d.outcome, d.match or "none").inc()
         if d.outcome == "bypass":
-            self.bypasses.labels(d.reason or "unknown").inc()
+            self.bypasses.labels(bypass_reason(d.reason)).inc()
             if d.reason.startswith("backend") or d.reason == "lookup_timeout":
                 self.backend_errors.labels(backend, d.reason).inc()
         if d.store:
