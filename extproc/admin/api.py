@@ -32,6 +32,7 @@ from extproc.cache.schema import BulkBackend, CacheEntry, EntryFilter
 from extproc.config.settings import CacheSettings
 from extproc.dataplane.shared import Shared
 from extproc.errors import BackendUnavailable, ConfigError
+from extproc.observability.record import hit_ratio
 from extproc.protocol.openai import normalize_text
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,15 @@ def decision_counts(shared: Shared) -> dict[str, int]:
     """Hit / miss / bypass counts since start (the one place that knows where they live)."""
     counts = getattr(shared.on_decision, "counts", None)
     return {k: int(counts.get(k, 0)) for k in ("hit", "miss", "bypass")} if isinstance(counts, dict) else {}
+
+
+def decision_breakdown(shared: Shared) -> dict[str, dict[str, int]]:
+    """Bypasses by reason and guard rejections since start, as /metrics counts them."""
+    log_ = shared.on_decision
+    return {
+        "bypass_reasons": dict(sorted(getattr(log_, "bypass_reasons", {}).items())),
+        "guard_rejections": dict(sorted(getattr(log_, "guard_rejections", {}).items())),
+    }
 
 
 def is_loopback(host: str) -> bool:
@@ -182,7 +192,6 @@ class AdminApi:
         except BackendUnavailable:
             entries = None
         counts = decision_counts(self.shared)
-        looked_up = counts.get("hit", 0) + counts.get("miss", 0)
         return web.json_response(
             {
                 "version": __version__,
@@ -192,7 +201,8 @@ class AdminApi:
                 "backend_detail": detail,
                 "entries": entries,
                 "decisions": counts,
-                "hit_ratio": round(counts.get("hit", 0) / looked_up, 4) if looked_up else None,
+                "hit_ratio": hit_ratio(counts.get("hit", 0), counts.get("miss", 0)),
+                **decision_breakdown(self.shared),
                 "embedding_model": settings.embedding_model,
                 "dimension": self.backend.dim,
                 "similarity_threshold": self.shared.cache.similarity_threshold,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 
 from extproc.errors import OutcomeError
@@ -58,12 +59,17 @@ class DecisionLog:
 
     def __init__(self, metrics: Metrics | None = None, backend: str = "") -> None:
         self.counts: dict[str, int] = {"hit": 0, "miss": 0, "bypass": 0}
+        self.bypass_reasons: Counter[str] = Counter()
+        self.guard_rejections: Counter[str] = Counter()
         self.metrics = metrics
         self.backend = backend
 
     def __call__(self, d: Decision) -> None:
         """Record one decision."""
         self.counts[d.outcome] = self.counts.get(d.outcome, 0) + 1
+        if d.outcome == "bypass":
+            self.bypass_reasons[bypass_reason(d.reason)] += 1
+        self.guard_rejections.update(d.rejected_by)
         if self.metrics is not None:
             self.metrics.observe(d, self.backend)
         if log.isEnabledFor(logging.DEBUG):

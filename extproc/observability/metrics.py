@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from extproc.observability.record import BYPASS_REASONS, BackendLike, DecisionRecord, bypass_reason
+from extproc.observability.record import (
+    BYPASS_REASONS,
+    BackendLike,
+    DecisionRecord,
+    bypass_reason,
+    hit_ratio,
+)
 
 # Latency buckets that resolve 0.1 ms .. 1 s.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -88,6 +94,10 @@ class Metrics:
     def watch(self, backend: Callable[[], BackendLike]) -> None:
         """Also export backend state, entries, evictions and the breaker, read at scrape time."""
         self.registry.register(_BackendCollector(backend))
+
+    def watch_hit_ratio(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        """Also export ``semantic_cache_hit_ratio`` from the decision counts (see :func:`hit_ratio`)."""
+        self.registry.register(_HitRatioCollector(counts))
 
     def watch_config(self, problem: Callable[[], str]) -> None:
         """Also export whether the config file last re-read was valid (``problem()`` is "" when so)."""
@@ -178,3 +188,20 @@ class _ConfigCollector(Collector):
         )
         valid.add_metric([], 0.0 if self.problem() else 1.0)
         yield valid
+
+
+class _HitRatioCollector(Collector):
+    """``semantic_cache_hit_ratio``: hits / (hits + misses) since start, the one definition."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        counts = self.counts()
+        ratio = hit_ratio(counts.get("hit", 0), counts.get("miss", 0))
+        gauge = GaugeMetricFamily(
+            "semantic_cache_hit_ratio",
+            "Hits / (hits + misses) since start: lookups answered from cache; bypasses excluded.",
+        )
+        gauge.add_metric([], float("nan") if ratio is None else ratio)
+        yield gauge

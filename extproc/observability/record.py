@@ -29,6 +29,16 @@ BYPASS_REASONS: dict[str, str] = {
 """Every bypass reason, with what it means: the ``reason`` label, span attribute and response header."""
 
 
+def hit_ratio(hits: float, misses: float) -> float | None:
+    """THE hit ratio: hits / (hits + misses), the share of lookups answered from cache.
+
+    Bypasses are not lookups (the cache stepped aside) and are left out; their share is the
+    bypass ratio. None before the first lookup. Admin stats, the metric and the docs use this.
+    """
+    looked_up = hits + misses
+    return round(hits / looked_up, 4) if looked_up else None
+
+
 def bypass_reason(reason: str) -> str:
     """The reason a bypass reports: a stream that ended undecided says so (never "unknown")."""
     return reason or "stream_ended"
