@@ -99,7 +99,7 @@ class SemanticCache:
             rejected = await self._rejections(query.prompt, entry.prompt)
             if rejected:
                 if not result.rejections:
-                    result.rejected_similarity = candidate.similarity
+                    result.rejected_similarity, result.rejected_prompt = candidate.similarity, entry.prompt
                 result.rejections.extend(rejected)
                 continue
             await self.backend.record_hit(entry)
