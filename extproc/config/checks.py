@@ -89,15 +89,24 @@ def check_section(
             continue
         types, desc, check = spec[key]
         is_bool = isinstance(value, bool)
+        shown = "(not shown)" if is_secret(str(key)) else repr(value)
         if not isinstance(value, types) or (is_bool and types is not bool and bool not in _as_tuple(types)):
-            errors.append(f"{path}: must be {desc}, got {type(value).__name__} {value!r}")
+            errors.append(f"{path}: must be {desc}, got {type(value).__name__} {shown}")
             continue
         problem = check(value) if check else None
         if problem:
-            errors.append(f"{path}: {problem}, got {value!r}")
+            errors.append(f"{path}: {problem}, got {shown}")
             continue
         out[key] = value
     return out
+
+
+SECRET_WORDS = ("password", "token", "secret")
+
+
+def is_secret(key: str) -> bool:
+    """True for a key whose value must never be printed (passwords, tokens)."""
+    return any(word in key.lower() for word in SECRET_WORDS)
 
 
 def did_you_mean(word: str, known: Iterable[str]) -> str | None:

@@ -8,18 +8,18 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from extproc.config.checks import is_secret
 from extproc.config.env import read_yaml
 from extproc.config.milvus import MilvusSettings, tls_files
 from extproc.config.settings import ENV_OVERRIDES, CacheSettings, ServerSettings
 from extproc.errors import ConfigError
 
 _NOT_SETTINGS = {"server", "milvus_config", "source"}
-_SECRET_WORDS = ("password", "token", "secret")
 
 
 def show(key: str, value: Any) -> str:
     """A value as YAML would spell it; a secret never, only whether it is set."""
-    if any(word in key.lower() for word in _SECRET_WORDS):
+    if is_secret(key):
         return "(set, not shown)" if value else '""'
     if isinstance(value, bool):
         return str(value).lower()

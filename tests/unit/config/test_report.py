@@ -74,3 +74,13 @@ def test_unknown_key_error_suggests(tmp_path: Path) -> None:
         ConfigError, match=r"semantic_cache\.treshold: unknown key; did you mean `similarity_threshold`\?"
     ):
         load_config(config)
+
+
+def test_a_bad_password_value_is_not_echoed_in_the_error() -> None:
+    from extproc.config.milvus import parse_milvus_config
+
+    with pytest.raises(ConfigError) as info:
+        parse_milvus_config(
+            {"connection": {"auth": {"enabled": True, "username": "u", "password": 731994}}}, "m"
+        )
+    assert "connection.auth.password: must be" in str(info.value) and "731994" not in str(info.value)
