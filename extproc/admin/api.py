@@ -47,15 +47,6 @@ def decision_counts(shared: Shared) -> dict[str, int]:
     return {k: int(counts.get(k, 0)) for k in ("hit", "miss", "bypass")} if isinstance(counts, dict) else {}
 
 
-def decision_breakdown(shared: Shared) -> dict[str, dict[str, int]]:
-    """Bypasses by reason and guard rejections since start, as /metrics counts them."""
-    log_ = shared.on_decision
-    return {
-        "bypass_reasons": dict(sorted(getattr(log_, "bypass_reasons", {}).items())),
-        "guard_rejections": dict(sorted(getattr(log_, "guard_rejections", {}).items())),
-    }
-
-
 def is_loopback(host: str) -> bool:
     """True for 127.0.0.0/8, ::1 and localhost."""
     host = host.strip("[]")
@@ -202,7 +193,7 @@ class AdminApi:
                 "entries": entries,
                 "decisions": counts,
                 "hit_ratio": hit_ratio(counts.get("hit", 0), counts.get("miss", 0)),
-                **decision_breakdown(self.shared),
+                **getattr(self.shared.on_decision, "breakdown", dict)(),
                 "embedding_model": settings.embedding_model,
                 "dimension": self.backend.dim,
                 "similarity_threshold": self.shared.cache.similarity_threshold,

@@ -64,6 +64,13 @@ class DecisionLog:
         self.metrics = metrics
         self.backend = backend
 
+    def breakdown(self) -> dict[str, dict[str, int]]:
+        """Bypasses by reason and guard rejections since start (admin stats), as /metrics counts them."""
+        return {
+            "bypass_reasons": dict(sorted(self.bypass_reasons.items())),
+            "guard_rejections": dict(sorted(self.guard_rejections.items())),
+        }
+
     def __call__(self, d: Decision) -> None:
         """Record one decision."""
         self.counts[d.outcome] = self.counts.get(d.outcome, 0) + 1
