@@ -84,6 +84,8 @@ async def build_server(settings: CacheSettings, model: tuple[EncodeFn, int] | No
     shared = Shared(settings=settings, cache=cache, spawn=tasks.spawn, on_decision=decisions)
     metrics.watch(lambda: shared.cache.backend)
     metrics.watch_embedder(lambda: shared.cache.embedder)
+    metrics.watch_config(lambda: shared.config_error)
+    metrics.watch_hit_ratio(lambda: decisions.counts)
     return ExtProcServer(shared, tasks, settings.server.max_message_bytes, metrics)
 
 

@@ -294,6 +294,29 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     server.stop(graceful=True)
 
 
+@contextlib.contextmanager
+def tls_milvus_instead(session: MilvusServer, base: Path, mode: int, *extra: str) -> Any:
+    """A Milvus server with TLS (1: one-way, 2: mutual) and certificates made here, yielding (server, certs).
+
+    Milvus 2.3 standalone locks /run/milvus/standalone.pid, so the session's server is stopped
+    meanwhile and restarted (with its data) afterwards.
+    """
+    from tests.support.certs import make_certs
+
+    session.stop(graceful=True)
+    certs = make_certs(base / "certs")
+    tls = ["--tls-mode", str(mode), "--server-pem-path", str(certs["server.crt"])]
+    tls += ["--server-key-path", str(certs["server.key"]), "--ca-pem-path", str(certs["ca.crt"])]
+    server = MilvusServer(base / "data", *extra, *tls)
+    (base / "data").mkdir()
+    try:
+        server.start()
+        yield server, certs
+    finally:
+        server.stop(graceful=True)
+        session.start()
+
+
 def milvus_yaml(path: Path, uri: str, name: str, **sections: Any) -> Path:
     """Write a milvus.yaml for ``uri`` and collection ``name`` (extra keys merged per section)."""
     import yaml

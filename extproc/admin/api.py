@@ -35,6 +35,7 @@ from extproc.cache.schema import BulkBackend, CacheEntry, EntryFilter
 from extproc.config.settings import CacheSettings
 from extproc.dataplane.shared import Shared
 from extproc.errors import BackendUnavailable, ConfigError, DataRejected
+from extproc.observability.record import hit_ratio
 from extproc.protocol.openai import normalize_text
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,6 @@ class AdminApi:
         except BackendUnavailable:
             entries = None
         counts = decision_counts(self.shared)
-        looked_up = counts.get("hit", 0) + counts.get("miss", 0)
         return web.json_response(
             {
                 "version": __version__,
@@ -157,7 +157,8 @@ class AdminApi:
                 "backend_detail": detail,
                 "entries": entries,
                 "decisions": counts,
-                "hit_ratio": round(counts.get("hit", 0) / looked_up, 4) if looked_up else None,
+                "hit_ratio": hit_ratio(counts.get("hit", 0), counts.get("miss", 0)),
+                **getattr(self.shared.on_decision, "breakdown", dict)(),
                 "embedding_model": settings.embedding_model,
                 "dimension": self.backend.dim,
                 "similarity_threshold": self.shared.cache.similarity_threshold,

@@ -106,6 +106,8 @@ class SemanticCache:
                 continue  # defence in depth: backends already filter by partition
             rejected = await self._rejections(query.prompt, entry.prompt)
             if rejected:
+                if not result.rejections:
+                    result.rejected_similarity, result.rejected_prompt = candidate.similarity, entry.prompt
                 result.rejections.extend(rejected)
                 continue
             await self.backend.record_hit(entry)

@@ -5,9 +5,10 @@ Shared by ``settings.py`` (the ``semantic_cache`` section) and ``milvus.py`` (mi
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 Check = Callable[[Any], str | None]
@@ -116,20 +117,44 @@ def check_section(
     for key, value in section.items():
         path = f"{prefix}.{key}"
         if key not in spec:
-            near = ", ".join(sorted(spec))
-            errors.append(f"{path}: unknown key. Remove it or use one of: {near}")
+            guess = did_you_mean(str(key), spec)
+            hint = (
+                f"did you mean `{guess}`?" if guess else "remove it or use one of: " + ", ".join(sorted(spec))
+            )
+            errors.append(f"{path}: unknown key; {hint}")
             continue
         types, desc, check = spec[key]
         is_bool = isinstance(value, bool)
+        shown = "(not shown)" if is_secret(str(key)) else repr(value)
         if not isinstance(value, types) or (is_bool and types is not bool and bool not in _as_tuple(types)):
-            errors.append(f"{path}: must be {desc}, got {type(value).__name__} {value!r}")
+            errors.append(f"{path}: must be {desc}, got {type(value).__name__} {shown}")
             continue
         problem = check(value) if check else None
         if problem:
-            errors.append(f"{path}: {problem}, got {value!r}")
+            errors.append(f"{path}: {problem}, got {shown}")
             continue
         out[key] = value
     return out
+
+
+SECRET_WORDS = ("password", "token", "secret")
+
+
+def is_secret(key: str) -> bool:
+    """True for a key whose value must never be printed (passwords, tokens)."""
+    return any(word in key.lower() for word in SECRET_WORDS)
+
+
+def did_you_mean(word: str, known: Iterable[str]) -> str | None:
+    """The known key closest to a misspelt one (``treshold`` → ``similarity_threshold``), or None."""
+    # A key is also matched by its tails ("threshold", "content_swaps"): users misspell a part.
+    by_form: dict[str, str] = {}
+    for key in known:
+        parts = key.split("_")
+        for i in range(len(parts)):
+            by_form.setdefault("_".join(parts[i:]), key)
+    close = difflib.get_close_matches(word.lower(), by_form, n=1, cutoff=0.75)
+    return by_form[close[0]] if close else None
 
 
 def _as_tuple(t: type | tuple[type, ...]) -> tuple[type, ...]:

@@ -14,8 +14,6 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from extproc.config.checks import (
     KeySpec,
     address,
@@ -31,13 +29,15 @@ from extproc.config.checks import (
     revision,
     unit_interval,
 )
-from extproc.config.env import expand_env, resolve_relative
+from extproc.config.env import expand_env, read_yaml, resolve_relative
 from extproc.config.milvus import MilvusSettings, load_milvus_config
 from extproc.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_PATH = "config/config.yaml"
+DEFAULT_MILVUS_CONFIG_PATH = "config/semantic-cache/milvus.yaml"
+"""Where the chart mounts milvus.yaml and the repository keeps it (relative to the working dir)."""
 CONFIG_ENV = "SEMANTIC_CACHE_CONFIG"
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 
@@ -83,7 +83,8 @@ class CacheSettings:
 
     enabled: bool = True
     backend_type: str = "memory"
-    backend_config_path: str | None = None
+    backend_config_path: str = DEFAULT_MILVUS_CONFIG_PATH
+    """The Milvus client file; read only when backend_type is milvus, or when set in the file."""
     similarity_threshold: float = 0.88
     max_entries: int = 10_000
     ttl_seconds: int = 3600
@@ -126,6 +127,8 @@ class CacheSettings:
     """``"package.module:function"`` building an extra guard (e.g. a cross-encoder); empty: none."""
     embedding_backend: str = "auto"
     """``auto`` (ONNX Runtime when usable, else torch) | ``onnx`` | ``torch``."""
+    reason_header: bool = True
+    """Send ``x-semantic-cache-reason`` on bypasses and guarded misses (a reason, never prompt text)."""
     server: ServerSettings = field(default_factory=ServerSettings)
     milvus_config: MilvusSettings | None = None
     """The validated milvus.yaml when backend_type is milvus (read once, at load)."""
@@ -187,6 +190,7 @@ _CACHE_KEYS: KeySpec = {
     "guard_content_modifiers": (bool, "true or false", None),
     "verifier": (str, '"package.module:function" or ""', import_spec),
     "embedding_backend": (str, "a string", one_of("auto", "torch", "onnx")),
+    "reason_header": (bool, "true or false", None),
 }
 _SERVER_KEYS: KeySpec = {
     "grpc_address": (str, '"host:port"', address),
@@ -215,11 +219,7 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
             f"config file {file} not found. Pass --config FILE, set {CONFIG_ENV}, "
             f"or create {DEFAULT_CONFIG_PATH}"
         )
-    try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
-    return parse_config(raw, source=str(file), env=env)
+    return parse_config(read_yaml(file), source=str(file), env=env)
 
 
 def parse_config(raw: Any, source: str = "<inline>", env: Mapping[str, str] | None = None) -> CacheSettings:
@@ -269,11 +269,11 @@ def parse_config(raw: Any, source: str = "<inline>", env: Mapping[str, str] | No
     settings = CacheSettings(**values, server=ServerSettings(**server_values), source=source)
     if settings.backend_type == "milvus" and not settings.backend_config_path:
         raise ConfigError(
-            f"{source}: semantic_cache.backend_config_path is required when backend_type is "
-            '"milvus" (e.g. "config/semantic-cache/milvus.yaml")'
+            f"{source}: semantic_cache.backend_config_path is empty; remove it to use the default "
+            f'"{DEFAULT_MILVUS_CONFIG_PATH}" or name the Milvus client file'
         )
-    if settings.backend_config_path:
-        settings.backend_config_file()  # raises with both locations when missing
+    if "backend_config_path" in values and settings.backend_config_path:
+        settings.backend_config_file()  # a path set in the file must exist, whatever the backend
     if settings.backend_type == "milvus":
         if "eviction_policy" in values and settings.eviction_policy != "fifo":
             raise ConfigError(
@@ -281,11 +281,28 @@ def parse_config(raw: Any, source: str = "<inline>", env: Mapping[str, str] | No
                 'with backend_type "milvus" (entries are evicted oldest-first); remove it or set "fifo"'
             )
 
-        path = settings.backend_config_file()
-        assert path is not None
+        path = _milvus_config_file(settings, "backend_config_path" in values)
         # Validated now, so a bad milvus.yaml stops the process at start.
         settings = replace(settings, eviction_policy="fifo", milvus_config=load_milvus_config(path, env))
     return settings
+
+
+def _milvus_config_file(settings: CacheSettings, explicit: bool) -> Path:
+    """The milvus.yaml to read; when the default is missing, say it is the default being used."""
+    try:
+        path = settings.backend_config_file()
+    except ConfigError as exc:
+        if explicit:
+            raise
+        # The runbook's rollback replaces config.yaml with backend_type alone, and switching
+        # back sets backend_type: "milvus" alone: the default path is then what is looked up.
+        raise ConfigError(
+            f'{settings.source}: backend_type is "milvus" and backend_config_path is not set, so the '
+            f"default {DEFAULT_MILVUS_CONFIG_PATH!r} is used, but {exc}. Mount or write the Milvus "
+            "client file there, or set semantic_cache.backend_config_path"
+        ) from exc
+    assert path is not None
+    return path
 
 
 def _apply_env_overrides(section: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:

@@ -276,8 +276,51 @@ async def test_body_bigger_than_buffer_reaches_upstream(stack: Stack) -> None:
 
 
 async def test_healthz_is_answered_by_envoy(stack: Stack) -> None:
-    r = await stack.client.get("/healthz")
-    assert r.status_code == 200
+    before = cache_metrics(stack)
+    for _ in range(5):  # the kubelet's probes
+        r = await stack.client.get("/healthz")
+        assert r.status_code == 200 and "x-semantic-cache" not in r.headers
+    assert cache_metrics(stack) == before  # never reached the processor: nothing counted
+    # A warning at every start means nothing once it is always there: the limit is configured.
+    assert "no configured limit to the number of allowed active downstream" not in stack.envoy.log.read_text()
+
+
+def cache_metrics(stack: Stack) -> dict[str, float]:
+    """Every semantic_cache_* counter and histogram count of the processor, by labels."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = generate_latest(stack.server.metrics.registry).decode()
+    return {
+        f"{s.name}{sorted(s.labels.items())}": s.value
+        for family in text_string_to_metric_families(text)
+        if family.type in ("counter", "histogram")
+        for s in family.samples
+    }
+
+
+async def test_reason_header_on_bypass_and_guarded_miss(stack: Stack) -> None:
+    model = fresh_model()
+    r = await stack.chat(chat(model, "What does HTTP 418 mean?"), **{"cache-control": "no-cache, no-store"})
+    assert r.headers["x-semantic-cache"] == "bypass"
+    assert r.headers["x-semantic-cache-reason"] == "no_cache_no_store"
+    bad = await stack.client.post(
+        "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert bad.headers["x-semantic-cache-reason"] == "bad_json"
+    prompt = "How do I turn on dark mode in Windows 11?"
+    first = await stack.chat(chat(model, prompt))
+    assert first.headers["x-semantic-cache"] == "miss" and "x-semantic-cache-reason" not in first.headers
+    await stack.settle()
+    opposite = await stack.chat(chat(model, "How do I turn off dark mode in Windows 11?"))
+    assert opposite.headers["x-semantic-cache"] == "miss"
+    reason = opposite.headers["x-semantic-cache-reason"]
+    guard, similarity = reason.removeprefix("rejected: ").rsplit(" ", 1)
+    assert reason.startswith("rejected: ") and "opposites" in guard.split(", ")
+    assert stack.server.shared.settings.similarity_threshold <= float(similarity) < 1
+    assert "dark mode" not in reason  # never prompt text
+    hit = await stack.chat(chat(model, prompt))
+    assert hit.headers["x-semantic-cache"] == "hit" and "x-semantic-cache-reason" not in hit.headers
 
 
 async def test_identical_concurrent_misses_coalesce(stack: Stack) -> None:

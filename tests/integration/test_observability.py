@@ -174,7 +174,8 @@ async def test_traces_and_metrics_through_envoy(tmp_path: Path) -> None:
     assert m[("semantic_cache_backend_up", (("backend", "memory"), ("state", "ready")))] == 1
     assert m[("semantic_cache_embedding_batch_size_count", ())] >= 3
     assert "obs-model" not in metrics_text and "Africa" not in metrics_text  # no text in labels
-    assert ready["ready"] is True and ready["backend_state"] == "ready" and ready["bypassing"] is False
+    assert ready["serving"] is True and ready["backend_state"] == "ready" and ready["caching"] is True
+    assert ready["not_caching_because"] == ""
     assert health.status_code == 200
 
     logs = log.read_text()

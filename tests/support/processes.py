@@ -12,15 +12,15 @@ from pathlib import Path
 from tests.conftest import ROOT, free_port, python_exe
 
 
-def cli(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """Start ``semantic-cache ARGS`` with output to ``log``."""
+def cli(*args: str, env: dict[str, str], log: Path, cwd: Path = ROOT) -> subprocess.Popen[bytes]:
+    """Start ``semantic-cache ARGS`` with output to ``log`` (this checkout's code, from any ``cwd``)."""
     with log.open("wb") as out:
         return subprocess.Popen(
             [python_exe(), "-m", "extproc.cli", *args],
-            env=env,
+            env=env | {"PYTHONPATH": str(ROOT)},
             stdout=out,
             stderr=subprocess.STDOUT,
-            cwd=ROOT,
+            cwd=cwd,
         )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from opentelemetry import trace
 
 from extproc.cache import CacheQuery, LookupResult
-from extproc.dataplane.decision import lookup_failure_reason
+from extproc.dataplane.decision import lookup_failure_reason, reason_header
 from extproc.dataplane.identity import cache_control, cache_query, canonical_query
 from extproc.dataplane.processors.base import Processor, Send
 from extproc.dataplane.shared import HEADER, MAX_SCOPE_CHARS, Shared
@@ -158,6 +158,7 @@ class ChatCompletionsProcessor(Processor):
             lookup.best_similarity,
             lookup.rejections,
         )
+        d.rejected_similarity = lookup.rejected_similarity
         d.timings.update(lookup.timings)
         if lookup.entry is None and self._storing:
             lookup = await self._coalesce(query) or lookup
@@ -252,6 +253,9 @@ class ChatCompletionsProcessor(Processor):
         self._content_type = headers.get("content-type", "").lower()
         self._content_encoding = headers.get("content-encoding", "").strip().lower()
         mark = {HEADER: self.decision.outcome}
+        reason = reason_header(self.decision) if self.settings.reason_header else None
+        if reason:
+            mark[f"{HEADER}-reason"] = reason
         marks = None if m.near_header_limits(self._header_size, mark) else m.mutation(mark)
         if self._storing and not 200 <= self._status < 300:
             self._skip_store("non_2xx")

@@ -72,7 +72,7 @@ def test_other_router_sections_ignored_and_router_keys_warned(
             'semantic_cache.server.grpc_address: must be "host:port"',
         ),
         ("semantic_cache:\n  scope_mode: tenant\n", "semantic_cache.scope_mode: must be one of"),
-        ("semantic_cache:\n  backend_type: milvus\n", "backend_config_path is required"),
+        ("semantic_cache:\n  backend_type: milvus\n  backend_config_path: ''\n", "is empty; remove it"),
         (
             "semantic_cache:\n  backend_config_path: nope/milvus.yaml\n",
             "semantic_cache.backend_config_path: 'nope/milvus.yaml' not found (looked in",
@@ -84,7 +84,7 @@ def test_other_router_sections_ignored_and_router_keys_warned(
         ("semantic_cache:\n  fingerprint_ignore_fields: [model]\n", "model and messages are always part"),
         ("other: 1\n", "no semantic_cache: section"),
         ("semantic_cache: [1]\n", "semantic_cache: must be a mapping"),
-        ("semantic_cache:\n  a: [\n", "not valid YAML"),
+        ("semantic_cache:\n  a: [\n", "config.yaml:3:1: not valid YAML: while parsing a flow node"),
     ],
 )
 def test_errors_name_the_key_and_fix(tmp_path: Path, yaml_text: str, expected: str) -> None:
