@@ -78,6 +78,13 @@ class CacheSettings:
     max_entries: int = 10_000
     ttl_seconds: int = 3600
     eviction_policy: str = "lru"
+    # Freshness (docs/freshness.md).
+    max_ttl_seconds: int = 86400
+    """The longest TTL a request may ask for with x-semantic-cache-ttl (0 = the header is ignored)."""
+    volatile_detection: bool = True
+    """Time-sensitive prompts and dated answers are kept at most ``volatile_ttl_seconds``."""
+    volatile_ttl_seconds: int = 0
+    """How long such answers are served (0 = never stored nor served from cache)."""
     embedding_model: str = DEFAULT_EMBEDDING_MODEL
     top_k: int = 10
     scope_mode: str = "global"
@@ -149,6 +156,9 @@ _CACHE_KEYS: KeySpec = {
     "max_entries": (int, "an integer", int_range(1)),
     "ttl_seconds": (int, "an integer (seconds, 0 = never expire)", int_range(0)),
     "eviction_policy": (str, "a string", one_of("fifo", "lru", "lfu")),
+    "max_ttl_seconds": (int, "an integer (seconds, 0 = ignore x-semantic-cache-ttl)", int_range(0)),
+    "volatile_detection": (bool, "true or false", None),
+    "volatile_ttl_seconds": (int, "an integer (seconds, 0 = never cache them)", int_range(0)),
     "embedding_model": (str, "a model name or a local path", None),
     "top_k": (int, "an integer", int_range(1, 1000)),
     "scope_mode": (str, "a string", one_of("global", "header", "authorization")),

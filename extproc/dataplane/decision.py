@@ -30,6 +30,10 @@ class Decision:
     rejected_by: list[str] = field(default_factory=list)
     entry_age_s: float | None = None
     partition: str = ""
+    volatile: str = ""
+    """Why the prompt or answer was found time-sensitive (``relative_time``…), or ""."""
+    policy: str = ""
+    """The name of the policy that applied (``route:…`` / ``model:…``), or "" for the defaults."""
 
 
 def lookup_failure_reason(exc: BaseException) -> str:

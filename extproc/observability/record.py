@@ -20,6 +20,8 @@ class DecisionRecord(Protocol):
     rejected_by: list[str]
     entry_age_s: float | None
     partition: str
+    volatile: str
+    policy: str
 
 
 class EmbedderLike(Protocol):

@@ -4,7 +4,8 @@ The ``x-test-mode`` request header picks the behaviour: ``ok`` (default), ``erro
 ``length`` (finish_reason length), ``content_filter``, ``abort`` (the stream or body is cut
 mid-way), ``slow`` (waits ``x-test-delay-ms``), ``gzip`` (gzip-encoded JSON body),
 ``n2-partial`` (two choices, one truncated), ``slow-error`` (waits, then HTTP 500),
-``malformed`` (a JSON answer whose ``finish_reason`` is a list).
+``malformed`` (a JSON answer whose ``finish_reason`` is a list), ``dated`` (the answer names
+today's date).
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ def make_app(state: FakeUpstream) -> web.Application:
             return web.json_response({"error": {"message": "not an object"}}, status=400)
         model = str(body.get("model", "m"))
         text = f"answer #{n} from upstream"
+        if mode == "dated":
+            text = f"As of {time.strftime('%Y-%m-%d', time.gmtime())}, {text}"
         if mode in ("error", "slow-error"):
             return web.json_response({"error": {"message": "boom", "type": "server_error"}}, status=500)
         finish = {"length": "length", "content_filter": "content_filter"}.get(mode, "stop")

@@ -16,8 +16,10 @@ from typing import Any
 from opentelemetry import trace
 
 from extproc.cache import CacheQuery, LookupResult
+from extproc.cache.volatile import volatile_answer, volatile_prompt
 from extproc.dataplane.decision import lookup_failure_reason
-from extproc.dataplane.identity import cache_control, cache_query, canonical_query
+from extproc.dataplane.freshness import TTL_HEADER, Freshness, answer_text, parse_freshness
+from extproc.dataplane.identity import cache_query, canonical_query
 from extproc.dataplane.processors.base import Processor, Send
 from extproc.dataplane.shared import HEADER, MAX_SCOPE_CHARS, Shared
 from extproc.errors import NotCacheable, NotStorable, OutcomeError
@@ -56,6 +58,7 @@ class ChatCompletionsProcessor(Processor):
         self._lookup: LookupResult | None = None
         self._no_cache = False
         self._no_store = False
+        self._fresh = Freshness()
         self._scope = "global"
         self._revision = ""
         self._request_encoding = ""
@@ -80,7 +83,10 @@ class ChatCompletionsProcessor(Processor):
             return self._bypass("disabled")
         if end_of_stream:
             return self._bypass("no_body")
-        self._no_cache, self._no_store = cache_control(headers.get("cache-control", ""))
+        self._fresh = parse_freshness(
+            headers.get("cache-control", ""), headers.get(TTL_HEADER, ""), self.settings.max_ttl_seconds
+        )
+        self._no_cache, self._no_store = self._fresh.no_cache, self._fresh.no_store
         if self._no_cache and self._no_store:
             return self._bypass("no_cache_no_store")
         scope = self._scope_of(headers)
@@ -123,15 +129,17 @@ class ChatCompletionsProcessor(Processor):
         self.decision.partition = query.partition[:16]
         self.decision.outcome = "miss"
         self._storing = not self._no_store
+        asked_no_cache = self._no_cache
+        self._check_volatile(volatile_prompt(chat.prompt))
         if self._no_cache:
-            self.decision.reason = "no_cache"
+            self.decision.reason = "no_cache" if asked_no_cache else "volatile"
             return m.request_body()
         started = time.perf_counter()
         budget = self.settings.max_added_latency_ms / 1000 or None
         try:
             timeout = self.settings.lookup_timeout_ms / 1000
             with trace.use_span(self._span, end_on_exit=False):
-                lookup = self.shared.cache.check(query, max_wait=budget)
+                lookup = self.shared.cache.check(query, max_wait=budget, max_age=self._fresh.max_age)
                 self._lookup = await asyncio.wait_for(lookup, timeout)
         except Exception as exc:  # never fail the request because of the cache
             reason = lookup_failure_reason(exc)
@@ -226,6 +234,7 @@ class ChatCompletionsProcessor(Processor):
                 HEADER: "hit",
                 f"{HEADER}-similarity": f"{lookup.similarity:.4f}",
                 f"{HEADER}-match": lookup.match or "semantic",
+                "age": str(int(self.decision.entry_age_s or 0)),  # RFC 9111 §5.1
             },
         )
 
@@ -296,7 +305,11 @@ class ChatCompletionsProcessor(Processor):
             try:
                 vector = lookup.vector if lookup is not None else None
                 budget = self.settings.max_added_latency_ms / 1000 or None
-                await self.shared.cache.store(query, completion, vector, max_wait=budget)
+                self._check_volatile(volatile_answer(answer_text(completion)))
+                if not self._storing:
+                    return
+                ttl = self._fresh.ttl
+                await self.shared.cache.store(query, completion, vector, max_wait=budget, ttl_seconds=ttl)
                 self.decision.store = "stored"
             except OutcomeError as exc:
                 self._skip_store(exc.reason)
@@ -336,6 +349,17 @@ class ChatCompletionsProcessor(Processor):
             self._report()
 
     # --- helpers -------------------------------------------------------------------------
+
+    def _check_volatile(self, reason: str) -> None:
+        """A time-sensitive prompt or answer (``reason``): shorten or skip its lookup and store."""
+        if not reason or not self.settings.volatile_detection:
+            return
+        fresh = self._fresh
+        fresh.mark_volatile(reason, self.settings.volatile_ttl_seconds, self.settings.ttl_seconds)
+        self.decision.volatile = fresh.volatile
+        self._no_cache = self._no_cache or fresh.no_cache
+        if fresh.no_store and self._storing:
+            self._skip_store("volatile")
 
     def _bypass(self, reason: str) -> m.ProcessingResponse:
         self._mark_bypass(reason)
