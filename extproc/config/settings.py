@@ -31,6 +31,7 @@ from extproc.config.checks import (
 )
 from extproc.config.env import expand_env, resolve_relative
 from extproc.config.milvus import MilvusSettings, load_milvus_config
+from extproc.config.policies import Policy, parse_policies
 from extproc.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,8 @@ class CacheSettings:
     """``"package.module:function"`` building an extra guard (e.g. a cross-encoder); empty: none."""
     embedding_backend: str = "auto"
     """``auto`` (ONNX Runtime when usable, else torch) | ``onnx`` | ``torch``."""
+    policies: tuple[Policy, ...] = ()
+    """Per-route / per-model settings, first match wins (docs/policies.md)."""
     server: ServerSettings = field(default_factory=ServerSettings)
     milvus_config: MilvusSettings | None = None
     """The validated milvus.yaml when backend_type is milvus (read once, at load)."""
@@ -187,6 +190,7 @@ _CACHE_KEYS: KeySpec = {
     "guard_content_modifiers": (bool, "true or false", None),
     "verifier": (str, '"package.module:function" or ""', import_spec),
     "embedding_backend": (str, "a string", one_of("auto", "torch", "onnx")),
+    "policies": (list, "a list of policies", None),
 }
 _SERVER_KEYS: KeySpec = {
     "grpc_address": (str, '"host:port"', address),
@@ -257,6 +261,8 @@ def parse_config(raw: Any, source: str = "<inline>", env: Mapping[str, str] | No
                 "the request identity; remove them"
             )
         values["fingerprint_ignore_fields"] = tuple(ignore)
+    if "policies" in values:
+        values["policies"] = parse_policies(values["policies"], errors)
     if values.get("embedding_model") == "bert":
         values["embedding_model"] = DEFAULT_EMBEDDING_MODEL
     if errors:

@@ -50,12 +50,16 @@ class DecisionLog:
 
     def __init__(self, metrics: Metrics | None = None, backend: str = "") -> None:
         self.counts: dict[str, int] = {"hit": 0, "miss": 0, "bypass": 0}
+        self.policy_counts: dict[str, int] = {}
+        """Requests per policy name (admin stats)."""
         self.metrics = metrics
         self.backend = backend
 
     def __call__(self, d: Decision) -> None:
         """Record one decision."""
         self.counts[d.outcome] = self.counts.get(d.outcome, 0) + 1
+        if d.policy:
+            self.policy_counts[d.policy] = self.policy_counts.get(d.policy, 0) + 1
         if self.metrics is not None:
             self.metrics.observe(d, self.backend)
         if log.isEnabledFor(logging.DEBUG):

@@ -20,6 +20,7 @@ from extproc.cache.volatile import volatile_answer, volatile_prompt
 from extproc.dataplane.decision import lookup_failure_reason
 from extproc.dataplane.freshness import TTL_HEADER, Freshness, answer_text, parse_freshness
 from extproc.dataplane.identity import cache_query, canonical_query
+from extproc.dataplane.policy import request_settings, route_name, route_settings
 from extproc.dataplane.processors.base import Processor, Send
 from extproc.dataplane.shared import HEADER, MAX_SCOPE_CHARS, Shared
 from extproc.errors import NotCacheable, NotStorable, OutcomeError
@@ -70,6 +71,8 @@ class ChatCompletionsProcessor(Processor):
         self._size = 0
         self._captured = False
         self._query_string = ""
+        self._route = route_name(metadata)
+        self._headers: dict[str, str] = {}
 
     # --- request -------------------------------------------------------------------------
 
@@ -79,7 +82,9 @@ class ChatCompletionsProcessor(Processor):
         if headers.get(":method") != "POST":
             return self._pass_through("not_chat")
         self._query_string = canonical_query(headers.get(":path", ""))
-        if not self.settings.enabled:
+        self._headers = headers
+        self.settings, model_may_enable = route_settings(self.shared.settings, self._route)
+        if not self.settings.enabled and not model_may_enable:
             return self._bypass("disabled")
         if end_of_stream:
             return self._bypass("no_body")
@@ -124,6 +129,8 @@ class ChatCompletionsProcessor(Processor):
             return m.request_body()
         self._request = chat
         self.decision.model = chat.model
+        if not self._apply_policy(chat.model):
+            return m.request_body()
         query = cache_query(chat, self._scope, self._revision, self._query_string)
         self._query = query
         self.decision.partition = query.partition[:16]
@@ -139,7 +146,12 @@ class ChatCompletionsProcessor(Processor):
         try:
             timeout = self.settings.lookup_timeout_ms / 1000
             with trace.use_span(self._span, end_on_exit=False):
-                lookup = self.shared.cache.check(query, max_wait=budget, max_age=self._fresh.max_age)
+                lookup = self.shared.cache.check(
+                    query,
+                    threshold=self.settings.similarity_threshold if self.decision.policy else None,
+                    max_wait=budget,
+                    max_age=self._fresh.max_age,
+                )
                 self._lookup = await asyncio.wait_for(lookup, timeout)
         except Exception as exc:  # never fail the request because of the cache
             reason = lookup_failure_reason(exc)
@@ -308,7 +320,7 @@ class ChatCompletionsProcessor(Processor):
                 self._check_volatile(volatile_answer(answer_text(completion)))
                 if not self._storing:
                     return
-                ttl = self._fresh.ttl
+                ttl = self.settings.ttl_seconds if self._fresh.ttl is None else self._fresh.ttl
                 await self.shared.cache.store(query, completion, vector, max_wait=budget, ttl_seconds=ttl)
                 self.decision.store = "stored"
             except OutcomeError as exc:
@@ -349,6 +361,19 @@ class ChatCompletionsProcessor(Processor):
             self._report()
 
     # --- helpers -------------------------------------------------------------------------
+
+    def _apply_policy(self, model: str) -> bool:
+        """Settings of the policy this model and route fall under; False when it bypasses."""
+        self.settings, self.decision.policy = request_settings(self.shared.settings, self._route, model)
+        if not self.settings.enabled:
+            self._mark_bypass("disabled")
+            return False
+        scope = self._scope_of(self._headers)  # the policy may scope by another mode
+        if scope is None:
+            self._mark_bypass("no_scope")
+            return False
+        self._scope = scope
+        return True
 
     def _check_volatile(self, reason: str) -> None:
         """A time-sensitive prompt or answer (``reason``): shorten or skip its lookup and store."""
