@@ -38,11 +38,11 @@ class FakeUpstream:
     seen: list[Seen] = field(default_factory=list)
     port: int = 0
 
-    def chat_calls(self, model: str) -> int:
-        """How many chat requests for ``model`` reached the upstream."""
+    def chat_calls(self, model: str, path: str = "/v1/chat/completions") -> int:
+        """How many requests for ``model`` to ``path`` (chat by default) reached the upstream."""
         n = 0
         for s in self.seen:
-            if s.path == "/v1/chat/completions":
+            if s.path == path:
                 try:
                     data = json.loads(s.body)
                 except (ValueError, RecursionError):
@@ -169,6 +169,33 @@ def make_app(state: FakeUpstream) -> web.Application:
         await response.write_eof()
         return response
 
+    async def completions(request: web.Request) -> web.StreamResponse:
+        """The legacy endpoint: a ``text_completion`` (JSON, or a stream of them)."""
+        raw = await request.read()
+        state.calls += 1
+        state.seen.append(Seen(request.method, request.path, dict(request.headers), raw))
+        body = json.loads(raw)
+        text = f"completion #{state.calls} from upstream"
+        base = {"id": "cmpl-upstream", "object": "text_completion", "created": int(time.time())}
+        base["model"] = str(body.get("model", "m"))
+        usage = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+        if body.get("stream") is not True:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}
+            return web.json_response(base | {"choices": [choice], "usage": usage})
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        pieces = [(word + " ", None) for word in text.split(" ")] + [("", "stop")]
+        for piece, finish in pieces:
+            choice = {"index": 0, "text": piece, "logprobs": None, "finish_reason": finish}
+            await response.write(b"data: " + json.dumps(base | {"choices": [choice]}).encode() + b"\n\n")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await response.write(
+                b"data: " + json.dumps(base | {"choices": [], "usage": usage}).encode() + b"\n\n"
+            )
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
     async def other(request: web.Request) -> web.Response:
         raw = await request.read()
         state.calls += 1
@@ -177,6 +204,7 @@ def make_app(state: FakeUpstream) -> web.Application:
 
     app = web.Application(client_max_size=256 * 1024 * 1024)
     app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/completions", completions)
     app.router.add_route("*", "/{tail:.*}", other)
     return app
 

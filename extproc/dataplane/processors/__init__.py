@@ -13,13 +13,25 @@ import betterproto2
 
 from extproc.dataplane.processors.base import PassThroughProcessor, Processor, Send
 from extproc.dataplane.processors.chat import ChatCompletionsProcessor
+from extproc.dataplane.processors.completions import CompletionsProcessor
 from extproc.dataplane.shared import Shared
 from extproc.protocol import messages as m
+from extproc.protocol.completions import COMPLETIONS_PATH
 from extproc.protocol.openai import CHAT_PATH
 
-__all__ = ["PROCESSORS", "ChatCompletionsProcessor", "PassThroughProcessor", "Processor", "open_processor"]
+__all__ = [
+    "PROCESSORS",
+    "ChatCompletionsProcessor",
+    "CompletionsProcessor",
+    "PassThroughProcessor",
+    "Processor",
+    "open_processor",
+]
 
-PROCESSORS: dict[str, type[Processor]] = {CHAT_PATH: ChatCompletionsProcessor}
+PROCESSORS: dict[str, type[Processor]] = {
+    CHAT_PATH: ChatCompletionsProcessor,
+    COMPLETIONS_PATH: CompletionsProcessor,
+}
 """Request path (query string excluded) → the processor of its streams."""
 
 

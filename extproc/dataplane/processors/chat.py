@@ -44,7 +44,17 @@ INLINE_PARSE_BYTES = 64 * 1024
 
 
 class ChatCompletionsProcessor(Processor):
-    """Caches ``POST /v1/chat/completions``: one method per phase."""
+    """Caches ``POST /v1/chat/completions``: one method per phase.
+
+    The wire format is five functions (class attributes), so another OpenAI endpoint with the
+    same request / response life (``/v1/completions``) is a subclass that swaps them.
+    """
+
+    parse_request = staticmethod(parse_chat_request)
+    parse_json = staticmethod(parse_json_completion)
+    parse_sse = staticmethod(parse_sse_completion)
+    render_json = staticmethod(render_completion)
+    render_stream = staticmethod(render_sse)
 
     def __init__(
         self,
@@ -213,7 +223,7 @@ class ChatCompletionsProcessor(Processor):
         if len(body) > self.settings.max_request_bytes:
             raise NotCacheable("request_too_large")
         if encoding in IDENTITY and len(body) <= INLINE_PARSE_BYTES:
-            return parse_chat_request(body, self.settings.fingerprint_ignore_fields)
+            return self.parse_request(body, self.settings.fingerprint_ignore_fields)
         return await asyncio.to_thread(self._decode_and_parse, body)
 
     def _decode_and_parse(self, body: bytes) -> ChatRequest:
@@ -226,7 +236,7 @@ class ChatCompletionsProcessor(Processor):
             if decoded is None:  # a decompression bomb, or just too big: never inflated whole
                 raise NotCacheable("request_too_large")
             body = decoded
-        return parse_chat_request(body, self.settings.fingerprint_ignore_fields)
+        return self.parse_request(body, self.settings.fingerprint_ignore_fields)
 
     def _serve_hit(self, chat: ChatRequest, lookup: LookupResult) -> m.ProcessingResponse:
         assert lookup.entry is not None
@@ -234,9 +244,9 @@ class ChatCompletionsProcessor(Processor):
         self.decision.similarity = lookup.similarity
         stored = lookup.entry.response
         if chat.stream:
-            body, content_type = render_sse(stored, chat.include_usage), "text/event-stream"
+            body, content_type = self.render_stream(stored, chat.include_usage), "text/event-stream"
         else:
-            body, content_type = render_completion(stored), "application/json"
+            body, content_type = self.render_json(stored), "application/json"
         self._report()
         return m.immediate(
             200,
@@ -336,7 +346,7 @@ class ChatCompletionsProcessor(Processor):
         stream = "text/event-stream" in self._content_type
         gzipped = self._content_encoding == "gzip"
         if not gzipped and len(body) <= INLINE_PARSE_BYTES:
-            return parse_sse_completion(body, expected) if stream else parse_json_completion(body, expected)
+            return self.parse_sse(body, expected) if stream else self.parse_json(body, expected)
 
         def decode_and_parse() -> dict[str, Any]:
             raw = body
@@ -348,7 +358,7 @@ class ChatCompletionsProcessor(Processor):
                 if inflated is None:
                     raise NotStorable("too_large")
                 raw = inflated
-            return parse_sse_completion(raw, expected) if stream else parse_json_completion(raw, expected)
+            return self.parse_sse(raw, expected) if stream else self.parse_json(raw, expected)
 
         return await asyncio.to_thread(decode_and_parse)
 
