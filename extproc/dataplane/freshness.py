@@ -53,8 +53,12 @@ class Freshness:
 
 
 def answer_text(completion: Mapping[str, Any]) -> str:
-    """The text of every choice of a stored ``chat.completion`` (or ``text_completion``)."""
+    """The text of a stored ``chat.completion``, ``text_completion`` or ``response``."""
     parts: list[str] = []
+    for item in completion.get("output") or ():
+        for part in item.get("content") or () if isinstance(item, dict) else ():
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                parts.append(part["text"])
     for choice in completion.get("choices") or ():
         message = choice.get("message") or {}
         text = message.get("content") if isinstance(message, dict) else None

@@ -64,3 +64,41 @@ async def test_a_streamed_miss_is_stored_and_chat_never_shares_it(stack: Stack) 
     )
     assert chat.headers["x-semantic-cache"] == "miss"  # another endpoint, another partition
     assert chat.parse().object == "chat.completion"
+
+
+async def test_responses_stateless_miss_then_hit_json_and_stream(stack: Stack) -> None:
+    client, model = sdk(stack), f"resp-{uuid.uuid4().hex[:8]}"
+    first = await client.responses.with_raw_response.create(
+        model=model, input="Explain what a semantic cache does.", store=False
+    )
+    assert first.headers["x-semantic-cache"] == "miss"
+    text = first.parse().output_text
+    await stack.settle()
+    hit = await client.responses.with_raw_response.create(
+        model=model, input=[{"role": "user", "content": "Explain what a semantic cache does."}], store=False
+    )
+    assert hit.headers["x-semantic-cache"] == "hit"
+    served = hit.parse()
+    assert served.output_text == text and served.status == "completed" and served.id != first.parse().id
+    stream = await client.responses.create(
+        model=model, input="Explain what a semantic cache is for.", store=False, stream=True
+    )
+    events = [event async for event in stream]
+    kinds = [e.type for e in events]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == text
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert stack.upstream.chat_calls(model, "/v1/responses") == 1
+
+
+async def test_stateful_responses_pass_through(stack: Stack) -> None:
+    client, model = sdk(stack), f"resp-{uuid.uuid4().hex[:8]}"
+    for _ in range(2):  # store defaults to true: server-side state, never from cache
+        stored = await client.responses.with_raw_response.create(model=model, input="Say hi.")
+        assert stored.headers["x-semantic-cache"] == "bypass"
+    await stack.settle()
+    follow = await client.responses.with_raw_response.create(
+        model=model, input="Say hi.", store=False, previous_response_id="resp_1"
+    )
+    assert follow.headers["x-semantic-cache"] == "bypass"
+    assert stack.upstream.chat_calls(model, "/v1/responses") == 3

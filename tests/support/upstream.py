@@ -196,6 +196,62 @@ def make_app(state: FakeUpstream) -> web.Application:
         await response.write_eof()
         return response
 
+    async def responses(request: web.Request) -> web.StreamResponse:
+        """The Responses API: a completed ``response`` (JSON, or its event stream)."""
+        raw = await request.read()
+        state.calls += 1
+        state.seen.append(Seen(request.method, request.path, dict(request.headers), raw))
+        body = json.loads(raw)
+        text = f"response #{state.calls} from upstream"
+        part = {"type": "output_text", "text": text, "annotations": []}
+        item = {"id": f"msg_{state.calls}", "type": "message", "status": "completed", "role": "assistant"}
+        final = {
+            "id": f"resp_{state.calls}",
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "completed",
+            "model": str(body.get("model", "m")),
+            "store": False,
+            "output": [item | {"content": [part]}],
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+            "error": None,
+            "incomplete_details": None,
+            "instructions": None,
+            "metadata": {},
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "usage": {
+                "input_tokens": 3,
+                "output_tokens": 4,
+                "total_tokens": 7,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens_details": {"reasoning_tokens": 0},
+            },
+        }
+        if body.get("stream") is not True:
+            return web.json_response(final)
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        started = final | {"status": "in_progress", "output": [], "usage": None}
+        where = {"item_id": item["id"], "output_index": 0, "content_index": 0}
+        events = [
+            {"type": "response.created", "response": started},
+            {"type": "response.output_item.added", "output_index": 0, "item": item | {"content": []}},
+            {"type": "response.content_part.added", **where, "part": part | {"text": ""}},
+            *({"type": "response.output_text.delta", **where, "delta": w + " "} for w in text.split(" ")),
+            {"type": "response.output_text.done", **where, "text": text},
+            {"type": "response.content_part.done", **where, "part": part},
+            {"type": "response.output_item.done", "output_index": 0, "item": item | {"content": [part]}},
+            {"type": "response.completed", "response": final},
+        ]
+        for seq, event in enumerate(events):
+            data = json.dumps(event | {"sequence_number": seq})
+            await response.write(f"event: {event['type']}\ndata: {data}\n\n".encode())
+        await response.write_eof()
+        return response
+
     async def other(request: web.Request) -> web.Response:
         raw = await request.read()
         state.calls += 1
@@ -205,6 +261,7 @@ def make_app(state: FakeUpstream) -> web.Application:
     app = web.Application(client_max_size=256 * 1024 * 1024)
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/responses", responses)
     app.router.add_route("*", "/{tail:.*}", other)
     return app
 

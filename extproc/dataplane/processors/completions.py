@@ -1,4 +1,4 @@
-"""The legacy completions processor: ``POST /v1/completions`` with a ``prompt`` string.
+"""More OpenAI endpoints: legacy ``POST /v1/completions`` and stateless ``POST /v1/responses``.
 
 Everything but the wire format is the chat processor's: identity, scope, partitions, freshness,
 policies, guards, single-flight, the store rules and the JSON / SSE switch.
@@ -14,6 +14,13 @@ from extproc.protocol.completions import (
     render_text_completion,
     render_text_sse,
 )
+from extproc.protocol.responses import (
+    parse_json_response,
+    parse_responses_request,
+    parse_sse_response,
+    render_response,
+    render_response_sse,
+)
 
 
 class CompletionsProcessor(ChatCompletionsProcessor):
@@ -24,3 +31,13 @@ class CompletionsProcessor(ChatCompletionsProcessor):
     parse_sse = staticmethod(parse_sse_text_completion)
     render_json = staticmethod(render_text_completion)
     render_stream = staticmethod(render_text_sse)
+
+
+class ResponsesProcessor(ChatCompletionsProcessor):
+    """Caches stateless ``POST /v1/responses`` (``store: false``, no previous response)."""
+
+    parse_request = staticmethod(parse_responses_request)
+    parse_json = staticmethod(parse_json_response)
+    parse_sse = staticmethod(parse_sse_response)
+    render_json = staticmethod(render_response)
+    render_stream = staticmethod(render_response_sse)

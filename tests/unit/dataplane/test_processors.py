@@ -17,6 +17,7 @@ from extproc.dataplane.processors import (
     ChatCompletionsProcessor,
     CompletionsProcessor,
     PassThroughProcessor,
+    ResponsesProcessor,
     open_processor,
     processor_for,
 )
@@ -93,6 +94,7 @@ def test_registry_picks_the_chat_processor_by_path() -> None:
     assert processor_for("/v1/chat/completions") is ChatCompletionsProcessor
     assert processor_for("/v1/chat/completions?api-version=1") is ChatCompletionsProcessor
     assert processor_for("/v1/completions") is CompletionsProcessor
+    assert processor_for("/v1/responses") is ResponsesProcessor
     assert processor_for("/v1/embeddings") is PassThroughProcessor
     assert processor_for("/healthz") is PassThroughProcessor
 
