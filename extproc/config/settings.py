@@ -25,6 +25,7 @@ from extproc.config.checks import (
     int_range,
     one_of,
     optional_header_name,
+    optional_http_url,
     positive,
     revision,
     unit_interval,
@@ -124,6 +125,13 @@ class CacheSettings:
     """``"package.module:function"`` building an extra guard (e.g. a cross-encoder); empty: none."""
     embedding_backend: str = "auto"
     """``auto`` (ONNX Runtime when usable, else torch) | ``onnx`` | ``torch``."""
+    # A remote embedding model instead of the local one (docs/embeddings.md).
+    embedding_endpoint: str = ""
+    """An OpenAI-compatible /v1/embeddings URL; "" = the local ``embedding_model``."""
+    embedding_endpoint_model: str = ""
+    """The model name sent to the endpoint ("" = ``embedding_model``)."""
+    embedding_timeout_ms: int = 1000
+    embedding_retries: int = 2
     policies: tuple[Policy, ...] = ()
     """Per-route / per-model settings, first match wins (docs/policies.md)."""
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -191,6 +199,10 @@ _CACHE_KEYS: KeySpec = {
     "verifier": (str, '"package.module:function" or ""', import_spec),
     "embedding_backend": (str, "a string", one_of("auto", "torch", "onnx")),
     "policies": (list, "a list of policies", None),
+    "embedding_endpoint": (str, 'an http(s) URL or ""', optional_http_url),
+    "embedding_endpoint_model": (str, "a model name", None),
+    "embedding_timeout_ms": (int, "an integer (milliseconds)", int_range(1, 600_000)),
+    "embedding_retries": (int, "an integer", int_range(0, 10)),
 }
 _SERVER_KEYS: KeySpec = {
     "grpc_address": (str, '"host:port"', address),
