@@ -11,7 +11,7 @@ import time
 from extproc.cache import MemoryBackend, SemanticCache
 from extproc.cache.guards import build_guards
 from extproc.cache.schema import CacheBackend
-from extproc.config.settings import CacheSettings
+from extproc.config.settings import DEFAULT_EMBEDDING_MODEL, CacheSettings
 from extproc.dataplane.decision import DecisionLog
 from extproc.dataplane.server import BackgroundTasks, ExtProcServer
 from extproc.dataplane.shared import Shared
@@ -112,7 +112,8 @@ async def build_server(settings: CacheSettings, model: tuple[EncodeFn, int] | No
     tasks = BackgroundTasks()
     metrics = Metrics()
     cache.embedder.on_batch = metrics.batch_size.observe
-    decisions = DecisionLog(metrics, cache.backend.name)
+    english_only = not settings.embedding_endpoint and settings.embedding_model == DEFAULT_EMBEDDING_MODEL
+    decisions = DecisionLog(metrics, cache.backend.name, english_only)
     shared = Shared(settings=settings, cache=cache, spawn=tasks.spawn, on_decision=decisions)
     metrics.watch(lambda: shared.cache.backend)
     metrics.watch_embedder(lambda: shared.cache.embedder)

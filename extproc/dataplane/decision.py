@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 from extproc.errors import OutcomeError
@@ -33,7 +34,13 @@ class Decision:
     volatile: str = ""
     """Why the prompt or answer was found time-sensitive (``relative_time``…), or ""."""
     policy: str = ""
+    non_latin: bool = False
+    """The prompt is mostly letters of a non-Latin script (Chinese, Cyrillic, Devanagari…)."""
     """The name of the policy that applied (``route:…`` / ``model:…``), or "" for the defaults."""
+
+
+NON_LATIN_WARN_SECONDS = 600.0
+"""At most one warning per this many seconds about non-Latin prompts."""
 
 
 def lookup_failure_reason(exc: BaseException) -> str:
@@ -48,8 +55,11 @@ def lookup_failure_reason(exc: BaseException) -> str:
 class DecisionLog:
     """Counts decisions, feeds the metrics and logs one debug line per request (never prompt text)."""
 
-    def __init__(self, metrics: Metrics | None = None, backend: str = "") -> None:
+    def __init__(self, metrics: Metrics | None = None, backend: str = "", english_only: bool = False) -> None:
         self.counts: dict[str, int] = {"hit": 0, "miss": 0, "bypass": 0}
+        self.english_only = english_only
+        """The model reads English only: say so when prompts are not (rate-limited)."""
+        self._warned_at = -NON_LATIN_WARN_SECONDS
         self.policy_counts: dict[str, int] = {}
         """Requests per policy name (admin stats)."""
         self.metrics = metrics
@@ -58,6 +68,8 @@ class DecisionLog:
     def __call__(self, d: Decision) -> None:
         """Record one decision."""
         self.counts[d.outcome] = self.counts.get(d.outcome, 0) + 1
+        if d.non_latin and self.english_only:
+            self._warn_non_latin()
         if d.policy:
             self.policy_counts[d.policy] = self.policy_counts.get(d.policy, 0) + 1
         if self.metrics is not None:
@@ -73,3 +85,16 @@ class DecisionLog:
                 d.store or "-",
                 {k: round(v, 2) for k, v in d.timings.items()},
             )
+
+    def _warn_non_latin(self) -> None:
+        """Tell the operator, at most once per NON_LATIN_WARN_SECONDS, that the model is English-only."""
+        now = time.monotonic()
+        if now - self._warned_at < NON_LATIN_WARN_SECONDS:
+            return
+        self._warned_at = now
+        log.warning(
+            "prompts mostly in a non-Latin script reach the English-only embedding model "
+            "all-MiniLM-L6-v2: paraphrase matching is unreliable for them (counted in "
+            "semantic_cache_non_latin_prompts_total). Use a multilingual model folder or an "
+            "embedding_endpoint: docs/embeddings.md#other-languages"
+        )

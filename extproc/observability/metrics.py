@@ -31,6 +31,11 @@ class Metrics:
         self.bypasses = Counter(
             "semantic_cache_bypass", "Bypassed requests by reason.", ["reason"], registry=r
         )
+        self.non_latin = Counter(
+            "semantic_cache_non_latin_prompts",
+            "Prompts mostly in a script the English-only default model cannot read well.",
+            registry=r,
+        )
         self.stores = Counter(
             "semantic_cache_store", "Responses stored, or skipped by reason.", ["result"], registry=r
         )
@@ -98,6 +103,8 @@ class Metrics:
             self.bypasses.labels(d.reason or "unknown").inc()
             if d.reason.startswith("backend") or d.reason == "lookup_timeout":
                 self.backend_errors.labels(backend, d.reason).inc()
+        if d.non_latin:
+            self.non_latin.inc()
         if d.store:
             self.stores.labels(d.store).inc()
             if d.store.startswith("backend"):

@@ -21,6 +21,7 @@ class DecisionRecord(Protocol):
     entry_age_s: float | None
     partition: str
     volatile: str
+    non_latin: bool
     policy: str
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from opentelemetry import trace
 
 from extproc.cache import CacheQuery, LookupResult
+from extproc.cache.guards.scripts import mostly_non_latin
 from extproc.cache.volatile import volatile_answer, volatile_prompt
 from extproc.dataplane.decision import lookup_failure_reason
 from extproc.dataplane.freshness import TTL_HEADER, Freshness, answer_text, parse_freshness
@@ -139,6 +140,7 @@ class ChatCompletionsProcessor(Processor):
             return m.request_body()
         self._request = chat
         self.decision.model = chat.model
+        self.decision.non_latin = mostly_non_latin(chat.prompt)
         if not self._apply_policy(chat.model):
             return m.request_body()
         query = cache_query(chat, self._scope, self._revision, self._query_string)
