@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
-from functools import lru_cache
 from typing import Any, TypeVar
 
 from extproc.config.checks import KeySpec, check_section, int_range, one_of, unit_interval
@@ -125,7 +124,24 @@ def may_enable(policies: tuple[Policy, ...], route: str) -> bool:
     )
 
 
-@lru_cache(maxsize=256)
+_APPLIED: dict[tuple[int, str], tuple[Any, Any]] = {}
+"""(id(settings), policy name) -> (settings, settings with the policy): built once per pair."""
+
+
 def with_policy(settings: S, policy: Policy | None) -> S:
-    """``settings`` with ``policy``'s changes (cached: the same pair recurs on every request)."""
-    return settings if policy is None else replace(settings, **dict(policy.overrides))  # type: ignore[type-var]
+    """``settings`` with ``policy``'s changes, built once per (settings, policy).
+
+    Keyed by identity, not by hash: settings hold mappings (the Milvus section) and are
+    replaced as a whole on a live change, so a new object is a new key.
+    """
+    if policy is None:
+        return settings
+    key = (id(settings), policy.name)
+    hit = _APPLIED.get(key)
+    if hit is not None and hit[0] is settings:
+        return hit[1]  # type: ignore[no-any-return]
+    if len(_APPLIED) > 256:  # old settings objects after live changes: start over
+        _APPLIED.clear()
+    applied = replace(settings, **dict(policy.overrides))  # type: ignore[type-var]
+    _APPLIED[key] = (settings, applied)
+    return applied

@@ -21,9 +21,10 @@ from extproc.cache.volatile import volatile_answer, volatile_prompt
 from extproc.dataplane.decision import lookup_failure_reason
 from extproc.dataplane.freshness import TTL_HEADER, Freshness, answer_text, parse_freshness
 from extproc.dataplane.identity import cache_query, canonical_query
-from extproc.dataplane.policy import request_settings, route_name, route_settings
+from extproc.dataplane.policy import route_name, route_settings
 from extproc.dataplane.processors.base import Processor, Send
-from extproc.dataplane.shared import HEADER, MAX_SCOPE_CHARS, Shared
+from extproc.dataplane.processors.settings import RequestSettings
+from extproc.dataplane.shared import HEADER, Shared
 from extproc.errors import NotCacheable, NotStorable, OutcomeError
 from extproc.protocol import messages as m
 from extproc.protocol.encoding import GZIP, IDENTITY, gunzip_bounded
@@ -34,8 +35,6 @@ from extproc.protocol.openai import (
     parse_sse_completion,
     render_completion,
     render_sse,
-    scope_from_authorization,
-    scope_from_header,
 )
 
 log = logging.getLogger(__name__)
@@ -44,7 +43,7 @@ INLINE_PARSE_BYTES = 64 * 1024
 """Bodies up to this size are parsed on the event loop; larger or compressed ones in a thread."""
 
 
-class ChatCompletionsProcessor(Processor):
+class ChatCompletionsProcessor(RequestSettings, Processor):
     """Caches ``POST /v1/chat/completions``: one method per phase.
 
     The wire format is five functions (class attributes), so another OpenAI endpoint with the
@@ -119,14 +118,6 @@ class ChatCompletionsProcessor(Processor):
         if remove and m.near_header_limits(self._header_size):
             remove = ()  # a compressed answer is still stored (gzip) or skipped, never a 500
         return m.request_headers(m.mutation(remove=remove))
-
-    def _scope_of(self, headers: dict[str, str]) -> str | None:
-        mode = self.settings.scope_mode
-        if mode == "header":
-            return scope_from_header(headers.get(self.settings.scope_header.lower(), ""), MAX_SCOPE_CHARS)
-        if mode == "authorization":
-            return scope_from_authorization(headers.get("authorization"))
-        return "global"
 
     async def on_request_body(self, body: bytes, end_of_stream: bool) -> m.ProcessingResponse:
         """Look the prompt up: answer a hit at once, otherwise let the request go upstream."""
@@ -373,30 +364,6 @@ class ChatCompletionsProcessor(Processor):
             self._report()
 
     # --- helpers -------------------------------------------------------------------------
-
-    def _apply_policy(self, model: str) -> bool:
-        """Settings of the policy this model and route fall under; False when it bypasses."""
-        self.settings, self.decision.policy = request_settings(self.shared.settings, self._route, model)
-        if not self.settings.enabled:
-            self._mark_bypass("disabled")
-            return False
-        scope = self._scope_of(self._headers)  # the policy may scope by another mode
-        if scope is None:
-            self._mark_bypass("no_scope")
-            return False
-        self._scope = scope
-        return True
-
-    def _check_volatile(self, reason: str) -> None:
-        """A time-sensitive prompt or answer (``reason``): shorten or skip its lookup and store."""
-        if not reason or not self.settings.volatile_detection:
-            return
-        fresh = self._fresh
-        fresh.mark_volatile(reason, self.settings.volatile_ttl_seconds, self.settings.ttl_seconds)
-        self.decision.volatile = fresh.volatile
-        self._no_cache = self._no_cache or fresh.no_cache
-        if fresh.no_store and self._storing:
-            self._skip_store("volatile")
 
     def _bypass(self, reason: str) -> m.ProcessingResponse:
         self._mark_bypass(reason)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from extproc.config.policies import find_policy, may_enable, with_policy
 from extproc.config.settings import CacheSettings, parse_config
 from extproc.dataplane.policy import request_settings, route_name, route_settings
 from extproc.errors import ConfigError
+from tests.conftest import milvus_yaml
 
 
 def settings(*policies: dict[str, object], **top: object) -> CacheSettings:
@@ -31,7 +34,7 @@ def test_first_match_wins_and_the_rest_comes_from_the_defaults() -> None:
     assert name == "code" and applied.ttl_seconds == 86400
     assert applied.similarity_threshold == s.similarity_threshold  # not changed: the default
     assert request_settings(s, "chat", "gpt-4o") == (s, "")
-    assert with_policy(s, code) is with_policy(s, code)  # cached per (settings, policy)
+    assert with_policy(s, code) is with_policy(s, code)  # built once per (settings, policy)
 
 
 def test_route_phase_knows_no_model() -> None:
@@ -92,3 +95,16 @@ def test_errors_name_the_policy_and_key(policies: object, expected: str) -> None
     with pytest.raises(ConfigError) as info:
         parse_config({"semantic_cache": {"policies": policies}})
     assert expected in str(info.value)
+
+
+def test_settings_holding_mappings_take_policies(tmp_path: Path) -> None:
+    """The Milvus section holds mappings (unhashable): policies are applied by identity."""
+    config = milvus_yaml(tmp_path / "milvus.yaml", "http://127.0.0.1:1", "policy_test")
+    s = settings(
+        {"match": {"model": "code-*"}, "ttl_seconds": 5},
+        backend_type="milvus",
+        backend_config_path=str(config),
+    )
+    applied, name = request_settings(s, "chat", "code-1")
+    assert applied.ttl_seconds == 5 and applied.milvus_config == s.milvus_config and name == "policy0"
+    assert request_settings(s, "chat", "code-2")[0] is applied  # built once
