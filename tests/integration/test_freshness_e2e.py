@@ -20,9 +20,9 @@ CALM = {"max_added_latency_ms": 0}
 
 
 @pytest.fixture
-async def stack(make_stack: StackFactory) -> Stack:
-    """The memory-backed stack that never sheds load."""
-    return await make_stack(**CALM)
+async def stack(make_stack: StackFactory, backend: dict[str, Any]) -> Stack:
+    """The stack of each backend (memory, Milvus) that never sheds load."""
+    return await make_stack(**CALM, **backend)
 
 
 def chat(model: str, prompt: str) -> dict[str, Any]:
@@ -69,8 +69,8 @@ async def test_age_header_and_max_age(stack: Stack) -> None:
     assert stack.upstream.chat_calls(model) == 3
 
 
-async def test_requested_ttl_is_clamped(make_stack: StackFactory) -> None:
-    stack = await make_stack(max_ttl_seconds=600, **CALM)
+async def test_requested_ttl_is_clamped(make_stack: StackFactory, backend: dict[str, Any]) -> None:
+    stack = await make_stack(max_ttl_seconds=600, **CALM, **backend)
     model = fresh_model()
     await stack.chat(chat(model, "What is a B-tree?"), **{"x-semantic-cache-ttl": "30"})
     await stack.chat(chat(model, "What is a trie?"), **{"x-semantic-cache-ttl": "99999"})
