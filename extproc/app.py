@@ -114,7 +114,9 @@ async def build_server(settings: CacheSettings, model: tuple[EncodeFn, int] | No
     cache.embedder.on_batch = metrics.batch_size.observe
     english_only = not settings.embedding_endpoint and settings.embedding_model == DEFAULT_EMBEDDING_MODEL
     decisions = DecisionLog(metrics, cache.backend.name, english_only)
-    shared = Shared(settings=settings, cache=cache, spawn=tasks.spawn, on_decision=decisions)
+    shared = Shared(
+        settings=settings, cache=cache, spawn=tasks.spawn, on_decision=decisions, english_only=english_only
+    )
     metrics.watch(lambda: shared.cache.backend)
     metrics.watch_embedder(lambda: shared.cache.embedder)
     return ExtProcServer(shared, tasks, settings.server.max_message_bytes, metrics)

@@ -29,3 +29,5 @@ class Shared:
     """Called once per request with its final decision (metrics, logs)."""
     inflight: InFlight = field(default_factory=InFlight)
     """Identical misses being fetched now (single-flight)."""
+    english_only: bool = False
+    """The embedding model reads English only: prompts mostly in other scripts match exactly only."""

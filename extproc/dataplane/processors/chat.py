@@ -151,7 +151,7 @@ class ChatCompletionsProcessor(RequestSettings, Processor):
             with trace.use_span(self._span, end_on_exit=False):
                 lookup = self.shared.cache.check(
                     query,
-                    threshold=self.settings.similarity_threshold if self.decision.policy else None,
+                    threshold=self._threshold(),
                     max_wait=budget,
                     max_age=self._fresh.max_age,
                 )

@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from extproc.dataplane.shared import Shared
 
 
+EXACT_ONLY = 2.0
+"""A threshold no cosine similarity reaches: only the exact key can hit."""
+
+
 class RequestSettings:
     """Policy, scope and time-sensitivity of the request a processor handles."""
 
@@ -59,6 +63,17 @@ class RequestSettings:
             return False
         self._scope = scope
         return True
+
+    def _threshold(self) -> float | None:
+        """The similarity a paraphrase must reach: the policy's, or above any cosine (exact only).
+
+        The English-only default model maps most Chinese, Japanese… characters to one unknown
+        token: "how do I reset my password" and "how do I delete my account" in Chinese embed
+        identically (cosine 1.0). Such prompts are served on their exact repeats only.
+        """
+        if self.decision.non_latin and self.shared.english_only:
+            return EXACT_ONLY
+        return self.settings.similarity_threshold if self.decision.policy else None
 
     def _check_volatile(self, reason: str) -> None:
         """A time-sensitive prompt or answer (``reason``): shorten or skip its lookup and store."""
