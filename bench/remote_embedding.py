@@ -16,6 +16,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from aiohttp import web
@@ -25,6 +26,7 @@ from extproc.embedding.batcher import Embedder
 from extproc.embedding.loader import load_sentence_model, plan_workers, workers_for
 from extproc.embedding.remote import RemoteEncoder
 
+from .report import DATASET
 from .workload import read_pairs
 
 
@@ -72,11 +74,11 @@ async def timed(embedder: Embedder, texts: Sequence[str], concurrency: int) -> l
     return out
 
 
-async def run(queries: int, levels: Sequence[int]) -> None:
+async def run(queries: int, levels: Sequence[int], data: Path = DATASET) -> None:
     """Time both encoders at each concurrency level and print the table."""
     encode, dim = load_sentence_model("all-MiniLM-L6-v2")
     url = serve(encode)
-    texts = [p.a for p in read_pairs(limit=queries * 2)][:queries]
+    texts = [p.a for p in read_pairs(data, limit=queries * 2)][:queries]
     local_workers = workers_for(encode, plan_workers(0, 0, "auto")[0])  # the server's defaults
     remote = RemoteEncoder(url, "minilm", timeout=5, budget=10)
     encoders = {"local": (encode, local_workers), "remote": (remote, 4)}
@@ -96,8 +98,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--concurrency", default="1,8")
+    parser.add_argument("--data", type=Path, default=DATASET)
     args = parser.parse_args()
-    asyncio.run(run(args.queries, [int(c) for c in args.concurrency.split(",")]))
+    asyncio.run(run(args.queries, [int(c) for c in args.concurrency.split(",")], args.data))
 
 
 if __name__ == "__main__":
