@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 
 from extproc.cache import MemoryBackend, SemanticCache
 from extproc.cache.guards import build_guards
 from extproc.cache.schema import CacheBackend
-from extproc.config.settings import CacheSettings
+from extproc.config.settings import DEFAULT_EMBEDDING_MODEL, CacheSettings
 from extproc.dataplane.decision import DecisionLog
 from extproc.dataplane.server import BackgroundTasks, ExtProcServer
 from extproc.dataplane.shared import Shared
 from extproc.embedding.base import EncodeFn
 from extproc.embedding.batcher import Embedder
 from extproc.embedding.loader import load_sentence_model, plan_workers, workers_for
+from extproc.embedding.remote import API_KEY_ENV, RemoteEncoder
 from extproc.errors import ConfigError
 from extproc.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+REMOTE_WORKERS = 4
+"""Embedding requests in flight at once to a remote endpoint when ``embedding_workers`` is 0."""
 
 
 def make_backend(settings: CacheSettings, dim: int) -> CacheBackend:
@@ -33,10 +38,33 @@ def make_backend(settings: CacheSettings, dim: int) -> CacheBackend:
     if milvus.dimension != dim:
         raise ConfigError(
             f"{settings.backend_config_path}: collection.vector_field.dimension is {milvus.dimension} "
-            f"but the embedding model {settings.embedding_model} produces {dim}-dimensional vectors; "
+            f"but the embedding model {embedding_source(settings)} produces {dim}-dimensional vectors; "
             f"set it to {dim}"
         )
     return MilvusBackend(milvus, dim, settings.max_entries)
+
+
+def embedding_source(settings: CacheSettings) -> str:
+    """The embedding model as messages name it: the local model, or the endpoint and its model."""
+    if settings.embedding_endpoint:
+        name = settings.embedding_endpoint_model or settings.embedding_model
+        return f"{name} at {settings.embedding_endpoint}"
+    return settings.embedding_model
+
+
+async def load_remote_model(settings: CacheSettings) -> tuple[EncodeFn, int]:
+    """The endpoint's encoder and its dimension, probed now (the local model is never loaded)."""
+    encoder = RemoteEncoder(
+        settings.embedding_endpoint,
+        settings.embedding_endpoint_model or settings.embedding_model,
+        os.environ.get(API_KEY_ENV, ""),
+        settings.embedding_timeout_ms / 1000,
+        settings.embedding_retries,
+        budget=settings.lookup_timeout_ms / 1000,
+    )
+    dim = await asyncio.to_thread(encoder.probe)
+    log.info("remote embedding model %s: dim %d (no word vectors)", embedding_source(settings), dim)
+    return encoder, dim
 
 
 async def make_cache(settings: CacheSettings, model: tuple[EncodeFn, int] | None = None) -> SemanticCache:
@@ -44,6 +72,10 @@ async def make_cache(settings: CacheSettings, model: tuple[EncodeFn, int] | None
     workers, threads = plan_workers(
         settings.embedding_workers, settings.embedding_threads, settings.embedding_backend
     )
+    if model is None and settings.embedding_endpoint:
+        model = await load_remote_model(settings)
+        # HTTP passes overlap: several requests in flight by default, whatever the cores.
+        workers = settings.embedding_workers or REMOTE_WORKERS
     if model is None:
         started = time.perf_counter()
         model = await asyncio.to_thread(
@@ -80,8 +112,11 @@ async def build_server(settings: CacheSettings, model: tuple[EncodeFn, int] | No
     tasks = BackgroundTasks()
     metrics = Metrics()
     cache.embedder.on_batch = metrics.batch_size.observe
-    decisions = DecisionLog(metrics, cache.backend.name)
-    shared = Shared(settings=settings, cache=cache, spawn=tasks.spawn, on_decision=decisions)
+    english_only = not settings.embedding_endpoint and settings.embedding_model == DEFAULT_EMBEDDING_MODEL
+    decisions = DecisionLog(metrics, cache.backend.name, english_only)
+    shared = Shared(
+        settings=settings, cache=cache, spawn=tasks.spawn, on_decision=decisions, english_only=english_only
+    )
     metrics.watch(lambda: shared.cache.backend)
     metrics.watch_embedder(lambda: shared.cache.embedder)
     metrics.watch_config(lambda: shared.config_error)

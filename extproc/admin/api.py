@@ -51,6 +51,12 @@ def decision_counts(shared: Shared) -> dict[str, int]:
     return {k: int(counts.get(k, 0)) for k in ("hit", "miss", "bypass")} if isinstance(counts, dict) else {}
 
 
+def policy_stats(shared: Shared) -> list[dict[str, Any]]:
+    """Each configured policy (first match wins) with the requests it applied to since start."""
+    counts = getattr(shared.on_decision, "policy_counts", {})
+    return [p.describe() | {"requests": int(counts.get(p.name, 0))} for p in shared.settings.policies]
+
+
 def check_admin_address(address: str, token: str | None) -> None:
     """Refuse a non-loopback admin address without a token (raises :class:`ConfigError`)."""
     host = address.rpartition(":")[0]
@@ -166,6 +172,7 @@ class AdminApi:
                 "max_entries": settings.max_entries,
                 "revision": settings.revision,
                 "scope_mode": settings.scope_mode,
+                "policies": policy_stats(self.shared),
                 "uptime_seconds": round(time.monotonic() - self.started, 1),
             }
         )

@@ -64,6 +64,12 @@ def import_spec(v: Any) -> str | None:
     return None if ok else 'must be "package.module:function" (a factory returning a guard) or ""'
 
 
+def optional_http_url(v: Any) -> str | None:
+    """A check for an http(s) URL with a host, or "" for none."""
+    ok = v == "" or re.fullmatch(r"https?://[^/\s:]+(:\d{1,5})?(/\S*)?", v) is not None
+    return None if ok else 'must be "" or an http(s) URL such as "http://embed:8000/v1/embeddings"'
+
+
 def header_name(v: Any) -> str | None:
     """A check for an HTTP header name (RFC 9110 token characters)."""
     ok = re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", v) is not None

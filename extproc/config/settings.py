@@ -24,6 +24,7 @@ from extproc.config.checks import (
     int_range,
     one_of,
     optional_header_name,
+    optional_http_url,
     origins,
     positive,
     revision,
@@ -31,6 +32,7 @@ from extproc.config.checks import (
 )
 from extproc.config.env import expand_env, read_yaml, resolve_relative
 from extproc.config.milvus import MilvusSettings, load_milvus_config
+from extproc.config.policies import Policy, parse_policies
 from extproc.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,13 @@ class CacheSettings:
     max_entries: int = 10_000
     ttl_seconds: int = 3600
     eviction_policy: str = "lru"
+    # Freshness (docs/freshness.md).
+    max_ttl_seconds: int = 86400
+    """The longest TTL a request may ask for with x-semantic-cache-ttl (0 = the header is ignored)."""
+    volatile_detection: bool = True
+    """Time-sensitive prompts and dated answers are kept at most ``volatile_ttl_seconds``."""
+    volatile_ttl_seconds: int = 0
+    """How long such answers are served (0 = never stored nor served from cache)."""
     embedding_model: str = DEFAULT_EMBEDDING_MODEL
     top_k: int = 10
     scope_mode: str = "global"
@@ -129,6 +138,15 @@ class CacheSettings:
     """``auto`` (ONNX Runtime when usable, else torch) | ``onnx`` | ``torch``."""
     reason_header: bool = True
     """Send ``x-semantic-cache-reason`` on bypasses and guarded misses (a reason, never prompt text)."""
+    # A remote embedding model instead of the local one (docs/embeddings.md).
+    embedding_endpoint: str = ""
+    """An OpenAI-compatible /v1/embeddings URL; "" = the local ``embedding_model``."""
+    embedding_endpoint_model: str = ""
+    """The model name sent to the endpoint ("" = ``embedding_model``)."""
+    embedding_timeout_ms: int = 1000
+    embedding_retries: int = 2
+    policies: tuple[Policy, ...] = ()
+    """Per-route / per-model settings, first match wins (docs/policies.md)."""
     server: ServerSettings = field(default_factory=ServerSettings)
     milvus_config: MilvusSettings | None = None
     """The validated milvus.yaml when backend_type is milvus (read once, at load)."""
@@ -162,6 +180,9 @@ _CACHE_KEYS: KeySpec = {
     "max_entries": (int, "an integer", int_range(1)),
     "ttl_seconds": (int, "an integer (seconds, 0 = never expire)", int_range(0)),
     "eviction_policy": (str, "a string", one_of("fifo", "lru", "lfu")),
+    "max_ttl_seconds": (int, "an integer (seconds, 0 = ignore x-semantic-cache-ttl)", int_range(0)),
+    "volatile_detection": (bool, "true or false", None),
+    "volatile_ttl_seconds": (int, "an integer (seconds, 0 = never cache them)", int_range(0)),
     "embedding_model": (str, "a model name or a local path", None),
     "top_k": (int, "an integer", int_range(1, 1000)),
     "scope_mode": (str, "a string", one_of("global", "header", "authorization")),
@@ -191,6 +212,11 @@ _CACHE_KEYS: KeySpec = {
     "verifier": (str, '"package.module:function" or ""', import_spec),
     "embedding_backend": (str, "a string", one_of("auto", "torch", "onnx")),
     "reason_header": (bool, "true or false", None),
+    "policies": (list, "a list of policies", None),
+    "embedding_endpoint": (str, 'an http(s) URL or ""', optional_http_url),
+    "embedding_endpoint_model": (str, "a model name", None),
+    "embedding_timeout_ms": (int, "an integer (milliseconds)", int_range(1, 600_000)),
+    "embedding_retries": (int, "an integer", int_range(0, 10)),
 }
 _SERVER_KEYS: KeySpec = {
     "grpc_address": (str, '"host:port"', address),
@@ -262,6 +288,8 @@ def parse_config(raw: Any, source: str = "<inline>", env: Mapping[str, str] | No
                 "the request identity; remove them"
             )
         values["fingerprint_ignore_fields"] = tuple(ignore)
+    if "policies" in values:
+        values["policies"] = parse_policies(values["policies"], errors)
     if values.get("embedding_model") == "bert":
         values["embedding_model"] = DEFAULT_EMBEDDING_MODEL
     if errors:

@@ -31,3 +31,5 @@ class Shared:
     """Identical misses being fetched now (single-flight)."""
     config_error: str = ""
     """Why the config file as it is now was not applied ("" when it is valid); /readyz and metrics."""
+    english_only: bool = False
+    """The embedding model reads English only: prompts mostly in other scripts match exactly only."""

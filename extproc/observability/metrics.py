@@ -40,6 +40,11 @@ class Metrics:
         )
         for reason in BYPASS_REASONS:  # every documented reason exists from the start, at 0
             self.bypasses.labels(reason)
+        self.non_latin = Counter(
+            "semantic_cache_non_latin_prompts",
+            "Prompts mostly in a script the English-only default model cannot read well.",
+            registry=r,
+        )
         self.stores = Counter(
             "semantic_cache_store", "Responses stored, or skipped by reason.", ["result"], registry=r
         )
@@ -121,6 +126,8 @@ class Metrics:
             self.bypasses.labels(bypass_reason(d.reason)).inc()
             if d.reason.startswith("backend") or d.reason == "lookup_timeout":
                 self.backend_errors.labels(backend, d.reason).inc()
+        if d.non_latin:
+            self.non_latin.inc()
         if d.store:
             self.stores.labels(d.store).inc()
             if d.store.startswith("backend"):

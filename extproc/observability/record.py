@@ -19,6 +19,9 @@ BYPASS_REASONS: dict[str, str] = {
     "model_too_long": "model is longer than the partition key allows",
     "no_user_message": "no user message to look up",
     "empty_prompt": "the last user message is empty after normalization",
+    "unsupported_prompt": "/v1/completions with a prompt of token ids or several prompts",
+    "stateful": "/v1/responses that keeps state (store, previous_response_id, conversation, background)",
+    "volatile": "a time-sensitive prompt (today, latest, current price…) with volatile_ttl_seconds unset",
     "backend_unavailable": "the backend is not connected, its breaker is open or its schema is wrong",
     "backend_error": "a backend call failed",
     "lookup_timeout": "the lookup took longer than lookup_timeout_ms",
@@ -63,6 +66,9 @@ class DecisionRecord(Protocol):
     partition: str
     saved_prompt_tokens: int
     saved_completion_tokens: int
+    volatile: str
+    non_latin: bool
+    policy: str
 
 
 class EmbedderLike(Protocol):

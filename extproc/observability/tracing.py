@@ -18,6 +18,8 @@ Span attribute names (never prompt or response text, never credentials):
 ``semantic_cache.store``           ``stored`` or the store-skip reason (``non_2xx``…)
 ``semantic_cache.candidates``      candidates examined by the lookup
 ``semantic_cache.rejected_by``     guards that rejected candidates above the threshold
+``semantic_cache.volatile``        why the prompt or answer is time-sensitive (docs/freshness.md)
+``semantic_cache.policy``          the policy that applied (docs/policies.md)
 ``semantic_cache.entry_age_s``     age of the served entry (hits)
 ``semantic_cache.partition``       16-hex prefix of H(model, scope, fingerprint)
 =================================  =========================================================
@@ -128,6 +130,8 @@ def span_attributes(d: DecisionRecord, backend: str, threshold: float) -> dict[s
         "semantic_cache.store": d.store,
         "semantic_cache.partition": d.partition,
         "semantic_cache.rejected_by": ",".join(d.rejected_by),
+        "semantic_cache.volatile": d.volatile,
+        "semantic_cache.policy": d.policy,
     }
     attrs.update({k: v for k, v in optional.items() if v})
     if d.outcome != "bypass" and d.reason != "no_cache":

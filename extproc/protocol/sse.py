@@ -59,6 +59,12 @@ def iter_sse_events(text: str) -> Iterator[SseEvent]:
         yield SseEvent(event, "\n".join(data))
 
 
+def iter_sse_data(body: bytes) -> Iterator[str]:
+    """The data of every event of a complete SSE body, in order (raises UnicodeDecodeError)."""
+    for event in iter_sse_events(body.decode("utf-8")):
+        yield event.data
+
+
 def dump_json(payload: Any) -> bytes:
     """Compact UTF-8 JSON with line-break characters escaped.
 

@@ -169,12 +169,11 @@ def _assemble_choice(choice: _Choice) -> dict[str, Any]:
     return out
 
 
-def parse_sse_completion(body: bytes, choices_expected: int = 1) -> dict[str, Any]:
-    """Rebuild the ``chat.completion`` a complete ``chat.completion.chunk`` stream adds up to.
+def stream_payloads(body: bytes) -> list[str]:
+    """The data payloads of a complete, storable stream, ``[DONE]`` left out.
 
-    The stream must end with ``data: [DONE]`` and every choice must have a finish_reason. An
-    ``event: error`` (any payload), an error-shaped payload or any other named event makes the
-    stream unstorable: a replay could not reproduce it.
+    The stream must end with ``data: [DONE]``. An ``event: error`` (any payload) or any other
+    named event makes it unstorable: a replay could not reproduce it.
     """
     try:
         events = list(iter_sse_events(body.decode("utf-8")))
@@ -187,11 +186,21 @@ def parse_sse_completion(body: bytes, choices_expected: int = 1) -> dict[str, An
             raise NotStorable("unparseable")
     if not events or events[-1].data.strip() != "[DONE]":
         raise NotStorable("stream_incomplete")
+    return [event.data for event in events[:-1]]
+
+
+def parse_sse_completion(body: bytes, choices_expected: int = 1) -> dict[str, Any]:
+    """Rebuild the ``chat.completion`` a complete ``chat.completion.chunk`` stream adds up to.
+
+    Every choice must have a finish_reason; an error-shaped payload makes the stream
+    unstorable (see :func:`stream_payloads` for the framing rules).
+    """
+    payloads = stream_payloads(body)
     head: dict[str, Any] = {}
     choices: dict[int, _Choice] = {}
     try:
-        for event in events[:-1]:
-            chunk = json.loads(event.data)
+        for payload in payloads:
+            chunk = json.loads(payload)
             if is_error_payload(chunk):
                 raise NotStorable("error_body")
             if not isinstance(chunk, dict):

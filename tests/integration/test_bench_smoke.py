@@ -105,3 +105,31 @@ def test_gptcache_compare_smoke(tmp_path: Path) -> None:
             "recall",
             "hits",
         } <= row.keys()
+
+
+def test_volatile_rate_smoke() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.volatile_rate", "--data", str(SAMPLE), "--show", "3"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    head = done.stdout.splitlines()[0]
+    assert head.startswith("questions=") and "flagged=" in head and "rate=" in head
+
+
+def test_remote_embedding_smoke() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.remote_embedding", "--queries", "20", "--data", str(SAMPLE)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith(("local", "remote"))]
+    assert [r[0] for r in rows] == ["local", "remote"] * 2 and all(float(r[2]) > 0 for r in rows)

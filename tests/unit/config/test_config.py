@@ -82,6 +82,18 @@ def test_other_router_sections_ignored_and_router_keys_warned(
             "environment variable UNSET_VAR_FOR_TEST is not set",
         ),
         ("semantic_cache:\n  fingerprint_ignore_fields: [model]\n", "model and messages are always part"),
+        (
+            "semantic_cache:\n  max_ttl_seconds: -5\n",
+            "semantic_cache.max_ttl_seconds: must be an integer >= 0, got -5",
+        ),
+        (
+            "semantic_cache:\n  volatile_ttl_seconds: 1.5\n",
+            "semantic_cache.volatile_ttl_seconds: must be an integer (seconds, 0 = never cache them)",
+        ),
+        (
+            "semantic_cache:\n  volatile_detection: maybe\n",
+            "semantic_cache.volatile_detection: must be true or false",
+        ),
         ("other: 1\n", "no semantic_cache: section"),
         ("semantic_cache: [1]\n", "semantic_cache: must be a mapping"),
         ("semantic_cache:\n  a: [\n", "config.yaml:3:1: not valid YAML: while parsing a flow node"),
