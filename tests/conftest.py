@@ -132,8 +132,8 @@ class Stack:
             await asyncio.sleep(0.02)
 
     async def settle(self) -> None:
-        """Let background stores finish."""
-        await self.server.tasks.drain(5)
+        """Let background stores finish (returns as soon as they have; the bound is for a busy machine)."""
+        await self.server.tasks.drain(30)
         await asyncio.sleep(0.05)
 
 
