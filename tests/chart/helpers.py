@@ -198,6 +198,11 @@ PRESETS: dict[str, Preset] = {
     "servicemonitor-no-api": Preset({}, backend="memory"),
     "servicemonitor-api": Preset({}, ("monitoring.coreos.com/v1",), "memory"),
     "servicemonitor-force": Preset({"metrics": {"serviceMonitor": {"force": True}}}, backend="memory"),
+    "alerts-dashboard": Preset(
+        {"metrics": {"prometheusRule": {"enabled": True}, "grafanaDashboard": {"enabled": True}}},
+        ("monitoring.coreos.com/v1",),
+        "memory",
+    ),
     "tracing-https-hpa": Preset(
         {
             "upstream": {"url": "https://llm.example.com", "servedModelName": "qwen2.5-7b"},
@@ -226,6 +231,7 @@ def render(chart: Path, values: Doc | None = None, **kwargs: Any) -> Rendered:
 CRD_SCHEMAS = {
     ("milvus.io/v1beta1", "Milvus"): FIXTURES / "schemas" / "milvus-v1beta1.json",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): FIXTURES / "schemas" / "servicemonitor-v1.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): FIXTURES / "schemas" / "prometheusrule-v1.json",
 }
 _validated: set[str] = set()
 

@@ -139,3 +139,16 @@ milvusClient.connection.host / port override all of them.
 {{- fail (printf "terminationGracePeriodSeconds (%s) must be at least drain.minSeconds + drain.maxSeconds + 10 (%s)" (include "semantic-cache.num" .Values.terminationGracePeriodSeconds) (include "semantic-cache.num" $needed)) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* A ratio as a percentage for alert texts: 0.2 -> 20%. */}}
+{{- define "semantic-cache.percent" -}}
+{{- printf "%s%%" (include "semantic-cache.num" (mulf . 100.0)) -}}
+{{- end -}}
+
+{{/* runbook_url of an alert: metrics.prometheusRule.runbookUrl#anchor, when set. Args: (list $pr anchor). */}}
+{{- define "semantic-cache.runbookUrl" -}}
+{{- $base := (index . 0).runbookUrl -}}
+{{- if $base }}
+runbook_url: {{ printf "%s#%s" $base (index . 1) | quote }}
+{{- end -}}
+{{- end -}}
