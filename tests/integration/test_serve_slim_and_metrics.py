@@ -5,22 +5,15 @@ really exports on /metrics."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.chart.helpers import CHART, render
-from tests.conftest import ROOT, free_port
-from tests.support.processes import stop
+from tests.support.processes import Serving, start_serve, stop, unreachable_milvus
 from tests.support.promql import metric_names
 
 pytestmark = pytest.mark.integration
@@ -31,75 +24,17 @@ HEAVY = ("torch", "sentence_transformers", "transformers")
 KUBE_STATE_METRICS = {"kube_pod_container_status_restarts_total"}
 
 
-@dataclass
-class Serving:
-    """A ``serve`` process started with ``python -X importtime``."""
-
-    process: subprocess.Popen[bytes]
-    metrics_url: str
-    log: Path
-
-
-def wait_healthz(s: Serving, timeout: float = 120) -> None:
-    """Until /healthz answers (or the process exits)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if s.process.poll() is not None:
-            raise AssertionError(f"serve exited {s.process.returncode}:\n{s.log.read_text()[-3000:]}")
-        try:
-            urllib.request.urlopen(f"{s.metrics_url}/healthz", timeout=2).read()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"/healthz never answered:\n{s.log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def serving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serving]:
-    """serve with the Milvus backend pointed at a closed port: it starts, bypasses, and its
-    /metrics carries the backend's gauges (circuit breaker included)."""
+    """serve under ``-X importtime`` with the Milvus backend pointed at a closed port: it starts,
+    bypasses, and its /metrics carries the backend's gauges (circuit breaker included)."""
     folder = tmp_path_factory.mktemp("serve")
-    (folder / "milvus.yaml").write_text(
-        f"connection:\n  host: 127.0.0.1\n  port: {free_port()}\n  timeout: 2\n"
-    )
-    config = {
-        "semantic_cache": {
-            "backend_type": "milvus",
-            "backend_config_path": str(folder / "milvus.yaml"),
-            "embedding_backend": "auto",
-            "server": {"grpc_address": f"127.0.0.1:{free_port()}"},
-        }
-    }
-    (folder / "config.yaml").write_text(yaml.safe_dump(config))
-    metrics = f"127.0.0.1:{free_port()}"
-    env = dict(os.environ) | {
-        "SEMANTIC_CACHE_METRICS_ADDRESS": metrics,
-        "SEMANTIC_CACHE_ADMIN_ADDRESS": f"127.0.0.1:{free_port()}",
-    }
-    log = folder / "serve.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-X",
-                "importtime",
-                "-m",
-                "extproc.cli",
-                "serve",
-                "--config",
-                str(folder / "config.yaml"),
-            ],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-    s = Serving(process, f"http://{metrics}", log)
+    section = unreachable_milvus(folder) | {"embedding_backend": "auto"}
+    s = start_serve(folder, section, "-X", "importtime")
     try:
-        wait_healthz(s)
         yield s
     finally:
-        stop(process)
+        stop(s.process)
 
 
 def test_serve_maps_no_torch_library(serving: Serving) -> None:
