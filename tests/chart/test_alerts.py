@@ -63,6 +63,7 @@ def rules_dir(chart: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_rule_only_where_the_api_exists(chart: Path, values: Doc, api: bool, expected: bool) -> None:
     r = render(chart, values, api_versions=("monitoring.coreos.com/v1",) if api else ())
     assert bool(r.all("PrometheusRule")) is expected
+    assert ("No PrometheusRule was created" in r.notes) is (values == ENABLED and not api)
     if expected:
         rule = rule_of(r)
         validate_object(rule)

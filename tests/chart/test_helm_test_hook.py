@@ -69,4 +69,6 @@ def test_hook_pod_values(chart: Path) -> None:
     overridden = render(chart, {"helmTest": {"model": "small"}, "upstream": {"servedModelName": "big"}})
     (container,) = overridden.one("Pod", TEST_POD)["spec"]["containers"]
     assert {"name": "MODEL", "value": "small"} in container["env"]
-    assert not render(chart, {"helmTest": {"enabled": False}}).all("Pod")
+    assert f"helm test {RELEASE} -n {NS} --logs" in overridden.notes
+    disabled = render(chart, {"helmTest": {"enabled": False}})
+    assert not disabled.all("Pod") and "helm test" not in disabled.notes
