@@ -246,6 +246,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             similarity_threshold=args.threshold,
             max_entries=1_000_000,
             embedding_backend=args.embedding_backend,
+            embedding_workers=args.workers,
+            max_added_latency_ms=args.budget_ms,
         )
         rss_loaded = processor.child.rss_mb()
         envoy, plain = await start_envoys(tmp, processor.grpc_port, upstream_port)
@@ -332,6 +334,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scale", type=float, default=1.0, help="multiply request counts (0.02 for a smoke run)")
     p.add_argument("--threshold", type=float, default=0.9)
     p.add_argument("--embedding-backend", default="auto", choices=["auto", "onnx", "torch"])
+    p.add_argument("--workers", type=int, default=0, help="embedding_workers (0 = one per core)")
+    p.add_argument("--budget-ms", type=int, default=150, help="max_added_latency_ms (0 = never shed)")
     p.add_argument("--data", type=Path, default=DATASET, help="QQP pairs (JSON lines)")
     p.add_argument("--out", type=Path, help="result JSON (default bench/results/e2e.json)")
     return p.parse_args(argv)

@@ -88,6 +88,14 @@ class Processor:
 
     async def metrics(self) -> dict[str, float]:
         """Unlabelled sums of the Prometheus samples, by metric name (decision counts, entries)."""
+        out: dict[str, float] = {}
+        for key, value in (await self.samples()).items():
+            name = key.split("{", 1)[0]
+            out[name] = out.get(name, 0.0) + value
+        return out
+
+    async def samples(self, *names: str) -> dict[str, float]:
+        """Every Prometheus sample (``name{labels}`` → value), only of ``names`` if given."""
         import httpx
 
         async with httpx.AsyncClient() as client:
@@ -95,10 +103,11 @@ class Processor:
         out: dict[str, float] = {}
         for line in text.splitlines():
             if line and not line.startswith("#"):
-                name_labels, _, value = line.rpartition(" ")
-                name = name_labels.split("{", 1)[0]
+                key, _, value = line.rpartition(" ")
+                if names and key.split("{", 1)[0] not in names:
+                    continue
                 with contextlib.suppress(ValueError):
-                    out[name] = out.get(name, 0.0) + float(value)
+                    out[key] = float(value)
         return out
 
 
@@ -142,6 +151,9 @@ def without_ext_proc(config_text: str) -> str:
                     hcm["http_filters"] = [
                         f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.ext_proc"
                     ]
+                for host in hcm.get("route_config", {}).get("virtual_hosts", []):
+                    for route in host.get("routes", []):
+                        route.get("typed_per_filter_config", {}).pop("envoy.filters.http.ext_proc", None)
     return yaml.safe_dump(doc)
 
 

@@ -53,9 +53,15 @@ def encode_all(encode: EncodeFn, texts: Sequence[str], batch: int = 64) -> np.nd
 
 
 def paraphrase_pairs(
-    encode: EncodeFn, count: int, threshold: float, margin: float = 0.03, path: Path = DATASET
+    encode: EncodeFn,
+    count: int,
+    threshold: float,
+    margin: float = 0.03,
+    path: Path = DATASET,
+    partial: bool = False,
 ) -> list[Pair]:
-    """``count`` duplicate pairs with cosine ≥ threshold + margin, first questions mutually apart."""
+    """``count`` duplicate pairs with cosine ≥ threshold + margin, first questions mutually apart
+    (with ``partial``, as many as the file has, up to ``count``)."""
     chosen: list[Pair] = []
     kept = np.empty((0, 0), dtype=np.float32)
     candidates = [p for p in read_pairs(path) if p.label == 1]
@@ -73,6 +79,8 @@ def paraphrase_pairs(
             chosen.append(pair)
             if len(chosen) == count:
                 return chosen
+    if partial:
+        return chosen
     raise ValueError(f"only {len(chosen)} paraphrase pairs above {threshold + margin:.2f} in {path}")
 
 

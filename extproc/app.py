@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 
 from extproc.cache import MemoryBackend, SemanticCache
 from extproc.cache.guards import build_guards
 from extproc.cache.schema import CacheBackend
-from extproc.config.settings import CacheSettings
+from extproc.config.settings import DEFAULT_EMBEDDING_MODEL, CacheSettings
 from extproc.dataplane.decision import DecisionLog
 from extproc.dataplane.server import BackgroundTasks, ExtProcServer
 from extproc.dataplane.shared import Shared
 from extproc.embedding.base import EncodeFn
 from extproc.embedding.batcher import Embedder
-from extproc.embedding.loader import load_sentence_model
+from extproc.embedding.loader import load_sentence_model, plan_workers, workers_for
+from extproc.embedding.remote import API_KEY_ENV, RemoteEncoder
 from extproc.errors import ConfigError
 from extproc.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+REMOTE_WORKERS = 4
+"""Embedding requests in flight at once to a remote endpoint when ``embedding_workers`` is 0."""
 
 
 def make_backend(settings: CacheSettings, dim: int) -> CacheBackend:
@@ -33,25 +38,54 @@ def make_backend(settings: CacheSettings, dim: int) -> CacheBackend:
     if milvus.dimension != dim:
         raise ConfigError(
             f"{settings.backend_config_path}: collection.vector_field.dimension is {milvus.dimension} "
-            f"but the embedding model {settings.embedding_model} produces {dim}-dimensional vectors; "
+            f"but the embedding model {embedding_source(settings)} produces {dim}-dimensional vectors; "
             f"set it to {dim}"
         )
     return MilvusBackend(milvus, dim, settings.max_entries)
 
 
+def embedding_source(settings: CacheSettings) -> str:
+    """The embedding model as messages name it: the local model, or the endpoint and its model."""
+    if settings.embedding_endpoint:
+        name = settings.embedding_endpoint_model or settings.embedding_model
+        return f"{name} at {settings.embedding_endpoint}"
+    return settings.embedding_model
+
+
+async def load_remote_model(settings: CacheSettings) -> tuple[EncodeFn, int]:
+    """The endpoint's encoder and its dimension, probed now (the local model is never loaded)."""
+    encoder = RemoteEncoder(
+        settings.embedding_endpoint,
+        settings.embedding_endpoint_model or settings.embedding_model,
+        os.environ.get(API_KEY_ENV, ""),
+        settings.embedding_timeout_ms / 1000,
+        settings.embedding_retries,
+        budget=settings.lookup_timeout_ms / 1000,
+    )
+    dim = await asyncio.to_thread(encoder.probe)
+    log.info("remote embedding model %s: dim %d (no word vectors)", embedding_source(settings), dim)
+    return encoder, dim
+
+
 async def make_cache(settings: CacheSettings, model: tuple[EncodeFn, int] | None = None) -> SemanticCache:
     """Model (unless given), backend and guards as ``settings`` say: used by the server and ``eval``."""
+    workers, threads = plan_workers(
+        settings.embedding_workers, settings.embedding_threads, settings.embedding_backend
+    )
+    if model is None and settings.embedding_endpoint:
+        model = await load_remote_model(settings)
+        # HTTP passes overlap: several requests in flight by default, whatever the cores.
+        workers = settings.embedding_workers or REMOTE_WORKERS
     if model is None:
         started = time.perf_counter()
         model = await asyncio.to_thread(
-            load_sentence_model,
-            settings.embedding_model,
-            settings.embedding_threads,
-            settings.embedding_backend,
+            load_sentence_model, settings.embedding_model, threads, settings.embedding_backend
         )
         log.info("model ready in %.2fs", time.perf_counter() - started)
     encode, dim = model
-    embedder = Embedder(encode, dim, settings.embedding_batch_size)
+    workers = workers_for(encode, workers)
+    embedder = Embedder(encode, dim, settings.embedding_batch_size, workers)
+    log.info("embedding: %d pass(es) at once, batches of up to %d", workers, settings.embedding_batch_size)
     backend = make_backend(settings, dim)
     top_k = settings.milvus().topk if settings.backend_type == "milvus" else settings.top_k
     log.info(
@@ -78,9 +112,15 @@ async def build_server(settings: CacheSettings, model: tuple[EncodeFn, int] | No
     tasks = BackgroundTasks()
     metrics = Metrics()
     cache.embedder.on_batch = metrics.batch_size.observe
-    decisions = DecisionLog(metrics, cache.backend.name)
-    shared = Shared(settings=settings, cache=cache, spawn=tasks.spawn, on_decision=decisions)
+    english_only = not settings.embedding_endpoint and settings.embedding_model == DEFAULT_EMBEDDING_MODEL
+    decisions = DecisionLog(metrics, cache.backend.name, english_only)
+    shared = Shared(
+        settings=settings, cache=cache, spawn=tasks.spawn, on_decision=decisions, english_only=english_only
+    )
     metrics.watch(lambda: shared.cache.backend)
+    metrics.watch_embedder(lambda: shared.cache.embedder)
+    metrics.watch_config(lambda: shared.config_error)
+    metrics.watch_hit_ratio(lambda: decisions.counts)
     return ExtProcServer(shared, tasks, settings.server.max_message_bytes, metrics)
 
 

@@ -10,7 +10,14 @@ processor maps all of them in one place (``except OutcomeError as exc: exc.reaso
         ├── NotStorable             the response must not be stored (store skip: the parse reason)
         ├── BackendUnavailable      the backend cannot serve now       (``backend_unavailable``)
         ├── EmbeddingFailed         the embedding model raised         (``embedding_error``)
-        └── EntryTooLarge           the entry exceeds a backend limit  (``too_large``)
+        ├── Overloaded              the embedding backlog exceeds the latency budget (``overloaded``)
+        └── DataRejected            this call's data is refused, the backend is fine (``data_rejected``)
+            └── EntryTooLarge       the entry exceeds a backend limit  (``too_large``)
+
+Only :class:`BackendUnavailable` says anything about the backend's health: a
+:class:`DataRejected` is one caller's bad value (text that is not valid Unicode, a field longer
+than its column, a number out of range) and never counts toward a circuit breaker, so one
+tenant's data cannot switch the cache off for the others.
 
 Anything else that escapes a lookup is ``backend_error`` and a timeout is ``lookup_timeout``
 (:func:`extproc.dataplane.decision.lookup_failure_reason`). This module imports nothing, so every
@@ -71,7 +78,25 @@ class EmbeddingFailed(OutcomeError):
         super().__init__(message=message)
 
 
-class EntryTooLarge(OutcomeError):
+class Overloaded(OutcomeError):
+    """Waiting for an embedding would exceed ``max_added_latency_ms``: skip (reason ``overloaded``)."""
+
+    reason = "overloaded"
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message=message)
+
+
+class DataRejected(OutcomeError):
+    """The backend refused this call's data (a data error, not an outage; skip reason ``data_rejected``)."""
+
+    reason = "data_rejected"
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message=message)
+
+
+class EntryTooLarge(DataRejected):
     """The entry does not fit the backend's limits (store-skip reason ``too_large``)."""
 
     reason = "too_large"

@@ -168,8 +168,11 @@ async def make_stack(
     async def factory(envoy_env: dict[str, str] | None = None, **overrides: Any) -> Stack:
         key = tuple(sorted(overrides.items())) + tuple(sorted((envoy_env or {}).items()))
         if key not in made:
+            # Tests check decisions, not load behaviour: on a busy test machine a lookup must not
+            # be shed as overloaded (test_load_shedding.py sets a budget of its own).
             settings = with_overrides(
-                CacheSettings(server=ServerSettings(grpc_address="127.0.0.1:0")), **overrides
+                CacheSettings(server=ServerSettings(grpc_address="127.0.0.1:0")),
+                **{"max_added_latency_ms": 0, **overrides},
             )
             server = await build_server(settings, model)
             ready = getattr(server.shared.cache.backend, "wait_ready", None)
@@ -289,6 +292,29 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     server.start()
     yield server
     server.stop(graceful=True)
+
+
+@contextlib.contextmanager
+def tls_milvus_instead(session: MilvusServer, base: Path, mode: int, *extra: str) -> Any:
+    """A Milvus server with TLS (1: one-way, 2: mutual) and certificates made here, yielding (server, certs).
+
+    Milvus 2.3 standalone locks /run/milvus/standalone.pid, so the session's server is stopped
+    meanwhile and restarted (with its data) afterwards.
+    """
+    from tests.support.certs import make_certs
+
+    session.stop(graceful=True)
+    certs = make_certs(base / "certs")
+    tls = ["--tls-mode", str(mode), "--server-pem-path", str(certs["server.crt"])]
+    tls += ["--server-key-path", str(certs["server.key"]), "--ca-pem-path", str(certs["ca.crt"])]
+    server = MilvusServer(base / "data", *extra, *tls)
+    (base / "data").mkdir()
+    try:
+        server.start()
+        yield server, certs
+    finally:
+        server.stop(graceful=True)
+        session.start()
 
 
 def milvus_yaml(path: Path, uri: str, name: str, **sections: Any) -> Path:

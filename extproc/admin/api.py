@@ -6,7 +6,9 @@ lines, see :mod:`extproc.admin.transfer`), ``POST /admin/enabled`` (the pass-thr
 
 It listens on loopback (``127.0.0.1:9191``) unless ``SEMANTIC_CACHE_ADMIN_TOKEN`` is set; with a
 token every request needs ``Authorization: Bearer <token>``, and a non-loopback address without
-one refuses to start.
+one refuses to start.  Before the token, :mod:`extproc.admin.guard` refuses what a web page could
+send (a browser ``Origin``, a foreign ``Host``, a non-JSON body), and every parameter is checked
+(:mod:`extproc.admin.params`) before it reaches a backend.
 """
 
 from __future__ import annotations
@@ -14,30 +16,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterable
 from typing import Any, cast
 
 from aiohttp import web
 
 from extproc import __version__
 from extproc.admin.contract import FLUSH_CONFIRMATION, TOKEN_ENV
+from extproc.admin.guard import Handler, RequestGuard, is_loopback
 from extproc.admin.importer import Importer
 from extproc.admin.live_config import ConfigWatcher, set_enabled
+from extproc.admin.params import SELECTORS, BadParameter, number, parse_body, parse_selector, text
 from extproc.admin.transfer import entry_to_line
 from extproc.cache.schema import BulkBackend, CacheEntry, EntryFilter
 from extproc.config.settings import CacheSettings
 from extproc.dataplane.shared import Shared
-from extproc.errors import BackendUnavailable, ConfigError
+from extproc.errors import BackendUnavailable, ConfigError, DataRejected
+from extproc.observability.record import hit_ratio
 from extproc.protocol.openai import normalize_text
 
 log = logging.getLogger(__name__)
 
 PREVIEW = 20
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_PROMPT_CHARS = 100_000
+"""The longest ``prompt`` an invalidation embeds (longer ones are a 400, not a slow embedding)."""
 
 
 def decision_counts(shared: Shared) -> dict[str, int]:
@@ -46,15 +51,10 @@ def decision_counts(shared: Shared) -> dict[str, int]:
     return {k: int(counts.get(k, 0)) for k in ("hit", "miss", "bypass")} if isinstance(counts, dict) else {}
 
 
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and localhost."""
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def policy_stats(shared: Shared) -> list[dict[str, Any]]:
+    """Each configured policy (first match wins) with the requests it applied to since start."""
+    counts = getattr(shared.on_decision, "policy_counts", {})
+    return [p.describe() | {"requests": int(counts.get(p.name, 0))} for p in shared.settings.policies]
 
 
 def check_admin_address(address: str, token: str | None) -> None:
@@ -88,33 +88,13 @@ def _entry_summary(entry: CacheEntry, similarity: float | None = None) -> dict[s
     return out
 
 
-_SELECTORS = {"model": str, "scope": str, "fingerprint": str, "older_than_seconds": (int, float)}
-
-
-def parse_selector(data: dict[str, Any], now: float) -> EntryFilter:
-    """An :class:`EntryFilter` from request fields (raises ValueError naming the bad one)."""
-    values: dict[str, Any] = {}
-    for name, kind in _SELECTORS.items():
-        value = data.get(name)
-        if value is None or value == "":
-            continue
-        if isinstance(value, bool) or not isinstance(value, kind):
-            raise ValueError(f"{name} must be {'a string' if kind is str else 'a number of seconds'}")
-        values[name] = value
-    older = values.pop("older_than_seconds", None)
-    if older is not None:
-        if older < 0:
-            raise ValueError("older_than_seconds must be >= 0")
-        values["created_before"] = now - float(older)
-    return EntryFilter(**values)
-
-
 class AdminApi:
     """The request handlers over one server's shared state and backend."""
 
-    def __init__(self, shared: Shared, token: str | None) -> None:
+    def __init__(self, shared: Shared, token: str | None, guard: RequestGuard | None = None) -> None:
         self.shared = shared
         self.token = token or None
+        self.guard = guard or RequestGuard()
         self.started = time.monotonic()
 
     @property
@@ -124,7 +104,8 @@ class AdminApi:
 
     def app(self) -> web.Application:
         """The aiohttp application."""
-        app = web.Application(middlewares=[self._auth, self._backend_errors])
+        app = web.Application(middlewares=[self.guard.middleware, self._auth, self._backend_errors])
+        app.on_response_prepare.append(self.guard.add_cors)
         app.router.add_get("/admin/stats", self.stats)
         app.router.add_post("/admin/invalidate", self.invalidate)
         app.router.add_post("/admin/flush", self.flush)
@@ -155,21 +136,12 @@ class AdminApi:
         except BackendUnavailable as exc:
             state, detail = self.shared.cache.backend.status()
             return error(503, f"the {self.backend.name} backend cannot serve ({state}: {detail}); {exc}")
+        except (BadParameter, DataRejected) as exc:
+            # The caller's value, not the backend's health: a 400 that names it.
+            return error(400, str(exc))
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
-        if not request.can_read_body:
-            return {}
-        try:
-            data = await request.json()
-        except ValueError:
-            raise web.HTTPBadRequest(
-                text='{"error": "the body must be a JSON object"}', content_type="application/json"
-            ) from None
-        if not isinstance(data, dict):
-            raise web.HTTPBadRequest(
-                text='{"error": "the body must be a JSON object"}', content_type="application/json"
-            )
-        return data
+        return parse_body(await request.read()) if request.can_read_body else {}
 
     # --- handlers ------------------------------------------------------------------------
 
@@ -182,7 +154,6 @@ class AdminApi:
         except BackendUnavailable:
             entries = None
         counts = decision_counts(self.shared)
-        looked_up = counts.get("hit", 0) + counts.get("miss", 0)
         return web.json_response(
             {
                 "version": __version__,
@@ -192,7 +163,8 @@ class AdminApi:
                 "backend_detail": detail,
                 "entries": entries,
                 "decisions": counts,
-                "hit_ratio": round(counts.get("hit", 0) / looked_up, 4) if looked_up else None,
+                "hit_ratio": hit_ratio(counts.get("hit", 0), counts.get("miss", 0)),
+                **getattr(self.shared.on_decision, "breakdown", dict)(),
                 "embedding_model": settings.embedding_model,
                 "dimension": self.backend.dim,
                 "similarity_threshold": self.shared.cache.similarity_threshold,
@@ -200,6 +172,7 @@ class AdminApi:
                 "max_entries": settings.max_entries,
                 "revision": settings.revision,
                 "scope_mode": settings.scope_mode,
+                "policies": policy_stats(self.shared),
                 "uptime_seconds": round(time.monotonic() - self.started, 1),
             }
         )
@@ -207,21 +180,20 @@ class AdminApi:
     async def invalidate(self, request: web.Request) -> web.Response:
         """Entries by model / scope / fingerprint / age / a prompt's nearest; a dry run by default."""
         data = await self._body(request)
-        known = {*_SELECTORS, "prompt", "min_similarity", "limit", "dry_run"}
+        known = {*SELECTORS, "prompt", "min_similarity", "limit", "dry_run"}
         unknown = sorted(set(data) - known)
         if unknown:
             return error(400, f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         now = time.time()
-        try:
-            selector = parse_selector(data, now)
-        except ValueError as exc:
-            return error(400, str(exc))
+        selector = parse_selector(data, now)
         prompt = data.get("prompt")
         dry_run = data.get("dry_run", True)
         if not isinstance(dry_run, bool):
             return error(400, "dry_run must be true or false")
         if prompt is not None and (not isinstance(prompt, str) or not normalize_text(prompt)):
             return error(400, "prompt must be a non-empty string")
+        if prompt is not None:
+            prompt = text("prompt", prompt, MAX_PROMPT_CHARS)
         if selector.everything and prompt is None:
             return error(
                 400,
@@ -256,9 +228,8 @@ class AdminApi:
         self, selector: EntryFilter, prompt: str, data: dict[str, Any], now: float
     ) -> list[Any] | web.Response:
         threshold = data.get("min_similarity", self.shared.cache.similarity_threshold)
+        threshold = number("min_similarity", threshold, 0, 1)
         limit = data.get("limit", self.shared.cache.top_k)
-        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
-            return error(400, "min_similarity must be a number between 0 and 1")
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
             return error(400, "limit must be an integer between 1 and 1000")
         vector = await self.shared.cache.embedder.embed(normalize_text(prompt))
@@ -294,10 +265,7 @@ class AdminApi:
     async def export(self, request: web.Request) -> web.StreamResponse:
         """Every live entry (optionally selected) as JSON lines, streamed."""
         now = time.time()
-        try:
-            selector = parse_selector(dict(request.query), now)
-        except ValueError as exc:
-            return error(400, str(exc))
+        selector = parse_selector(request.query, now, query=True)
         total = await self.backend.count_matching(selector, now)
         response = web.StreamResponse(
             headers={"content-type": "application/x-ndjson", "x-semantic-cache-entries": str(total)}
@@ -326,7 +294,7 @@ class AdminApi:
         state, detail = self.shared.cache.backend.status()
         if state != "ready":
             return error(503, f"the {self.backend.name} backend cannot take an import ({state}: {detail})")
-        importer = Importer(self.backend, self.shared.cache.embedder, reembed)
+        importer = Importer(self.backend, self.shared.cache.embedder, reembed, self.shared.cache.ttl_seconds)
         report = await importer.run(request.content.iter_any())
         log.info(
             "admin API: import of %d lines: %d imported, %d rejected%s",
@@ -347,9 +315,12 @@ class AdminServer:
         address: str,
         token: str | None = None,
         watch_interval: float = 5.0,
+        allowed_hosts: Iterable[str] = (),
+        allowed_origins: Iterable[str] = (),
     ) -> None:
         check_admin_address(address, token)
-        self.api = AdminApi(shared, token)
+        guard = RequestGuard(address.rpartition(":")[0], allowed_hosts, allowed_origins)
+        self.api = AdminApi(shared, token, guard)
         self.address = address
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -400,6 +371,13 @@ def admin_preflight(settings: CacheSettings) -> None:
 
 async def start_admin(shared: Shared, settings: CacheSettings) -> AdminServer:
     """Start the admin API at ``settings.server.admin_address`` with the token from the environment."""
-    admin = AdminServer(shared, settings.server.admin_address, os.environ.get(TOKEN_ENV))
+    server = settings.server
+    admin = AdminServer(
+        shared,
+        server.admin_address,
+        os.environ.get(TOKEN_ENV),
+        allowed_hosts=server.admin_allowed_hosts,
+        allowed_origins=server.admin_allowed_origins,
+    )
     await admin.start()
     return admin

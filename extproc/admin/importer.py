@@ -2,7 +2,8 @@
 
 A line is written whole or not at all: it is checked completely (see :mod:`extproc.admin.transfer`)
 before its batch is written, and a batch is one backend write.  Entries are keyed by their
-exact key, so running the same import twice leaves the cache as after the first run.
+exact key, so running the same import twice leaves the cache as after the first run.  No entry
+outlives the cache's own ``ttl_seconds`` from the time of the import.
 """
 
 from __future__ import annotations
@@ -101,10 +102,11 @@ async def read_lines(chunks: AsyncIterator[bytes], report: ImportReport) -> Asyn
 class Importer:
     """Imports one request body into a backend."""
 
-    def __init__(self, backend: BulkBackend, embedder: Embedder, reembed: bool) -> None:
+    def __init__(self, backend: BulkBackend, embedder: Embedder, reembed: bool, ttl_seconds: int = 0) -> None:
         self.backend = backend
         self.embedder = embedder
         self.reembed = reembed
+        self.ttl_seconds = ttl_seconds
         self.report = ImportReport()
 
     async def run(self, chunks: AsyncIterator[bytes]) -> ImportReport:
@@ -127,13 +129,13 @@ class Importer:
 
     async def _write(self, batch: list[tuple[int, bytes]]) -> None:
         now = time.time()
-        dim, reembed = self.backend.dim, self.reembed
+        dim, reembed, ttl = self.backend.dim, self.reembed, self.ttl_seconds
 
         def parse() -> list[tuple[int, CacheEntry | str]]:
             out: list[tuple[int, CacheEntry | str]] = []
             for number, line in batch:
                 try:
-                    out.append((number, line_to_entry(line, dim, now, reembed)))
+                    out.append((number, line_to_entry(line, dim, now, reembed, ttl)))
                 except LineError as exc:
                     out.append((number, str(exc)))
             return out

@@ -69,12 +69,33 @@ class ConfigWatcher:
             if digest is None or digest == self._digest:
                 continue
             self._digest = digest
-            try:
-                fresh = await asyncio.to_thread(load_config, self.path)
-            except ConfigError as exc:
-                log.error("%s changed but is invalid; keeping the running settings: %s", self.path, exc)
-                continue
-            self.apply(fresh)
+            await self.reload()
+
+    async def reload(self) -> bool:
+        """Read the file and apply it; if it is invalid keep the running settings and say so."""
+        try:
+            fresh = await asyncio.to_thread(load_config, self.path)
+        except ConfigError as exc:
+            self._reject(str(exc))
+            return False
+        except Exception as exc:  # the watcher must outlive any bad file
+            self._reject(f"{type(exc).__name__}: {exc}")
+            return False
+        if self.shared.config_error:
+            log.warning("%s is valid again; applying it", self.path)
+            self.shared.config_error = ""
+        self.apply(fresh)
+        return True
+
+    def _reject(self, problem: str) -> None:
+        # A restart would not start (serve exits on an invalid config), so the running settings
+        # are kept until the file is fixed: the error goes to the log, /readyz and
+        # semantic_cache_config_valid.
+        self.shared.config_error = (
+            f"{self.path} changed but is invalid; running with the last good settings "
+            f"(a restart would fail): {problem}"
+        )
+        log.error("%s", self.shared.config_error)
 
     def apply(self, fresh: CacheSettings) -> None:
         """Take the live keys from ``fresh``; log which other changes need a restart."""

@@ -100,11 +100,14 @@ def _vector(value: Any, dim: int) -> np.ndarray:
     return vector
 
 
-def line_to_entry(text: str | bytes, dim: int, now: float, reembed: bool = False) -> CacheEntry:
+def line_to_entry(
+    text: str | bytes, dim: int, now: float, reembed: bool = False, ttl_seconds: int = 0
+) -> CacheEntry:
     """Parse and check one line; raise :class:`LineError` with the reason.
 
     With ``reembed`` the line's vector is ignored (the caller embeds the prompt) and the entry
-    comes back with an empty vector.
+    comes back with an empty vector.  With ``ttl_seconds`` > 0 (the cache's TTL) the entry
+    expires at the latest ``now + ttl_seconds``, and ``created_at`` is never later than ``now``.
     """
     try:
         data = json.loads(text)
@@ -139,6 +142,11 @@ def line_to_entry(text: str | bytes, dim: int, now: float, reembed: bool = False
     expires_at = _time(data, "expires_at") if "expires_at" in data else 0.0
     if 0 < expires_at <= now:
         raise LineError(f"expired {now - expires_at:.0f}s ago (expires_at {expires_at:.0f})")
+    if ttl_seconds > 0 and (expires_at == 0 or expires_at > now + ttl_seconds):
+        # The file is not trusted to extend the cache's TTL: an edited line with expires_at 0
+        # would otherwise keep its answer forever.
+        expires_at = now + ttl_seconds
+    created_at = min(created_at, now)  # a future time would also dodge oldest-first eviction
     if reembed:
         vector = np.empty(0, dtype=np.float32)
     elif "vector" not in data:

@@ -66,6 +66,10 @@ class LookupResult:
     """The query embedding, reused when the response is stored."""
     rejections: list[str] = field(default_factory=list)
     """Guard names that rejected a candidate above the threshold."""
+    rejected_similarity: float = 0.0
+    """Similarity of the best candidate a guard rejected (0 when none was)."""
+    rejected_prompt: str = ""
+    """That candidate's stored prompt (for ``eval --show-errors``; never sent to clients)."""
     timings: dict[str, float] = field(default_factory=dict)
     """Milliseconds per step: ``exact_ms``, ``embed_ms``, ``search_ms``."""
 

@@ -14,7 +14,7 @@ import numpy as np
 from extproc.cache.guards.base import LONG_PROMPT_CHARS, Guard
 from extproc.cache.schema import CacheBackend, CacheEntry, CacheQuery, LookupResult
 from extproc.embedding.batcher import Embedder
-from extproc.errors import EmbeddingFailed
+from extproc.errors import EmbeddingFailed, Overloaded
 from extproc.observability.tracing import tracer
 
 
@@ -26,6 +26,11 @@ def timed(into: dict[str, float], key: str) -> Iterator[None]:
         yield
     finally:
         into[key] = into.get(key, 0.0) + (time.perf_counter() - started) * 1000
+
+
+def too_old(entry: CacheEntry, now: float, max_age: float | None) -> bool:
+    """True when ``entry`` was stored ``max_age`` seconds ago or more (never with None)."""
+    return max_age is not None and now - entry.created_at >= max_age
 
 
 class SemanticCache:
@@ -48,35 +53,52 @@ class SemanticCache:
         self.guards = list(guards)
 
     async def check(
-        self, query: CacheQuery, threshold: float | None = None, vector: np.ndarray | None = None
+        self,
+        query: CacheQuery,
+        threshold: float | None = None,
+        vector: np.ndarray | None = None,
+        max_wait: float | None = None,
+        max_age: float | None = None,
     ) -> LookupResult:
         """Find a stored answer for ``query``: exact key first, then nearest prompts.
 
         Candidates come best first; the first at or above the threshold that every guard
-        accepts is the hit.  ``vector`` skips embedding when the caller already has it.
+        accepts is the hit.  ``vector`` skips embedding when the caller already has it.  When
+        the embedder predicts a wait over ``max_wait`` seconds, only the (cheap) exact lookup
+        runs and :class:`~extproc.errors.Overloaded` is raised on a miss.  ``max_age`` (seconds)
+        passes over entries stored longer ago (rejection ``max_age``).
         """
         now = time.time()
         timings: dict[str, float] = {}
         with timed(timings, "exact_ms"), tracer.start_as_current_span("semantic_cache.exact_lookup") as span:
             entry = await self.backend.get_exact(query.exact_key, now)
             span.set_attribute("semantic_cache.found", entry is not None)
+        if entry is not None and too_old(entry, now, max_age):
+            entry = None  # a newer paraphrase may still be young enough
         if entry is not None and entry.prompt == query.prompt:
             await self.backend.record_hit(entry)
             return LookupResult(
                 entry=entry, similarity=1.0, match="exact", best_similarity=1.0, timings=timings
             )
+        if vector is None and max_wait is not None and self.embedder.expected_wait() > max_wait:
+            raise Overloaded(f"embedding backlog {self.embedder.backlog}")
         if vector is None:
             with timed(timings, "embed_ms"), tracer.start_as_current_span("semantic_cache.embed"):
                 try:
                     vector = await self.embedder.embed(query.prompt)
                 except Exception as exc:
                     raise EmbeddingFailed(f"embedding failed: {type(exc).__name__}") from exc
-        result = await self.check_vector(query, vector, threshold, now)
+        result = await self.check_vector(query, vector, threshold, now, max_age)
         result.timings.update(timings)
         return result
 
     async def check_vector(
-        self, query: CacheQuery, vector: np.ndarray, threshold: float | None = None, now: float | None = None
+        self,
+        query: CacheQuery,
+        vector: np.ndarray,
+        threshold: float | None = None,
+        now: float | None = None,
+        max_age: float | None = None,
     ) -> LookupResult:
         """The semantic half of :meth:`check`, for callers that already have the embedding."""
         now = time.time() if now is None else now
@@ -96,8 +118,13 @@ class SemanticCache:
             entry = candidate.entry
             if entry.partition != query.partition:
                 continue  # defence in depth: backends already filter by partition
+            if too_old(entry, now, max_age):
+                result.rejections.append("max_age")
+                continue
             rejected = await self._rejections(query.prompt, entry.prompt)
             if rejected:
+                if not result.rejections:
+                    result.rejected_similarity, result.rejected_prompt = candidate.similarity, entry.prompt
                 result.rejections.extend(rejected)
                 continue
             await self.backend.record_hit(entry)
@@ -124,12 +151,26 @@ class SemanticCache:
         return rejected
 
     async def store(
-        self, query: CacheQuery, response: dict[str, Any], vector: np.ndarray | None = None
+        self,
+        query: CacheQuery,
+        response: dict[str, Any],
+        vector: np.ndarray | None = None,
+        max_wait: float | None = None,
+        ttl_seconds: int | None = None,
     ) -> CacheEntry:
-        """Store ``response`` as the answer to ``query`` (embedding it if not done yet)."""
+        """Store ``response`` as the answer to ``query`` (embedding it if not done yet).
+
+        ``ttl_seconds`` replaces the cache's TTL for this entry (0 = never expires).
+
+        A store that must embed waits behind every queued lookup, and is dropped
+        (:class:`~extproc.errors.Overloaded`) when the backlog already exceeds ``max_wait``.
+        """
         if vector is None:
-            vector = await self.embedder.embed(query.prompt)
+            if max_wait is not None and self.embedder.expected_wait() > max_wait:
+                raise Overloaded(f"embedding backlog {self.embedder.backlog}")
+            vector = await self.embedder.embed(query.prompt, deferred=True)
         now = time.time()
+        ttl = self.ttl_seconds if ttl_seconds is None else ttl_seconds
         entry = CacheEntry(
             id=query.exact_key,
             model=query.model,
@@ -141,7 +182,7 @@ class SemanticCache:
             response=response,
             vector=vector,
             created_at=now,
-            expires_at=now + self.ttl_seconds if self.ttl_seconds > 0 else 0.0,
+            expires_at=now + ttl if ttl > 0 else 0.0,
         )
         with tracer.start_as_current_span("semantic_cache.store") as span:
             span.set_attribute("semantic_cache.backend", self.backend.name)

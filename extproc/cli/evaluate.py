@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from extproc.cache import CacheQuery, SemanticCache
+from extproc.cache.schema import LookupResult
 from extproc.config.settings import CacheSettings, with_overrides
 from extproc.dataplane.identity import cache_query
 from extproc.embedding.base import EncodeFn
@@ -116,6 +117,12 @@ class Outcome:
     pair: Pair
     served: str | None
     similarity: float
+    rejected_by: tuple[str, ...] = ()
+    """Guards that turned a candidate down (the first such candidate below)."""
+    rejected_similarity: float = 0.0
+    rejected_prompt: str = ""
+    a_prompt: str = ""
+    """The pair's ``a`` as stored (normalized): what ``served`` and ``rejected_prompt`` compare to."""
 
 
 @dataclass
@@ -246,17 +253,19 @@ async def _run(
     latencies: list[float] = []
     rejections: Counter[str] = Counter()
 
-    async def lookup(qb: CacheQuery, vector: np.ndarray) -> tuple[int | None, float, str | None]:
+    async def lookup(qb: CacheQuery, vector: np.ndarray) -> LookupResult:
         async with gate:
             t0 = time.perf_counter()
             result = await cache.check(qb, threshold=levels[0], vector=vector)
             latencies.append((time.perf_counter() - t0) * 1000)
         rejections.update(result.rejections)
-        if result.entry is None:
-            return None, 0.0, None
-        return _answered(result.entry.response), result.similarity, result.entry.prompt
+        return result
 
-    results = await asyncio.gather(*(lookup(qb, vectors[qb.prompt]) for _, _, qb in usable))
+    looked = await asyncio.gather(*(lookup(qb, vectors[qb.prompt]) for _, _, qb in usable))
+    results = [
+        (None, 0.0, None) if r.entry is None else (_answered(r.entry.response), r.similarity, r.entry.prompt)
+        for r in looked
+    ]
     lookup_seconds = time.perf_counter() - lookup_started
 
     positives = sum(p.label for p, _, _ in usable)
@@ -305,8 +314,16 @@ async def _run(
             "mean": round(float(lat.mean()), 3),
         },
         outcomes=[
-            Outcome(pair, a_texts[served] if served is not None else None, similarity)
-            for (pair, _, _), (served, similarity, _) in zip(usable, results, strict=True)
+            Outcome(
+                pair,
+                a_texts[served] if served is not None else None,
+                similarity,
+                tuple(dict.fromkeys(r.rejections)),
+                r.rejected_similarity,
+                r.rejected_prompt,
+                qa.prompt,
+            )
+            for (pair, qa, _), (served, similarity, _), r in zip(usable, results, looked, strict=True)
         ],
     )
 
@@ -320,6 +337,8 @@ def format_report(report: Report, sweep: bool) -> str:
         f"guards: {', '.join(report.guards) or 'none (cosine only)'}",
         f"threshold {report.threshold:.2f}: hits {r.hits}, correct {r.correct}, wrong {r.wrong} "
         f"(look-alike {r.wrong_negative}, other entry {r.wrong_other}, of which repeats {r.wrong_repeat})",
+        "  (look-alike: a label-0 pair's own a served; other entry: another pair's a served; repeats: "
+        "that entry is the question itself up to case, e.g. a question asked twice in the file)",
         f"precision {r.precision:.4f}  recall {r.recall:.4f}  hit rate {r.hit_rate:.4f}  "
         f"negative hit rate {r.negative_hit_rate:.4f}",
         f"wall {report.wall_seconds:.1f}s, lookups {report.lookup_seconds:.1f}s, "

@@ -15,7 +15,10 @@ from pathlib import Path
 
 from extproc import __version__
 from extproc.cli.envoy import envoy_command, render_envoy_config, validate_envoy_config
-from extproc.config.settings import CacheSettings, default_config_path, load_config
+from extproc.config.env import read_yaml
+from extproc.config.milvus import load_milvus_config, looks_like_milvus_config
+from extproc.config.report import milvus_lines, settings_lines
+from extproc.config.settings import DEFAULT_CONFIG_PATH, CacheSettings, default_config_path, load_config
 from extproc.errors import ConfigError
 from extproc.observability.logs import setup_logging
 from extproc.observability.tracing import setup_tracing, shutdown_tracing
@@ -31,12 +34,18 @@ def _load(path: str | None) -> CacheSettings:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """Validate a config file and print the effective settings."""
-    settings = load_config(args.file or default_config_path(None))
-    print(f"{settings.source}: OK")
-    for name, value in vars(settings).items():
-        if name != "source":
-            print(f"  {name}: {value}")
+    """Validate a config.yaml (or a milvus.yaml, told by its shape) and print the effective settings."""
+    file = Path(args.file or default_config_path(None))
+    if file.is_file() and looks_like_milvus_config(read_yaml(file)):
+        milvus = load_milvus_config(file)
+        print(f"{file}: OK (a Milvus client file, milvus.yaml)")
+        lines = milvus_lines(milvus)
+    else:
+        settings = load_config(file)
+        print(f"{settings.source}: OK; effective settings (source: default, file, or env VAR):")
+        lines = settings_lines(settings)
+    for line in lines:
+        print(f"  {line}")
     return 0
 
 
@@ -185,13 +194,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from extproc.cli.evaluate import SWEEP, eval_settings, evaluate, format_report, read_pairs
 
     pairs = read_pairs(args.pairs, args.limit)
-    settings = eval_settings(_load(args.config), len(pairs), args.threshold, args.guards)
+    settings = eval_settings(_eval_config(args.config), len(pairs), args.threshold, args.guards)
     thresholds = SWEEP if args.sweep else ()
     report = asyncio.run(evaluate(settings, pairs, thresholds, concurrency=args.concurrency))
     print(format_report(report, args.sweep))
+    if args.show_errors:
+        from extproc.cli.eval_errors import format_errors
+
+        print()
+        print(format_errors(report))
     if args.json:
         print(json.dumps(report.to_json(), sort_keys=True))
     return 0
+
+
+def _eval_config(path: str | None) -> CacheSettings:
+    """The config eval measures: the one named or found, else the defaults (and it says so)."""
+    file = default_config_path(path)
+    if path is None and file == DEFAULT_CONFIG_PATH and not Path(file).is_file():
+        # Outside the repository: the defaults are a complete cache, no file is needed to measure it.
+        print(
+            f"semantic-cache eval: no {DEFAULT_CONFIG_PATH} here; using the default settings", file=sys.stderr
+        )
+        return CacheSettings()
+    return _load(path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help=config_help)
     serve.set_defaults(func=cmd_serve)
 
-    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check = sub.add_parser("check-config", help="validate a config.yaml or a milvus.yaml and exit")
     check.add_argument("file", nargs="?", help=config_help)
     check.set_defaults(func=cmd_check_config)
 
@@ -225,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="answer correctness on labelled question pairs (JSON lines)")
     ev.add_argument("--pairs", required=True, help='JSON lines {"a","b","label"} or {"origin","similar"}')
-    ev.add_argument("--config", help=config_help)
+    ev.add_argument("--config", help=config_help + "; none found: the defaults")
     ev.add_argument("--threshold", type=float, help="similarity_threshold to report (default: the config's)")
     ev.add_argument("--sweep", action="store_true", help="also print the table over thresholds 0.70-0.98")
     ev.add_argument("--limit", type=int, help="use only the first N pairs")
@@ -234,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--guards", help="override the config's guards: none, all, or e.g. numbers,negation,content"
     )
     ev.add_argument("--concurrency", type=int, default=64, help="lookups in flight (default 64)")
+    ev.add_argument(
+        "--show-errors",
+        action="store_true",
+        help="also print every wrong hit and every guard rejection, with its pair and similarity",
+    )
     ev.set_defaults(func=cmd_eval)
 
     render = sub.add_parser("render-envoy", help="render envoy/envoy.yaml from the environment")

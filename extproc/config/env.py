@@ -52,6 +52,23 @@ def expand_env(value: Any, path: str, env: Mapping[str, str] | None = None) -> A
     return expanded
 
 
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file; :class:`ConfigError` naming the file, and line:column of a syntax error."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+
+
 def resolve_relative(path_str: str, config_file: str, key: str) -> Path:
     """Resolve a relative path against the working directory, then the config file's folder."""
     p = Path(path_str)

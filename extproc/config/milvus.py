@@ -7,14 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from extproc.config.checks import KeySpec, check_section, int_range, one_of, positive
-from extproc.config.env import expand_env
+from extproc.config.env import expand_env, read_yaml
 from extproc.errors import ConfigError
 
-# Where the Helm chart mounts the `milvus-tls` Secret; used when tls.enabled has no file keys.
+# Where the Helm chart mounts the `milvus-tls` Secret; looked at when tls.enabled has no file keys.
 DEFAULT_TLS_DIR = "/etc/semantic-cache/milvus-tls"
+DEFAULT_TLS_FILES = {"ca_file": "ca.crt", "cert_file": "client.crt", "key_file": "client.key"}
 
 
 @dataclass(frozen=True)
@@ -29,11 +28,15 @@ class MilvusSettings:
     timeout: float = 60.0
     auth_enabled: bool = False
     username: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)
+    """Never in a repr: settings are printed and logged."""
     tls_enabled: bool = False
-    ca_file: str = f"{DEFAULT_TLS_DIR}/ca.crt"
-    cert_file: str = f"{DEFAULT_TLS_DIR}/client.crt"
-    key_file: str = f"{DEFAULT_TLS_DIR}/client.key"
+    ca_file: str | None = None
+    """None: ``DEFAULT_TLS_DIR/ca.crt`` if it exists, else the system trust store."""
+    cert_file: str | None = None
+    """None: ``DEFAULT_TLS_DIR/client.crt`` if it exists (mutual TLS needs it and the key)."""
+    key_file: str | None = None
+    """None: ``DEFAULT_TLS_DIR/client.key`` if it exists."""
     server_name: str | None = None
     collection: str = "semantic_cache"
     description: str = "Semantic cache"
@@ -121,6 +124,35 @@ _SECTIONS: dict[str, KeySpec] = {
 _TOP: KeySpec = {name: (dict, "a mapping", None) for name in _SECTIONS if "." not in name}
 
 
+def looks_like_milvus_config(raw: Any) -> bool:
+    """True for a parsed milvus.yaml: a mapping of only its sections (no ``semantic_cache:``)."""
+    return isinstance(raw, dict) and bool(raw) and set(raw) <= set(_TOP)
+
+
+def _expand(raw: dict[str, Any], source: str, env: Mapping[str, str] | None) -> dict[str, Any]:
+    """``${VAR}`` expansion; the credentials only when auth is on, with an error that says so."""
+    conn = raw.get("connection")
+    auth = conn.get("auth") if isinstance(conn, dict) else None
+    if not isinstance(auth, dict):
+        return expand_env(raw, "", env)
+    creds = {k: auth[k] for k in ("username", "password") if k in auth}
+    rest = {k: v for k, v in auth.items() if k not in creds}
+    out = expand_env({**raw, "connection": {**conn, "auth": rest}}, "", env)
+    # With auth off the credentials are never used: an unset ${MILVUS_PASSWORD} is no error.
+    if out["connection"]["auth"].get("enabled") is True:
+        for key, value in creds.items():
+            try:
+                creds[key] = expand_env(value, f"connection.auth.{key}", env)
+            except ConfigError as exc:
+                raise ConfigError(
+                    f"{source}: {exc}. connection.auth.enabled is true, so the Milvus {key} must come "
+                    "from the environment: in Kubernetes from Secret milvus-auth (the chart maps it "
+                    "to MILVUS_USERNAME / MILVUS_PASSWORD), elsewhere export the variable"
+                ) from exc
+    out["connection"]["auth"].update(creds)
+    return out
+
+
 def _params(value: dict[str, Any], path: str, errors: list[str]) -> dict[str, Any]:
     bad = [k for k, v in value.items() if not isinstance(v, _PARAM_TYPES)]
     for key in bad:
@@ -134,7 +166,7 @@ def parse_milvus_config(raw: Any, source: str, env: Mapping[str, str] | None = N
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping (connection:, collection:, search:)")
-    raw = expand_env(raw, "", env)
+    raw = _expand(raw, source, env)
     errors: list[str] = []
     for key, value in raw.items():
         if key not in _TOP:
@@ -166,9 +198,9 @@ def parse_milvus_config(raw: Any, source: str, env: Mapping[str, str] | None = N
         username=auth.get("username", ""),
         password=auth.get("password", ""),
         tls_enabled=tls.get("enabled", False),
-        ca_file=tls.get("ca_file", defaults.ca_file),
-        cert_file=tls.get("cert_file", defaults.cert_file),
-        key_file=tls.get("key_file", defaults.key_file),
+        ca_file=tls.get("ca_file"),
+        cert_file=tls.get("cert_file"),
+        key_file=tls.get("key_file"),
         server_name=tls.get("server_name"),
         collection=get("collection", "name", defaults.collection),
         description=get("collection", "description", defaults.description),
@@ -202,12 +234,63 @@ def parse_milvus_config(raw: Any, source: str, env: Mapping[str, str] | None = N
     return settings
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """The files a TLS connection uses: a CA (None: the system trust store), a client pair or none."""
+
+    ca: str | None
+    cert: str | None = None
+    key: str | None = None
+
+    @property
+    def mutual(self) -> bool:
+        """True when the client presents a certificate (mutual TLS)."""
+        return self.cert is not None
+
+    def describe(self) -> str:
+        """One line for logs and check-config."""
+        trust = f"CA {self.ca}" if self.ca else "the system trust store"
+        if self.mutual:
+            return f"mutual TLS ({trust}, client certificate {self.cert}, key {self.key})"
+        return f"one-way TLS ({trust}, no client certificate)"
+
+
+def tls_files(s: MilvusSettings, tls_dir: str | None = None) -> TlsFiles:
+    """Which TLS files exist and apply; :class:`ConfigError` for a set file that is missing or a half pair.
+
+    A key left unset falls back to the chart's Secret mount (``tls_dir``) when that file exists:
+    a Secret with only ``ca.crt`` gives one-way TLS, one with all three mutual TLS.
+    """
+    tls_dir = tls_dir or DEFAULT_TLS_DIR
+    found: dict[str, str | None] = {}
+    for key, default_name in DEFAULT_TLS_FILES.items():
+        value = getattr(s, key)
+        if value is not None:
+            if not Path(value).is_file():
+                raise ConfigError(f"connection.tls.{key}: {value} does not exist (or is not a file)")
+            found[key] = value
+        else:
+            default = Path(tls_dir) / default_name
+            found[key] = str(default) if default.is_file() else None
+    cert, key = found["cert_file"], found["key_file"]
+    if (cert is None) != (key is None):
+        have, missing = ("certificate", "key") if cert else ("key", "certificate")
+        where = cert or key
+        wanted = (s.key_file or f"{tls_dir}/client.key") if cert else (s.cert_file or f"{tls_dir}/client.crt")
+        raise ConfigError(
+            f"connection.tls: a client {have} ({where}) but no client {missing} ({wanted} does not "
+            "exist): mutual TLS needs both files, one-way TLS neither. Add the missing one (Secret "
+            "milvus-tls: client.crt and client.key), or remove the other"
+        )
+    if cert is not None and found["ca_file"] is None:
+        # pymilvus sends a client pair only together with a CA file.
+        raise ConfigError(
+            "connection.tls: mutual TLS (client certificate and key) needs the CA that signed the "
+            "server's certificate: set connection.tls.ca_file or add ca.crt to the milvus-tls Secret"
+        )
+    return TlsFiles(found["ca_file"], cert, key)
+
+
 def load_milvus_config(path: Path, env: Mapping[str, str] | None = None) -> MilvusSettings:
     """Read and validate a milvus.yaml file."""
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    return parse_milvus_config(raw, str(path), env)
+    return parse_milvus_config(read_yaml(path), str(path), env)

@@ -14,28 +14,32 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from extproc.config.checks import (
     KeySpec,
     address,
     check_section,
     header_name,
+    host_names,
     import_spec,
     int_range,
     one_of,
     optional_header_name,
+    optional_http_url,
+    origins,
     positive,
     revision,
     unit_interval,
 )
-from extproc.config.env import expand_env, resolve_relative
+from extproc.config.env import expand_env, read_yaml, resolve_relative
 from extproc.config.milvus import MilvusSettings, load_milvus_config
+from extproc.config.policies import Policy, parse_policies
 from extproc.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_PATH = "config/config.yaml"
+DEFAULT_MILVUS_CONFIG_PATH = "config/semantic-cache/milvus.yaml"
+"""Where the chart mounts milvus.yaml and the repository keeps it (relative to the working dir)."""
 CONFIG_ENV = "SEMANTIC_CACHE_CONFIG"
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 
@@ -51,7 +55,11 @@ ENV_OVERRIDES: dict[str, str] = {
     "SEMANTIC_CACHE_ADMIN_ADDRESS": "server.admin_address",
     "SEMANTIC_CACHE_REVISION": "revision",
     "SEMANTIC_CACHE_REVISION_HEADER": "revision_header",
+    "SEMANTIC_CACHE_ADMIN_ALLOWED_HOSTS": "server.admin_allowed_hosts",
+    "SEMANTIC_CACHE_ADMIN_ALLOWED_ORIGINS": "server.admin_allowed_origins",
 }
+LIST_OVERRIDES = frozenset({"server.admin_allowed_hosts", "server.admin_allowed_origins"})
+"""Overrides whose variable holds a comma-separated list."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,10 @@ class ServerSettings:
     shutdown_grace_seconds: float = 30.0
     admin_address: str = "127.0.0.1:9191"
     """The admin API (extproc.admin); off loopback only with SEMANTIC_CACHE_ADMIN_TOKEN set."""
+    admin_allowed_hosts: tuple[str, ...] = ()
+    """Host names the admin API answers to besides loopback, IP addresses and its own address."""
+    admin_allowed_origins: tuple[str, ...] = ()
+    """Browser origins allowed to call the admin API (none: every request with an Origin is refused)."""
 
 
 @dataclass(frozen=True)
@@ -73,11 +85,19 @@ class CacheSettings:
 
     enabled: bool = True
     backend_type: str = "memory"
-    backend_config_path: str | None = None
+    backend_config_path: str = DEFAULT_MILVUS_CONFIG_PATH
+    """The Milvus client file; read only when backend_type is milvus, or when set in the file."""
     similarity_threshold: float = 0.88
     max_entries: int = 10_000
     ttl_seconds: int = 3600
     eviction_policy: str = "lru"
+    # Freshness (docs/freshness.md).
+    max_ttl_seconds: int = 86400
+    """The longest TTL a request may ask for with x-semantic-cache-ttl (0 = the header is ignored)."""
+    volatile_detection: bool = True
+    """Time-sensitive prompts and dated answers are kept at most ``volatile_ttl_seconds``."""
+    volatile_ttl_seconds: int = 0
+    """How long such answers are served (0 = never stored nor served from cache)."""
     embedding_model: str = DEFAULT_EMBEDDING_MODEL
     top_k: int = 10
     scope_mode: str = "global"
@@ -91,6 +111,10 @@ class CacheSettings:
     """How long identical concurrent misses wait for the first one's answer (single-flight)."""
     embedding_batch_size: int = 64
     embedding_threads: int = 0
+    embedding_workers: int = 0
+    """Forward passes run at once (0 = one per usable core with ONNX Runtime, 1 with torch)."""
+    max_added_latency_ms: int = 150
+    """Budget for the wait for an embedding: past it the semantic lookup is skipped (overloaded)."""
     revision: str = ""
     """The model weights' revision: part of every partition, so an upgrade never serves old answers."""
     revision_header: str = ""
@@ -112,6 +136,17 @@ class CacheSettings:
     """``"package.module:function"`` building an extra guard (e.g. a cross-encoder); empty: none."""
     embedding_backend: str = "auto"
     """``auto`` (ONNX Runtime when usable, else torch) | ``onnx`` | ``torch``."""
+    reason_header: bool = True
+    """Send ``x-semantic-cache-reason`` on bypasses and guarded misses (a reason, never prompt text)."""
+    # A remote embedding model instead of the local one (docs/embeddings.md).
+    embedding_endpoint: str = ""
+    """An OpenAI-compatible /v1/embeddings URL; "" = the local ``embedding_model``."""
+    embedding_endpoint_model: str = ""
+    """The model name sent to the endpoint ("" = ``embedding_model``)."""
+    embedding_timeout_ms: int = 1000
+    embedding_retries: int = 2
+    policies: tuple[Policy, ...] = ()
+    """Per-route / per-model settings, first match wins (docs/policies.md)."""
     server: ServerSettings = field(default_factory=ServerSettings)
     milvus_config: MilvusSettings | None = None
     """The validated milvus.yaml when backend_type is milvus (read once, at load)."""
@@ -145,6 +180,9 @@ _CACHE_KEYS: KeySpec = {
     "max_entries": (int, "an integer", int_range(1)),
     "ttl_seconds": (int, "an integer (seconds, 0 = never expire)", int_range(0)),
     "eviction_policy": (str, "a string", one_of("fifo", "lru", "lfu")),
+    "max_ttl_seconds": (int, "an integer (seconds, 0 = ignore x-semantic-cache-ttl)", int_range(0)),
+    "volatile_detection": (bool, "true or false", None),
+    "volatile_ttl_seconds": (int, "an integer (seconds, 0 = never cache them)", int_range(0)),
     "embedding_model": (str, "a model name or a local path", None),
     "top_k": (int, "an integer", int_range(1, 1000)),
     "scope_mode": (str, "a string", one_of("global", "header", "authorization")),
@@ -156,6 +194,8 @@ _CACHE_KEYS: KeySpec = {
     "coalesce_wait_ms": (int, "an integer (milliseconds, 0 = never wait)", int_range(0, 600_000)),
     "embedding_batch_size": (int, "an integer", int_range(1, 4096)),
     "embedding_threads": (int, "an integer (0 = library default)", int_range(0, 256)),
+    "embedding_workers": (int, "an integer (0 = one per usable core)", int_range(0, 64)),
+    "max_added_latency_ms": (int, "an integer (milliseconds, 0 = never skip)", int_range(0, 600_000)),
     "revision": (str, 'a string (e.g. "2024-06-01" or a weights hash)', revision),
     "revision_header": (str, 'a header name, or "" for none', optional_header_name),
     "guard_numbers": (bool, "true or false", None),
@@ -171,6 +211,12 @@ _CACHE_KEYS: KeySpec = {
     "guard_content_modifiers": (bool, "true or false", None),
     "verifier": (str, '"package.module:function" or ""', import_spec),
     "embedding_backend": (str, "a string", one_of("auto", "torch", "onnx")),
+    "reason_header": (bool, "true or false", None),
+    "policies": (list, "a list of policies", None),
+    "embedding_endpoint": (str, 'an http(s) URL or ""', optional_http_url),
+    "embedding_endpoint_model": (str, "a model name", None),
+    "embedding_timeout_ms": (int, "an integer (milliseconds)", int_range(1, 600_000)),
+    "embedding_retries": (int, "an integer", int_range(0, 10)),
 }
 _SERVER_KEYS: KeySpec = {
     "grpc_address": (str, '"host:port"', address),
@@ -178,6 +224,8 @@ _SERVER_KEYS: KeySpec = {
     "max_message_bytes": (int, "an integer (bytes)", int_range(4 * 1024 * 1024)),
     "shutdown_grace_seconds": ((int, float), "a number of seconds", positive),
     "admin_address": (str, '"host:port"', address),
+    "admin_allowed_hosts": (list, "a list of host names", host_names),
+    "admin_allowed_origins": (list, "a list of origins", origins),
 }
 
 
@@ -197,11 +245,7 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
             f"config file {file} not found. Pass --config FILE, set {CONFIG_ENV}, "
             f"or create {DEFAULT_CONFIG_PATH}"
         )
-    try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
-    return parse_config(raw, source=str(file), env=env)
+    return parse_config(read_yaml(file), source=str(file), env=env)
 
 
 def parse_config(raw: Any, source: str = "<inline>", env: Mapping[str, str] | None = None) -> CacheSettings:
@@ -231,6 +275,9 @@ def parse_config(raw: Any, source: str = "<inline>", env: Mapping[str, str] | No
         errors.append("semantic_cache.server: must be a mapping")
         server_raw = {}
     server_values = check_section(server_raw, _SERVER_KEYS, "semantic_cache.server", errors)
+    for key in ("admin_allowed_hosts", "admin_allowed_origins"):
+        if key in server_values:
+            server_values[key] = tuple(str(x).lower().rstrip("./") for x in server_values[key])
     ignore = values.get("fingerprint_ignore_fields")
     if ignore is not None:
         if not all(isinstance(x, str) for x in ignore):
@@ -241,6 +288,8 @@ def parse_config(raw: Any, source: str = "<inline>", env: Mapping[str, str] | No
                 "the request identity; remove them"
             )
         values["fingerprint_ignore_fields"] = tuple(ignore)
+    if "policies" in values:
+        values["policies"] = parse_policies(values["policies"], errors)
     if values.get("embedding_model") == "bert":
         values["embedding_model"] = DEFAULT_EMBEDDING_MODEL
     if errors:
@@ -248,11 +297,11 @@ def parse_config(raw: Any, source: str = "<inline>", env: Mapping[str, str] | No
     settings = CacheSettings(**values, server=ServerSettings(**server_values), source=source)
     if settings.backend_type == "milvus" and not settings.backend_config_path:
         raise ConfigError(
-            f"{source}: semantic_cache.backend_config_path is required when backend_type is "
-            '"milvus" (e.g. "config/semantic-cache/milvus.yaml")'
+            f"{source}: semantic_cache.backend_config_path is empty; remove it to use the default "
+            f'"{DEFAULT_MILVUS_CONFIG_PATH}" or name the Milvus client file'
         )
-    if settings.backend_config_path:
-        settings.backend_config_file()  # raises with both locations when missing
+    if "backend_config_path" in values and settings.backend_config_path:
+        settings.backend_config_file()  # a path set in the file must exist, whatever the backend
     if settings.backend_type == "milvus":
         if "eviction_policy" in values and settings.eviction_policy != "fifo":
             raise ConfigError(
@@ -260,11 +309,28 @@ def parse_config(raw: Any, source: str = "<inline>", env: Mapping[str, str] | No
                 'with backend_type "milvus" (entries are evicted oldest-first); remove it or set "fifo"'
             )
 
-        path = settings.backend_config_file()
-        assert path is not None
+        path = _milvus_config_file(settings, "backend_config_path" in values)
         # Validated now, so a bad milvus.yaml stops the process at start.
         settings = replace(settings, eviction_policy="fifo", milvus_config=load_milvus_config(path, env))
     return settings
+
+
+def _milvus_config_file(settings: CacheSettings, explicit: bool) -> Path:
+    """The milvus.yaml to read; when the default is missing, say it is the default being used."""
+    try:
+        path = settings.backend_config_file()
+    except ConfigError as exc:
+        if explicit:
+            raise
+        # The runbook's rollback replaces config.yaml with backend_type alone, and switching
+        # back sets backend_type: "milvus" alone: the default path is then what is looked up.
+        raise ConfigError(
+            f'{settings.source}: backend_type is "milvus" and backend_config_path is not set, so the '
+            f"default {DEFAULT_MILVUS_CONFIG_PATH!r} is used, but {exc}. Mount or write the Milvus "
+            "client file there, or set semantic_cache.backend_config_path"
+        ) from exc
+    assert path is not None
+    return path
 
 
 def _apply_env_overrides(section: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
@@ -273,13 +339,14 @@ def _apply_env_overrides(section: dict[str, Any], env: Mapping[str, str]) -> dic
         value = env.get(var)
         if not value:
             continue
+        parsed: Any = value.replace(",", " ").split() if key_path in LIST_OVERRIDES else value
         if "." in key_path:
             outer, inner = key_path.split(".", 1)
             nested = dict(section.get(outer) or {})
-            nested[inner] = value
+            nested[inner] = parsed
             section[outer] = nested
         else:
-            section[key_path] = value
+            section[key_path] = parsed
     return section
 
 

@@ -27,13 +27,18 @@ def make_app(shared: Shared, metrics: Metrics, started: float | None = None) -> 
     async def readyz(_: web.Request) -> web.Response:
         backend = shared.cache.backend
         state, detail = backend.status()
+        why = "disabled (enabled: false)" if not shared.settings.enabled else ""
+        why = why or (detail if state != "ready" else "")
         body = {
-            "ready": True,  # the model is loaded once this server runs; requests are served
+            # The model is loaded once this listener runs: every request is answered, through
+            # the cache or around it (fail-open), so the endpoint is 200 either way.
+            "serving": True,
+            "caching": not why,
+            "not_caching_because": why,
             "model": shared.settings.embedding_model,
             "backend": backend.name,
             "backend_state": state,
-            "bypassing": state != "ready" or not shared.settings.enabled,
-            "detail": detail if state != "ready" else "",
+            "config_error": shared.config_error,
             "uptime_s": round(time.time() - started, 1),
         }
         return web.json_response(body)

@@ -1,4 +1,4 @@
-"""A request's identity: the cache query (partition, exact key, prompt) and its cache-control."""
+"""A request's identity: the cache query (partition, exact key, prompt) (its cache-control: freshness.py)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,6 @@ from urllib.parse import parse_qsl, urlencode
 
 from extproc.cache import CacheQuery
 from extproc.protocol.openai import ChatRequest, exact_key, partition_key, with_query, with_revision
-
-
-def cache_control(value: str) -> tuple[bool, bool]:
-    """(no_cache, no_store) from a ``cache-control`` request header."""
-    directives = {d.strip().split("=", 1)[0].lower() for d in value.split(",")}
-    return "no-cache" in directives, "no-store" in directives
 
 
 def canonical_query(path: str) -> str:

@@ -29,3 +29,7 @@ class Shared:
     """Called once per request with its final decision (metrics, logs)."""
     inflight: InFlight = field(default_factory=InFlight)
     """Identical misses being fetched now (single-flight)."""
+    config_error: str = ""
+    """Why the config file as it is now was not applied ("" when it is valid); /readyz and metrics."""
+    english_only: bool = False
+    """The embedding model reads English only: prompts mostly in other scripts match exactly only."""

@@ -2,13 +2,21 @@
 
 Requests that arrive while a forward pass runs are queued and encoded together in the next
 pass, so at high concurrency many requests share one batch, while a lone request is encoded
-at once with no waiting window.
+at once with no waiting window.  Up to ``workers`` passes run at once (ONNX Runtime releases
+the GIL, so each pass can have a core of its own).  Lookups go before stores: a store's
+embedding waits until no lookup is queued.
+
+The embedder also knows its backlog: :meth:`Embedder.expected_wait` predicts how long a new
+query would wait for its vector, from the queue and a cost model fitted to recent passes.  The
+cache uses it to skip the semantic lookup instead of queueing past the latency budget.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -20,27 +28,81 @@ from extproc.embedding.base import EncodeFn, WordVectors
 log = logging.getLogger(__name__)
 
 
+class CostModel:
+    """Seconds per forward pass as ``fixed + per_item * n``, fitted online to recent passes.
+
+    An exponentially weighted least-squares fit: recent passes count most, so the model follows
+    a machine that slows down (a noisy neighbour) or speeds up (a warmed cache).
+    """
+
+    def __init__(self, fixed: float = 0.005, per_item: float = 0.001, decay: float = 0.05) -> None:
+        self.fixed, self.per_item = fixed, per_item
+        self._decay = decay
+        self._w = self._n = self._t = self._nn = self._nt = 0.0
+
+    def observe(self, n: int, seconds: float) -> None:
+        """Fold in one pass of ``n`` texts that took ``seconds``."""
+        keep = 1.0 - self._decay
+        self._w = self._w * keep + 1.0
+        self._n = self._n * keep + n
+        self._t = self._t * keep + seconds
+        self._nn = self._nn * keep + n * n
+        self._nt = self._nt * keep + n * seconds
+        mean_n, mean_t = self._n / self._w, self._t / self._w
+        var = self._nn / self._w - mean_n * mean_n
+        if var > 0.25:  # batch sizes vary enough to separate the fixed cost from the per-text one
+            slope = (self._nt / self._w - mean_n * mean_t) / var
+            self.per_item = max(slope, 1e-5)
+            self.fixed = max(mean_t - self.per_item * mean_n, 0.0)
+        else:  # one size seen so far: scale the whole cost with n
+            self.per_item = max(mean_t / max(mean_n, 1.0) * 0.5, 1e-5)
+            self.fixed = max(mean_t - self.per_item * mean_n, 0.0)
+
+    def seconds(self, n: int) -> float:
+        """Predicted duration of a pass of ``n`` texts."""
+        return self.fixed + self.per_item * max(n, 1)
+
+
 class _Queue:
-    """Texts waiting for one encode function, and whether a drain task is running."""
+    """Texts waiting for one encode function: lookups first, then stores."""
 
     def __init__(self, fn: Callable[[Sequence[str]], Any]) -> None:
         self.fn = fn
         self.pending: list[tuple[str, asyncio.Future[Any]]] = []
-        self.draining = False
+        self.deferred: list[tuple[str, asyncio.Future[Any]]] = []
+        """Store embeddings: taken only when no lookup waits."""
+        self.running: list[tuple[int, float]] = []
+        """(texts, start time) of each pass in flight."""
+
+    def __len__(self) -> int:
+        return len(self.pending) + len(self.deferred)
+
+    def take(self, limit: int) -> list[tuple[str, asyncio.Future[Any]]]:
+        """The next batch: queued lookups first, stores only to fill it."""
+        batch = self.pending[:limit]
+        del self.pending[:limit]
+        if len(batch) < limit and self.deferred:
+            room = limit - len(batch)
+            batch += self.deferred[:room]
+            del self.deferred[:room]
+        return [(t, f) for t, f in batch if not f.done()]
 
 
 class Embedder:
-    """Async front of an encode function, with micro-batching on one worker thread."""
+    """Async front of an encode function, with micro-batching on ``workers`` threads."""
 
-    def __init__(self, encode: EncodeFn, dim: int, max_batch: int = 64) -> None:
+    def __init__(self, encode: EncodeFn, dim: int, max_batch: int = 64, workers: int = 1) -> None:
         self.dim = dim
         self.max_batch = max_batch
+        self.workers = max(1, workers)
         self._encode = encode
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+        self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="embed")
         self._sentences = _Queue(encode)
         words = getattr(encode, "words", None)
         self._words = _Queue(words) if words is not None else None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.cost = CostModel()
+        """Seconds per sentence pass, fitted to the passes run so far."""
         self.batches = 0
         self.encoded = 0
         self.on_batch: Callable[[int], None] | None = None
@@ -51,13 +113,33 @@ class Embedder:
         """True when the model can give per-word vectors (see :meth:`embed_words`)."""
         return self._words is not None
 
-    async def embed(self, text: str) -> np.ndarray:
-        """The normalized embedding of one text (batched with concurrent callers)."""
-        result: np.ndarray = await self._submit(self._sentences, text)
+    @property
+    def backlog(self) -> int:
+        """Texts waiting for a sentence pass (not counting the passes in flight)."""
+        return len(self._sentences)
+
+    def expected_wait(self) -> float:
+        """Seconds a new lookup would wait for its vector, queueing included (a prediction)."""
+        queue = self._sentences
+        now = time.perf_counter()
+        busy = sorted(max(0.0, start + self.cost.seconds(n) - now) for n, start in queue.running)
+        ahead = len(queue.pending)  # stores do not delay lookups
+        if len(busy) < self.workers and ahead == 0:
+            return self.cost.seconds(1)
+        rounds = math.ceil((ahead + 1) / (self.max_batch * self.workers))
+        first_free = busy[0] if len(busy) >= self.workers else 0.0
+        return first_free + rounds * self.cost.seconds(min(ahead + 1, self.max_batch))
+
+    async def embed(self, text: str, deferred: bool = False) -> np.ndarray:
+        """The normalized embedding of one text (batched with concurrent callers).
+
+        ``deferred`` (stores) waits behind every queued lookup.
+        """
+        result: np.ndarray = await self._submit(self._sentences, text, deferred)
         return result
 
     async def embed_words(self, text: str) -> WordVectors:
-        """Per-word contextual vectors of one text, on the same worker and batched the same way."""
+        """Per-word contextual vectors of one text, on the same workers and batched the same way."""
         if self._words is None:
             raise RuntimeError(
                 "this embedding model gives no word vectors; disable guard_content or use a "
@@ -76,47 +158,50 @@ class Embedder:
         return np.concatenate(out) if out else np.empty((0, self.dim), dtype=np.float32)
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn(*args)`` on the embedding worker thread (model calls never share a thread)."""
+        """Run ``fn(*args)`` on an embedding worker thread (model calls stay on these threads)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def _submit(self, queue: _Queue, text: str) -> Any:
+    async def _submit(self, queue: _Queue, text: str, deferred: bool = False) -> Any:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        queue.pending.append((text, future))
-        if not queue.draining:
-            queue.draining = True
-            task = loop.create_task(self._drain(queue))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        (queue.deferred if deferred else queue.pending).append((text, future))
+        if len(queue.running) < self.workers:
+            self._start_pass(queue)
         return await future
 
-    async def _drain(self, queue: _Queue) -> None:
+    def _start_pass(self, queue: _Queue) -> None:
+        batch = queue.take(self.max_batch)
+        if not batch:
+            return
+        slot = (len(batch), time.perf_counter())
+        queue.running.append(slot)
+        task = asyncio.get_running_loop().create_task(self._pass(queue, batch, slot))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _pass(self, queue: _Queue, batch: list[tuple[str, asyncio.Future[Any]]], slot: Any) -> None:
         loop = asyncio.get_running_loop()
         try:
-            while queue.pending:
-                batch = queue.pending[: self.max_batch]
-                del queue.pending[: self.max_batch]
-                live = [(t, f) for t, f in batch if not f.done()]
-                if not live:
-                    continue
-                try:
-                    results = await loop.run_in_executor(self._executor, queue.fn, [t for t, _ in live])
-                except Exception as exc:  # every waiter of the batch gets the error
-                    for _, f in live:
-                        if not f.done():
-                            f.set_exception(exc)
-                    continue
-                if queue is self._sentences:
-                    self.batches += 1
-                    self.encoded += len(live)
-                    if self.on_batch is not None:
-                        self.on_batch(len(live))
-                for (_, f), r in zip(live, results, strict=True):
-                    if not f.done():
-                        f.set_result(r)
+            results = await loop.run_in_executor(self._executor, queue.fn, [t for t, _ in batch])
+        except Exception as exc:  # every waiter of the batch gets the error
+            for _, f in batch:
+                if not f.done():
+                    f.set_exception(exc)
+        else:
+            if queue is self._sentences:
+                self.cost.observe(len(batch), time.perf_counter() - slot[1])
+                self.batches += 1
+                self.encoded += len(batch)
+                if self.on_batch is not None:
+                    self.on_batch(len(batch))
+            for (_, f), r in zip(batch, results, strict=True):
+                if not f.done():
+                    f.set_result(r)
         finally:
-            queue.draining = False
+            queue.running.remove(slot)
+            if len(queue):  # what queued meanwhile goes in the next pass
+                self._start_pass(queue)
 
     def close(self) -> None:
-        """Stop the worker thread."""
+        """Stop the worker threads."""
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -7,7 +7,7 @@ import os
 import time
 
 from extproc.embedding.base import EncodeFn, resolve_model_path
-from extproc.embedding.onnx_backend import OnnxUnavailable, load_onnx_model
+from extproc.embedding.onnx_backend import OnnxUnavailable, load_onnx_model, usable_cores
 from extproc.embedding.torch_backend import INSTALL_HINT, load_torch_model, torch_installed
 from extproc.errors import ConfigError
 
@@ -56,3 +56,20 @@ def load_sentence_model(name: str, threads: int = 0, backend: str = "auto") -> t
             f"which are not installed. {INSTALL_HINT}"
         )
     return load_torch_model(name, path, threads)
+
+
+def plan_workers(workers: int, threads: int, backend: str) -> tuple[int, int]:
+    """(forward passes at once, threads per pass) for the ``embedding_workers`` /
+    ``embedding_threads`` settings: by default one pass per usable core, one thread each, with
+    ONNX Runtime (small batches use cores better side by side than split), one pass with torch."""
+    cores = usable_cores()
+    if workers <= 0:
+        workers = cores if backend != "torch" else 1
+    if threads <= 0:
+        threads = max(1, cores // workers)
+    return workers, threads
+
+
+def workers_for(encode: EncodeFn, planned: int) -> int:
+    """``planned`` if ``encode`` may run on several threads at once, else 1."""
+    return planned if getattr(encode, "thread_safe", False) else 1

@@ -169,6 +169,9 @@ def load_onnx_model(model_dir: Path, threads: int = 0) -> tuple[OnnxEncoder, int
 class OnnxEncoder:
     """Tokenizer + ONNX Runtime session; called with a batch of texts, returns unit vectors."""
 
+    thread_safe = True
+    """ONNX Runtime runs one session from several threads at once (and releases the GIL)."""
+
     def __init__(self, folder: Path, threads: int = 0) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer

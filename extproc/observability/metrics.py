@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from extproc.observability.record import BackendLike, DecisionRecord
+from extproc.observability.record import (
+    BYPASS_REASONS,
+    BackendLike,
+    DecisionRecord,
+    EmbedderLike,
+    bypass_reason,
+    hit_ratio,
+)
 
 # Latency buckets that resolve 0.1 ms .. 1 s.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -31,8 +38,21 @@ class Metrics:
         self.bypasses = Counter(
             "semantic_cache_bypass", "Bypassed requests by reason.", ["reason"], registry=r
         )
+        for reason in BYPASS_REASONS:  # every documented reason exists from the start, at 0
+            self.bypasses.labels(reason)
+        self.non_latin = Counter(
+            "semantic_cache_non_latin_prompts",
+            "Prompts mostly in a script the English-only default model cannot read well.",
+            registry=r,
+        )
         self.stores = Counter(
             "semantic_cache_store", "Responses stored, or skipped by reason.", ["result"], registry=r
+        )
+        self.saved_tokens = Counter(
+            "semantic_cache_saved_tokens",
+            "Tokens hits did not send upstream: the stored usage of the answers served.",
+            ["kind"],
+            registry=r,
         )
         self.guard_rejections = Counter(
             "semantic_cache_guard_rejections",
@@ -87,19 +107,36 @@ class Metrics:
         """Also export backend state, entries, evictions and the breaker, read at scrape time."""
         self.registry.register(_BackendCollector(backend))
 
+    def watch_embedder(self, embedder: Callable[[], EmbedderLike]) -> None:
+        """Also export the embedding backlog and the wait it predicts, read at scrape time."""
+        self.registry.register(_EmbedderCollector(embedder))
+
+    def watch_hit_ratio(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        """Also export ``semantic_cache_hit_ratio`` from the decision counts (see :func:`hit_ratio`)."""
+        self.registry.register(_HitRatioCollector(counts))
+
+    def watch_config(self, problem: Callable[[], str]) -> None:
+        """Also export whether the config file last re-read was valid (``problem()`` is "" when so)."""
+        self.registry.register(_ConfigCollector(problem))
+
     def observe(self, d: DecisionRecord, backend: str) -> None:
         """Record one finished request."""
         self.requests.labels(d.outcome, d.match or "none").inc()
         if d.outcome == "bypass":
-            self.bypasses.labels(d.reason or "unknown").inc()
+            self.bypasses.labels(bypass_reason(d.reason)).inc()
             if d.reason.startswith("backend") or d.reason == "lookup_timeout":
                 self.backend_errors.labels(backend, d.reason).inc()
+        if d.non_latin:
+            self.non_latin.inc()
         if d.store:
             self.stores.labels(d.store).inc()
             if d.store.startswith("backend"):
                 self.backend_errors.labels(backend, "store_" + d.store).inc()
         if d.match == "semantic":
             self.hit_similarity.observe(d.similarity)
+        if d.outcome == "hit":
+            self.saved_tokens.labels("prompt").inc(d.saved_prompt_tokens)
+            self.saved_tokens.labels("completion").inc(d.saved_completion_tokens)
         for guard in d.rejected_by:
             self.guard_rejections.labels(guard).inc()
         t = d.timings
@@ -157,3 +194,53 @@ class _BackendCollector(Collector):
         )
         evictions.add_metric([backend.name], float(getattr(backend, "evictions", 0)))
         yield evictions
+
+
+class _EmbedderCollector(Collector):
+    """Gauges of the embedding queue, read at scrape time (admission control works from them)."""
+
+    def __init__(self, embedder: Callable[[], EmbedderLike]) -> None:
+        self.embedder = embedder
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        embedder = self.embedder()
+        yield GaugeMetricFamily(
+            "semantic_cache_embedding_queue", "Texts waiting for an embedding pass.", value=embedder.backlog
+        )
+        yield GaugeMetricFamily(
+            "semantic_cache_embedding_expected_wait_seconds",
+            "Predicted wait of a new lookup for its embedding (compared with max_added_latency_ms).",
+            value=embedder.expected_wait(),
+        )
+
+
+class _ConfigCollector(Collector):
+    """``semantic_cache_config_valid``: 0 while an invalid config file is ignored (last good settings run)."""
+
+    def __init__(self, problem: Callable[[], str]) -> None:
+        self.problem = problem
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        valid = GaugeMetricFamily(
+            "semantic_cache_config_valid",
+            "1 when the config file last read is valid; 0 when it is invalid and the last good settings run.",
+        )
+        valid.add_metric([], 0.0 if self.problem() else 1.0)
+        yield valid
+
+
+class _HitRatioCollector(Collector):
+    """``semantic_cache_hit_ratio``: hits / (hits + misses) since start, the one definition."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        counts = self.counts()
+        ratio = hit_ratio(counts.get("hit", 0), counts.get("miss", 0))
+        gauge = GaugeMetricFamily(
+            "semantic_cache_hit_ratio",
+            "Hits / (hits + misses) since start: lookups answered from cache; bypasses excluded.",
+        )
+        gauge.add_metric([], float("nan") if ratio is None else ratio)
+        yield gauge

@@ -1,8 +1,52 @@
-"""What observability reads from the layers above it, as protocols (it never imports them)."""
+"""What observability reads from the layers above (protocols: it never imports them); the bypass reasons."""
 
 from __future__ import annotations
 
 from typing import Protocol
+
+BYPASS_REASONS: dict[str, str] = {
+    "not_chat": "another method than POST on a cached path (other paths never reach the processor)",
+    "disabled": "the cache is switched off (enabled: false)",
+    "no_body": "a POST without a body",
+    "no_cache_no_store": "the request said cache-control: no-cache, no-store",
+    "no_scope": "scope_mode header / authorization and no usable scope value",
+    "request_too_large": "the body is over Envoy's buffer or max_request_bytes",
+    "unsupported_encoding": "a content-encoding other than gzip / identity",
+    "bad_encoding": "the gzip body does not decompress",
+    "bad_json": "the body is not a JSON object",
+    "bad_messages": "messages is missing or not a list of chat messages",
+    "no_model": "model is missing or not a string",
+    "model_too_long": "model is longer than the partition key allows",
+    "no_user_message": "no user message to look up",
+    "empty_prompt": "the last user message is empty after normalization",
+    "unsupported_prompt": "/v1/completions with a prompt of token ids or several prompts",
+    "stateful": "/v1/responses that keeps state (store, previous_response_id, conversation, background)",
+    "volatile": "a time-sensitive prompt (today, latest, current price…) with volatile_ttl_seconds unset",
+    "backend_unavailable": "the backend is not connected, its breaker is open or its schema is wrong",
+    "backend_error": "a backend call failed",
+    "lookup_timeout": "the lookup took longer than lookup_timeout_ms",
+    "embedding_error": "the embedding model raised",
+    "overloaded": "the embedding backlog would exceed max_added_latency_ms: only the exact-key lookup ran",
+    "data_rejected": "the backend refused this request's data (one caller's bad value, not an outage)",
+    "internal_error": "a bug in the processor (logged with its traceback); the request went on unchanged",
+    "stream_ended": "the stream ended before a decision (the client went away, or Envoy stopped waiting)",
+}
+"""Every bypass reason, with what it means: the ``reason`` label, span attribute and response header."""
+
+
+def hit_ratio(hits: float, misses: float) -> float | None:
+    """THE hit ratio: hits / (hits + misses), the share of lookups answered from cache.
+
+    Bypasses are not lookups (the cache stepped aside) and are left out; their share is the
+    bypass ratio. None before the first lookup. Admin stats, the metric and the docs use this.
+    """
+    looked_up = hits + misses
+    return round(hits / looked_up, 4) if looked_up else None
+
+
+def bypass_reason(reason: str) -> str:
+    """The reason a bypass reports: a stream that ended undecided says so (never "unknown")."""
+    return reason or "stream_ended"
 
 
 class DecisionRecord(Protocol):
@@ -20,6 +64,24 @@ class DecisionRecord(Protocol):
     rejected_by: list[str]
     entry_age_s: float | None
     partition: str
+    saved_prompt_tokens: int
+    saved_completion_tokens: int
+    volatile: str
+    non_latin: bool
+    policy: str
+
+
+class EmbedderLike(Protocol):
+    """What the scrape-time gauges read from the embedder."""
+
+    @property
+    def backlog(self) -> int:
+        """Texts waiting for a forward pass."""
+        ...
+
+    def expected_wait(self) -> float:
+        """Seconds a new lookup would wait for its vector."""
+        ...
 
 
 class BackendLike(Protocol):

@@ -18,6 +18,8 @@ Span attribute names (never prompt or response text, never credentials):
 ``semantic_cache.store``           ``stored`` or the store-skip reason (``non_2xx``…)
 ``semantic_cache.candidates``      candidates examined by the lookup
 ``semantic_cache.rejected_by``     guards that rejected candidates above the threshold
+``semantic_cache.volatile``        why the prompt or answer is time-sensitive (docs/freshness.md)
+``semantic_cache.policy``          the policy that applied (docs/policies.md)
 ``semantic_cache.entry_age_s``     age of the served entry (hits)
 ``semantic_cache.partition``       16-hex prefix of H(model, scope, fingerprint)
 =================================  =========================================================
@@ -35,7 +37,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 
 from extproc.errors import ConfigError
-from extproc.observability.record import DecisionRecord
+from extproc.observability.record import DecisionRecord, bypass_reason
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +63,19 @@ def setup_tracing(env: Mapping[str, str] | None = None) -> bool:
     for name in names:
         if name == "console":
             provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
+        elif name == "compact":
+            from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+            from extproc.observability.compact_spans import CompactSpanExporter
+
+            # One line per span as it ends (no 5 s batch delay): for local runs, not production.
+            provider.add_span_processor(SimpleSpanProcessor(CompactSpanExporter(sys.stderr)))
         elif name == "otlp":
             provider.add_span_processor(BatchSpanProcessor(_otlp_exporter(env)))
         else:
-            raise ConfigError(f"OTEL_TRACES_EXPORTER={name!r} is not supported: use otlp, console or none")
+            raise ConfigError(
+                f"OTEL_TRACES_EXPORTER={name!r} is not supported: use otlp, console, compact or none"
+            )
     trace.set_tracer_provider(provider)
     log.info(
         "tracing on: exporters=%s endpoint=%s",
@@ -115,10 +126,12 @@ def span_attributes(d: DecisionRecord, backend: str, threshold: float) -> dict[s
     optional: dict[str, Any] = {
         "semantic_cache.match": d.match,
         "semantic_cache.model": d.model[:256],
-        "semantic_cache.bypass_reason": d.reason if d.outcome == "bypass" else "",
+        "semantic_cache.bypass_reason": bypass_reason(d.reason) if d.outcome == "bypass" else "",
         "semantic_cache.store": d.store,
         "semantic_cache.partition": d.partition,
         "semantic_cache.rejected_by": ",".join(d.rejected_by),
+        "semantic_cache.volatile": d.volatile,
+        "semantic_cache.policy": d.policy,
     }
     attrs.update({k: v for k, v in optional.items() if v})
     if d.outcome != "bypass" and d.reason != "no_cache":

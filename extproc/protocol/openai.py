@@ -1,21 +1,27 @@
-"""OpenAI chat-completions formats: request parsing, request identity, SSE parse and synthesis.
+"""OpenAI chat-completions formats: request parsing and request identity.
 
-Pure functions over bytes and dicts; nothing here knows about Envoy or the cache backend.
+Pure functions over bytes and dicts; nothing here knows about Envoy or the cache backend. The
+responses (the stored form, JSON and SSE) live in :mod:`extproc.protocol.completion` and
+:mod:`extproc.protocol.stream`; their public names are importable from here as well.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
-import secrets
-import time
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from extproc.errors import NotCacheable, NotStorable
+from extproc.errors import NotCacheable
+
+# Re-exported: callers import the response functions from this module.
+from extproc.protocol.completion import parse_json_completion as parse_json_completion
+from extproc.protocol.completion import render_completion as render_completion
+from extproc.protocol.completion import validate_completion as validate_completion
+from extproc.protocol.stream import parse_sse_completion as parse_sse_completion
+from extproc.protocol.stream import render_sse as render_sse
 
 CHAT_PATH = "/v1/chat/completions"
 MAX_MODEL_CHARS = 256
@@ -189,209 +195,3 @@ def scope_from_header(value: str, max_chars: int) -> str | None:
     except UnicodeEncodeError:
         return "header-bytes:" + value.encode("utf-8", "surrogateescape").hex()
     return f"header:{value}"
-
-
-# --- responses ----------------------------------------------------------------------------
-
-
-_GOOD_FINISH = frozenset({"stop", "tool_calls", "function_call"})
-
-
-def validate_completion(completion: Any, choices_expected: int = 1) -> dict[str, Any]:
-    """Check that a parsed ``chat.completion`` is complete and safe to serve again."""
-    if not isinstance(completion, dict):
-        raise NotStorable("unparseable")
-    choices = completion.get("choices")
-    if not isinstance(choices, list) or not choices:
-        raise NotStorable("no_choices")
-    if len(choices) != choices_expected:
-        raise NotStorable("incomplete")
-    for choice in choices:
-        if not isinstance(choice, dict) or not isinstance(choice.get("message"), dict):
-            raise NotStorable("unparseable")
-        finish = choice.get("finish_reason")
-        if finish in ("length", "content_filter"):
-            raise NotStorable("truncated" if finish == "length" else "content_filter")
-        if finish not in _GOOD_FINISH:
-            raise NotStorable("incomplete")
-    return completion
-
-
-def parse_json_completion(body: bytes, choices_expected: int = 1) -> dict[str, Any]:
-    """Parse and validate a non-streaming chat.completion body."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise NotStorable("unparseable") from exc
-    if isinstance(data, dict) and "error" in data:
-        raise NotStorable("error_body")
-    return validate_completion(data, choices_expected)
-
-
-def iter_sse_data(body: bytes) -> Iterable[str]:
-    """Yield the ``data:`` payloads of a complete SSE body, one per event."""
-    text = body.decode("utf-8")
-    for event in re.split(r"\r?\n\r?\n", text):
-        lines = [ln[5:].lstrip(" ") if ln.startswith("data:") else None for ln in event.splitlines()]
-        data = [ln for ln in lines if ln is not None]
-        if data:
-            yield "\n".join(data)
-
-
-def parse_sse_completion(body: bytes, choices_expected: int = 1) -> dict[str, Any]:
-    """Rebuild one canonical ``chat.completion`` from a complete ``chat.completion.chunk`` stream.
-
-    The stream must end with ``data: [DONE]`` and every choice must have a finish_reason.
-    """
-    try:
-        payloads = list(iter_sse_data(body))
-    except UnicodeDecodeError as exc:
-        raise NotStorable("unparseable") from exc
-    if not payloads or payloads[-1].strip() != "[DONE]":
-        raise NotStorable("stream_incomplete")
-    choices: dict[int, dict[str, Any]] = {}
-    head: dict[str, Any] = {}
-    usage: Any = None
-    for payload in payloads[:-1]:
-        try:
-            chunk = json.loads(payload)
-        except ValueError as exc:
-            raise NotStorable("unparseable") from exc
-        if not isinstance(chunk, dict) or "error" in chunk:
-            raise NotStorable("error_body")
-        for key in ("id", "created", "model", "system_fingerprint"):
-            if key in chunk and key not in head:
-                head[key] = chunk[key]
-        if chunk.get("usage"):
-            usage = chunk["usage"]
-        for delta_choice in chunk.get("choices") or []:
-            _merge_delta(choices, delta_choice)
-    completion: dict[str, Any] = {
-        "id": head.get("id", ""),
-        "object": "chat.completion",
-        "created": head.get("created", 0),
-        "model": head.get("model", ""),
-        "choices": [choices[i] for i in sorted(choices)],
-    }
-    if "system_fingerprint" in head:
-        completion["system_fingerprint"] = head["system_fingerprint"]
-    if usage is not None:
-        completion["usage"] = usage
-    return validate_completion(completion, choices_expected)
-
-
-def _merge_delta(choices: dict[int, dict[str, Any]], delta_choice: Any) -> None:
-    if not isinstance(delta_choice, dict):
-        raise NotStorable("unparseable")
-    index = delta_choice.get("index", 0)
-    choice = choices.setdefault(
-        index, {"index": index, "message": {"role": "assistant", "content": None}, "finish_reason": None}
-    )
-    delta = delta_choice.get("delta") or {}
-    message = choice["message"]
-    if isinstance(delta.get("role"), str):
-        message["role"] = delta["role"]
-    if isinstance(delta.get("content"), str):
-        message["content"] = (message["content"] or "") + delta["content"]
-    if isinstance(delta.get("refusal"), str):
-        message["refusal"] = (message.get("refusal") or "") + delta["refusal"]
-    for call in delta.get("tool_calls") or []:
-        calls = message.setdefault("tool_calls", [])
-        i = call.get("index", len(calls))
-        while len(calls) <= i:
-            calls.append({"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
-        target = calls[i]
-        if call.get("id"):
-            target["id"] = call["id"]
-        if call.get("type"):
-            target["type"] = call["type"]
-        fn = call.get("function") or {}
-        target["function"]["name"] += fn.get("name") or ""
-        target["function"]["arguments"] += fn.get("arguments") or ""
-    if delta_choice.get("finish_reason"):
-        choice["finish_reason"] = delta_choice["finish_reason"]
-    if delta_choice.get("logprobs") is not None:
-        choice.setdefault("logprobs", {"content": []})
-        content = (delta_choice["logprobs"] or {}).get("content") or []
-        choice["logprobs"]["content"].extend(content)
-
-
-# --- serving a stored completion ----------------------------------------------------------
-
-
-def _fresh_id() -> str:
-    return "chatcmpl-" + secrets.token_hex(12)
-
-
-def render_completion(stored: dict[str, Any]) -> bytes:
-    """The stored completion as a JSON body with a fresh ``id`` and ``created``."""
-    out = dict(stored)
-    out["id"] = _fresh_id()
-    out["created"] = int(time.time())
-    out["object"] = "chat.completion"
-    return json.dumps(out, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-def _chunk(base: dict[str, Any], choices: Sequence[dict[str, Any]], usage: Any = None) -> bytes:
-    chunk = dict(base, choices=list(choices))
-    if usage is not None:
-        chunk["usage"] = usage
-    return b"data: " + json.dumps(chunk, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
-
-
-def render_sse(stored: dict[str, Any], include_usage: bool, piece_chars: int = 64) -> bytes:
-    """The stored completion as a well-formed ``chat.completion.chunk`` SSE stream.
-
-    Per choice: a role delta, content deltas, a final chunk with ``finish_reason``; then a
-    usage chunk when asked for; then ``data: [DONE]``.
-    """
-    base: dict[str, Any] = {
-        "id": _fresh_id(),
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": stored.get("model", ""),
-    }
-    if "system_fingerprint" in stored:
-        base["system_fingerprint"] = stored["system_fingerprint"]
-    parts: list[bytes] = []
-    for choice in stored.get("choices", []):
-        index = choice.get("index", 0)
-        message = choice.get("message", {})
-        parts.append(
-            _chunk(
-                base,
-                [
-                    {
-                        "index": index,
-                        "delta": {"role": message.get("role", "assistant"), "content": ""},
-                        "finish_reason": None,
-                    }
-                ],
-            )
-        )
-        content = message.get("content") or ""
-        for start in range(0, len(content), piece_chars):
-            delta = {"content": content[start : start + piece_chars]}
-            parts.append(_chunk(base, [{"index": index, "delta": delta, "finish_reason": None}]))
-        if message.get("refusal"):
-            parts.append(
-                _chunk(
-                    base, [{"index": index, "delta": {"refusal": message["refusal"]}, "finish_reason": None}]
-                )
-            )
-        calls = message.get("tool_calls") or []
-        if calls:
-            deltas = [dict(call, index=i) for i, call in enumerate(calls)]
-            parts.append(
-                _chunk(base, [{"index": index, "delta": {"tool_calls": deltas}, "finish_reason": None}])
-            )
-        parts.append(
-            _chunk(
-                base, [{"index": index, "delta": {}, "finish_reason": choice.get("finish_reason", "stop")}]
-            )
-        )
-    if include_usage:  # the stored usage; zeros if the original stream did not report it
-        usage = stored.get("usage") or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        parts.append(_chunk(base, [], usage=usage))
-    parts.append(b"data: [DONE]\n\n")
-    return b"".join(parts)

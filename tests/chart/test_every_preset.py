@@ -153,7 +153,8 @@ def test_check_config_accepts_rendered_configs(
     assert f"backend_type: {PRESETS[preset].backend}" in result.stdout
     assert "backend_config_path: config/semantic-cache/milvus.yaml" in result.stdout
     # The environment's listen address and scope won over the file.
-    assert "grpc_address='127.0.0.1:50051'" in result.stdout
+    assert "server.grpc_address: 127.0.0.1:50051" in result.stdout
+    assert "(env SEMANTIC_CACHE_GRPC_ADDRESS)" in result.stdout
     assert f"scope_mode: {r.env('processor')['SEMANTIC_CACHE_SCOPE_MODE']}" in result.stdout
 
 

@@ -114,5 +114,12 @@ def test_schema_accepts_every_cache_setting_the_processor_does() -> None:
     settings = schema["properties"]["cache"]["properties"]["settings"]["properties"]
     chart_sets = {"backend_type", "backend_config_path", "scope_mode", "scope_header"}
     assert set(settings) - {"server"} == set(_CACHE_KEYS) - chart_sets
-    server_chart_sets = {"grpc_address", "metrics_address", "admin_address"}
+    # admin.allowedHosts / allowedOrigins set the admin allow-lists through the environment.
+    server_chart_sets = {
+        "grpc_address",
+        "metrics_address",
+        "admin_address",
+        "admin_allowed_hosts",
+        "admin_allowed_origins",
+    }
     assert set(settings["server"]["properties"]) == set(_SERVER_KEYS) - server_chart_sets

@@ -28,6 +28,8 @@ from .helpers import Doc, helm_render, loaded
         ({"cache": {"settings": {"backend_type": "milvus"}}}, "backend_type"),
         ({"envoy": {"templateVars": {"BAD-NAME": "x"}}}, "BAD-NAME"),
         ({"replicas": 3}, "replicas"),
+        ({"cache": {"settings": {"policies": [{"match": {"modle": "x"}, "enabled": False}]}}}, "modle"),
+        ({"cache": {"settings": {"policies": [{"ttl_seconds": 5}]}}}, "/cache/settings/policies/0"),
     ],
 )
 def test_schema_rejects_bad_values(chart: Path, values: Doc, message: str) -> None:

@@ -28,6 +28,7 @@ from tests.support.admin_helpers import admin_cli, chat, fresh_model
 
 pytestmark = pytest.mark.integration
 TOKEN = "s3cret-admin-token"
+NDJSON = {"content-type": "application/x-ndjson"}
 
 
 @dataclass
@@ -97,6 +98,24 @@ async def test_stats_reports_entries_decisions_and_settings(ops: Ops) -> None:
     assert stats["embedding_model"] == "all-MiniLM-L6-v2" and stats["dimension"] == 384
     assert stats["similarity_threshold"] == CacheSettings().similarity_threshold and stats["enabled"] is True
     assert stats["uptime_seconds"] >= before["uptime_seconds"]
+    reasons = stats["bypass_reasons"]
+    assert reasons["no_cache_no_store"] == before["bypass_reasons"].get("no_cache_no_store", 0) + 1
+    assert sum(reasons.values()) == stats["decisions"]["bypass"] and "unknown" not in reasons
+    # A guarded miss: the opposite question is above the threshold but the guard turns it down.
+    assert (await ops.ask(m, "How do I turn on dark mode in Windows 11?")).headers[
+        "x-semantic-cache"
+    ] == "miss"
+    guarded = await ops.ask(m, "How do I turn off dark mode in Windows 11?")
+    assert guarded.headers["x-semantic-cache-reason"].startswith("rejected: ")
+    stats = (await ops.api.get("/admin/stats")).json()
+    assert stats["guard_rejections"]["opposites"] == before["guard_rejections"].get("opposites", 0) + 1
+    # One hit-ratio definition: hits / (hits + misses), the same in stats and in the metric.
+    d = stats["decisions"]
+    assert stats["hit_ratio"] == round(d["hit"] / (d["hit"] + d["miss"]), 4)
+    from prometheus_client import generate_latest
+
+    metrics = generate_latest(ops.server.metrics.registry).decode()
+    assert f"semantic_cache_hit_ratio {float(stats['hit_ratio'])}" in metrics
     cli = await admin_cli("stats", "--url", ops.url)
     assert cli.code == 0 and json.loads(cli.out)["decisions"]["hit"] >= 1
 
@@ -155,7 +174,7 @@ async def test_invalidate_by_age_and_scope(ops: Ops) -> None:
         ({}, "give at least one of model, scope, fingerprint, older_than_seconds, prompt"),
         ({"modle": "x"}, "unknown field(s) modle"),
         ({"model": 3}, "model must be a string"),
-        ({"older_than_seconds": -1}, "older_than_seconds must be >= 0"),
+        ({"older_than_seconds": -1}, "older_than_seconds must be a number of seconds between 0 and"),
         ({"model": "x", "dry_run": "no"}, "dry_run must be true or false"),
         ({"prompt": "x", "min_similarity": 2}, "min_similarity must be a number between 0 and 1"),
         ({"prompt": "   "}, "prompt must be a non-empty string"),
@@ -221,7 +240,7 @@ async def test_import_reports_malformed_lines_and_applies_only_good_ones(ops: Op
             good[1][: len(good[1]) // 2],
         ]
     )
-    r = await ops.api.post("/admin/import", content=body.encode())
+    r = await ops.api.post("/admin/import", content=body.encode(), headers=NDJSON)
     assert r.status_code == 200
     report = r.json()
     assert report["imported"] == 1 and report["rejected"] == 4 and report["lines"] == 5
@@ -293,12 +312,27 @@ async def test_pass_through_switch_and_live_config(ops: Ops, tmp_path: Path) -> 
         await wait_for(lambda: not ops.server.shared.settings.enabled)
         assert ops.server.shared.settings.revision == "r7"
         assert (await ops.ask(m, "What is a lighthouse for?")).headers["x-semantic-cache"] == "bypass"
-        config.write_text("semantic_cache:\n  enabled: [oops\n")  # invalid: keeps running settings
-        await asyncio.sleep(0.3)
-        assert not ops.server.shared.settings.enabled
-        config.write_text("semantic_cache:\n  enabled: true\n" + keep)
-        await wait_for(lambda: ops.server.shared.settings.enabled)
-        assert ops.server.shared.settings.revision == ""
+        # Invalid: the running settings stay, and the log, /readyz and a metric say so.
+        shared = ops.server.shared
+        port = ops.server.management_port or await ops.server.start_management("127.0.0.1:0")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as mgmt:
+            config.write_text("semantic_cache:\n  enabled: [oops\n")
+            await wait_for(lambda: bool(shared.config_error))
+            assert f"{config}:3:1: not valid YAML" in shared.config_error
+            assert "running with the last good settings" in shared.config_error
+            assert not shared.settings.enabled and shared.settings.revision == "r7"
+            ready = (await mgmt.get("/readyz")).json()
+            assert ready["config_error"] == shared.config_error and ready["serving"] is True
+            assert ready["caching"] is False and ready["not_caching_because"] == "disabled (enabled: false)"
+            assert "semantic_cache_config_valid 0.0" in (await mgmt.get("/metrics")).text
+            config.write_text("semantic_cache:\n  similarity_threshold: 3\n" + keep)  # out of range
+            await wait_for(lambda: "similarity_threshold" in shared.config_error)
+            assert not shared.settings.enabled
+            config.write_text("semantic_cache:\n  enabled: true\n" + keep)
+            await wait_for(lambda: ops.server.shared.settings.enabled)
+            assert shared.settings.revision == "" and shared.config_error == ""
+            assert (await mgmt.get("/readyz")).json()["config_error"] == ""
+            assert "semantic_cache_config_valid 1.0" in (await mgmt.get("/metrics")).text
     finally:
         await watcher.stop()
     assert (await ops.ask(m, "What is a lighthouse for?")).headers["x-semantic-cache"] == "hit"

@@ -29,6 +29,8 @@ from tests.conftest import MilvusServer, milvus_yaml
 from tests.support.admin_helpers import completion
 
 pytestmark = pytest.mark.integration
+NDJSON = {"content-type": "application/x-ndjson"}
+JSON = {"content-type": "application/json"}
 
 _created: list[str] = []
 
@@ -194,13 +196,15 @@ async def test_import_into_a_collection_with_another_dimension(
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{admin.port}", timeout=60) as api:
             assert (await api.get("/admin/stats")).json()["dimension"] == 128
-            refused = (await api.post("/admin/import", content=body)).json()
+            refused = (await api.post("/admin/import", content=body, headers=NDJSON)).json()
             assert refused["imported"] == 0 and refused["rejected"] == 2
             for r in refused["rejections"]:
                 assert "vector has 384 dimensions but this cache's embeddings have 128" in r["reason"]
                 assert "--reembed" in r["reason"]
             assert (await api.get("/admin/stats")).json()["entries"] == 0  # nothing applied
-            done = (await api.post("/admin/import", params={"reembed": "1"}, content=body)).json()
+            done = (
+                await api.post("/admin/import", params={"reembed": "1"}, content=body, headers=NDJSON)
+            ).json()
             assert done["imported"] == 2 and done["rejected"] == 0
         for i, p in enumerate(prompts):
             exact = await target.shared.cache.check(q(p))
@@ -212,3 +216,41 @@ async def test_import_into_a_collection_with_another_dimension(
     finally:
         await admin.stop()
         await target.shared.cache.close()
+
+
+async def test_bad_parameters_are_400_and_never_reach_milvus(
+    model: tuple[EncodeFn, int], milvus_server: MilvusServer, tmp_path: Path
+) -> None:
+    server = await milvus_server_for(model, milvus_yaml(tmp_path / "m.yaml", milvus_server.uri, collection()))
+    backend = server.shared.cache.backend
+    assert isinstance(backend, MilvusBackend)
+    await server.shared.cache.store(q("What is the capital of France?"), completion("Paris"))
+    admin = AdminServer(server.shared, "127.0.0.1:0")
+    await admin.start()
+    bodies = [  # issue #20: 503 and an open breaker, or a 500 with a traceback for NaN / Infinity
+        (b'{"older_than_seconds": 1e20}', "older_than_seconds must be a number of seconds between 0 and"),
+        (b'{"model": "\\ud800"}', "model must be valid Unicode text"),
+        (b'{"scope": "\\udfff", "dry_run": false}', "scope must be valid Unicode text"),
+        (b'{"older_than_seconds": NaN}', "NaN is not a JSON number"),
+        (b'{"older_than_seconds": Infinity}', "Infinity is not a JSON number"),
+        (b'{"prompt": "caf\\ud800"}', "prompt must be valid Unicode text"),
+        (b'{"prompt": "x", "min_similarity": -Infinity}', "-Infinity is not a JSON number"),
+    ]
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{admin.port}", timeout=60) as api:
+            for _ in range(4):  # more than the breaker's threshold of consecutive failures
+                for body, message in bodies:
+                    r = await api.post("/admin/invalidate", content=body, headers=JSON)
+                    assert r.status_code == 400 and message in r.json()["error"], (body, r.text)
+            for query in ({"older_than_seconds": "nan"}, {"older_than_seconds": "1e20"}):
+                r = await api.get("/admin/export", params=query)
+                assert r.status_code == 400 and "older_than_seconds" in r.json()["error"]
+            ok = await api.get("/admin/export", params={"older_than_seconds": "0"})  # the CLI's --older-than
+            assert ok.status_code == 200 and len(ok.text.splitlines()) == 1
+            stats = (await api.get("/admin/stats")).json()
+        assert stats["backend_state"] == "ready" and stats["entries"] == 1
+        assert backend.breaker.opened == 0 and backend.data_errors == 0  # nothing reached Milvus
+        assert (await server.shared.cache.check(q("What is the capital of France?"))).match == "exact"
+    finally:
+        await admin.stop()
+        await server.shared.cache.close()

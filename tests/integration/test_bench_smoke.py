@@ -59,6 +59,16 @@ def test_e2e_smoke(tmp_path: Path) -> None:
     assert "| target" in render.e2e(doc) and "cores" in render.machine(doc)
 
 
+def test_openloop_smoke(tmp_path: Path) -> None:
+    doc = run_bench("openloop", tmp_path / "openloop.json", "--rates", "10,40", "--seconds", "1")
+    phases = {(r["target"], r["phase"], r["rate"]) for r in doc["rows"]}
+    for rate in (10.0, 40.0):
+        assert {("envoy", "miss", rate), ("cache", "miss", rate), ("cache", "semantic_hit", rate)} <= phases
+    assert all(r["errors"] == 0 and r["n"] >= 10 for r in doc["rows"])
+    assert {a["rate"] for a in doc["added"]} == {10.0, 40.0}
+    assert doc["encode_floor_ms"] > 0 and "knee_rate" in doc
+
+
 def test_backends_smoke(tmp_path: Path) -> None:
     doc = run_bench(
         "backends",
@@ -95,3 +105,31 @@ def test_gptcache_compare_smoke(tmp_path: Path) -> None:
             "recall",
             "hits",
         } <= row.keys()
+
+
+def test_volatile_rate_smoke() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.volatile_rate", "--data", str(SAMPLE), "--show", "3"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    head = done.stdout.splitlines()[0]
+    assert head.startswith("questions=") and "flagged=" in head and "rate=" in head
+
+
+def test_remote_embedding_smoke() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.remote_embedding", "--queries", "20", "--data", str(SAMPLE)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith(("local", "remote"))]
+    assert [r[0] for r in rows] == ["local", "remote"] * 2 and all(float(r[2]) > 0 for r in rows)

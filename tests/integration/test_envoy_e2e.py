@@ -57,7 +57,7 @@ async def test_exact_repeat_hit(stack: Stack) -> None:
     model = fresh_model()
     first = await stack.chat(chat(model, "How do I reverse a list in Python?"))
     await stack.settle()
-    again = await stack.chat(chat(model, "How do I   reverse a list in Python? "))
+    again = await stack.chat(chat(model, "How do I reverse a list in Python?  \r\n"))
     assert again.headers["x-semantic-cache"] == "hit"
     assert again.headers["x-semantic-cache-match"] == "exact"
     assert again.headers["x-semantic-cache-similarity"] == "1.0000"
@@ -276,8 +276,51 @@ async def test_body_bigger_than_buffer_reaches_upstream(stack: Stack) -> None:
 
 
 async def test_healthz_is_answered_by_envoy(stack: Stack) -> None:
-    r = await stack.client.get("/healthz")
-    assert r.status_code == 200
+    before = cache_metrics(stack)
+    for _ in range(5):  # the kubelet's probes
+        r = await stack.client.get("/healthz")
+        assert r.status_code == 200 and "x-semantic-cache" not in r.headers
+    assert cache_metrics(stack) == before  # never reached the processor: nothing counted
+    # A warning at every start means nothing once it is always there: the limit is configured.
+    assert "no configured limit to the number of allowed active downstream" not in stack.envoy.log.read_text()
+
+
+def cache_metrics(stack: Stack) -> dict[str, float]:
+    """Every semantic_cache_* counter and histogram count of the processor, by labels."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = generate_latest(stack.server.metrics.registry).decode()
+    return {
+        f"{s.name}{sorted(s.labels.items())}": s.value
+        for family in text_string_to_metric_families(text)
+        if family.type in ("counter", "histogram")
+        for s in family.samples
+    }
+
+
+async def test_reason_header_on_bypass_and_guarded_miss(stack: Stack) -> None:
+    model = fresh_model()
+    r = await stack.chat(chat(model, "What does HTTP 418 mean?"), **{"cache-control": "no-cache, no-store"})
+    assert r.headers["x-semantic-cache"] == "bypass"
+    assert r.headers["x-semantic-cache-reason"] == "no_cache_no_store"
+    bad = await stack.client.post(
+        "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert bad.headers["x-semantic-cache-reason"] == "bad_json"
+    prompt = "How do I turn on dark mode in Windows 11?"
+    first = await stack.chat(chat(model, prompt))
+    assert first.headers["x-semantic-cache"] == "miss" and "x-semantic-cache-reason" not in first.headers
+    await stack.settle()
+    opposite = await stack.chat(chat(model, "How do I turn off dark mode in Windows 11?"))
+    assert opposite.headers["x-semantic-cache"] == "miss"
+    reason = opposite.headers["x-semantic-cache-reason"]
+    guard, similarity = reason.removeprefix("rejected: ").rsplit(" ", 1)
+    assert reason.startswith("rejected: ") and "opposites" in guard.split(", ")
+    assert stack.server.shared.settings.similarity_threshold <= float(similarity) < 1
+    assert "dark mode" not in reason  # never prompt text
+    hit = await stack.chat(chat(model, prompt))
+    assert hit.headers["x-semantic-cache"] == "hit" and "x-semantic-cache-reason" not in hit.headers
 
 
 async def test_identical_concurrent_misses_coalesce(stack: Stack) -> None:
@@ -290,3 +333,45 @@ async def test_identical_concurrent_misses_coalesce(stack: Stack) -> None:
     kinds = sorted(r.headers["x-semantic-cache"] for r in replies)
     assert kinds == ["hit"] * 5 + ["miss"]
     assert len({content(r) for r in replies}) == 1
+
+
+async def test_stream_with_unicode_line_separators_is_stored(stack: Stack) -> None:
+    """Issue #20 item 5: U+2028, U+2029 and U+0085 sent raw inside an event do not cut it."""
+    model = fresh_model()
+    body = chat(model, "Where is the capital?", stream=True, prompt_logprobs=1)
+    before = await stack.entries()
+    miss = await stack.chat(body, **{"x-test-fixture": "usage_details"})
+    assert miss.headers["x-semantic-cache"] == "miss"
+    assert "\u2028".encode() in miss.content and "\x85".encode() in miss.content  # raw, as vLLM sends them
+    await stack.settle()
+    assert await stack.entries() == before + 1
+    hit = await stack.chat(chat(model, "Where is the capital?", prompt_logprobs=1))
+    assert hit.headers["x-semantic-cache"] == "hit"
+    message = hit.json()["choices"][0]["message"]
+    assert message["content"] == "Paris\u2028(capital)"
+    assert message["reasoning_content"] == "Line one\u2028line two\u2029next\x85done."
+    replay = await stack.chat(body)
+    assert replay.headers["x-semantic-cache"] == "hit"
+    assert "\u2028".encode() not in replay.content  # escaped: no reader can split an event there
+    text = "".join(
+        json.loads(p)["choices"][0]["delta"].get("content", "")
+        for p in sse_payloads(replay.text)[:-1]
+        if json.loads(p)["choices"]
+    )
+    assert text == "Paris\u2028(capital)"
+    assert stack.upstream.chat_calls(model) == 1
+
+
+async def test_stream_with_an_error_event_is_not_stored(stack: Stack) -> None:
+    """Issue #20 item 7: an ``event: error`` whose payload has no "error" key, then a normal end."""
+    model = fresh_model()
+    body = chat(model, "Tell me about error events", stream=True)
+    before = await stack.entries()
+    r = await stack.chat(body, **{"x-test-mode": "sse-error-event"})
+    assert r.headers["x-semantic-cache"] == "miss"
+    assert "event: error" in r.text and r.text.rstrip().endswith("data: [DONE]")  # passed on unchanged
+    await stack.settle()
+    assert await stack.entries() == before
+    again = await stack.chat(body)
+    assert again.headers["x-semantic-cache"] == "miss"
+    assert stack.upstream.chat_calls(model) == 2

@@ -20,7 +20,7 @@ from extproc.config.settings import CacheSettings, ServerSettings
 from extproc.embedding.base import EncodeFn
 from tests.conftest import MilvusServer, Stack, free_port, milvus_yaml, start_envoy
 from tests.support import upstream as fake
-from tests.support.processes import cli, stop, wait_port
+from tests.support.processes import cli, serve_env, stop, wait_port
 
 pytestmark = pytest.mark.integration
 
@@ -173,10 +173,7 @@ async def test_processor_killed_and_restarted_under_load(
         text += f'  backend_type: "milvus"\n  backend_config_path: "{cfg}"\n'
     config.write_text(text)
     mgmt = free_port()
-    env = dict(os.environ) | {
-        "SEMANTIC_CACHE_METRICS_ADDRESS": f"127.0.0.1:{mgmt}",
-        "SEMANTIC_CACHE_ADMIN_ADDRESS": f"127.0.0.1:{free_port()}",
-    }
+    env = serve_env(mgmt)
     processor = cli("serve", "--config", str(config), env=env, log=tmp_path / "serve.log")
     envoy = None
     prompts = ["How do airplanes fly?", "What causes earthquakes?", "How do vaccines work?"]
@@ -227,10 +224,7 @@ async def test_sigterm_finishes_streams_and_stores_them(milvus_server: MilvusSer
         f'  server:\n    grpc_address: "127.0.0.1:{grpc_port}"\n    shutdown_grace_seconds: 20\n'
     )
     mgmt = free_port()
-    env = dict(os.environ) | {
-        "SEMANTIC_CACHE_METRICS_ADDRESS": f"127.0.0.1:{mgmt}",
-        "SEMANTIC_CACHE_ADMIN_ADDRESS": f"127.0.0.1:{free_port()}",
-    }
+    env = serve_env(mgmt)
     log = tmp_path / "serve.log"
     processor = cli("serve", "--config", str(config), env=env, log=log)
     envoy = None

@@ -246,7 +246,7 @@ async def test_followers_do_not_wait_for_an_answer_that_will_not_be_stored(make_
     # They go upstream themselves at the leader's 500, not after coalesce_wait_ms (20 s).
     followers = await asyncio.wait_for(asyncio.gather(*[stack.chat(body) for _ in range(3)]), 10)
     assert (await leader).status_code == 500
-    assert all(r.status_code == 200 and r.headers["x-semantic-cache"] == "miss" for r in followers)
+    assert all(r.status_code == 200 and r.headers["x-semantic-cache"] != "hit" for r in followers)
     assert stack.upstream.chat_calls(model) == 4
 
 

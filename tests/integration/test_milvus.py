@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import subprocess
 import time
 import uuid
@@ -14,12 +15,13 @@ import pytest
 
 from extproc.app import make_backend
 from extproc.cache import SemanticCache
-from extproc.cache.backends.milvus.backend import MilvusBackend, decode_response, encode_response
+from extproc.cache.backends.milvus.backend import MilvusBackend
+from extproc.cache.backends.milvus.rows import decode_response, encode_response
 from extproc.config.settings import parse_config
 from extproc.embedding.base import EncodeFn
 from extproc.embedding.batcher import Embedder
 from extproc.errors import BackendUnavailable, ConfigError, EntryTooLarge
-from tests.conftest import MilvusServer, milvus_yaml
+from tests.conftest import MilvusServer, milvus_yaml, tls_milvus_instead
 from tests.support.toy import answer
 from tests.support.toy import query as q
 
@@ -271,7 +273,9 @@ def test_response_compression_and_too_large() -> None:
         encode_response(answer(random_text))
 
 
-async def test_milvus_lite_file_uri(model: tuple[EncodeFn, int], tmp_path: Path) -> None:
+async def test_milvus_lite_file_uri(
+    model: tuple[EncodeFn, int], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     cfg = tmp_path / "lite.yaml"
     cfg.write_text(
         f'connection:\n  uri: "{tmp_path / "cache.db"}"\n'
@@ -284,96 +288,18 @@ async def test_milvus_lite_file_uri(model: tuple[EncodeFn, int], tmp_path: Path)
     result = await cache.check(q("What is the height of Mount Everest?"))
     assert result.entry is not None and result.entry.response == answer("8849 m")
     await cache.close()
-
-
-def make_certs(folder: Path) -> dict[str, Path]:
-    """A CA, a server certificate for localhost/127.0.0.1 and a client certificate (openssl)."""
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True, timeout=60)
-
-    run(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=test-ca",
-    )
-    ext = folder / "san.ext"
-    ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    for name in ("server", "client"):
-        run(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            f"{name}.key",
-            "-out",
-            f"{name}.csr",
-            "-subj",
-            f"/CN={'localhost' if name == 'server' else 'semantic-cache'}",
-        )
-        run(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            f"{name}.crt",
-            "-days",
-            "2",
-            "-extfile",
-            str(ext),
-        )
-    return {n: folder / n for n in ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")}
+    # Milvus Lite's harmless start-up noise is silenced: an ERROR line always means an error.
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert "Method not implemented" not in caplog.text and "ModuleNotFoundError" not in caplog.text
 
 
 @pytest.fixture(scope="module")
 def secured_milvus(tmp_path_factory: pytest.TempPathFactory, milvus_server: MilvusServer) -> Any:
-    """A Milvus server with authentication and mutual TLS.
-
-    Milvus 2.3 standalone locks /run/milvus/standalone.pid, so the session's server is stopped
-    meanwhile and restarted (with its data) afterwards.
-    """
+    """A Milvus server with authentication and mutual TLS."""
     drop_created(milvus_server)
-    milvus_server.stop(graceful=True)
     base = tmp_path_factory.mktemp("milvus-secure")
-    certs = make_certs(base / "certs")
-    server = MilvusServer(
-        base / "data",
-        "--authorization-enabled",
-        "true",
-        "--tls-mode",
-        "2",
-        "--server-pem-path",
-        str(certs["server.crt"]),
-        "--server-key-path",
-        str(certs["server.key"]),
-        "--ca-pem-path",
-        str(certs["ca.crt"]),
-    )
-    (base / "data").mkdir()
-    try:
-        server.start()
-        yield server, certs
-    finally:
-        server.stop(graceful=True)
-        milvus_server.start()
+    with tls_milvus_instead(milvus_server, base, 2, "--authorization-enabled", "true") as secured:
+        yield secured
 
 
 async def test_auth_and_tls(
@@ -424,3 +350,32 @@ async def test_auth_and_tls(
     await asyncio.sleep(2)
     assert cache.backend.status()[0] != "ready"  # a plaintext client cannot talk to a TLS server
     await cache.close()
+
+    # The chart's way: no file keys, Secret milvus-tls mounted with all three files: mutual TLS.
+    secret = tmp_path / "milvus-tls"
+    secret.mkdir()
+    for key in ("ca.crt", "client.crt", "client.key"):
+        shutil.copy(certs[key], secret / key)
+    monkeypatch.setattr("extproc.config.milvus.DEFAULT_TLS_DIR", str(secret))
+    caplog.set_level(logging.INFO)
+    conn = {"tls": {"enabled": True, "server_name": "localhost"}, "auth": auth}
+    mounted = milvus_yaml(tmp_path / "s.yaml", server.uri, name, connection=conn)
+    cache = await open_cache(model, mounted)
+    assert (await cache.check(q("Which port does Milvus listen on?"))).hit
+    assert f"uses mutual TLS (CA {secret}/ca.crt, client certificate {secret}/client.crt" in caplog.text
+    await cache.close()
+    # Only the CA (one-way TLS) against a server that requires a client certificate: refused.
+    (secret / "client.crt").unlink()
+    (secret / "client.key").unlink()
+    cache = await open_cache(model, mounted, ready=False)
+    state, detail = await settled(cache)
+    assert state == "unavailable" and "failed to connect to Milvus" in detail, detail
+    await cache.close()
+
+
+async def settled(cache: SemanticCache, timeout: float = 60) -> tuple[str, str]:
+    """The backend's status once its first connection attempt has ended."""
+    deadline = time.monotonic() + timeout
+    while cache.backend.status()[0] == "connecting" and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    return cache.backend.status()

@@ -93,7 +93,10 @@ async def test_traces_and_metrics_through_envoy(tmp_path: Path) -> None:
                 headers={"x-test-mode": "error"},
             )
             assert skipped.status_code == 500 and skipped.headers["x-semantic-cache"] == "miss"
+            # Other paths are routed with the filter off: the processor never sees them ...
             assert (await client.get("/v1/models")).status_code == 200
+            # ... while a GET of the chat path reaches it and passes through (not_chat).
+            await client.get("/v1/chat/completions")
             metrics_text = (await client.get(f"http://127.0.0.1:{mgmt_port}/metrics")).text
             ready = (await client.get(f"http://127.0.0.1:{mgmt_port}/readyz")).json()
             health = await client.get(f"http://127.0.0.1:{mgmt_port}/healthz")
@@ -171,7 +174,8 @@ async def test_traces_and_metrics_through_envoy(tmp_path: Path) -> None:
     assert m[("semantic_cache_backend_up", (("backend", "memory"), ("state", "ready")))] == 1
     assert m[("semantic_cache_embedding_batch_size_count", ())] >= 3
     assert "obs-model" not in metrics_text and "Africa" not in metrics_text  # no text in labels
-    assert ready["ready"] is True and ready["backend_state"] == "ready" and ready["bypassing"] is False
+    assert ready["serving"] is True and ready["backend_state"] == "ready" and ready["caching"] is True
+    assert ready["not_caching_because"] == ""
     assert health.status_code == 200
 
     logs = log.read_text()

@@ -14,7 +14,7 @@ import pytest
 from extproc.cli.envoy import render_envoy_config, validate_envoy_config
 from tests.conftest import free_port, start_envoy
 from tests.support import upstream as fake
-from tests.support.processes import cli, stop, wait_port
+from tests.support.processes import cli, serve_env, stop, wait_port
 
 pytestmark = pytest.mark.integration
 
@@ -72,10 +72,7 @@ async def test_processor_killed_requests_still_succeed(tmp_path: Path) -> None:
     grpc_port = free_port()
     config = tmp_path / "config.yaml"
     config.write_text(f'semantic_cache:\n  server:\n    grpc_address: "127.0.0.1:{grpc_port}"\n')
-    env = dict(os.environ) | {
-        "SEMANTIC_CACHE_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
-        "SEMANTIC_CACHE_ADMIN_ADDRESS": f"127.0.0.1:{free_port()}",
-    }
+    env = serve_env()
     log = tmp_path / "serve.log"
     processor = cli("serve", "--config", str(config), env=env, log=log)
     envoy = None

@@ -17,15 +17,15 @@ import yaml
 from tests.conftest import ROOT, free_port, python_exe
 
 
-def cli(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """Start ``semantic-cache ARGS`` with output to ``log``."""
+def cli(*args: str, env: dict[str, str], log: Path, cwd: Path = ROOT) -> subprocess.Popen[bytes]:
+    """Start ``semantic-cache ARGS`` with output to ``log`` (this checkout's code, from any ``cwd``)."""
     with log.open("wb") as out:
         return subprocess.Popen(
             [python_exe(), "-m", "extproc.cli", *args],
-            env=env,
+            env=env | {"PYTHONPATH": str(ROOT)},
             stdout=out,
             stderr=subprocess.STDOUT,
-            cwd=ROOT,
+            cwd=cwd,
         )
 
 
@@ -72,11 +72,9 @@ def start_serve(folder: Path, section: dict[str, Any], *python_args: str, timeou
     grpc_port = free_port()
     config = {"semantic_cache": section | {"server": {"grpc_address": f"127.0.0.1:{grpc_port}"}}}
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
-    metrics = f"127.0.0.1:{free_port()}"
-    env = dict(os.environ) | {
-        "SEMANTIC_CACHE_METRICS_ADDRESS": metrics,
-        "SEMANTIC_CACHE_ADMIN_ADDRESS": f"127.0.0.1:{free_port()}",
-    }
+    metrics_port = free_port()
+    metrics = f"127.0.0.1:{metrics_port}"
+    env = serve_env(metrics_port)
     log = folder / "serve.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -115,3 +113,12 @@ def unreachable_milvus(folder: Path) -> dict[str, Any]:
         f"connection:\n  host: 127.0.0.1\n  port: {free_port()}\n  timeout: 2\n"
     )
     return {"backend_type": "milvus", "backend_config_path": str(folder / "milvus.yaml")}
+
+
+def serve_env(metrics_port: int | None = None) -> dict[str, str]:
+    """The environment of a ``semantic-cache serve`` in a test: its management and admin
+    listeners on free ports, never the defaults a ``make run`` on the machine may hold."""
+    return dict(os.environ) | {
+        "SEMANTIC_CACHE_METRICS_ADDRESS": f"127.0.0.1:{metrics_port or free_port()}",
+        "SEMANTIC_CACHE_ADMIN_ADDRESS": f"127.0.0.1:{free_port()}",
+    }

@@ -56,6 +56,21 @@ app.kubernetes.io/part-of: semantic-cache
 helm.sh/chart: {{ include "semantic-cache.chart" . }}
 {{- end -}}
 
+{{/*
+Host names the admin API answers to (SEMANTIC_CACHE_ADMIN_ALLOWED_HOSTS, comma-separated): with a
+token the admin Service's DNS names, so in-cluster callers reach it by name, then
+admin.allowedHosts. Empty on loopback without extra names.
+*/}}
+{{- define "semantic-cache.adminHosts" -}}
+{{- $hosts := list -}}
+{{- if .Values.admin.tokenSecret.name -}}
+{{- $svc := printf "%s-admin" (include "semantic-cache.fullname" .) -}}
+{{- $ns := .Release.Namespace -}}
+{{- $hosts = list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.cluster.local" $svc $ns) -}}
+{{- end -}}
+{{- concat $hosts .Values.admin.allowedHosts | uniq | join "," -}}
+{{- end -}}
+
 {{- define "semantic-cache.image" -}}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion | toString) -}}
 {{- end -}}

@@ -51,6 +51,14 @@ class CircuitBreaker:
         elif self.state == "closed" and self._failures >= self.failure_threshold:
             self._open()
 
+    def release(self) -> None:
+        """A call ended with no verdict on the dependency's health (its data was refused).
+
+        Counts neither way, so one caller's bad data can never open the breaker; a half-open
+        probe slot is freed so that the next call probes instead of waiting forever.
+        """
+        self._probing = False
+
     def _open(self) -> None:
         self.state = "open"
         self._opened_at = time.monotonic()

@@ -16,6 +16,7 @@ import numpy as np
 
 from extproc.cache.guards.base import LONG_PROMPT_CHARS
 from extproc.cache.guards.lexical import CALENDAR_WORDS, NEGATIONS, NUMBER_WORDS, STOPWORDS, Analysis, analyze
+from extproc.cache.guards.scripts import readable
 
 if TYPE_CHECKING:
     from extproc.embedding.base import WordVectors
@@ -153,7 +154,9 @@ class ContentGuard:
     def _suspects(self, query: str, candidate: str) -> tuple[Analysis, Analysis, list[str], list[str]] | None:
         """The analyses and missing words of both prompts, or None when nothing could reject."""
         a, b = analyze(query), analyze(candidate)
-        missing_a, missing_b = missing_words(a, b), missing_words(b, a)
+        # Only words it can read: a run of Chinese is one "word" and differs in every paraphrase.
+        missing_a = [w for w in missing_words(a, b) if readable(w)]
+        missing_b = [w for w in missing_words(b, a) if readable(w)]
         if not self._decides(a, b, missing_a, missing_b):
             return None
         return a, b, missing_a, missing_b

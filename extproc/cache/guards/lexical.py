@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from itertools import pairwise
 
+from extproc.cache.guards.scripts import ascii_numbers
+
 
 def word_list(text: str) -> list[str]:
     """The words of a space-separated list."""
@@ -233,7 +235,7 @@ def _parse_number_words(words: list[str], i: int) -> tuple[int | None, int]:
 def analyze(text: str) -> Analysis:
     """Tokenize and annotate ``text`` (cached: the same prompt is analysed once)."""
     capital_calendar = [v for k, v in _CAPITALIZED_MONTHS.items() if re.search(rf"\b{k}\b", text)]
-    lowered = text.translate(_APOSTROPHES).lower()
+    lowered = ascii_numbers(text).translate(_APOSTROPHES).lower()
     for pattern, repl in _CONTRACTIONS:
         lowered = pattern.sub(repl, lowered)
     words: list[str] = []

@@ -8,6 +8,7 @@ unit or date, a negation on one side only, an opposite action, or a swapped dire
 from __future__ import annotations
 
 from extproc.cache.guards.lexical import NEGATIONS, STOPWORDS, UNIT_WORDS, Analysis, analyze, stem, word_list
+from extproc.cache.guards.scripts import cjk_negations
 
 # Opposite meanings: a word from one side in one prompt and a word from the other side in the
 # other prompt (and neither shares the first's side) means the questions ask for opposite things.
@@ -233,6 +234,8 @@ class NegationGuard:
 
     def reject(self, query: str, candidate: str) -> bool:
         """True when exactly one prompt is negated and the negation covers words both share."""
+        if cjk_negations(query) != cjk_negations(candidate):  # no spaces: count the negators
+            return True
         a, b = analyze(query), analyze(candidate)
         if a.negated == b.negated:
             return False

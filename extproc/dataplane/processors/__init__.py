@@ -13,13 +13,28 @@ import betterproto2
 
 from extproc.dataplane.processors.base import PassThroughProcessor, Processor, Send
 from extproc.dataplane.processors.chat import ChatCompletionsProcessor
+from extproc.dataplane.processors.completions import CompletionsProcessor, ResponsesProcessor
 from extproc.dataplane.shared import Shared
 from extproc.protocol import messages as m
+from extproc.protocol.completions import COMPLETIONS_PATH
 from extproc.protocol.openai import CHAT_PATH
+from extproc.protocol.responses import RESPONSES_PATH
 
-__all__ = ["PROCESSORS", "ChatCompletionsProcessor", "PassThroughProcessor", "Processor", "open_processor"]
+__all__ = [
+    "PROCESSORS",
+    "ChatCompletionsProcessor",
+    "CompletionsProcessor",
+    "PassThroughProcessor",
+    "Processor",
+    "ResponsesProcessor",
+    "open_processor",
+]
 
-PROCESSORS: dict[str, type[Processor]] = {CHAT_PATH: ChatCompletionsProcessor}
+PROCESSORS: dict[str, type[Processor]] = {
+    CHAT_PATH: ChatCompletionsProcessor,
+    COMPLETIONS_PATH: CompletionsProcessor,
+    RESPONSES_PATH: ResponsesProcessor,
+}
 """Request path (query string excluded) → the processor of its streams."""
 
 

@@ -118,11 +118,17 @@ class Processor:
     def _release(self) -> None:
         """Give back what this stream holds (a single-flight lead…); called once, on report."""
 
+    def _threshold_in_force(self) -> float:
+        """The similarity threshold this request ran under (a policy's, else the cache's)."""
+        if self.decision.policy:
+            return self.settings.similarity_threshold
+        return self.shared.cache.similarity_threshold
+
     def _end_span(self) -> None:
         if self._span.is_recording():
             cache = self.shared.cache
             self._span.set_attributes(
-                span_attributes(self.decision, cache.backend.name, cache.similarity_threshold)
+                span_attributes(self.decision, cache.backend.name, self._threshold_in_force())
             )
         self._span.end()
 

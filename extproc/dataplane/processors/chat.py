@@ -16,12 +16,18 @@ from typing import Any
 from opentelemetry import trace
 
 from extproc.cache import CacheQuery, LookupResult
-from extproc.dataplane.decision import lookup_failure_reason
-from extproc.dataplane.identity import cache_control, cache_query, canonical_query
+from extproc.cache.guards.scripts import mostly_non_latin
+from extproc.cache.volatile import volatile_answer, volatile_prompt
+from extproc.dataplane.decision import lookup_failure_reason, reason_header
+from extproc.dataplane.freshness import TTL_HEADER, Freshness, answer_text, parse_freshness
+from extproc.dataplane.identity import cache_query, canonical_query
+from extproc.dataplane.policy import route_name, route_settings
 from extproc.dataplane.processors.base import Processor, Send
-from extproc.dataplane.shared import HEADER, MAX_SCOPE_CHARS, Shared
+from extproc.dataplane.processors.settings import RequestSettings
+from extproc.dataplane.shared import HEADER, Shared
 from extproc.errors import NotCacheable, NotStorable, OutcomeError
 from extproc.protocol import messages as m
+from extproc.protocol.completion import saved_tokens
 from extproc.protocol.encoding import GZIP, IDENTITY, gunzip_bounded
 from extproc.protocol.openai import (
     ChatRequest,
@@ -30,8 +36,6 @@ from extproc.protocol.openai import (
     parse_sse_completion,
     render_completion,
     render_sse,
-    scope_from_authorization,
-    scope_from_header,
 )
 
 log = logging.getLogger(__name__)
@@ -40,8 +44,18 @@ INLINE_PARSE_BYTES = 64 * 1024
 """Bodies up to this size are parsed on the event loop; larger or compressed ones in a thread."""
 
 
-class ChatCompletionsProcessor(Processor):
-    """Caches ``POST /v1/chat/completions``: one method per phase."""
+class ChatCompletionsProcessor(RequestSettings, Processor):
+    """Caches ``POST /v1/chat/completions``: one method per phase.
+
+    The wire format is five functions (class attributes), so another OpenAI endpoint with the
+    same request / response life (``/v1/completions``) is a subclass that swaps them.
+    """
+
+    parse_request = staticmethod(parse_chat_request)
+    parse_json = staticmethod(parse_json_completion)
+    parse_sse = staticmethod(parse_sse_completion)
+    render_json = staticmethod(render_completion)
+    render_stream = staticmethod(render_sse)
 
     def __init__(
         self,
@@ -56,6 +70,7 @@ class ChatCompletionsProcessor(Processor):
         self._lookup: LookupResult | None = None
         self._no_cache = False
         self._no_store = False
+        self._fresh = Freshness()
         self._scope = "global"
         self._revision = ""
         self._request_encoding = ""
@@ -67,6 +82,8 @@ class ChatCompletionsProcessor(Processor):
         self._size = 0
         self._captured = False
         self._query_string = ""
+        self._route = route_name(metadata)
+        self._headers: dict[str, str] = {}
 
     # --- request -------------------------------------------------------------------------
 
@@ -76,11 +93,16 @@ class ChatCompletionsProcessor(Processor):
         if headers.get(":method") != "POST":
             return self._pass_through("not_chat")
         self._query_string = canonical_query(headers.get(":path", ""))
-        if not self.settings.enabled:
+        self._headers = headers
+        self.settings, model_may_enable = route_settings(self.shared.settings, self._route)
+        if not self.settings.enabled and not model_may_enable:
             return self._bypass("disabled")
         if end_of_stream:
             return self._bypass("no_body")
-        self._no_cache, self._no_store = cache_control(headers.get("cache-control", ""))
+        self._fresh = parse_freshness(
+            headers.get("cache-control", ""), headers.get(TTL_HEADER, ""), self.settings.max_ttl_seconds
+        )
+        self._no_cache, self._no_store = self._fresh.no_cache, self._fresh.no_store
         if self._no_cache and self._no_store:
             return self._bypass("no_cache_no_store")
         scope = self._scope_of(headers)
@@ -98,14 +120,6 @@ class ChatCompletionsProcessor(Processor):
             remove = ()  # a compressed answer is still stored (gzip) or skipped, never a 500
         return m.request_headers(m.mutation(remove=remove))
 
-    def _scope_of(self, headers: dict[str, str]) -> str | None:
-        mode = self.settings.scope_mode
-        if mode == "header":
-            return scope_from_header(headers.get(self.settings.scope_header.lower(), ""), MAX_SCOPE_CHARS)
-        if mode == "authorization":
-            return scope_from_authorization(headers.get("authorization"))
-        return "global"
-
     async def on_request_body(self, body: bytes, end_of_stream: bool) -> m.ProcessingResponse:
         """Look the prompt up: answer a hit at once, otherwise let the request go upstream."""
         if not end_of_stream:  # BUFFERED_PARTIAL: bigger than Envoy's buffer
@@ -118,19 +132,31 @@ class ChatCompletionsProcessor(Processor):
             return m.request_body()
         self._request = chat
         self.decision.model = chat.model
+        self.decision.non_latin = mostly_non_latin(chat.prompt)
+        if not self._apply_policy(chat.model):
+            return m.request_body()
         query = cache_query(chat, self._scope, self._revision, self._query_string)
         self._query = query
         self.decision.partition = query.partition[:16]
         self.decision.outcome = "miss"
         self._storing = not self._no_store
+        asked_no_cache = self._no_cache
+        self._check_volatile(volatile_prompt(chat.prompt))
         if self._no_cache:
-            self.decision.reason = "no_cache"
+            self.decision.reason = "no_cache" if asked_no_cache else "volatile"
             return m.request_body()
         started = time.perf_counter()
+        budget = self.settings.max_added_latency_ms / 1000 or None
         try:
             timeout = self.settings.lookup_timeout_ms / 1000
             with trace.use_span(self._span, end_on_exit=False):
-                self._lookup = await asyncio.wait_for(self.shared.cache.check(query), timeout)
+                lookup = self.shared.cache.check(
+                    query,
+                    threshold=self._threshold(),
+                    max_wait=budget,
+                    max_age=self._fresh.max_age,
+                )
+                self._lookup = await asyncio.wait_for(lookup, timeout)
         except Exception as exc:  # never fail the request because of the cache
             reason = lookup_failure_reason(exc)
             # Backend outages are logged once per state change by the backend itself.
@@ -142,8 +168,9 @@ class ChatCompletionsProcessor(Processor):
                 type(exc).__name__,
                 exc_info=reason == "backend_error",
             )
-            self._storing = False
             self._mark_bypass(reason)
+            # Shed, not broken: the answer may still be stored, at the back of the queue.
+            self._storing = reason == "overloaded" and not self._no_store
             return m.request_body()
         finally:
             self.decision.timings["lookup_ms"] = (time.perf_counter() - started) * 1000
@@ -154,6 +181,7 @@ class ChatCompletionsProcessor(Processor):
             lookup.best_similarity,
             lookup.rejections,
         )
+        d.rejected_similarity = lookup.rejected_similarity
         d.timings.update(lookup.timings)
         if lookup.entry is None and self._storing:
             lookup = await self._coalesce(query) or lookup
@@ -190,7 +218,7 @@ class ChatCompletionsProcessor(Processor):
         if len(body) > self.settings.max_request_bytes:
             raise NotCacheable("request_too_large")
         if encoding in IDENTITY and len(body) <= INLINE_PARSE_BYTES:
-            return parse_chat_request(body, self.settings.fingerprint_ignore_fields)
+            return self.parse_request(body, self.settings.fingerprint_ignore_fields)
         return await asyncio.to_thread(self._decode_and_parse, body)
 
     def _decode_and_parse(self, body: bytes) -> ChatRequest:
@@ -203,7 +231,7 @@ class ChatCompletionsProcessor(Processor):
             if decoded is None:  # a decompression bomb, or just too big: never inflated whole
                 raise NotCacheable("request_too_large")
             body = decoded
-        return parse_chat_request(body, self.settings.fingerprint_ignore_fields)
+        return self.parse_request(body, self.settings.fingerprint_ignore_fields)
 
     def _serve_hit(self, chat: ChatRequest, lookup: LookupResult) -> m.ProcessingResponse:
         assert lookup.entry is not None
@@ -211,9 +239,10 @@ class ChatCompletionsProcessor(Processor):
         self.decision.similarity = lookup.similarity
         stored = lookup.entry.response
         if chat.stream:
-            body, content_type = render_sse(stored, chat.include_usage), "text/event-stream"
+            body, content_type = self.render_stream(stored, chat.include_usage), "text/event-stream"
         else:
-            body, content_type = render_completion(stored), "application/json"
+            body, content_type = self.render_json(stored), "application/json"
+        saved = self._saved_tokens(stored)  # before _report(): the metric reads the decision
         self._report()
         return m.immediate(
             200,
@@ -223,8 +252,19 @@ class ChatCompletionsProcessor(Processor):
                 HEADER: "hit",
                 f"{HEADER}-similarity": f"{lookup.similarity:.4f}",
                 f"{HEADER}-match": lookup.match or "semantic",
+                **saved,
+                "age": str(int(self.decision.entry_age_s or 0)),  # RFC 9111 §5.1
             },
         )
+
+    def _saved_tokens(self, stored: dict[str, Any]) -> dict[str, str]:
+        """Note what a hit saved (the stored usage) on the decision; its header, if the entry has usage."""
+        saved = saved_tokens(stored)
+        if saved is None:
+            return {}
+        self.decision.saved_prompt_tokens = saved.prompt
+        self.decision.saved_completion_tokens = saved.completion
+        return {f"{HEADER}-saved-tokens": str(saved.total)}
 
     # --- response ------------------------------------------------------------------------
 
@@ -237,6 +277,9 @@ class ChatCompletionsProcessor(Processor):
         self._content_type = headers.get("content-type", "").lower()
         self._content_encoding = headers.get("content-encoding", "").strip().lower()
         mark = {HEADER: self.decision.outcome}
+        reason = reason_header(self.decision) if self.settings.reason_header else None
+        if reason:
+            mark[f"{HEADER}-reason"] = reason
         marks = None if m.near_header_limits(self._header_size, mark) else m.mutation(mark)
         if self._storing and not 200 <= self._status < 300:
             self._skip_store("non_2xx")
@@ -292,7 +335,12 @@ class ChatCompletionsProcessor(Processor):
             started = time.perf_counter()
             try:
                 vector = lookup.vector if lookup is not None else None
-                await self.shared.cache.store(query, completion, vector)
+                budget = self.settings.max_added_latency_ms / 1000 or None
+                self._check_volatile(volatile_answer(answer_text(completion)))
+                if not self._storing:
+                    return
+                ttl = self.settings.ttl_seconds if self._fresh.ttl is None else self._fresh.ttl
+                await self.shared.cache.store(query, completion, vector, max_wait=budget, ttl_seconds=ttl)
                 self.decision.store = "stored"
             except OutcomeError as exc:
                 self._skip_store(exc.reason)
@@ -307,7 +355,7 @@ class ChatCompletionsProcessor(Processor):
         stream = "text/event-stream" in self._content_type
         gzipped = self._content_encoding == "gzip"
         if not gzipped and len(body) <= INLINE_PARSE_BYTES:
-            return parse_sse_completion(body, expected) if stream else parse_json_completion(body, expected)
+            return self.parse_sse(body, expected) if stream else self.parse_json(body, expected)
 
         def decode_and_parse() -> dict[str, Any]:
             raw = body
@@ -319,7 +367,7 @@ class ChatCompletionsProcessor(Processor):
                 if inflated is None:
                     raise NotStorable("too_large")
                 raw = inflated
-            return parse_sse_completion(raw, expected) if stream else parse_json_completion(raw, expected)
+            return self.parse_sse(raw, expected) if stream else self.parse_json(raw, expected)
 
         return await asyncio.to_thread(decode_and_parse)
 

@@ -129,6 +129,22 @@ def test_reembed_accepts_any_vector() -> None:
         line_to_entry(line, DIM, time.time())
 
 
+def test_import_never_outlives_the_caches_ttl() -> None:
+    now = time.time()
+    forever = entry_to_line(entry(expires_at=0.0))  # the issue's planted "expires_at: 0"
+    assert line_to_entry(forever, DIM, now, ttl_seconds=3600).expires_at == now + 3600
+    assert (
+        line_to_entry(edited(forever, expires_at=None), DIM, now, ttl_seconds=3600).expires_at == now + 3600
+    )
+    late = entry_to_line(entry(expires_at=now + 10 * 86400))
+    assert line_to_entry(late, DIM, now, ttl_seconds=3600).expires_at == now + 3600
+    soon = entry_to_line(entry(expires_at=now + 60))
+    assert line_to_entry(soon, DIM, now, ttl_seconds=3600).expires_at == pytest.approx(now + 60, abs=1e-3)
+    assert line_to_entry(forever, DIM, now, ttl_seconds=0).expires_at == 0.0  # the cache keeps forever too
+    future = entry_to_line(entry(created_at=now + 86400))
+    assert line_to_entry(future, DIM, now, ttl_seconds=3600).created_at == now
+
+
 async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
     """An async byte stream."""
     for part in parts:

@@ -156,3 +156,33 @@ async def test_server_and_eval_decide_the_same(make_stack: StackFactory, model: 
     by_eval = {o.pair.b: o.served for o in report.outcomes}
     assert by_eval == through_envoy
     assert any(v is not None for v in by_eval.values()) and any(v is None for v in by_eval.values())
+
+
+def test_eval_outside_the_repository_runs_on_defaults(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "LOG_LEVEL": "warning"}
+    done = subprocess.run(
+        [sys.executable, "-m", "extproc.cli", "eval", "--pairs", str(SMALL), "--show-errors"],
+        cwd=tmp_path,  # no config/config.yaml here
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "no config/config.yaml here; using the default settings" in done.stderr
+    out = done.stdout
+    assert "threshold 0.88: hits 4, correct 3, wrong 1" in out
+    assert "repeats: that entry is the question itself up to case" in out  # every count explained
+    # --show-errors: the wrong hit with its pair and similarity, the rejection with its guard.
+    assert "wrong hits at threshold 0.88: 1\nWRONG HIT (other entry) similarity 1.0000, label 0" in out
+    assert '  asked  b: "What is the capital of France?"' in out
+    assert '  pair\'s a: "How do I bake sourdough bread?"' in out
+    assert "guard rejections: 1\nREJECTED by opposites similarity 0." in out
+    assert '  candidate a: "How do I turn on dark mode in Windows 11?"' in out
+    assert "(right to reject)" in out

@@ -72,7 +72,7 @@ def test_other_router_sections_ignored_and_router_keys_warned(
             'semantic_cache.server.grpc_address: must be "host:port"',
         ),
         ("semantic_cache:\n  scope_mode: tenant\n", "semantic_cache.scope_mode: must be one of"),
-        ("semantic_cache:\n  backend_type: milvus\n", "backend_config_path is required"),
+        ("semantic_cache:\n  backend_type: milvus\n  backend_config_path: ''\n", "is empty; remove it"),
         (
             "semantic_cache:\n  backend_config_path: nope/milvus.yaml\n",
             "semantic_cache.backend_config_path: 'nope/milvus.yaml' not found (looked in",
@@ -82,9 +82,21 @@ def test_other_router_sections_ignored_and_router_keys_warned(
             "environment variable UNSET_VAR_FOR_TEST is not set",
         ),
         ("semantic_cache:\n  fingerprint_ignore_fields: [model]\n", "model and messages are always part"),
+        (
+            "semantic_cache:\n  max_ttl_seconds: -5\n",
+            "semantic_cache.max_ttl_seconds: must be an integer >= 0, got -5",
+        ),
+        (
+            "semantic_cache:\n  volatile_ttl_seconds: 1.5\n",
+            "semantic_cache.volatile_ttl_seconds: must be an integer (seconds, 0 = never cache them)",
+        ),
+        (
+            "semantic_cache:\n  volatile_detection: maybe\n",
+            "semantic_cache.volatile_detection: must be true or false",
+        ),
         ("other: 1\n", "no semantic_cache: section"),
         ("semantic_cache: [1]\n", "semantic_cache: must be a mapping"),
-        ("semantic_cache:\n  a: [\n", "not valid YAML"),
+        ("semantic_cache:\n  a: [\n", "config.yaml:3:1: not valid YAML: while parsing a flow node"),
     ],
 )
 def test_errors_name_the_key_and_fix(tmp_path: Path, yaml_text: str, expected: str) -> None:
@@ -121,6 +133,42 @@ def test_env_overrides_beat_the_file() -> None:
     settings = parse_config(raw, env=env)
     assert settings.scope_mode == "header" and settings.scope_header == "x-org"
     assert settings.server.grpc_address == "127.0.0.1:6000"
+
+
+def test_admin_allowed_hosts_and_origins_from_file_and_environment() -> None:
+    server = {
+        "admin_allowed_hosts": ["Semantic-Router-Admin.ns.svc.", "10.0.0.7", "[fd00::1]"],
+        "admin_allowed_origins": ["https://Ops.example.com/", "http://127.0.0.1:3000"],
+    }
+    settings = parse_config({"semantic_cache": {"server": server}}, env={})
+    assert settings.server.admin_allowed_hosts == ("semantic-router-admin.ns.svc", "10.0.0.7", "[fd00::1]")
+    assert settings.server.admin_allowed_origins == ("https://ops.example.com", "http://127.0.0.1:3000")
+    assert parse_config({"semantic_cache": {}}, env={}).server.admin_allowed_hosts == ()
+    env = {
+        "SEMANTIC_CACHE_ADMIN_ALLOWED_HOSTS": "a.ns.svc, a.ns.svc.cluster.local",
+        "SEMANTIC_CACHE_ADMIN_ALLOWED_ORIGINS": "https://ops.example.com",
+    }
+    overridden = parse_config({"semantic_cache": {"server": server}}, env=env).server
+    assert overridden.admin_allowed_hosts == ("a.ns.svc", "a.ns.svc.cluster.local")
+    assert overridden.admin_allowed_origins == ("https://ops.example.com",)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("admin_allowed_hosts", "a.example", "admin_allowed_hosts: must be a list of host names"),
+        ("admin_allowed_hosts", ["*.example.com"], "must be a host name or IP address"),
+        ("admin_allowed_hosts", ["admin.example:9191"], "without scheme, port or wildcard"),
+        ("admin_allowed_hosts", ["http://admin.example"], "got 'http://admin.example'"),
+        ("admin_allowed_origins", ["ops.example.com"], 'must be an origin such as "https://ops.example.com"'),
+        ("admin_allowed_origins", ["https://ops.example.com/path"], "got 'https://ops.example.com/path'"),
+        ("admin_allowed_origins", [3], "got 3"),
+    ],
+)
+def test_admin_allow_lists_are_checked(key: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"semantic_cache": {"server": {key: value}}}, env={})
+    assert f"semantic_cache.server.{key}" in str(info.value) and message in str(info.value)
 
 
 def test_backend_config_path_resolves_against_config_folder(tmp_path: Path) -> None:

@@ -15,7 +15,9 @@ from extproc.config.settings import CacheSettings
 from extproc.dataplane.decision import Decision
 from extproc.dataplane.processors import (
     ChatCompletionsProcessor,
+    CompletionsProcessor,
     PassThroughProcessor,
+    ResponsesProcessor,
     open_processor,
     processor_for,
 )
@@ -91,6 +93,8 @@ async def miss_and_store(
 def test_registry_picks_the_chat_processor_by_path() -> None:
     assert processor_for("/v1/chat/completions") is ChatCompletionsProcessor
     assert processor_for("/v1/chat/completions?api-version=1") is ChatCompletionsProcessor
+    assert processor_for("/v1/completions") is CompletionsProcessor
+    assert processor_for("/v1/responses") is ResponsesProcessor
     assert processor_for("/v1/embeddings") is PassThroughProcessor
     assert processor_for("/healthz") is PassThroughProcessor
 
@@ -98,7 +102,9 @@ def test_registry_picks_the_chat_processor_by_path() -> None:
 def test_open_processor_reads_the_first_message() -> None:
     shared, _, _ = make_shared()
     assert isinstance(open_processor(first_message(CHAT), shared), ChatCompletionsProcessor)
-    other = [(":method", "POST"), (":path", "/v1/completions")]
+    legacy = [(":method", "POST"), (":path", "/v1/completions")]
+    assert isinstance(open_processor(first_message(legacy), shared), CompletionsProcessor)
+    other = [(":method", "POST"), (":path", "/v1/embeddings")]
     assert isinstance(open_processor(first_message(other), shared), PassThroughProcessor)
     body_first = ProcessingRequest(request_body=HttpBody(body=b"{}", end_of_stream=True))
     assert isinstance(open_processor(body_first, shared), PassThroughProcessor)

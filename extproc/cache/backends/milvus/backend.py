@@ -1,19 +1,18 @@
 """Milvus backend: a persistent cache shared by every replica that points at the same collection.
 
-Every call runs on a small thread pool with a deadline; failures open a circuit breaker and the
-processor bypasses the cache, so Milvus being down never fails a client request.  Connecting,
-schema checks, TTL sweeps and the ``max_entries`` bound run in the background.
+Every call runs on a small thread pool with a deadline; connection failures open a circuit
+breaker and the processor bypasses the cache, so Milvus being down never fails a client request.
+A call whose data is refused (see :mod:`.failures`, and rows are checked first: :mod:`.rows`)
+fails alone and never opens the breaker.  Connecting, schema checks, TTL sweeps and the
+``max_entries`` bound run in the background.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import logging
 import time
-import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -23,16 +22,18 @@ import numpy as np
 from extproc.cache.backends.breaker import CircuitBreaker
 from extproc.cache.backends.milvus.bulk import MilvusBulkOps
 from extproc.cache.backends.milvus.client import create_collection, open_client
-from extproc.cache.backends.milvus.schema import check_schema
+from extproc.cache.backends.milvus.failures import auth_error, describe, is_data_error
+from extproc.cache.backends.milvus.rows import DEFAULT_LIMITS, NEVER, decode_response, entry_row
+from extproc.cache.backends.milvus.schema import SchemaProblem, check_schema, varchar_limits
 from extproc.cache.schema import CacheEntry, Candidate
 from extproc.config.milvus import MilvusSettings
-from extproc.errors import BackendUnavailable, EntryTooLarge
+from extproc.errors import BackendUnavailable, DataRejected
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-NEVER = 2**62  # expires_at for entries without TTL, so "expires_at > now" needs no special case
-VARCHAR_MAX = 65_535
+DATA_ERROR_LOG_SECONDS = 10.0
+"""At most one log line per this many seconds for refused data (one tenant may send a lot)."""
 _OUTPUT = [
     "id",
     "partition_key",
@@ -44,29 +45,6 @@ _OUTPUT = [
     "created_at",
     "expires_at",
 ]
-
-
-def encode_response(response: dict[str, Any]) -> str:
-    """JSON text, or ``zlib:`` + base64 of the compressed JSON when it would not fit a VARCHAR."""
-    text = json.dumps(response, ensure_ascii=False, separators=(",", ":"))
-    if len(text.encode()) <= VARCHAR_MAX:
-        return text
-    packed = "zlib:" + base64.b64encode(zlib.compress(text.encode(), 6)).decode()
-    if len(packed) > VARCHAR_MAX:
-        raise EntryTooLarge(f"response of {len(text)} bytes does not fit Milvus even compressed")
-    return packed
-
-
-def decode_response(text: str) -> dict[str, Any]:
-    """Inverse of :func:`encode_response`."""
-    if text.startswith("zlib:"):
-        text = zlib.decompress(base64.b64decode(text[5:])).decode()
-    return json.loads(text)
-
-
-def _auth_error(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return any(w in text for w in ("auth", "password", "unauthenticated", "credential"))
 
 
 class MilvusBackend(MilvusBulkOps):
@@ -88,6 +66,11 @@ class MilvusBackend(MilvusBulkOps):
         self.expired = 0
         self.known_entries = 0
         """Entity count as of the last connect or sweep (metrics read this, not Milvus)."""
+        self.limits: dict[str, int] = dict(DEFAULT_LIMITS)
+        """VARCHAR field -> max_length in bytes of the collection in use (rows are checked first)."""
+        self.data_errors = 0
+        """Calls whose data Milvus refused (they never count toward the breaker)."""
+        self._data_error_logged = -DATA_ERROR_LOG_SECONDS
         self._client: Any = None
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="milvus")
         self._tasks: list[asyncio.Task[None]] = []
@@ -145,7 +128,7 @@ class MilvusBackend(MilvusBulkOps):
                 reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
                 if isinstance(exc, SchemaProblem):
                     self._set_state(exc.state, f"Milvus collection problem: {exc}", logging.ERROR)
-                elif _auth_error(exc):
+                elif auth_error(exc):
                     self._set_state(
                         "auth_failed",
                         f"failed to connect to Milvus: authentication failed: {reason} ({s.address}); "
@@ -177,7 +160,8 @@ class MilvusBackend(MilvusBulkOps):
                     )
                 create_collection(client, s, self.dim)
                 created = True
-            problems = check_schema(client.describe_collection(s.collection), s, self.dim)
+            description = client.describe_collection(s.collection)
+            problems = check_schema(description, s, self.dim)
             if problems:
                 raise SchemaProblem(
                     "schema_mismatch",
@@ -188,6 +172,7 @@ class MilvusBackend(MilvusBulkOps):
                     "are never dropped",
                 )
             client.load_collection(s.collection)
+            self.limits = varchar_limits(description)
             count = self.known_entries = self._count(client)
         except Exception:
             client.close()
@@ -213,14 +198,31 @@ class MilvusBackend(MilvusBulkOps):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if is_data_error(exc):
+                # One caller's bad value says nothing about Milvus: the breaker stays as it is.
+                self.breaker.release()
+                self._data_error(exc)
+                raise DataRejected(f"Milvus refused the data: {describe(exc)}") from exc
             was_closed = self.breaker.state == "closed"
             self.breaker.failure()
             if self.breaker.state == "open" and was_closed:
                 # A fresh connection recovers faster than gRPC's own reconnect backoff.
-                self._reconnect(f"lost connection to Milvus: {type(exc).__name__} ({self.settings.address})")
+                self._reconnect(f"lost connection to Milvus: {describe(exc)} ({self.settings.address})")
             raise BackendUnavailable(f"Milvus call failed: {type(exc).__name__}") from exc
         self.breaker.success()
         return result
+
+    def _data_error(self, exc: BaseException) -> None:
+        self.data_errors += 1
+        now = time.monotonic()
+        if now - self._data_error_logged >= DATA_ERROR_LOG_SECONDS:
+            self._data_error_logged = now
+            log.warning(
+                "Milvus refused a call's data (%d so far): %s; a data error, not a connection problem "
+                "(the circuit breaker is unaffected)",
+                self.data_errors,
+                describe(exc),
+            )
 
     def _reconnect(self, reason: str) -> None:
         """Drop the client and connect again in the background (bypassing meanwhile)."""
@@ -301,21 +303,8 @@ class MilvusBackend(MilvusBulkOps):
         return 1.0 - distance / 2.0 if self.settings.metric_type == "L2" else distance
 
     def row(self, entry: CacheEntry) -> dict[str, Any]:
-        """The collection row of ``entry`` (also used by bulk loaders such as the benchmarks)."""
-        if len(entry.prompt.encode()) > VARCHAR_MAX:
-            raise EntryTooLarge("prompt longer than a Milvus VARCHAR")
-        return {
-            "id": entry.exact_key,
-            "partition_key": entry.partition,
-            "model": entry.model,
-            "scope": entry.scope,
-            "fingerprint": entry.fingerprint,
-            "prompt": entry.prompt,
-            "response": encode_response(entry.response),
-            self.settings.vector_field: np.asarray(entry.vector, dtype=np.float32).tolist(),
-            "created_at": round(entry.created_at * 1000),  # round: imported ms survive float math
-            "expires_at": round(entry.expires_at * 1000) if entry.expires_at > 0 else NEVER,
-        }
+        """The collection row of ``entry``, checked against the collection's limits (no call)."""
+        return entry_row(entry, self.settings.vector_field, self.limits)
 
     async def put(self, entry: CacheEntry) -> None:
         """Write one row (the exact key is the primary key, so a repeat replaces it)."""
@@ -400,11 +389,3 @@ class MilvusBackend(MilvusBulkOps):
             else:
                 lo = mid
         return hi
-
-
-class SchemaProblem(Exception):
-    """The collection is missing or unusable; ``state`` says which."""
-
-    def __init__(self, state: str, message: str) -> None:
-        super().__init__(message)
-        self.state = state

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from extproc.cache.backends.milvus.rows import milliseconds, utf8
 from extproc.cache.backends.milvus.schema import REQUIRED_FIELDS
 from extproc.cache.schema import CacheEntry, Candidate, EntryFilter
-from extproc.errors import EntryTooLarge
+from extproc.errors import DataRejected, EntryTooLarge
 
 if TYPE_CHECKING:
     from extproc.config.milvus import MilvusSettings
@@ -31,7 +32,11 @@ def quote(value: str) -> str:
 
 
 def expression(selector: EntryFilter, now: float | None = None) -> str:
-    """The boolean expression selecting ``selector``'s entries (live ones only when ``now`` is given)."""
+    """The boolean expression selecting ``selector``'s entries (live ones only when ``now`` is given).
+
+    Values Milvus cannot parse (text that is not valid Unicode, a time beyond INT64) raise
+    :class:`DataRejected` here, before any call.
+    """
     parts = []
     for name, value in (
         ("model", selector.model),
@@ -39,9 +44,10 @@ def expression(selector: EntryFilter, now: float | None = None) -> str:
         ("fingerprint", selector.fingerprint),
     ):
         if value is not None:
+            utf8(name, value)
             parts.append(f"{name} == {quote(value)}")
     if selector.created_before is not None:
-        parts.append(f"created_at < {int(selector.created_before * 1000)}")
+        parts.append(f"created_at < {milliseconds('created_before', selector.created_before)}")
     if now is not None:
         parts.append(f"expires_at > {int(now * 1000)}")
     return " and ".join(parts) or ALL_ROWS
@@ -154,16 +160,30 @@ class MilvusBulkOps:
         return int(result.get("delete_count", 0)) if isinstance(result, dict) else 0
 
     async def put_many(self, entries: Sequence[CacheEntry]) -> dict[int, str]:
-        """Write entries in one delete + one insert; entries too large for Milvus are refused."""
+        """Write entries in one delete + one insert; entries Milvus cannot hold are refused."""
         rejected: dict[int, str] = {}
-        rows: list[dict[str, Any]] = []
+        rows: dict[int, dict[str, Any]] = {}
         for i, entry in enumerate(entries):
             try:
-                rows.append(self.row(entry))
+                rows[i] = self.row(entry)
             except EntryTooLarge as exc:
                 rejected[i] = f"too large for Milvus: {exc}"
+            except DataRejected as exc:
+                rejected[i] = f"refused by Milvus: {exc}"
         if not rows:
             return rejected
+        try:
+            await self._write_rows(list(rows.values()))
+        except DataRejected:
+            # A value the checks let through was refused: find it row by row, write the others.
+            for i, row in rows.items():
+                try:
+                    await self._write_rows([row])
+                except DataRejected as exc:
+                    rejected[i] = f"refused by Milvus: {exc}"
+        return rejected
+
+    async def _write_rows(self, rows: list[dict[str, Any]]) -> None:
         s = self.settings
         ids = [r["id"] for r in rows]
 
@@ -173,4 +193,3 @@ class MilvusBulkOps:
             client.insert(s.collection, rows, **self._slow)
 
         await self._call(write, s.timeout * 2)
-        return rejected

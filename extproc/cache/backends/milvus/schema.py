@@ -74,3 +74,25 @@ def check_schema(description: dict[str, Any], s: MilvusSettings, dim: int) -> li
                 f"vector field {s.vector_field} has dimension {have}, the embedding model produces {dim}"
             )
     return problems
+
+
+def varchar_limits(description: dict[str, Any]) -> dict[str, int]:
+    """VARCHAR field -> max_length (bytes) of an existing collection, defaults where it says none.
+
+    A collection made by another tool may have shorter fields than the cache creates; rows are
+    checked against what the collection really holds, so a long value is skipped, not sent.
+    """
+    limits = {name: n for name, (_, n) in REQUIRED_FIELDS.items() if n}
+    for field in description.get("fields", []):
+        length = (field.get("params") or {}).get("max_length")
+        if field.get("name") in limits and str(length).isdigit():
+            limits[field["name"]] = int(length)
+    return limits
+
+
+class SchemaProblem(Exception):
+    """The collection is missing or unusable; ``state`` says which."""
+
+    def __init__(self, state: str, message: str) -> None:
+        super().__init__(message)
+        self.state = state

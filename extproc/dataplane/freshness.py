@@ -1,0 +1,88 @@
+"""Freshness of one request: what the client allows (``cache-control``, ``x-semantic-cache-ttl``).
+
+``cache-control: max-age=N`` serves only an entry younger than N seconds (``max-age=0``: none,
+like ``no-cache``); ``no-cache`` skips the lookup, ``no-store`` the store.  ``x-semantic-cache-ttl:
+N`` asks that this answer be kept N seconds, never longer than ``max_ttl_seconds``.  A time-
+sensitive prompt (:mod:`extproc.cache.volatile`) is looked up and kept for at most
+``volatile_ttl_seconds`` (0: neither).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+TTL_HEADER = "x-semantic-cache-ttl"
+_SECONDS = re.compile(r"\d{1,10}")
+
+
+@dataclass
+class Freshness:
+    """One request's limits: serve entries up to ``max_age`` seconds old, keep the answer ``ttl``."""
+
+    no_cache: bool = False
+    no_store: bool = False
+    max_age: int | None = None
+    """Serve only entries younger than this many seconds (None: any live entry)."""
+    ttl: int | None = None
+    """Seconds to keep the answer (None: the configured ``ttl_seconds``)."""
+    volatile: str = ""
+    """Why the prompt or answer is time-sensitive, or ""."""
+
+    def limit_age(self, seconds: int) -> None:
+        """Tighten ``max_age`` to at most ``seconds`` (0 turns the lookup off)."""
+        self.max_age = seconds if self.max_age is None else min(self.max_age, seconds)
+        if self.max_age == 0:
+            self.no_cache = True
+
+    def mark_volatile(self, reason: str, volatile_ttl: int, base_ttl: int) -> None:
+        """A time-sensitive prompt or answer: served and kept ``volatile_ttl`` at most (0: neither)."""
+        self.volatile = self.volatile or reason
+        if volatile_ttl == 0:
+            self.no_cache = self.no_store = True
+        else:
+            self.limit_age(volatile_ttl)
+            self.limit_ttl(volatile_ttl, base_ttl)
+
+    def limit_ttl(self, seconds: int, base: int) -> None:
+        """Keep the answer at most ``seconds`` (``base`` is the configured TTL, 0 = never expires)."""
+        current = self.ttl if self.ttl is not None else base
+        self.ttl = seconds if current == 0 else min(current, seconds)
+
+
+def answer_text(completion: Mapping[str, Any]) -> str:
+    """The text of a stored ``chat.completion``, ``text_completion`` or ``response``."""
+    parts: list[str] = []
+    for item in completion.get("output") or ():
+        for part in item.get("content") or () if isinstance(item, dict) else ():
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+    for choice in completion.get("choices") or ():
+        message = choice.get("message") or {}
+        text = message.get("content") if isinstance(message, dict) else None
+        text = choice.get("text") if text is None else text
+        if isinstance(text, str):
+            parts.append(text)
+    return "\n".join(parts)
+
+
+def parse_freshness(cache_control: str, ttl: str, max_ttl_seconds: int) -> Freshness:
+    """The limits a request asks for; malformed directives are ignored (RFC 9111 §5.2)."""
+    fresh = Freshness()
+    for directive in cache_control.split(","):
+        name, _, value = directive.strip().partition("=")
+        name = name.strip().lower()
+        if name == "no-cache":
+            fresh.no_cache = True
+        elif name == "no-store":
+            fresh.no_store = True
+        elif name == "max-age":
+            value = value.strip().strip('"')
+            if _SECONDS.fullmatch(value):
+                fresh.limit_age(int(value))  # repeated: the strictest wins
+    ttl = ttl.strip()
+    if max_ttl_seconds > 0 and _SECONDS.fullmatch(ttl) and int(ttl) > 0:
+        fresh.ttl = min(int(ttl), max_ttl_seconds)
+    return fresh

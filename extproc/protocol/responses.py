@@ -1,0 +1,198 @@
+"""The ``POST /v1/responses`` format, stateless requests only: parse, validate, replay.
+
+Only a request that leaves no state behind is cacheable: ``store: false`` (the API stores by
+default, and a cached answer would have no server-side object to continue from), no
+``previous_response_id``, no ``conversation``, not ``background``.  The prompt is ``input`` (a
+string, or the text of the last user item); everything else is the fingerprint, with the
+endpoint in it.  A stream is stored from its ``response.completed`` event and replayed as the
+standard event sequence (created, in_progress, per item added / parts / text deltas / done,
+completed), with fresh ids and sequence numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from extproc.errors import NotCacheable, NotStorable
+from extproc.protocol.openai import (
+    MAX_MODEL_CHARS,
+    ChatRequest,
+    _hash,
+    _split_content,
+    normalize_text,
+)
+from extproc.protocol.sse import iter_sse_data
+
+RESPONSES_PATH = "/v1/responses"
+_STATEFUL = ("previous_response_id", "conversation")
+
+
+def parse_responses_request(
+    body: bytes, ignore_fields: Iterable[str] = ("stream", "stream_options")
+) -> ChatRequest:
+    """Parse a stateless Responses request into a :class:`ChatRequest`, else :class:`NotCacheable`."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise NotCacheable("bad_json") from exc
+    if not isinstance(data, dict):
+        raise NotCacheable("bad_json")
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise NotCacheable("no_model")
+    if len(model) > MAX_MODEL_CHARS:
+        raise NotCacheable("model_too_long")
+    if data.get("store") is not False or data.get("background") or any(data.get(k) for k in _STATEFUL):
+        raise NotCacheable("stateful")
+    items = data.get("input")
+    if isinstance(items, str):  # the API's shorthand for one user message
+        items = [{"role": "user", "content": items}]
+    if isinstance(items, list) and items and all(isinstance(i, dict) for i in items):
+        # {"type": "message", "role": …} and {"role": …} are one item: drop the default type.
+        items = [{k: v for k, v in i.items() if (k, v) != ("type", "message")} for i in items]
+        last = next((i for i in range(len(items) - 1, -1, -1) if items[i].get("role") == "user"), None)
+        if last is None:
+            raise NotCacheable("no_user_message")
+        text, rest = _split_content(_as_chat_content(items[last].get("content")))
+        placeholder = {k: v for k, v in items[last].items() if k != "content"}
+        identity_input = [*items[:last], placeholder | {"content": {"$last_user_text": True, "rest": rest}}]
+        identity_input += items[last + 1 :]
+    else:
+        raise NotCacheable("bad_messages")
+    prompt = normalize_text(text)
+    if not prompt:
+        raise NotCacheable("empty_prompt")
+    ignored = set(ignore_fields)
+    identity = {k: v for k, v in data.items() if k not in ignored and k not in ("model", "input")}
+    identity["input"] = identity_input
+    try:
+        canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    except (ValueError, RecursionError) as exc:
+        raise NotCacheable("bad_json") from exc
+    return ChatRequest(model, prompt, _hash("responses", canonical), data.get("stream") is True, False)
+
+
+def _as_chat_content(content: Any) -> Any:
+    """Responses content parts (``input_text``) in the chat shape ``_split_content`` reads."""
+    if not isinstance(content, list):
+        return content
+    return [
+        dict(p, type="text") if isinstance(p, dict) and p.get("type") == "input_text" else p for p in content
+    ]
+
+
+def validate_response(response: Any, choices_expected: int = 1) -> dict[str, Any]:
+    """Check that a ``response`` object is completed and safe to serve again."""
+    if not isinstance(response, dict) or response.get("object") != "response":
+        raise NotStorable("unparseable")
+    if response.get("error"):
+        raise NotStorable("error_body")
+    status = response.get("status")
+    if status == "incomplete":
+        reason = (response.get("incomplete_details") or {}).get("reason")
+        raise NotStorable("content_filter" if reason == "content_filter" else "truncated")
+    if status != "completed":
+        raise NotStorable("incomplete")
+    if not isinstance(response.get("output"), list) or not response["output"]:
+        raise NotStorable("no_choices")
+    return response
+
+
+def parse_json_response(body: bytes, choices_expected: int = 1) -> dict[str, Any]:
+    """Parse and validate a non-streaming ``response`` body."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise NotStorable("unparseable") from exc
+    if isinstance(data, dict) and "error" in data and data.get("object") != "response":
+        raise NotStorable("error_body")
+    return validate_response(data)
+
+
+def parse_sse_response(body: bytes, choices_expected: int = 1) -> dict[str, Any]:
+    """The ``response`` of a complete stream's ``response.completed`` event."""
+    try:
+        payloads = list(iter_sse_data(body))
+    except UnicodeDecodeError as exc:
+        raise NotStorable("unparseable") from exc
+    for payload in reversed(payloads):
+        try:
+            event = json.loads(payload)
+        except ValueError as exc:
+            raise NotStorable("unparseable") from exc
+        kind = event.get("type") if isinstance(event, dict) else None
+        if kind == "response.completed":
+            return validate_response(event.get("response"))
+        if kind in ("response.failed", "error"):
+            raise NotStorable("error_body")
+        if kind == "response.incomplete":
+            return validate_response(event.get("response"))
+    raise NotStorable("stream_incomplete")
+
+
+def render_response(stored: dict[str, Any]) -> bytes:
+    """The stored ``response`` as JSON with a fresh ``id`` and ``created_at``."""
+    return json.dumps(_fresh(stored), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _fresh(stored: dict[str, Any]) -> dict[str, Any]:
+    return dict(stored, id="resp_" + secrets.token_hex(24), created_at=int(time.time()))
+
+
+def render_response_sse(stored: dict[str, Any], include_usage: bool = False, piece_chars: int = 64) -> bytes:
+    """The stored ``response`` as the standard Responses event stream."""
+    final = _fresh(stored)
+    events: list[dict[str, Any]] = []
+    started = dict(final, status="in_progress", output=[], usage=None)
+    events += [
+        {"type": "response.created", "response": started},
+        {"type": "response.in_progress", "response": started},
+    ]
+    for index, item in enumerate(final["output"]):
+        events += _item_events(index, item, piece_chars)
+    events.append({"type": "response.completed", "response": final})
+    parts = []
+    for seq, event in enumerate(events):
+        data = json.dumps(dict(event, sequence_number=seq), ensure_ascii=False, separators=(",", ":"))
+        parts.append(f"event: {event['type']}\ndata: {data}\n\n".encode())
+    return b"".join(parts)
+
+
+def _item_events(index: int, item: dict[str, Any], piece_chars: int) -> list[dict[str, Any]]:
+    """added, the text of each output_text part in deltas, done: one output item."""
+    if item.get("type") != "message":  # tool calls, reasoning: whole, as they were completed
+        return [
+            {
+                "type": "response.output_item.added",
+                "output_index": index,
+                "item": dict(item, status="in_progress"),
+            },
+            {"type": "response.output_item.done", "output_index": index, "item": item},
+        ]
+    item_id = item.get("id", "")
+    where = {"item_id": item_id, "output_index": index}
+    events: list[dict[str, Any]] = [
+        {
+            "type": "response.output_item.added",
+            "output_index": index,
+            "item": dict(item, status="in_progress", content=[]),
+        }
+    ]
+    for c, part in enumerate(item.get("content") or []):
+        at = where | {"content_index": c}
+        text = part.get("text", "") if part.get("type") == "output_text" else ""
+        empty = dict(part, text="") if part.get("type") == "output_text" else part
+        events.append({"type": "response.content_part.added", **at, "part": empty})
+        for start in range(0, len(text), piece_chars):
+            events.append(
+                {"type": "response.output_text.delta", **at, "delta": text[start : start + piece_chars]}
+            )
+        if part.get("type") == "output_text":
+            events.append({"type": "response.output_text.done", **at, "text": text})
+        events.append({"type": "response.content_part.done", **at, "part": part})
+    events.append({"type": "response.output_item.done", "output_index": index, "item": item})
+    return events

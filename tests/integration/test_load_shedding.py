@@ -1,0 +1,43 @@
+"""Under load the processor sheds semantic lookups instead of queueing (through the real Envoy)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.conftest import StackFactory
+from tests.support.admin_helpers import chat, fresh_model
+
+pytestmark = pytest.mark.integration
+
+
+def sample(stack: object, name: str, **labels: str) -> float:
+    """One sample of the stack's processor metrics (0 when absent)."""
+    registry = stack.server.metrics.registry  # type: ignore[attr-defined]
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+async def test_a_burst_is_shed_not_queued_and_exact_repeats_still_hit(make_stack: StackFactory) -> None:
+    stack = await make_stack(max_added_latency_ms=50, embedding_batch_size=8)
+    model = fresh_model()
+    stored = [f"Which river flows through city number {i}?" for i in range(4)]
+    for prompt in stored:  # one at a time: each waits for no other embedding
+        await stack.chat(chat(model, prompt))
+        await stack.settle()
+    for prompt in stored:
+        assert (await stack.chat(chat(model, prompt))).headers["x-semantic-cache"] == "hit"
+    before = sample(stack, "semantic_cache_bypass_total", reason="overloaded")
+
+    burst = [
+        stack.chat(chat(model, f"Unique question {i} about a subject nobody asked {i * 7}"))
+        for i in range(160)
+    ]
+    repeats = [stack.chat(chat(model, stored[i % 4])) for i in range(40)]
+    results = await asyncio.gather(*burst, *repeats)
+
+    assert all(r.status_code == 200 for r in results)  # shedding never fails a request
+    shed = sample(stack, "semantic_cache_bypass_total", reason="overloaded") - before
+    assert shed > 0, "the burst never exceeded a 50 ms embedding budget"
+    assert sum(r.headers["x-semantic-cache"] == "bypass" for r in results[:160]) == shed
+    assert all(r.headers["x-semantic-cache"] == "hit" for r in results[160:])  # exact: no embedding

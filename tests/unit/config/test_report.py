@@ -1,0 +1,86 @@
+"""check-config's report: one line per setting with its source, secrets masked, "did you mean"."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from extproc.config.checks import did_you_mean
+from extproc.config.report import settings_lines, show
+from extproc.config.settings import _CACHE_KEYS, load_config
+from extproc.errors import ConfigError
+
+PLANTED = "S3cretPw-planted"
+
+
+def test_every_setting_once_with_its_source(tmp_path: Path) -> None:
+    (tmp_path / "milvus.yaml").write_text(
+        "connection:\n  auth:\n    enabled: true\n"
+        '    username: "${MILVUS_USERNAME}"\n    password: "${MILVUS_PASSWORD}"\n'
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        'semantic_cache:\n  backend_type: "milvus"\n  backend_config_path: "milvus.yaml"\n'
+        '  ttl_seconds: "${TTL:-60}"\n  server:\n    admin_address: "127.0.0.1:9999"\n'
+    )
+    env = {
+        "MILVUS_USERNAME": "cache",
+        "MILVUS_PASSWORD": PLANTED,
+        "SEMANTIC_CACHE_SCOPE_MODE": "header",
+    }
+    settings = load_config(config, env)
+    lines = settings_lines(settings, env)
+    text = "\n".join(lines)
+    assert PLANTED not in text and PLANTED not in repr(settings)
+    by_key = {line.split(":", 1)[0]: line for line in lines if not line.startswith(" ")}
+    assert by_key["backend_type"].endswith("(file)")
+    assert by_key["ttl_seconds"].startswith("ttl_seconds: 60 ") and by_key["ttl_seconds"].endswith(
+        "(file, ${TTL:-60})"
+    )
+    assert by_key["scope_mode"].endswith("(env SEMANTIC_CACHE_SCOPE_MODE)")
+    assert by_key["similarity_threshold"].endswith("(default)")
+    assert by_key["server.admin_address"].endswith("(file)")
+    assert "  auth: user 'cache', password (set, not shown)" in lines
+    keys = [line.split(":", 1)[0] for line in lines if not line.startswith(" ") and "(" in line]
+    assert len(keys) == len(set(keys))  # one line per setting
+
+
+def test_secrets_are_never_shown() -> None:
+    assert show("password", PLANTED) == "(set, not shown)"
+    assert show("admin_token", PLANTED) == "(set, not shown)"
+    assert show("password", "") == '""'
+
+
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [
+        ("treshold", "similarity_threshold"),
+        ("similarity_treshold", "similarity_threshold"),
+        ("max_entry", "max_entries"),
+        ("embeding_model", "embedding_model"),
+        ("top-k", "top_k"),
+        ("completely_unrelated", None),
+    ],
+)
+def test_did_you_mean(typo: str, meant: str | None) -> None:
+    assert did_you_mean(typo, _CACHE_KEYS) == meant
+
+
+def test_unknown_key_error_suggests(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("semantic_cache:\n  treshold: 0.8\n")
+    with pytest.raises(
+        ConfigError, match=r"semantic_cache\.treshold: unknown key; did you mean `similarity_threshold`\?"
+    ):
+        load_config(config)
+
+
+def test_a_bad_password_value_is_not_echoed_in_the_error() -> None:
+    from extproc.config.milvus import parse_milvus_config
+
+    with pytest.raises(ConfigError) as info:
+        parse_milvus_config(
+            {"connection": {"auth": {"enabled": True, "username": "u", "password": 731994}}}, "m"
+        )
+    assert "connection.auth.password: must be" in str(info.value) and "731994" not in str(info.value)

@@ -1,0 +1,108 @@
+"""The embedder's batching, workers, lookup-before-store order and backlog prediction."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from extproc.cache import MemoryBackend, SemanticCache
+from extproc.embedding.batcher import CostModel, Embedder
+from extproc.errors import Overloaded
+from tests.support.toy import DIM, answer, query, toy_encode
+
+
+class SlowEncoder:
+    """The toy encoder taking ``fixed + per_item * n`` seconds per pass; records its batches."""
+
+    thread_safe = True
+
+    def __init__(self, fixed: float = 0.02, per_item: float = 0.002) -> None:
+        self.fixed, self.per_item = fixed, per_item
+        self.batches: list[list[str]] = []
+        self.concurrent = 0
+        self.most_concurrent = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        with self._lock:
+            self.batches.append(list(texts))
+            self.concurrent += 1
+            self.most_concurrent = max(self.most_concurrent, self.concurrent)
+        time.sleep(self.fixed + self.per_item * len(texts))
+        with self._lock:
+            self.concurrent -= 1
+        return toy_encode(texts)
+
+
+def test_cost_model_learns_fixed_and_per_item_cost() -> None:
+    model = CostModel()
+    for n in (1, 8, 32, 1, 16, 64, 4) * 10:
+        model.observe(n, 0.004 + 0.0005 * n)
+    assert abs(model.fixed - 0.004) < 5e-4
+    assert abs(model.per_item - 0.0005) < 5e-5
+    assert abs(model.seconds(10) - 0.009) < 1e-3
+
+
+async def test_concurrent_queries_share_passes_on_every_worker() -> None:
+    encoder = SlowEncoder()
+    embedder = Embedder(encoder, DIM, max_batch=64, workers=2)
+    vectors = await asyncio.gather(*[embedder.embed(f"text {i}") for i in range(40)])
+    assert len(vectors) == 40 and encoder.most_concurrent == 2
+    assert len(encoder.batches) < 10  # batched, not one pass per text
+    embedder.close()
+
+
+async def test_lookups_go_before_stores() -> None:
+    encoder = SlowEncoder(fixed=0.05)
+    embedder = Embedder(encoder, DIM, max_batch=2, workers=1)
+    first = asyncio.create_task(embedder.embed("busy"))  # occupies the worker
+    await asyncio.sleep(0.01)
+    stores = [asyncio.create_task(embedder.embed(f"store {i}", deferred=True)) for i in range(2)]
+    lookups = [asyncio.create_task(embedder.embed(f"lookup {i}")) for i in range(2)]
+    await asyncio.gather(first, *stores, *lookups)
+    assert encoder.batches[1] == ["lookup 0", "lookup 1"]
+    assert encoder.batches[2] == ["store 0", "store 1"]
+    embedder.close()
+
+
+async def test_expected_wait_grows_with_the_backlog() -> None:
+    encoder = SlowEncoder(fixed=0.03, per_item=0.001)
+    embedder = Embedder(encoder, DIM, max_batch=4, workers=1)
+    for i in range(6):  # teach the cost model
+        await embedder.embed(f"warm {i}")
+    idle = embedder.expected_wait()
+    assert 0.01 < idle < 0.1
+    pending = [asyncio.create_task(embedder.embed(f"q {i}")) for i in range(20)]
+    await asyncio.sleep(0)
+    loaded = embedder.expected_wait()
+    assert loaded > 4 * idle  # five more passes of up to 4 ahead of a new query
+    await asyncio.gather(*pending)
+    embedder.close()
+
+
+async def test_overloaded_lookup_still_finds_exact_repeats() -> None:
+    encoder = SlowEncoder(fixed=0.05)
+    cache = SemanticCache(MemoryBackend(DIM, 100), Embedder(encoder, DIM, 4, 1), 0.9, 5, 60)
+    await cache.store(query("v:1,0"), answer("stored"))
+    backlog = [asyncio.create_task(cache.embedder.embed(f"noise {i}")) for i in range(40)]
+    await asyncio.sleep(0)
+    hit = await cache.check(query("v:1,0"), max_wait=0.01)
+    assert hit.match == "exact"
+    try:
+        await cache.check(query("v:1,0.1"), max_wait=0.01)
+    except Overloaded as exc:
+        assert exc.reason == "overloaded"
+    else:
+        raise AssertionError("a semantic lookup ran past the latency budget")
+    try:
+        await cache.store(query("v:0,1"), answer("later"), max_wait=0.01)
+    except Overloaded:
+        pass
+    else:
+        raise AssertionError("a store embedded past the latency budget")
+    await asyncio.gather(*backlog)
+    cache.embedder.close()

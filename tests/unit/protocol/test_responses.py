@@ -1,0 +1,100 @@
+"""The stateless Responses format: identity, what is not cacheable, storing and replaying events."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from extproc.errors import NotCacheable, NotStorable
+from extproc.protocol.responses import (
+    parse_json_response,
+    parse_responses_request,
+    parse_sse_response,
+    render_response,
+    render_response_sse,
+)
+from extproc.protocol.sse import iter_sse_data
+
+
+def body(**fields: Any) -> bytes:
+    """A Responses request body (stateless unless the fields say otherwise)."""
+    return json.dumps({"model": "m", "input": "Say hi", "store": False, **fields}).encode()
+
+
+def test_identity_of_the_input_forms() -> None:
+    short = parse_responses_request(body())
+    as_item = parse_responses_request(body(input=[{"type": "message", "role": "user", "content": "Say hi"}]))
+    as_parts = parse_responses_request(
+        body(input=[{"role": "user", "content": [{"type": "input_text", "text": "Say hi"}]}])
+    )
+    assert short.prompt == as_item.prompt == as_parts.prompt == "Say hi"
+    assert short.fingerprint == as_item.fingerprint == as_parts.fingerprint
+    assert parse_responses_request(body(instructions="Be brief")).fingerprint != short.fingerprint
+    assert parse_responses_request(body(stream=True)).stream
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"store": True}, "stateful"),
+        ({"store": None}, "stateful"),  # the API stores by default
+        ({"previous_response_id": "resp_1"}, "stateful"),
+        ({"background": True}, "stateful"),
+        ({"input": [{"role": "assistant", "content": "x"}]}, "no_user_message"),
+        ({"input": 5}, "bad_messages"),
+    ],
+)
+def test_not_cacheable(fields: dict[str, Any], reason: str) -> None:
+    with pytest.raises(NotCacheable) as info:
+        parse_responses_request(body(**fields))
+    assert info.value.reason == reason
+
+
+def response(status: str = "completed", **extra: Any) -> dict[str, Any]:
+    """A response object with one message."""
+    part = {"type": "output_text", "text": "Hello there, general Kenobi.", "annotations": []}
+    item = {"id": "msg_1", "type": "message", "role": "assistant", "status": "completed", "content": [part]}
+    return {
+        "id": "resp_1",
+        "object": "response",
+        "created_at": 1,
+        "status": status,
+        "model": "m",
+        "output": [item],
+    } | extra
+
+
+def test_replay_round_trip() -> None:
+    stored = parse_json_response(json.dumps(response()).encode())
+    assert json.loads(render_response(stored))["id"] != "resp_1"
+    stream = render_response_sse(stored, piece_chars=6)
+    events = [json.loads(p) for p in iter_sse_data(stream)]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    deltas = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert deltas == "Hello there, general Kenobi."
+    assert parse_sse_response(stream)["output"] == stored["output"]
+
+
+@pytest.mark.parametrize(
+    ("obj", "reason"),
+    [
+        (response("incomplete", incomplete_details={"reason": "max_output_tokens"}), "truncated"),
+        (response("incomplete", incomplete_details={"reason": "content_filter"}), "content_filter"),
+        (response("failed", error={"message": "x"}), "error_body"),
+        (response(output=[]), "no_choices"),
+    ],
+)
+def test_unfinished_responses_are_not_stored(obj: dict[str, Any], reason: str) -> None:
+    with pytest.raises(NotStorable) as info:
+        parse_json_response(json.dumps(obj).encode())
+    assert info.value.reason == reason
+
+
+def test_a_stream_without_completed_is_not_stored() -> None:
+    stream = render_response_sse(response())
+    cut = stream[: stream.index(b"event: response.completed")]
+    with pytest.raises(NotStorable) as info:
+        parse_sse_response(cut)
+    assert info.value.reason == "stream_incomplete"
