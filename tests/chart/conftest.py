@@ -1,4 +1,7 @@
-"""Fixtures of the chart tests: the chart with its test-double dependency, and every preset rendered.
+"""Fixtures of the chart tests: the chart with its milvus dependency, and every preset rendered.
+
+The dependency is the official milvus chart archive when ../shared/charts has it, else the test
+double in fixtures/milvus-stub (a bare clone); ``real_chart`` is the former or a skip.
 
 Session-scoped: tests/test_chart.py had them module-scoped, i.e. built once for all the chart tests;
 now that the tests span several modules, session scope keeps them built once.
@@ -12,18 +15,34 @@ from pathlib import Path
 import helm_python as helm
 import pytest
 
-from .helpers import CHART, FIXTURES, PRESETS, Rendered, helm_render, to_rendered
+from .helpers import CHART, FIXTURES, MILVUS_ARCHIVE, NO_ARCHIVE, PRESETS, Rendered, helm_render, to_rendered
+
+
+def _chart_copy(tmp_path_factory: pytest.TempPathFactory, real: bool) -> Path:
+    """A copy of the chart with a milvus archive in charts/, where ``helm dependency build``
+    puts it (charts/milvus-<version>.tgz): the official one, or the test double packaged."""
+    target = tmp_path_factory.mktemp("chart") / "semantic-cache"
+    shutil.copytree(CHART, target, ignore=shutil.ignore_patterns("charts"))
+    (target / "charts").mkdir()
+    if real:
+        shutil.copy(MILVUS_ARCHIVE, target / "charts")
+    else:
+        helm.package(FIXTURES / "milvus-stub", destination=target / "charts")
+    return target
 
 
 @pytest.fixture(scope="session")
 def chart_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the chart with the milvus test double packaged into charts/, as
-    ``helm dependency build`` leaves the real one (charts/milvus-<version>.tgz)."""
-    target = tmp_path_factory.mktemp("chart") / "semantic-cache"
-    shutil.copytree(CHART, target, ignore=shutil.ignore_patterns("charts"))
-    (target / "charts").mkdir()
-    helm.package(FIXTURES / "milvus-stub", destination=target / "charts")
-    return target
+    """The chart with the official milvus chart when available, else with the test double."""
+    return _chart_copy(tmp_path_factory, real=MILVUS_ARCHIVE.is_file())
+
+
+@pytest.fixture(scope="session")
+def real_chart(chart_dir: Path) -> Path:
+    """The chart with the official milvus chart (skips without the archive)."""
+    if not MILVUS_ARCHIVE.is_file():
+        pytest.skip(NO_ARCHIVE)
+    return chart_dir
 
 
 @pytest.fixture(scope="session")

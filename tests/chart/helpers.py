@@ -34,6 +34,16 @@ RELEASE = "semantic-router"
 NS = "vllm-semantic-router-system"
 KUBE_MIN = "1.27.0"
 ENVOY_TEMPLATE = CHART / "files" / "envoy.yaml"
+# The official milvus chart at the version Chart.yaml pins, from the shared folder beside the
+# repository (never committed). Without it the renders fall back to the stub in fixtures/.
+MILVUS_VERSION = next(
+    d["version"] for d in yaml.safe_load((CHART / "Chart.yaml").read_text())["dependencies"]
+)
+MILVUS_ARCHIVE = ROOT.parent / "shared" / "charts" / f"milvus-{MILVUS_VERSION}.tgz"
+NO_ARCHIVE = (
+    f"the official milvus chart archive {MILVUS_ARCHIVE} is absent (a bare clone has no ../shared; "
+    "the chart repository cannot be reached to fetch it)"
+)
 
 Doc = dict[str, Any]
 
@@ -188,6 +198,11 @@ PRESETS: dict[str, Preset] = {
     "servicemonitor-no-api": Preset({}, backend="memory"),
     "servicemonitor-api": Preset({}, ("monitoring.coreos.com/v1",), "memory"),
     "servicemonitor-force": Preset({"metrics": {"serviceMonitor": {"force": True}}}, backend="memory"),
+    "alerts-dashboard": Preset(
+        {"metrics": {"prometheusRule": {"enabled": True}, "grafanaDashboard": {"enabled": True}}},
+        ("monitoring.coreos.com/v1",),
+        "memory",
+    ),
     "tracing-https-hpa": Preset(
         {
             "upstream": {"url": "https://llm.example.com", "servedModelName": "qwen2.5-7b"},
@@ -216,6 +231,7 @@ def render(chart: Path, values: Doc | None = None, **kwargs: Any) -> Rendered:
 CRD_SCHEMAS = {
     ("milvus.io/v1beta1", "Milvus"): FIXTURES / "schemas" / "milvus-v1beta1.json",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): FIXTURES / "schemas" / "servicemonitor-v1.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): FIXTURES / "schemas" / "prometheusrule-v1.json",
 }
 _validated: set[str] = set()
 
@@ -295,6 +311,12 @@ def socket_of(address: Doc) -> tuple[str, int]:
     """(address, port) of an Envoy address."""
     sock = address["socket_address"]
     return sock["address"], int(sock["port_value"])
+
+
+def ours(doc: Doc) -> bool:
+    """Is ``doc`` rendered by this chart's own templates (not by the milvus dependency)?"""
+    chart: str = doc["metadata"].get("labels", {}).get("helm.sh/chart", "")
+    return chart.startswith("semantic-cache-")
 
 
 def _matches(selector: Doc, labels: dict[str, str]) -> bool:

@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .helpers import PRESETS, RELEASE, Rendered, check_config, envoy_validate, socket_of, validate_object
+from .helpers import (
+    PRESETS,
+    RELEASE,
+    Rendered,
+    check_config,
+    envoy_validate,
+    ours,
+    socket_of,
+    validate_object,
+)
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -152,14 +161,15 @@ def test_check_config_accepts_rendered_configs(
 @pytest.mark.parametrize("preset", PRESETS)
 def test_no_secret_value_in_any_configmap(rendered: dict[str, Rendered], preset: str) -> None:
     r = rendered[preset]
-    assert not r.all("Secret"), "the chart never carries secret values"
+    # Only this chart's own objects: the milvus chart's MinIO has a Secret of its own keys.
+    assert not [s for s in r.all("Secret") if ours(s)], "the chart never carries secret values"
     milvus = yaml.safe_load(r.data("milvus-client-config", "milvus.yaml"))
     auth = milvus["connection"]["auth"]
     if auth["enabled"]:
         assert auth == {"enabled": True, "username": "${MILVUS_USERNAME}", "password": "${MILVUS_PASSWORD}"}
     else:
         assert auth == {"enabled": False}
-    for cm in r.all("ConfigMap"):
+    for cm in filter(ours, r.all("ConfigMap")):
         for value in cm["data"].values():
             for line in value.splitlines():
                 if re.search(r"(password|token|secret)\s*:", line, re.I):

@@ -33,7 +33,7 @@ def test_bare_chart_renders_and_lint_only_asks_for_helm_dependency_build(tmp_pat
     assert RELEASE in [d["metadata"]["name"] for d in r.all("Deployment")]
 
 
-def test_stub_dependency_is_recognised(chart_dir: Path) -> None:
+def test_dependency_archive_is_recognised(chart_dir: Path) -> None:
     (dep,) = helm.dependency_list(chart_dir)
     assert dep["status"] == "ok"
 

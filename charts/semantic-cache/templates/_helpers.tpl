@@ -143,8 +143,27 @@ milvusClient.connection.host / port override all of them.
 {{- if and .Values.milvus.pulsar.enabled .Values.milvus.pulsarv3.enabled -}}
 {{- fail "milvus.pulsar.enabled and milvus.pulsarv3.enabled are both true: the two Pulsars conflict; keep pulsarv3 only (Milvus 2.4+)" -}}
 {{- end -}}
+{{- if and .Values.milvus.enabled (not .Values.milvusClient.connection.host) -}}
+{{- $milvusService := index (splitList "." (include "semantic-cache.milvusHost" .)) 0 -}}
+{{- if eq $milvusService (include "semantic-cache.fullname" .) -}}
+{{- fail (printf "the bundled milvus chart names its Service %q, like this chart's Service: with a release name containing \"milvus\" set milvus.fullnameOverride (or fullnameOverride), or choose another release name" $milvusService) -}}
+{{- end -}}
+{{- end -}}
 {{- $needed := add .Values.drain.minSeconds .Values.drain.maxSeconds 10 -}}
 {{- if lt (int64 .Values.terminationGracePeriodSeconds) (int64 $needed) -}}
 {{- fail (printf "terminationGracePeriodSeconds (%s) must be at least drain.minSeconds + drain.maxSeconds + 10 (%s)" (include "semantic-cache.num" .Values.terminationGracePeriodSeconds) (include "semantic-cache.num" $needed)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A ratio as a percentage for alert texts: 0.2 -> 20%. */}}
+{{- define "semantic-cache.percent" -}}
+{{- printf "%s%%" (include "semantic-cache.num" (mulf . 100.0)) -}}
+{{- end -}}
+
+{{/* runbook_url of an alert: metrics.prometheusRule.runbookUrl#anchor, when set. Args: (list $pr anchor). */}}
+{{- define "semantic-cache.runbookUrl" -}}
+{{- $base := (index . 0).runbookUrl -}}
+{{- if $base }}
+runbook_url: {{ printf "%s#%s" $base (index . 1) | quote }}
 {{- end -}}
 {{- end -}}

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from extproc.config.settings import parse_config
+from extproc.embedding import loader
 from extproc.embedding import onnx_backend as embedding_onnx
 from extproc.embedding.base import EncodeFn, resolve_model_path
 from extproc.embedding.loader import load_sentence_model
@@ -84,3 +85,17 @@ def test_embedding_backend_config_key() -> None:
         parse_config({"semantic_cache": {"embedding_backend": "gpu"}})
     with pytest.raises(ValueError, match="auto, torch or onnx"):
         load_sentence_model("all-MiniLM-L6-v2", backend="gpu")
+
+
+def test_without_torch_a_precise_error_instead_of_an_import_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A slim install (no torch extra): torch asked for, or no ONNX export to serve.
+    monkeypatch.setattr(loader, "torch_installed", lambda: False)
+    with pytest.raises(ConfigError, match=r"embedding_backend: torch needs torch .*semantic-cache\[torch\]"):
+        load_sentence_model("all-MiniLM-L6-v2", backend="torch")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setattr(embedding_onnx, "cache_roots", lambda: [blocker / "cache"])
+    with pytest.raises(ConfigError, match=r"ONNX backend cannot be used \(no writable cache folder"):
+        load_sentence_model("all-MiniLM-L6-v2", backend="auto")

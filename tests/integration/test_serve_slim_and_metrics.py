@@ -1,0 +1,103 @@
+"""A running ``semantic-cache serve`` (embedding_backend auto, the Milvus backend): it never loads
+torch or sentence-transformers, and every metric the chart's dashboard and alerts query is one it
+really exports on /metrics."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.chart.helpers import CHART, render
+from tests.support.processes import Serving, start_serve, stop, unreachable_milvus
+from tests.support.promql import metric_names
+
+pytestmark = pytest.mark.integration
+
+# The packages serving must never load with the ONNX backend (they are the `torch` extra).
+HEAVY = ("torch", "sentence_transformers", "transformers")
+# The alert that reads kube-state-metrics, not the processor.
+KUBE_STATE_METRICS = {"kube_pod_container_status_restarts_total"}
+
+
+@pytest.fixture(scope="module")
+def serving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serving]:
+    """serve under ``-X importtime`` with the Milvus backend pointed at a closed port: it starts,
+    bypasses, and its /metrics carries the backend's gauges (circuit breaker included)."""
+    folder = tmp_path_factory.mktemp("serve")
+    section = unreachable_milvus(folder) | {"embedding_backend": "auto"}
+    s = start_serve(folder, section, "-X", "importtime")
+    try:
+        yield s
+    finally:
+        stop(s.process)
+
+
+def test_serve_maps_no_torch_library(serving: Serving) -> None:
+    maps = Path(f"/proc/{serving.process.pid}/maps").read_text()
+    libraries = {line.split()[-1] for line in maps.splitlines() if line.count(" ") >= 5}
+    assert any("onnxruntime" in lib for lib in libraries), "the ONNX backend serves"
+    assert not [lib for lib in libraries if re.search(r"/torch/|libtorch", lib)]
+
+
+def test_serve_imports_neither_torch_nor_sentence_transformers(serving: Serving) -> None:
+    # -X importtime writes one line per module imported: "import time: self | cumulative | name".
+    imported = {
+        line.rsplit("|", 1)[1].strip().split(".")[0]
+        for line in serving.log.read_text().splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    assert {"onnxruntime", "tokenizers", "extproc"} <= imported
+    assert not imported & set(HEAVY)
+
+
+def exported(text: str) -> set[str]:
+    """Every series name an exposition can carry, from its TYPE lines and its samples."""
+    names: set[str] = set()
+    suffixes = {
+        "counter": ("", "_created"),
+        "histogram": ("_bucket", "_count", "_sum", "_created"),
+        "gauge": ("",),
+    }
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            names |= {name + suffix for suffix in suffixes.get(kind, ("",))}
+        elif line and not line.startswith("#"):
+            names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
+    return names
+
+
+def test_dashboard_and_alerts_query_only_exported_metrics(serving: Serving) -> None:
+    live = exported(urllib.request.urlopen(f"{serving.metrics_url}/metrics", timeout=10).read().decode())
+    assert "semantic_cache_circuit_breaker_state" in live
+    values = {
+        "metrics": {"prometheusRule": {"enabled": True, "force": True}, "grafanaDashboard": {"enabled": True}}
+    }
+    r = render(CHART, values)
+    dashboard = json.loads(r.one("ConfigMap", "semantic-router-dashboard")["data"]["semantic-cache.json"])
+    queries = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    # Variables: label_values(<series>, <label>) reads <series>.
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            found = re.fullmatch(r"label_values\((.*),\s*\w+\)", variable["query"]["query"])
+            assert found, variable
+            queries.append(found.group(1))
+    (rule,) = r.all("PrometheusRule")
+    rules = [a["expr"] for g in rule["spec"]["groups"] for a in g["rules"]]
+    assert len(queries) > 20 and len(rules) == 5
+    for expr in queries + rules:
+        names = metric_names(expr)
+        assert names, expr
+        unknown = names - live - KUBE_STATE_METRICS
+        assert not unknown, f"{sorted(unknown)} not exported by the processor, in: {expr}"
+    # The dashboard shows every family the processor exports (process-level ones aside).
+    families = {
+        n for n in live if n.startswith("semantic_cache_") and not n.endswith(("_created", "_count", "_sum"))
+    }
+    shown = set().union(*(metric_names(q) for q in queries))
+    assert families <= shown, f"not on the dashboard: {sorted(families - shown)}"
