@@ -10,7 +10,7 @@ import helm_python as helm
 import pytest
 import yaml
 
-from extproc.config.milvus import parse_milvus_config
+from extproc.config.milvus import DEFAULT_TLS_DIR, DEFAULT_TLS_FILES, parse_milvus_config
 
 from .helpers import (
     NS,
@@ -148,8 +148,10 @@ def test_auth_and_tls_secrets_mount_where_the_processor_reads_them(real_chart: P
     mounts = {m["name"]: m["mountPath"] for m in r.container("processor")["volumeMounts"]}
     volumes = {v["name"]: v for v in r.pod["spec"]["volumes"]}
     (tls_volume,) = [n for n, v in volumes.items() if v.get("secret", {}).get("secretName") == "milvus-tls"]
-    assert Path(settings.ca_file).parent == Path(mounts[tls_volume])
-    assert Path(settings.ca_file).name == "ca.crt"
+    # No ca_file in the file: the processor reads ca.crt from DEFAULT_TLS_DIR, where it must be.
+    ca = settings.ca_file or str(Path(DEFAULT_TLS_DIR) / DEFAULT_TLS_FILES["ca_file"])
+    assert Path(ca).parent == Path(mounts[tls_volume])
+    assert Path(ca).name == "ca.crt"
     # The endpoint is still the real chart's Service.
     assert (
         r.one("Service", client(r)["host"].split(".")[0])["metadata"]["labels"]["component"] == "standalone"
