@@ -108,6 +108,10 @@ class CacheSettings:
     """A name (Austria, Python) without an exact match needs a counterpart this close."""
     guard_content_swaps: bool = True
     guard_content_modifiers: bool = False
+    verifier_model: str = "builtin"
+    """The learned verifier's model file, ``builtin`` (shipped) or ``""`` (none: no confidence)."""
+    min_confidence: float = 0.5
+    """Serve a semantic hit only when the verifier gives it at least this P(same meaning)."""
     verifier: str = ""
     """``"package.module:function"`` building an extra guard (e.g. a cross-encoder); empty: none."""
     embedding_backend: str = "auto"
@@ -117,6 +121,8 @@ class CacheSettings:
     """The validated milvus.yaml when backend_type is milvus (read once, at load)."""
     source: str = "<defaults>"
     """Path of the file this came from (for messages)."""
+    notes: tuple[str, ...] = ()
+    """Advice about the file (keys whose meaning changed), printed by check-config and logged."""
 
     def milvus(self) -> MilvusSettings:
         """The validated Milvus client settings from ``backend_config_path``."""
@@ -170,6 +176,8 @@ _CACHE_KEYS: KeySpec = {
     "guard_content_swaps": (bool, "true or false", None),
     "guard_content_modifiers": (bool, "true or false", None),
     "verifier": (str, '"package.module:function" or ""', import_spec),
+    "verifier_model": (str, '"builtin", a model file from semantic-cache train-verifier, or ""', None),
+    "min_confidence": ((int, float), "a number (a probability)", unit_interval),
     "embedding_backend": (str, "a string", one_of("auto", "torch", "onnx")),
 }
 _SERVER_KEYS: KeySpec = {
@@ -245,7 +253,10 @@ def parse_config(raw: Any, source: str = "<inline>", env: Mapping[str, str] | No
         values["embedding_model"] = DEFAULT_EMBEDDING_MODEL
     if errors:
         raise ConfigError(f"{source}: invalid configuration:\n  " + "\n  ".join(errors))
-    settings = CacheSettings(**values, server=ServerSettings(**server_values), source=source)
+    notes = _notes(values)
+    for note in notes:
+        log.warning("%s: %s", source, note)
+    settings = CacheSettings(**values, server=ServerSettings(**server_values), source=source, notes=notes)
     if settings.backend_type == "milvus" and not settings.backend_config_path:
         raise ConfigError(
             f"{source}: semantic_cache.backend_config_path is required when backend_type is "
@@ -253,6 +264,8 @@ def parse_config(raw: Any, source: str = "<inline>", env: Mapping[str, str] | No
         )
     if settings.backend_config_path:
         settings.backend_config_file()  # raises with both locations when missing
+    if settings.verifier_model not in ("", "builtin"):
+        resolve_relative(settings.verifier_model, source, "verifier_model")  # the model is read at start
     if settings.backend_type == "milvus":
         if "eviction_policy" in values and settings.eviction_policy != "fifo":
             raise ConfigError(
@@ -265,6 +278,22 @@ def parse_config(raw: Any, source: str = "<inline>", env: Mapping[str, str] | No
         # Validated now, so a bad milvus.yaml stops the process at start.
         settings = replace(settings, eviction_policy="fifo", milvus_config=load_milvus_config(path, env))
     return settings
+
+
+def _notes(values: Mapping[str, Any]) -> tuple[str, ...]:
+    """What a file written for an older release should know (its keys are still accepted)."""
+    if "similarity_threshold" not in values or "min_confidence" in values:
+        return ()
+    if values.get("verifier_model", "builtin") == "":
+        return ()
+    return (
+        f"similarity_threshold ({values['similarity_threshold']}) is now only the candidate prefilter: "
+        "a candidate below it is never considered, one above it is served when the verifier's "
+        f"confidence reaches min_confidence (default {CacheSettings.min_confidence}: P(same meaning)). "
+        "Set min_confidence to choose the precision you want (the table in docs/correctness.md), and "
+        "keep similarity_threshold low (0.8) so it costs no recall; verifier_model: \"\" restores the "
+        "old behaviour (a cosine threshold and the rule guards)",
+    )
 
 
 def _apply_env_overrides(section: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:

@@ -209,6 +209,7 @@ class ChatCompletionsProcessor(Processor):
         assert lookup.entry is not None
         self.decision.outcome, self.decision.match = "hit", lookup.match
         self.decision.similarity = lookup.similarity
+        self.decision.confidence = lookup.confidence
         stored = lookup.entry.response
         if chat.stream:
             body, content_type = render_sse(stored, chat.include_usage), "text/event-stream"
@@ -223,6 +224,11 @@ class ChatCompletionsProcessor(Processor):
                 HEADER: "hit",
                 f"{HEADER}-similarity": f"{lookup.similarity:.4f}",
                 f"{HEADER}-match": lookup.match or "semantic",
+                **(
+                    {f"{HEADER}-confidence": f"{lookup.confidence:.4f}"}
+                    if lookup.confidence is not None
+                    else {}
+                ),
             },
         )
 
