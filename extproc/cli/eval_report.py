@@ -194,8 +194,8 @@ class Report:
                     "b": lk.pair.b,
                     "label": lk.pair.label,
                     "served": chosen[0] if chosen else None,
-                    "similarity": round(chosen[1], 6) if chosen else None,
-                    "confidence": round(chosen[2], 6) if chosen and chosen[2] is not None else None,
+                    "similarity": chosen[1] if chosen else None,
+                    "confidence": chosen[2] if chosen else None,
                 }
             )
         return out

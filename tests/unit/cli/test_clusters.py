@@ -76,7 +76,9 @@ def test_pairwise_and_roc_auc() -> None:
     scores = np.array([0.9, 0.8, 0.8, 0.1, 0.3])
     accepted = scores >= 0.5
     out = pairwise(scores, accepted, labels)
-    assert out["precision"] == pytest.approx(2 / 3, abs=1e-4) and out["recall"] == pytest.approx(2 / 3, abs=1e-4)
+    assert out["precision"] == pytest.approx(2 / 3, abs=1e-4) and out["recall"] == pytest.approx(
+        2 / 3, abs=1e-4
+    )
     assert out["f1"] == pytest.approx(2 / 3, abs=1e-4)
     # of 6 (positive, negative) pairs, 4.5 ranked right (0.8 vs 0.8 counts half)
     assert roc_auc(scores, labels) == pytest.approx(4.5 / 6)
