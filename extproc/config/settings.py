@@ -74,7 +74,8 @@ class CacheSettings:
     enabled: bool = True
     backend_type: str = "memory"
     backend_config_path: str | None = None
-    similarity_threshold: float = 0.88
+    similarity_threshold: float = 0.8
+    """The candidate prefilter: below it a stored prompt is never considered (min_confidence decides)."""
     max_entries: int = 10_000
     ttl_seconds: int = 3600
     eviction_policy: str = "lru"
@@ -291,7 +292,7 @@ def _notes(values: Mapping[str, Any]) -> tuple[str, ...]:
         "a candidate below it is never considered, one above it is served when the verifier's "
         f"confidence reaches min_confidence (default {CacheSettings.min_confidence}: P(same meaning)). "
         "Set min_confidence to choose the precision you want (the table in docs/correctness.md), and "
-        "keep similarity_threshold low (0.8) so it costs no recall; verifier_model: \"\" restores the "
+        'keep similarity_threshold low (0.8) so it costs no recall; verifier_model: "" restores the '
         "old behaviour (a cosine threshold and the rule guards)",
     )
 

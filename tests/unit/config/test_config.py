@@ -23,7 +23,7 @@ def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
 def test_rollback_one_liner_is_valid(tmp_path: Path) -> None:
     settings = load_config(write(tmp_path, 'semantic_cache:\n  backend_type: "memory"\n'))
     assert settings.backend_type == "memory"
-    assert settings.similarity_threshold == 0.88
+    assert settings.similarity_threshold == 0.8
     assert settings.max_entries == 10_000 and settings.ttl_seconds == 3600
     assert settings.eviction_policy == "lru"
 
