@@ -145,7 +145,7 @@ def test_cli_prints_the_table_and_json_last(capsys: pytest.CaptureFixture[str], 
     assert code == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[0].startswith("pairs 7 (positives 3, negatives 4")
-    assert any(line.startswith("| 0.80 | 4 | 3 | 1 |") for line in out)
+    assert any(line.startswith("| 0.80 | 0.50 | 4 | 3 | 1 |") for line in out)
     result = json.loads(out[-1])
     assert result["threshold"] == 0.8 and result["hits"] == 4 and result["correct"] == 3
     assert result["precision"] == 0.75 and len(result["rows"]) == 15
@@ -154,9 +154,9 @@ def test_cli_prints_the_table_and_json_last(capsys: pytest.CaptureFixture[str], 
     assert set(result["pairwise"]) == {"precision", "recall", "f1", "roc_auc"}
     records = [json.loads(line) for line in outcomes.read_text().splitlines()]
     assert len(records) == 7 and set(records[0]) == {"a", "b", "label", "served", "similarity", "confidence"}
-    assert sum(r["served"] is not None for r in records) == 4 and all(
-        r["confidence"] is None for r in records
-    )
+    assert sum(r["served"] is not None for r in records) == 4
+    # no verifier: semantic hits have no confidence, the two exact repeats are certain
+    assert sorted(str(r["confidence"]) for r in records if r["served"]) == ["1.0", "1.0", "None", "None"]
 
 
 def test_cli_reports_a_bad_pairs_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
