@@ -103,7 +103,8 @@ class CacheSettings:
     guard_opposites: bool = True
     guard_direction: bool = True
     guard_code: bool = True
-    guard_content: bool = True
+    guard_content: bool = False
+    """Off by default: its evidence (names, swaps) is in the learned verifier's features."""
     guard_content_min_alignment: float = 0.5
     guard_content_name_alignment: float = 0.7
     """A name (Austria, Python) without an exact match needs a counterpart this close."""
@@ -111,7 +112,7 @@ class CacheSettings:
     guard_content_modifiers: bool = False
     verifier_model: str = "builtin"
     """The learned verifier's model file, ``builtin`` (shipped) or ``""`` (none: no confidence)."""
-    min_confidence: float = 0.5
+    min_confidence: float = 0.7
     """Serve a semantic hit only when the verifier gives it at least this P(same meaning)."""
     verifier: str = ""
     """``"package.module:function"`` building an extra guard (e.g. a cross-encoder); empty: none."""

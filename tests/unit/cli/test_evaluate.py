@@ -124,7 +124,9 @@ async def test_a_sweep_row_equals_a_run_at_that_threshold(model: tuple[EncodeFn,
 
 def test_cli_prints_the_table_and_json_last(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
-    config.write_text('semantic_cache:\n  similarity_threshold: 0.8\n  verifier_model: ""\n')
+    config.write_text(
+        'semantic_cache:\n  similarity_threshold: 0.8\n  verifier_model: ""\n  guard_content: true\n'
+    )
     outcomes = tmp_path / "outcomes.jsonl"
     code = main(
         [
@@ -145,7 +147,7 @@ def test_cli_prints_the_table_and_json_last(capsys: pytest.CaptureFixture[str], 
     assert code == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[0].startswith("pairs 7 (positives 3, negatives 4")
-    assert any(line.startswith("| 0.80 | 0.50 | 4 | 3 | 1 |") for line in out)
+    assert any(line.startswith("| 0.80 | 0.70 | 4 | 3 | 1 |") for line in out)
     result = json.loads(out[-1])
     assert result["threshold"] == 0.8 and result["hits"] == 4 and result["correct"] == 3
     assert result["precision"] == 0.75 and len(result["rows"]) == 15
