@@ -100,7 +100,7 @@ def _answer(index: int) -> dict[str, Any]:
 
 async def _embed_distinct(cache: SemanticCache, texts: Sequence[str]) -> dict[str, np.ndarray]:
     """Embed each distinct text once, in length order (less padding per batch)."""
-    distinct = sorted(set(texts), key=len)
+    distinct = sorted(set(texts), key=lambda t: (len(t), t))
     vectors = await cache.embedder.embed_many(distinct)
     return dict(zip(distinct, vectors, strict=True))
 

@@ -53,7 +53,7 @@ def pair_features(
     others): every distinct text is encoded once, and the embeddings and rows are kept on disk
     keyed by the pairs' content, so a rerun encodes nothing."""
     encode, _ = model
-    texts = sorted({t for p in pairs for t in (p.a, p.b)}, key=len)
+    texts = sorted({t for p in pairs for t in (p.a, p.b)}, key=lambda t: (len(t), t))
     digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
     folder = cache_dir or Path(tempfile.gettempdir())
     started = time.perf_counter()
@@ -77,7 +77,8 @@ def pair_features(
         words_fn = getattr(encode, "words", None)
         if words_fn is not None:
             need = sorted(
-                {t for part in parts if part.needs_words for t in (part.query, part.candidate)}, key=len
+                {t for part in parts if part.needs_words for t in (part.query, part.candidate)},
+                key=lambda t: (len(t), t),
             )
             for i in range(0, len(need), 256):
                 batch = need[i : i + 256]
