@@ -31,15 +31,15 @@ def readyz() -> dict:
         with urllib.request.urlopen(READY_URL, timeout=5) as response:
             return json.load(response)
     except (OSError, ValueError) as exc:
-        return {"bypassing": True, "detail": f"{READY_URL} unreachable: {exc}"}
+        return {"caching": False, "not_caching_because": f"{READY_URL} unreachable: {exc}"}
 
 
 def wait_ready() -> dict:
     """Until the backend serves or READY_TIMEOUT passes; the last /readyz either way."""
     deadline = time.monotonic() + READY_TIMEOUT
     state = readyz()
-    while state.get("bypassing") and time.monotonic() < deadline:
-        print(f"waiting for the cache backend: {state.get('backend_state')} {state.get('detail', '')}".rstrip())
+    while not state.get("caching", True) and time.monotonic() < deadline:
+        print(f"waiting for the cache backend: {state.get('not_caching_because', '')}".rstrip())
         time.sleep(5)
         state = readyz()
     return state
@@ -68,8 +68,8 @@ def explain_bypass(state: dict) -> str:
             f"scope.mode=header: Envoy strips the client's {SCOPE_HEADER} (trustClientHeader=false), so a "
             "request without your trusted gateway has no scope (bypass reason no_scope)"
         )
-    if state.get("bypassing"):
-        return f"the backend is not ready: {state.get('backend_state')} {state.get('detail', '')}".rstrip()
+    if not state.get("caching", True):
+        return f"the backend is not ready: {state.get('not_caching_because', '')}".rstrip()
     return "see semantic_cache_bypass_total by reason on the metrics Service, or the processor's debug log"
 
 
