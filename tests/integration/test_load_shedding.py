@@ -19,7 +19,8 @@ def sample(stack: object, name: str, **labels: str) -> float:
 
 
 async def test_a_burst_is_shed_not_queued_and_exact_repeats_still_hit(make_stack: StackFactory) -> None:
-    stack = await make_stack(max_added_latency_ms=50, embedding_batch_size=8)
+    # One text per pass on one worker: a burst queues for certain, whatever the machine.
+    stack = await make_stack(max_added_latency_ms=30, embedding_batch_size=1, embedding_workers=1)
     model = fresh_model()
     stored = [f"Which river flows through city number {i}?" for i in range(4)]
     for prompt in stored:  # one at a time: each waits for no other embedding
@@ -35,9 +36,10 @@ async def test_a_burst_is_shed_not_queued_and_exact_repeats_still_hit(make_stack
     ]
     repeats = [stack.chat(chat(model, stored[i % 4])) for i in range(40)]
     results = await asyncio.gather(*burst, *repeats)
+    await stack.settle()  # a shed request's answer may still be stored: it reports after that
 
     assert all(r.status_code == 200 for r in results)  # shedding never fails a request
     shed = sample(stack, "semantic_cache_bypass_total", reason="overloaded") - before
-    assert shed > 0, "the burst never exceeded a 50 ms embedding budget"
+    assert shed > 0, "the burst never exceeded a 30 ms embedding budget"
     assert sum(r.headers.get("x-semantic-cache-reason") == "overloaded" for r in results[:160]) == shed
     assert all(r.headers["x-semantic-cache"] == "hit" for r in results[160:])  # exact: no embedding
