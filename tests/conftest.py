@@ -206,8 +206,16 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture
 async def stack(make_stack: StackFactory, backend: dict[str, Any]) -> Stack:
-    """The default stack (global scope, default threshold) over each backend."""
-    return await make_stack(**backend)
+    """The default stack (global scope, default threshold) over each backend, its backend ready.
+
+    The session's Milvus server outlives tests that restart it: a stack made earlier may still be
+    reconnecting (its stores would be skipped as backend_unavailable), so wait until it serves.
+    """
+    made = await make_stack(**backend)
+    ready = getattr(made.server.shared.cache.backend, "wait_ready", None)
+    if ready is not None:
+        assert await ready(60), made.server.shared.cache.backend.status()
+    return made
 
 
 def python_exe() -> str:
