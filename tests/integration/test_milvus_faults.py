@@ -21,12 +21,13 @@ def chat(prompt: str) -> dict[str, Any]:
     return {"model": "fault-test", "messages": [{"role": "user", "content": prompt}]}
 
 
-async def test_milvus_killed_mid_traffic_then_recovers(
-    make_stack: StackFactory, milvus_server: MilvusServer, tmp_path: Path
-) -> None:
-    # Milvus 2.3 standalone locks /run/milvus/standalone.pid, so one server runs at a time:
-    # this test kills and restarts the session's server (its data survives, as it must).
-    server = milvus_server
+async def test_milvus_killed_mid_traffic_then_recovers(make_stack: StackFactory, tmp_path: Path) -> None:
+    # A server of its own (the tests' servers run side by side, tests/support/milvus_launcher.py):
+    # killing the session's server would leave every other stack reconnecting, and its restart
+    # would load every collection the session made. Its data must survive the kill.
+    (tmp_path / "milvus").mkdir()
+    server = MilvusServer(tmp_path / "milvus")
+    server.start()
     try:
         cfg = milvus_yaml(
             tmp_path / "m.yaml", server.uri, "fault_cache", search={"consistency_level": "Session"}
@@ -95,5 +96,4 @@ async def test_milvus_killed_mid_traffic_then_recovers(
         for prompt in stored:  # nothing stored before the crash was lost
             assert (await stack.chat(chat(prompt))).headers["x-semantic-cache"] == "hit"
     finally:
-        if server.process is None:
-            server.start()
+        server.stop()
