@@ -15,9 +15,10 @@ from typing import Any
 
 from extproc.errors import NotCacheable, NotStorable
 from extproc.protocol.openai import (
-    MAX_MODEL_CHARS,
     ChatRequest,
     _hash,
+    check_model,
+    load_request,
     normalize_text,
 )
 from extproc.protocol.stream import stream_payloads
@@ -30,17 +31,8 @@ def parse_completions_request(
     body: bytes, ignore_fields: Iterable[str] = ("stream", "stream_options")
 ) -> ChatRequest:
     """Parse a completions body (``prompt``: one string) into a :class:`ChatRequest`."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise NotCacheable("bad_json") from exc
-    if not isinstance(data, dict):
-        raise NotCacheable("bad_json")
-    model, prompt = data.get("model"), data.get("prompt")
-    if not isinstance(model, str) or not model:
-        raise NotCacheable("no_model")
-    if len(model) > MAX_MODEL_CHARS:
-        raise NotCacheable("model_too_long")
+    data = load_request(body)
+    model, prompt = check_model(data.get("model")), data.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1:
         prompt = prompt[0]
     if not isinstance(prompt, str):  # token ids or a batch of prompts: one answer per prompt

@@ -85,22 +85,33 @@ def _split_content(content: Any) -> tuple[str, Any]:
     raise NotCacheable("bad_messages")
 
 
-def parse_chat_request(
-    body: bytes, ignore_fields: Iterable[str] = ("stream", "stream_options")
-) -> ChatRequest:
-    """Parse a chat-completions body into a :class:`ChatRequest` or raise :class:`NotCacheable`."""
+def load_request(body: bytes) -> dict[str, Any]:
+    """A request body as a JSON object, or :class:`NotCacheable` (``bad_json``)."""
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise NotCacheable("bad_json") from exc
     if not isinstance(data, dict):
         raise NotCacheable("bad_json")
-    model = data.get("model")
-    messages = data.get("messages")
+    return data
+
+
+def check_model(model: Any) -> str:
+    """The request's ``model``, or :class:`NotCacheable` (``no_model``, ``model_too_long``)."""
     if not isinstance(model, str) or not model:
         raise NotCacheable("no_model")
     if len(model) > MAX_MODEL_CHARS:
         raise NotCacheable("model_too_long")
+    return model
+
+
+def parse_chat_request(
+    body: bytes, ignore_fields: Iterable[str] = ("stream", "stream_options")
+) -> ChatRequest:
+    """Parse a chat-completions body into a :class:`ChatRequest` or raise :class:`NotCacheable`."""
+    data = load_request(body)
+    model = check_model(data.get("model"))
+    messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
         raise NotCacheable("bad_messages")
     if not all(isinstance(m, dict) for m in messages):

@@ -19,10 +19,11 @@ from typing import Any
 
 from extproc.errors import NotCacheable, NotStorable
 from extproc.protocol.openai import (
-    MAX_MODEL_CHARS,
     ChatRequest,
     _hash,
     _split_content,
+    check_model,
+    load_request,
     normalize_text,
 )
 from extproc.protocol.sse import iter_sse_data
@@ -35,17 +36,8 @@ def parse_responses_request(
     body: bytes, ignore_fields: Iterable[str] = ("stream", "stream_options")
 ) -> ChatRequest:
     """Parse a stateless Responses request into a :class:`ChatRequest`, else :class:`NotCacheable`."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise NotCacheable("bad_json") from exc
-    if not isinstance(data, dict):
-        raise NotCacheable("bad_json")
-    model = data.get("model")
-    if not isinstance(model, str) or not model:
-        raise NotCacheable("no_model")
-    if len(model) > MAX_MODEL_CHARS:
-        raise NotCacheable("model_too_long")
+    data = load_request(body)
+    model = check_model(data.get("model"))
     if data.get("store") is not False or data.get("background") or any(data.get(k) for k in _STATEFUL):
         raise NotCacheable("stateful")
     items = data.get("input")
