@@ -108,8 +108,14 @@ def is_error_payload(data: Any) -> bool:
     return bool(data.get("error")) or data.get("object") == "error" or data.get("type") == "error"
 
 
-def validate_completion(completion: Any, choices_expected: int = 1) -> dict[str, Any]:
-    """Check that a parsed ``chat.completion`` is complete and safe to serve again."""
+def validate_choices(
+    completion: Any,
+    choices_expected: int,
+    answer_ok: Any,
+    good_finish: frozenset[str] = _GOOD_FINISH,
+) -> dict[str, Any]:
+    """Check that a parsed completion has ``choices_expected`` complete choices, each with an
+    answer ``answer_ok(choice)`` accepts: safe to serve again (chat and text completions alike)."""
     if not isinstance(completion, dict):
         raise NotStorable("unparseable")
     choices = completion.get("choices")
@@ -118,14 +124,19 @@ def validate_completion(completion: Any, choices_expected: int = 1) -> dict[str,
     if len(choices) != choices_expected:
         raise NotStorable("incomplete")
     for choice in choices:
-        if not isinstance(choice, dict) or not isinstance(choice.get("message"), dict):
+        if not isinstance(choice, dict) or not answer_ok(choice):
             raise NotStorable("unparseable")
         finish = choice.get("finish_reason")
         if finish in ("length", "content_filter"):
             raise NotStorable("truncated" if finish == "length" else "content_filter")
-        if finish not in _GOOD_FINISH:
+        if finish not in good_finish:
             raise NotStorable("incomplete")
     return completion
+
+
+def validate_completion(completion: Any, choices_expected: int = 1) -> dict[str, Any]:
+    """Check that a parsed ``chat.completion`` is complete and safe to serve again."""
+    return validate_choices(completion, choices_expected, lambda c: isinstance(c.get("message"), dict))
 
 
 def parse_json_completion(body: bytes, choices_expected: int = 1) -> dict[str, Any]:

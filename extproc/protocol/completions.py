@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from extproc.errors import NotCacheable, NotStorable
+from extproc.protocol.completion import validate_choices
 from extproc.protocol.openai import (
     ChatRequest,
     _hash,
@@ -24,7 +25,6 @@ from extproc.protocol.openai import (
 from extproc.protocol.stream import stream_payloads
 
 COMPLETIONS_PATH = "/v1/completions"
-_BAD_FINISH = {"length": "truncated", "content_filter": "content_filter"}
 
 
 def parse_completions_request(
@@ -59,22 +59,9 @@ def parse_completions_request(
 
 def validate_text_completion(completion: Any, choices_expected: int = 1) -> dict[str, Any]:
     """Check that a ``text_completion`` is complete and safe to serve again."""
-    if not isinstance(completion, dict):
-        raise NotStorable("unparseable")
-    choices = completion.get("choices")
-    if not isinstance(choices, list) or not choices:
-        raise NotStorable("no_choices")
-    if len(choices) != choices_expected:
-        raise NotStorable("incomplete")
-    for choice in choices:
-        if not isinstance(choice, dict) or not isinstance(choice.get("text"), str):
-            raise NotStorable("unparseable")
-        finish = choice.get("finish_reason")
-        if finish in _BAD_FINISH:
-            raise NotStorable(_BAD_FINISH[finish])
-        if finish != "stop":
-            raise NotStorable("incomplete")
-    return completion
+    return validate_choices(
+        completion, choices_expected, lambda c: isinstance(c.get("text"), str), frozenset({"stop"})
+    )
 
 
 def parse_json_text_completion(body: bytes, choices_expected: int = 1) -> dict[str, Any]:
