@@ -9,7 +9,7 @@ import signal
 import time
 
 from extproc.cache import MemoryBackend, SemanticCache
-from extproc.cache.guards import build_guards
+from extproc.cache.guards import build_guards, build_scorer
 from extproc.cache.schema import CacheBackend
 from extproc.config.settings import DEFAULT_EMBEDDING_MODEL, CacheSettings
 from extproc.dataplane.decision import DecisionLog
@@ -98,9 +98,22 @@ async def make_cache(settings: CacheSettings, model: tuple[EncodeFn, int] | None
         settings.scope_mode,
     )
     guards = await build_guards(settings, embedder)
-    log.info("guards: %s", ", ".join(g.name for g in guards) or "none")
+    scorer = build_scorer(settings, embedder, guards)
+    log.info(
+        "guards: %s; verifier: %s, min_confidence %.2f",
+        ", ".join(g.name for g in guards) or "none",
+        settings.verifier_model or "none",
+        settings.min_confidence,
+    )
     cache = SemanticCache(
-        backend, embedder, settings.similarity_threshold, top_k, settings.ttl_seconds, guards
+        backend,
+        embedder,
+        settings.similarity_threshold,
+        top_k,
+        settings.ttl_seconds,
+        guards,
+        scorer=scorer,
+        min_confidence=settings.min_confidence,
     )
     await backend.start()
     return cache

@@ -168,6 +168,7 @@ class AdminApi:
                 "embedding_model": settings.embedding_model,
                 "dimension": self.backend.dim,
                 "similarity_threshold": self.shared.cache.similarity_threshold,
+                "min_confidence": self.shared.cache.min_confidence,
                 "ttl_seconds": settings.ttl_seconds,
                 "max_entries": settings.max_entries,
                 "revision": settings.revision,

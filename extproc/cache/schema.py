@@ -64,12 +64,19 @@ class LookupResult:
     best_similarity: float = 0.0
     vector: np.ndarray | None = None
     """The query embedding, reused when the response is stored."""
+    confidence: float | None = None
+    """On a semantic hit, the verifier's calibrated P(same meaning) (1.0 for an exact hit);
+    None when no verifier model is configured."""
     rejections: list[str] = field(default_factory=list)
-    """Guard names that rejected a candidate above the threshold."""
+    """Guard names that rejected a candidate above the threshold (``confidence`` for a
+    candidate the verifier scored below ``min_confidence``)."""
     rejected_similarity: float = 0.0
     """Similarity of the best candidate a guard rejected (0 when none was)."""
     rejected_prompt: str = ""
     """That candidate's stored prompt (for ``eval --show-errors``; never sent to clients)."""
+    scored: list[tuple[CacheEntry, float, float | None]] = field(default_factory=list)
+    """With ``explain``: every candidate at or above the threshold that passed the guards, best
+    first, as (entry, similarity, confidence)."""
     timings: dict[str, float] = field(default_factory=dict)
     """Milliseconds per step: ``exact_ms``, ``embed_ms``, ``search_ms``."""
 

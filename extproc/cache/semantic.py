@@ -7,7 +7,7 @@ import inspect
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -16,6 +16,14 @@ from extproc.cache.schema import CacheBackend, CacheEntry, CacheQuery, LookupRes
 from extproc.embedding.batcher import Embedder
 from extproc.errors import EmbeddingFailed, Overloaded
 from extproc.observability.tracing import tracer
+
+
+class Scorer(Protocol):
+    """Gives the calibrated confidence that a candidate answers the query (the learned verifier)."""
+
+    async def score(self, query: str, candidate: str, similarity: float) -> float:
+        """P(same meaning) of ``query`` and ``candidate`` whose embeddings have ``similarity``."""
+        ...
 
 
 @contextmanager
@@ -44,6 +52,8 @@ class SemanticCache:
         top_k: int = 10,
         ttl_seconds: int = 3600,
         guards: Sequence[Guard] = (),
+        scorer: Scorer | None = None,
+        min_confidence: float = 0.0,
     ) -> None:
         self.backend = backend
         self.embedder = embedder
@@ -51,6 +61,9 @@ class SemanticCache:
         self.top_k = top_k
         self.ttl_seconds = ttl_seconds
         self.guards = list(guards)
+        self.scorer = scorer
+        """Scores candidates that passed the guards (the learned verifier); None: no confidence."""
+        self.min_confidence = min_confidence
 
     async def check(
         self,
@@ -59,13 +72,17 @@ class SemanticCache:
         vector: np.ndarray | None = None,
         max_wait: float | None = None,
         max_age: float | None = None,
+        min_confidence: float | None = None,
+        explain: bool = False,
     ) -> LookupResult:
         """Find a stored answer for ``query``: exact key first, then nearest prompts.
 
         Candidates come best first; the first at or above the threshold that every guard
-        accepts is the hit.  ``vector`` skips embedding when the caller already has it.  When
-        the embedder predicts a wait over ``max_wait`` seconds, only the (cheap) exact lookup
-        runs and :class:`~extproc.errors.Overloaded` is raised on a miss.  ``max_age`` (seconds)
+        accepts and the verifier scores at ``min_confidence`` or more is the hit.  ``vector``
+        skips embedding when the caller already has it; ``explain`` scores every candidate
+        (into ``scored``) instead of stopping at the hit, for ``eval``'s sweeps.  When the
+        embedder predicts a wait over ``max_wait`` seconds, only the (cheap) exact lookup runs
+        and :class:`~extproc.errors.Overloaded` is raised on a miss.  ``max_age`` (seconds)
         passes over entries stored longer ago (rejection ``max_age``).
         """
         now = time.time()
@@ -78,7 +95,12 @@ class SemanticCache:
         if entry is not None and entry.prompt == query.prompt:
             await self.backend.record_hit(entry)
             return LookupResult(
-                entry=entry, similarity=1.0, match="exact", best_similarity=1.0, timings=timings
+                entry=entry,
+                similarity=1.0,
+                match="exact",
+                best_similarity=1.0,
+                confidence=1.0,
+                timings=timings,
             )
         if vector is None and max_wait is not None and self.embedder.expected_wait() > max_wait:
             raise Overloaded(f"embedding backlog {self.embedder.backlog}")
@@ -88,7 +110,7 @@ class SemanticCache:
                     vector = await self.embedder.embed(query.prompt)
                 except Exception as exc:
                     raise EmbeddingFailed(f"embedding failed: {type(exc).__name__}") from exc
-        result = await self.check_vector(query, vector, threshold, now, max_age)
+        result = await self.check_vector(query, vector, threshold, now, max_age, min_confidence, explain)
         result.timings.update(timings)
         return result
 
@@ -99,10 +121,13 @@ class SemanticCache:
         threshold: float | None = None,
         now: float | None = None,
         max_age: float | None = None,
+        min_confidence: float | None = None,
+        explain: bool = False,
     ) -> LookupResult:
         """The semantic half of :meth:`check`, for callers that already have the embedding."""
         now = time.time() if now is None else now
         limit = self.similarity_threshold if threshold is None else threshold
+        floor = self.min_confidence if min_confidence is None else min_confidence
         timings: dict[str, float] = {}
         with timed(timings, "search_ms"), tracer.start_as_current_span("semantic_cache.lookup") as span:
             candidates = await self.backend.search(query.partition, vector, self.top_k, now)
@@ -121,16 +146,35 @@ class SemanticCache:
             if too_old(entry, now, max_age):
                 result.rejections.append("max_age")
                 continue
-            rejected = await self._rejections(query.prompt, entry.prompt)
+            with timed(timings, "verify_ms"):
+                rejected, confidence = await self.judge(query.prompt, entry.prompt, candidate.similarity)
             if rejected:
                 if not result.rejections:
                     result.rejected_similarity, result.rejected_prompt = candidate.similarity, entry.prompt
                 result.rejections.extend(rejected)
                 continue
-            await self.backend.record_hit(entry)
-            result.entry, result.similarity, result.match = entry, candidate.similarity, "semantic"
-            return result
+            if explain:
+                result.scored.append((entry, candidate.similarity, confidence))
+            if confidence is not None and confidence < floor:
+                if not result.rejections:
+                    result.rejected_similarity, result.rejected_prompt = candidate.similarity, entry.prompt
+                result.rejections.append("confidence")
+                continue
+            if result.entry is None:
+                await self.backend.record_hit(entry)
+                result.entry, result.similarity, result.match = entry, candidate.similarity, "semantic"
+                result.confidence = confidence
+            if not explain:
+                return result
         return result
+
+    async def judge(self, prompt: str, candidate: str, similarity: float) -> tuple[list[str], float | None]:
+        """The guards that veto ``candidate`` for ``prompt`` and, if none does, the verifier's
+        confidence (None without one): the decision on one candidate, for the cache and ``eval``."""
+        rejected = await self._rejections(prompt, candidate)
+        if rejected or self.scorer is None:
+            return rejected, None
+        return rejected, await self.scorer.score(prompt, candidate, similarity)
 
     async def _rejections(self, prompt: str, candidate: str) -> list[str]:
         """Names of the guards that veto ``candidate`` for ``prompt`` (cheap ones run first)."""

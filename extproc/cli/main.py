@@ -1,4 +1,5 @@
-"""The ``semantic-cache`` command: run, serve, check-config, create-collection, admin, eval, render-envoy."""
+"""The ``semantic-cache`` command: run, serve, check-config, create-collection, admin, eval,
+train-verifier, render-envoy."""
 
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         settings = load_config(file)
         print(f"{settings.source}: OK; effective settings (source: default, file, or env VAR):")
         lines = settings_lines(settings)
+        for note in settings.notes:
+            print(f"note: {note}")
     for line in lines:
         print(f"  {line}")
     return 0
@@ -191,18 +194,46 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Measure answer correctness on labelled pairs (see extproc/cli/evaluate.py for the protocol)."""
     import json
 
-    from extproc.cli.evaluate import SWEEP, eval_settings, evaluate, format_report, read_pairs
+    from extproc.cli.evaluate import (
+        CONFIDENCE_SWEEP,
+        SWEEP,
+        eval_settings,
+        evaluate,
+        format_report,
+        read_pairs,
+    )
 
     pairs = read_pairs(args.pairs, args.limit)
-    settings = eval_settings(_eval_config(args.config), len(pairs), args.threshold, args.guards)
+    settings = eval_settings(
+        _eval_config(args.config),
+        len(pairs),
+        args.threshold,
+        args.guards,
+        args.min_confidence,
+        args.verifier_model,
+    )
     thresholds = SWEEP if args.sweep else ()
-    report = asyncio.run(evaluate(settings, pairs, thresholds, concurrency=args.concurrency))
+    confidences = CONFIDENCE_SWEEP if args.sweep and settings.verifier_model else ()
+    report = asyncio.run(
+        evaluate(
+            settings,
+            pairs,
+            thresholds,
+            concurrency=args.concurrency,
+            confidences=confidences,
+            with_pairwise=args.pairwise,
+        )
+    )
     print(format_report(report, args.sweep))
     if args.show_errors:
         from extproc.cli.eval_errors import format_errors
 
         print()
         print(format_errors(report))
+    if args.outcomes:
+        with Path(args.outcomes).open("w", encoding="utf-8") as out:
+            for record in report.outcomes():
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
     if args.json:
         print(json.dumps(report.to_json(), sort_keys=True))
     return 0
@@ -218,6 +249,46 @@ def _eval_config(path: str | None) -> CacheSettings:
         )
         return CacheSettings()
     return _load(path)
+
+
+def cmd_train_verifier(args: argparse.Namespace) -> int:
+    """Fit the learned verifier on labelled pairs and write its model file."""
+    import json
+
+    from extproc.cli.evaluate import read_pairs
+    from extproc.cli.train_verifier import train
+    from extproc.embedding.loader import load_sentence_model
+
+    settings = _load(args.config)
+    pairs = read_pairs(args.pairs, args.limit)
+    model = load_sentence_model(
+        settings.embedding_model, settings.embedding_threads, settings.embedding_backend
+    )
+    min_similarity = settings.similarity_threshold if args.min_similarity is None else args.min_similarity
+    fitted, report = train(
+        pairs,
+        model,
+        min_similarity,
+        Path(args.cache_dir) if args.cache_dir else None,
+        Path(args.split_dir) if args.split_dir else None,
+        source=Path(args.pairs).name,
+    )
+    fitted.save(args.out)
+    print(
+        f"wrote {args.out}: trained on {report['train_pairs']} pairs, "
+        f"calibrated on {report['calibrate_pairs']}"
+    )
+    print(
+        f"held-out {report['test_pairs']} pairs: ROC-AUC {report['test_auc']:.4f} (cosine alone "
+        f"{report['test_cosine_auc']:.4f}), expected calibration error {report['test_ece']:.4f}"
+    )
+    print("| confidence | pairs | mean confidence | observed paraphrases |")
+    print("| --- | ---: | ---: | ---: |")
+    for row in report["test_reliability"]:
+        print(f"| {row['bin']} | {row['pairs']} | {row['confidence']:.4f} | {row['observed']:.4f} |")
+    if args.json:
+        print(json.dumps(report, sort_keys=True))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -263,9 +334,30 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--show-errors",
         action="store_true",
-        help="also print every wrong hit and every guard rejection, with its pair and similarity",
+        help="also print every hit not judged correct and every rejected candidate, with its pair",
+    )
+    ev.add_argument("--min-confidence", type=float, help="min_confidence to report (default: the config's)")
+    ev.add_argument("--verifier-model", help='override verifier_model: "builtin", a file, or none')
+    ev.add_argument("--pairwise", action="store_true", help="also judge each b against its own a only")
+    ev.add_argument(
+        "--outcomes", help="write one JSON line per pair (a, b, label, served, similarity, confidence)"
     )
     ev.set_defaults(func=cmd_eval)
+
+    tv = sub.add_parser("train-verifier", help="fit the learned verifier on labelled pairs")
+    tv.add_argument("--pairs", required=True, help='JSON lines {"a","b","label"}')
+    tv.add_argument("--out", required=True, help="the model file to write (JSON)")
+    tv.add_argument("--config", help=config_help + "; gives the embedding model")
+    tv.add_argument(
+        "--min-similarity",
+        type=float,
+        help="train on pairs at this cosine or more (default: similarity_threshold)",
+    )
+    tv.add_argument("--limit", type=int, help="use only the first N pairs")
+    tv.add_argument("--cache-dir", help="where to keep the computed features (default: the temp folder)")
+    tv.add_argument("--split-dir", help="also write train.jsonl, calibrate.jsonl and test.jsonl here")
+    tv.add_argument("--json", action="store_true", help="print the report as JSON last")
+    tv.set_defaults(func=cmd_train_verifier)
 
     render = sub.add_parser("render-envoy", help="render envoy/envoy.yaml from the environment")
     render.add_argument("-o", "--output", help="write to this file instead of stdout")

@@ -22,6 +22,7 @@ ROUTE_METADATA = "x-semantic-cache-route"
 POLICY_KEYS: KeySpec = {
     "enabled": (bool, "true or false", None),
     "similarity_threshold": ((int, float), "a number", unit_interval),
+    "min_confidence": ((int, float), "a number (a probability)", unit_interval),
     "ttl_seconds": (int, "an integer (seconds, 0 = never expire)", int_range(0)),
     "max_ttl_seconds": (int, "an integer (seconds, 0 = ignore x-semantic-cache-ttl)", int_range(0)),
     "volatile_detection": (bool, "true or false", None),

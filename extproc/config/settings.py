@@ -87,7 +87,8 @@ class CacheSettings:
     backend_type: str = "memory"
     backend_config_path: str = DEFAULT_MILVUS_CONFIG_PATH
     """The Milvus client file; read only when backend_type is milvus, or when set in the file."""
-    similarity_threshold: float = 0.88
+    similarity_threshold: float = 0.8
+    """The candidate prefilter: below it a stored prompt is never considered (min_confidence decides)."""
     max_entries: int = 10_000
     ttl_seconds: int = 3600
     eviction_policy: str = "lru"
@@ -126,12 +127,17 @@ class CacheSettings:
     guard_opposites: bool = True
     guard_direction: bool = True
     guard_code: bool = True
-    guard_content: bool = True
+    guard_content: bool = False
+    """Off by default: its evidence (names, swaps) is in the learned verifier's features."""
     guard_content_min_alignment: float = 0.5
     guard_content_name_alignment: float = 0.7
     """A name (Austria, Python) without an exact match needs a counterpart this close."""
     guard_content_swaps: bool = True
     guard_content_modifiers: bool = False
+    verifier_model: str = "builtin"
+    """The learned verifier's model file, ``builtin`` (shipped) or ``""`` (none: no confidence)."""
+    min_confidence: float = 0.7
+    """Serve a semantic hit only when the verifier gives it at least this P(same meaning)."""
     verifier: str = ""
     """``"package.module:function"`` building an extra guard (e.g. a cross-encoder); empty: none."""
     embedding_backend: str = "auto"
@@ -152,6 +158,8 @@ class CacheSettings:
     """The validated milvus.yaml when backend_type is milvus (read once, at load)."""
     source: str = "<defaults>"
     """Path of the file this came from (for messages)."""
+    notes: tuple[str, ...] = ()
+    """Advice about the file (keys whose meaning changed), printed by check-config and logged."""
 
     def milvus(self) -> MilvusSettings:
         """The validated Milvus client settings from ``backend_config_path``."""
@@ -210,6 +218,8 @@ _CACHE_KEYS: KeySpec = {
     "guard_content_swaps": (bool, "true or false", None),
     "guard_content_modifiers": (bool, "true or false", None),
     "verifier": (str, '"package.module:function" or ""', import_spec),
+    "verifier_model": (str, '"builtin", a model file from semantic-cache train-verifier, or ""', None),
+    "min_confidence": ((int, float), "a number (a probability)", unit_interval),
     "embedding_backend": (str, "a string", one_of("auto", "torch", "onnx")),
     "reason_header": (bool, "true or false", None),
     "policies": (list, "a list of policies", None),
@@ -294,7 +304,10 @@ def parse_config(raw: Any, source: str = "<inline>", env: Mapping[str, str] | No
         values["embedding_model"] = DEFAULT_EMBEDDING_MODEL
     if errors:
         raise ConfigError(f"{source}: invalid configuration:\n  " + "\n  ".join(errors))
-    settings = CacheSettings(**values, server=ServerSettings(**server_values), source=source)
+    notes = _notes(values)
+    for note in notes:
+        log.warning("%s: %s", source, note)
+    settings = CacheSettings(**values, server=ServerSettings(**server_values), source=source, notes=notes)
     if settings.backend_type == "milvus" and not settings.backend_config_path:
         raise ConfigError(
             f"{source}: semantic_cache.backend_config_path is empty; remove it to use the default "
@@ -302,6 +315,8 @@ def parse_config(raw: Any, source: str = "<inline>", env: Mapping[str, str] | No
         )
     if "backend_config_path" in values and settings.backend_config_path:
         settings.backend_config_file()  # a path set in the file must exist, whatever the backend
+    if settings.verifier_model not in ("", "builtin"):
+        resolve_relative(settings.verifier_model, source, "verifier_model")  # the model is read at start
     if settings.backend_type == "milvus":
         if "eviction_policy" in values and settings.eviction_policy != "fifo":
             raise ConfigError(
@@ -331,6 +346,22 @@ def _milvus_config_file(settings: CacheSettings, explicit: bool) -> Path:
         ) from exc
     assert path is not None
     return path
+
+
+def _notes(values: Mapping[str, Any]) -> tuple[str, ...]:
+    """What a file written for an older release should know (its keys are still accepted)."""
+    if "similarity_threshold" not in values or "min_confidence" in values:
+        return ()
+    if values.get("verifier_model", "builtin") == "":
+        return ()
+    return (
+        f"similarity_threshold ({values['similarity_threshold']}) is now only the candidate prefilter: "
+        "a candidate below it is never considered, one above it is served when the verifier's "
+        f"confidence reaches min_confidence (default {CacheSettings.min_confidence}: P(same meaning)). "
+        "Set min_confidence to choose the precision you want (the table in docs/correctness.md), and "
+        'keep similarity_threshold low (0.8) so it costs no recall; verifier_model: "" restores the '
+        "old behaviour (a cosine threshold and the rule guards)",
+    )
 
 
 def _apply_env_overrides(section: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:

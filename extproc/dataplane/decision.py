@@ -24,6 +24,8 @@ class Decision:
     """Why a request was bypassed (``not_chat``, ``no_cache_no_store``, ``backend_error``…)."""
     match: str | None = None
     similarity: float = 0.0
+    confidence: float | None = None
+    """The verifier's calibrated P(same meaning) of the served entry (hits; 1.0 exact)."""
     model: str = ""
     store: str = ""
     """``stored`` or the store-skip reason (``non_2xx``, ``truncated``, ``too_large``…)."""
@@ -105,11 +107,12 @@ class DecisionLog:
             self.metrics.observe(d, self.backend)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
-                "decision=%s reason=%s match=%s similarity=%.4f model=%s store=%s timings=%s",
+                "decision=%s reason=%s match=%s similarity=%.4f confidence=%s model=%s store=%s timings=%s",
                 d.outcome,
                 d.reason or "-",
                 d.match or "-",
                 d.similarity,
+                "-" if d.confidence is None else f"{d.confidence:.4f}",
                 d.model or "-",
                 d.store or "-",
                 {k: round(v, 2) for k, v in d.timings.items()},

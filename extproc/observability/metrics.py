@@ -102,6 +102,12 @@ class Metrics:
             buckets=(0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98, 0.99, 1.0),
             registry=r,
         )
+        self.hit_confidence = Histogram(
+            "semantic_cache_hit_confidence",
+            "Verifier confidence (calibrated P(same meaning)) of served semantic hits.",
+            buckets=(0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99, 1.0),
+            registry=r,
+        )
 
     def watch(self, backend: Callable[[], BackendLike]) -> None:
         """Also export backend state, entries, evictions and the breaker, read at scrape time."""
@@ -134,6 +140,8 @@ class Metrics:
                 self.backend_errors.labels(backend, "store_" + d.store).inc()
         if d.match == "semantic":
             self.hit_similarity.observe(d.similarity)
+            if d.confidence is not None:
+                self.hit_confidence.observe(d.confidence)
         if d.outcome == "hit":
             self.saved_tokens.labels("prompt").inc(d.saved_prompt_tokens)
             self.saved_tokens.labels("completion").inc(d.saved_completion_tokens)

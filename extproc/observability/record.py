@@ -56,6 +56,7 @@ class DecisionRecord(Protocol):
     reason: str
     match: str | None
     similarity: float
+    confidence: float | None
     model: str
     store: str
     timings: dict[str, float]

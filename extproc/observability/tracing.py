@@ -10,6 +10,7 @@ Span attribute names (never prompt or response text, never credentials):
 ``semantic_cache.decision``        ``hit`` | ``miss`` | ``bypass``
 ``semantic_cache.match``           ``exact`` | ``semantic`` (hits)
 ``semantic_cache.similarity``      cosine similarity of the served entry (hits)
+``semantic_cache.confidence``      the verifier's P(same meaning) of the served entry (hits)
 ``semantic_cache.best_similarity`` best candidate's similarity (lookups)
 ``semantic_cache.threshold``       the similarity threshold in force
 ``semantic_cache.backend``         ``memory`` | ``milvus``
@@ -139,5 +140,7 @@ def span_attributes(d: DecisionRecord, backend: str, threshold: float) -> dict[s
         attrs["semantic_cache.best_similarity"] = round(d.best_similarity, 4)
     if d.outcome == "hit":
         attrs["semantic_cache.similarity"] = round(d.similarity, 4)
+        if d.confidence is not None:
+            attrs["semantic_cache.confidence"] = round(d.confidence, 4)
         attrs["semantic_cache.entry_age_s"] = round(d.entry_age_s or 0.0, 3)
     return attrs

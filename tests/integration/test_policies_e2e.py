@@ -23,6 +23,7 @@ POLICIES = parse_config(
                 {"name": "code", "match": {"model": "code-*"}, "ttl_seconds": 86400},
                 {"name": "classify", "match": {"route": "classify"}, "ttl_seconds": 120},
                 {"name": "strict", "match": {"model": "strict-*"}, "similarity_threshold": 0.999},
+                {"name": "careful", "match": {"model": "careful-*"}, "min_confidence": 0.9999},
             ]
         }
     }
@@ -51,24 +52,37 @@ async def lifetimes(stack: Stack, model: str) -> list[int]:
 async def test_policies_by_model(make_stack: StackFactory) -> None:
     stack = await make_stack(**CALM)
     off, code, plain, strict = named("nocache"), named("code"), named("plain"), named("strict")
-    for model in (off, code, plain, strict):
+    careful = named("careful")
+    for model in (off, code, plain, strict, careful):
         first = await stack.chat(chat(model, "What is the capital of France?"))
         assert first.headers["x-semantic-cache"] == ("bypass" if model == off else "miss")
     await stack.settle()
     assert await lifetimes(stack, off) == []
     assert await lifetimes(stack, code) == [86400]
     assert await lifetimes(stack, plain) == [3600]
-    # The paraphrase hits under the default threshold, not under the strict policy's 0.999.
+    # The paraphrase hits under the defaults, not under the strict policy's 0.999 threshold nor
+    # under the careful one's 0.9999 confidence (the verifier is calibrated: never that sure).
     paraphrase = "What's the capital city of France?"
-    assert (await stack.chat(chat(plain, paraphrase))).headers["x-semantic-cache"] == "hit"
+    hit = await stack.chat(chat(plain, paraphrase))
+    assert (
+        hit.headers["x-semantic-cache"] == "hit"
+        and float(hit.headers["x-semantic-cache-confidence"]) < 0.9999
+    )
     assert (await stack.chat(chat(strict, paraphrase))).headers["x-semantic-cache"] == "miss"
+    assert (await stack.chat(chat(careful, paraphrase))).headers["x-semantic-cache"] == "miss"
     assert (await stack.chat(chat(off, "What is the capital of France?"))).headers[
         "x-semantic-cache"
     ] == "bypass"
     applied = {p["name"]: p for p in policy_stats(stack.server.shared)}
     assert applied["code"]["match"] == {"model": "code-*"} and applied["code"]["requests"] >= 1
     assert applied["no-cache"]["requests"] >= 2 and applied["no-cache"]["settings"] == {"enabled": False}
-    assert list(applied) == ["no-cache", "code", "classify", "strict"]  # first match wins: in order
+    assert list(applied) == [
+        "no-cache",
+        "code",
+        "classify",
+        "strict",
+        "careful",
+    ]  # first match wins: in order
 
 
 async def test_policy_by_envoy_route(make_stack: StackFactory) -> None:

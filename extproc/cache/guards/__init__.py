@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from extproc.cache.guards.base import Guard
 from extproc.cache.guards.code import CodeGuard
-from extproc.cache.guards.content import ContentGuard, missing_words, modifiers
+from extproc.cache.guards.content import ContentGuard, WordVectorCache, missing_words, modifiers
+from extproc.cache.guards.learned import ConfidenceScorer, load_model
 from extproc.cache.guards.rules import DirectionGuard, NegationGuard, NumbersGuard, OppositesGuard, UnitsGuard
 from extproc.cache.guards.verifier import CrossEncoderVerifier, load_verifier_factory
 from extproc.errors import ConfigError
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CodeGuard",
+    "ConfidenceScorer",
     "ContentGuard",
     "CrossEncoderVerifier",
     "DirectionGuard",
@@ -33,6 +35,7 @@ __all__ = [
     "OppositesGuard",
     "UnitsGuard",
     "build_guards",
+    "build_scorer",
     "missing_words",
     "modifiers",
 ]
@@ -83,3 +86,14 @@ async def build_guards(settings: CacheSettings, embedder: Embedder) -> list[Guar
             )
         guards.append(verifier)
     return guards
+
+
+def build_scorer(settings: CacheSettings, embedder: Embedder, guards: list[Guard]) -> ConfidenceScorer | None:
+    """The learned verifier ``verifier_model`` names (sharing the content guard's word vectors),
+    or None when it is ``""``."""
+    if not settings.verifier_model:
+        return None
+    words = next((g.words for g in guards if isinstance(g, ContentGuard)), None)
+    if words is None and embedder.has_words:
+        words = WordVectorCache(embedder)
+    return ConfidenceScorer(load_model(settings.verifier_model, settings.source), words)

@@ -99,6 +99,37 @@ def _unaligned(
     return out
 
 
+class WordVectorCache:
+    """Word vectors of recent prompts, computed once per prompt even when asked concurrently
+    (shared by the content guard and the learned verifier)."""
+
+    def __init__(self, embedder: Embedder, size: int = 2048) -> None:
+        self.embedder = embedder
+        self._cache: OrderedDict[str, WordVectors] = OrderedDict()
+        self._pending: dict[str, asyncio.Future[WordVectors]] = {}
+        self._size = size
+
+    async def get(self, text: str) -> WordVectors:
+        """The word vectors of ``text`` (from the model on the embedding worker, or cached)."""
+        cached = self._cache.get(text)
+        if cached is not None:
+            self._cache.move_to_end(text)
+            return cached
+        pending = self._pending.get(text)
+        if pending is not None:  # the same prompt checked against several candidates at once
+            return await asyncio.shield(pending)
+        task = asyncio.ensure_future(self.embedder.embed_words(text))
+        self._pending[text] = task
+        try:
+            vectors = await asyncio.shield(task)
+        finally:
+            self._pending.pop(text, None)
+        self._cache[text] = vectors
+        if len(self._cache) > self._size:
+            self._cache.popitem(last=False)
+        return vectors
+
+
 class ContentGuard:
     """Rejects a name, thing or modifier that one prompt has and the other lacks.
 
@@ -131,15 +162,18 @@ class ContentGuard:
         modifiers: bool = False,
         cache_size: int = 2048,
         name_alignment: float = 0.7,
+        words: WordVectorCache | None = None,
     ) -> None:
         self.embedder = embedder if embedder is not None and embedder.has_words else None
         self.min_alignment = min_alignment
         self.name_alignment = name_alignment
         self.swaps = swaps
         self.modifiers = modifiers
-        self._cache: OrderedDict[str, WordVectors] = OrderedDict()
-        self._pending: dict[str, asyncio.Future[WordVectors]] = {}
-        self._cache_size = cache_size
+        self.words = (
+            words
+            if words is not None
+            else (WordVectorCache(self.embedder, cache_size) if self.embedder is not None else None)
+        )
         self.model_calls = 0
         """Lookups that needed word vectors (the rest were decided on the text alone)."""
 
@@ -169,31 +203,11 @@ class ContentGuard:
             found = self._suspects(query, candidate)
         if found is None:
             return False  # nothing that could reject: no model call
-        if self.embedder is None:
+        if self.words is None:
             return True
         a, b, missing_a, missing_b = found
         self.model_calls += 1
-        words_a, words_b = await asyncio.gather(self._words(query), self._words(candidate))
+        words_a, words_b = await asyncio.gather(self.words.get(query), self.words.get(candidate))
         lone_a = _unaligned(missing_a, words_a, words_b, self.min_alignment, a.names, self.name_alignment)
         lone_b = _unaligned(missing_b, words_b, words_a, self.min_alignment, b.names, self.name_alignment)
         return self._decides(a, b, lone_a, lone_b)
-
-    async def _words(self, text: str) -> WordVectors:
-        cached = self._cache.get(text)
-        if cached is not None:
-            self._cache.move_to_end(text)
-            return cached
-        pending = self._pending.get(text)
-        if pending is not None:  # the same prompt checked against several candidates at once
-            return await asyncio.shield(pending)
-        assert self.embedder is not None
-        task = asyncio.ensure_future(self.embedder.embed_words(text))
-        self._pending[text] = task
-        try:
-            vectors = await asyncio.shield(task)
-        finally:
-            self._pending.pop(text, None)
-        self._cache[text] = vectors
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return vectors

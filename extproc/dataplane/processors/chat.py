@@ -153,6 +153,7 @@ class ChatCompletionsProcessor(RequestSettings, Processor):
                 lookup = self.shared.cache.check(
                     query,
                     threshold=self._threshold(),
+                    min_confidence=self.settings.min_confidence if self.decision.policy else None,
                     max_wait=budget,
                     max_age=self._fresh.max_age,
                 )
@@ -237,6 +238,7 @@ class ChatCompletionsProcessor(RequestSettings, Processor):
         assert lookup.entry is not None
         self.decision.outcome, self.decision.match = "hit", lookup.match
         self.decision.similarity = lookup.similarity
+        self.decision.confidence = lookup.confidence
         stored = lookup.entry.response
         if chat.stream:
             body, content_type = self.render_stream(stored, chat.include_usage), "text/event-stream"
@@ -252,6 +254,11 @@ class ChatCompletionsProcessor(RequestSettings, Processor):
                 HEADER: "hit",
                 f"{HEADER}-similarity": f"{lookup.similarity:.4f}",
                 f"{HEADER}-match": lookup.match or "semantic",
+                **(
+                    {f"{HEADER}-confidence": f"{lookup.confidence:.4f}"}
+                    if lookup.confidence is not None
+                    else {}
+                ),
                 **saved,
                 "age": str(int(self.decision.entry_age_s or 0)),  # RFC 9111 §5.1
             },

@@ -180,3 +180,36 @@ async def test_embedding_failure_reaches_every_waiter() -> None:
     results = await asyncio.gather(*(embedder.embed("x") for _ in range(3)), return_exceptions=True)
     assert all(isinstance(r, RuntimeError) for r in results)
     embedder.close()
+
+
+class ScoreBySecond:
+    """A scorer whose confidence is the prompt's second toy coordinate (a stand-in for the
+    learned verifier, to test how the cache uses a confidence)."""
+
+    async def score(self, query: str, candidate: str, similarity: float) -> float:
+        return float(candidate.split(",")[1])
+
+
+async def test_min_confidence_falls_through_to_the_next_candidate_and_explain_scores_all() -> None:
+    cache = make_cache(threshold=0.5)
+    cache.scorer, cache.min_confidence = ScoreBySecond(), 0.25
+    await cache.store(query("v:1,0.05"), answer("best but unsure"))
+    await cache.store(query("v:1,0.3"), answer("second, confident"))
+    await cache.store(query("v:1,0.6"), answer("third"))
+    result = await cache.check(query("v:1,0"))
+    assert result.entry is not None and result.entry.response == answer("second, confident")
+    assert result.confidence == pytest.approx(0.3) and result.rejections == ["confidence"]
+    assert (await cache.check(query("v:1,0"), min_confidence=0.7)).entry is None
+    explained = await cache.check(query("v:1,0"), explain=True)
+    assert explained.entry is not None and explained.entry.response == answer("second, confident")
+    assert [round(c or 0, 2) for _, _, c in explained.scored] == [0.05, 0.3, 0.6]
+    exact = await cache.check(query("v:1,0.05"))
+    assert exact.match == "exact" and exact.confidence == 1.0
+
+
+async def test_judge_is_the_decision_on_one_candidate() -> None:
+    cache = make_cache(guards=[RejectContaining("0.05")])
+    assert await cache.judge("v:1,0", "v:1,0.3", 0.95) == ([], None)  # no scorer: no confidence
+    cache.scorer = ScoreBySecond()
+    assert await cache.judge("v:1,0", "v:1,0.3", 0.95) == ([], 0.3)
+    assert await cache.judge("v:1,0", "v:1,0.05", 0.99) == (["marker"], None)  # vetoed: not scored

@@ -277,7 +277,16 @@ async def test_cross_encoder_verifier_runs_the_scorer_off_the_loop(model: tuple[
 async def test_build_guards_follows_settings(model: tuple[EncodeFn, int]) -> None:
     embedder = Embedder(*model)
     names = [g.name for g in await build_guards(CacheSettings(), embedder)]
-    assert names == ["numbers", "units", "negation", "opposites", "direction", "code", "content"]
+    assert names == [
+        "numbers",
+        "units",
+        "negation",
+        "opposites",
+        "direction",
+        "code",
+    ]  # content: the verifier's
+    on = with_overrides(CacheSettings(), guard_content=True)
+    assert [g.name for g in await build_guards(on, embedder)][-1] == "content"
     off = with_overrides(CacheSettings(), guard_units=False, guard_content=False, guard_code=False)
     assert [g.name for g in await build_guards(off, embedder)] == [
         "numbers", "negation", "opposites", "direction"
@@ -352,8 +361,9 @@ async def test_server_wires_the_configured_guards(model: tuple[EncodeFn, int]) -
         "opposites",
         "direction",
         "code",
-        "content",
     ]
+    assert cache.scorer is not None and cache.min_confidence == 0.7  # the shipped verifier
+    assert cache.scorer.words is not None  # word vectors for its alignment features
     await cache.close()
 
 

@@ -53,14 +53,17 @@ def test_eval_settings_make_room_and_override_guards() -> None:
     assert settings.similarity_threshold == 0.8
     assert settings.guard_numbers and settings.guard_content and not settings.guard_negation
     off = eval_settings(CacheSettings(verifier="a.b:c"), 5, guards="none")
-    assert not off.guard_numbers and not off.guard_content and off.verifier == ""
+    assert not off.guard_numbers and not off.guard_content and off.verifier == "" and off.verifier_model == ""
+    tuned = eval_settings(CacheSettings(), 5, guards="none", min_confidence=0.9, verifier_model="m.json")
+    assert tuned.min_confidence == 0.9 and tuned.verifier_model == "m.json"  # explicit beats --guards none
+    assert eval_settings(CacheSettings(), 5, verifier_model="none").verifier_model == ""
     with pytest.raises(ConfigError, match="--guards: unknown spelling"):
         eval_settings(CacheSettings(), 5, guards="spelling")
 
 
-async def run_small(model: tuple[EncodeFn, int], guards: str) -> Report:
-    """The small fixture at threshold 0.8 with a sweep."""
-    settings = eval_settings(CacheSettings(), 7, threshold=0.8, guards=guards)
+async def run_small(model: tuple[EncodeFn, int], guards: str, verifier: str = "none") -> Report:
+    """The small fixture at threshold 0.8 with a sweep (without the learned verifier unless given)."""
+    settings = eval_settings(CacheSettings(), 7, threshold=0.8, guards=guards, verifier_model=verifier)
     return await evaluate(settings, read_pairs(SMALL), [0.8, 0.9], model=model)
 
 
@@ -75,7 +78,7 @@ async def test_protocol_on_known_answers_cosine_only(model: tuple[EncodeFn, int]
     assert row.precision == pytest.approx(0.5) and row.recall == pytest.approx(1.0)
     assert row.negative_hit_rate == pytest.approx(0.75) and row.hit_rate == pytest.approx(6 / 7)
     assert report.row(0.9).wrong_negative == 1  # 15% / 25% is below 0.9
-    served = {o.pair.b: o.served for o in report.outcomes}
+    served = {o["b"]: o["served"] for o in report.outcomes()}
     assert served["How do I turn off dark mode in Windows 11?"] == "How do I turn on dark mode in Windows 11?"
     assert served["How tall is Mount Everest?"] is None
 
@@ -87,6 +90,23 @@ async def test_protocol_on_known_answers_with_guards(model: tuple[EncodeFn, int]
     assert row.precision == pytest.approx(0.75) and row.recall == pytest.approx(1.0)
     assert report.rejections == {"opposites": 1, "numbers": 1}
     assert report.guards == ["numbers", "units", "negation", "opposites", "direction", "code", "content"]
+    # judged by clusters: the capital-of-France hit for the label-0 pair's b is in its cluster
+    # (it is the same question), so it is correct, not wrong
+    assert (row.judged_correct, row.judged_wrong, row.unjudged) == (4, 0, 0)
+    assert row.precision_judged == 1.0
+
+
+async def test_the_verifier_gives_every_hit_a_confidence_and_min_confidence_filters(
+    model: tuple[EncodeFn, int],
+) -> None:
+    settings = eval_settings(CacheSettings(), 7, threshold=0.8, guards="all", verifier_model="builtin")
+    report = await evaluate(settings, read_pairs(SMALL), model=model, confidences=[0.0, 0.999])
+    assert report.verifier == "builtin"
+    hits = [o for o in report.outcomes() if o["served"] is not None]
+    assert hits and all(0.0 <= o["confidence"] <= 1.0 for o in hits)
+    assert report.row(0.8, 0.999).hits <= report.row(0.8, 0.0).hits
+    loose = report.row(0.8, 0.0)
+    assert loose.hits == (await run_small(model, "all")).row(0.8).hits  # confidence 0 filters nothing
 
 
 async def test_a_sweep_row_equals_a_run_at_that_threshold(model: tuple[EncodeFn, int]) -> None:
@@ -96,11 +116,18 @@ async def test_a_sweep_row_equals_a_run_at_that_threshold(model: tuple[EncodeFn,
     for level in (0.86, 0.92):
         direct = await evaluate(eval_settings(settings, len(pairs), threshold=level), pairs, model=model)
         assert direct.row(level) == sweep.row(level)
+    by_confidence = await evaluate(settings, pairs, model=model, confidences=[0.3, 0.8])
+    for floor in (0.3, 0.8):
+        direct = await evaluate(eval_settings(settings, len(pairs), min_confidence=floor), pairs, model=model)
+        assert direct.row(0.8) == by_confidence.row(0.8, floor)
 
 
 def test_cli_prints_the_table_and_json_last(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
-    config.write_text("semantic_cache:\n  similarity_threshold: 0.8\n")
+    config.write_text(
+        'semantic_cache:\n  similarity_threshold: 0.8\n  verifier_model: ""\n  guard_content: true\n'
+    )
+    outcomes = tmp_path / "outcomes.jsonl"
     code = main(
         [
             "--log-level",
@@ -112,16 +139,26 @@ def test_cli_prints_the_table_and_json_last(capsys: pytest.CaptureFixture[str], 
             str(config),
             "--sweep",
             "--json",
+            "--pairwise",
+            "--outcomes",
+            str(outcomes),
         ]
     )
     assert code == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[0].startswith("pairs 7 (positives 3, negatives 4")
-    assert any(line.startswith("| 0.80 | 4 | 3 | 1 |") for line in out)
+    assert any(line.startswith("| 0.80 | 0.70 | 4 | 3 | 1 |") for line in out)
     result = json.loads(out[-1])
     assert result["threshold"] == 0.8 and result["hits"] == 4 and result["correct"] == 3
     assert result["precision"] == 0.75 and len(result["rows"]) == 15
     assert {"wall_seconds", "queries_per_second", "latency_ms", "rejections"} <= result.keys()
+    assert {"precision_judged", "unjudged", "judged_correct", "judged_wrong"} <= result.keys()
+    assert set(result["pairwise"]) == {"precision", "recall", "f1", "roc_auc"}
+    records = [json.loads(line) for line in outcomes.read_text().splitlines()]
+    assert len(records) == 7 and set(records[0]) == {"a", "b", "label", "served", "similarity", "confidence"}
+    assert sum(r["served"] is not None for r in records) == 4
+    # no verifier: semantic hits have no confidence, the two exact repeats are certain
+    assert sorted(str(r["confidence"]) for r in records if r["served"]) == ["1.0", "1.0", "None", "None"]
 
 
 def test_cli_reports_a_bad_pairs_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -150,12 +187,17 @@ async def test_server_and_eval_decide_the_same(make_stack: StackFactory, model: 
             {"model": name, "messages": [{"role": "user", "content": p.b}]}, **{"cache-control": "no-store"}
         )
         hit = r.headers["x-semantic-cache"] == "hit"
-        through_envoy[p.b] = answer_of[r.json()["choices"][0]["message"]["content"]] if hit else None
+        served = answer_of[r.json()["choices"][0]["message"]["content"]] if hit else None
+        through_envoy[p.b] = (served, r.headers.get("x-semantic-cache-confidence"))
 
     report = await evaluate(eval_settings(CacheSettings(), len(pairs)), pairs, model=model)
-    by_eval = {o.pair.b: o.served for o in report.outcomes}
-    assert by_eval == through_envoy
-    assert any(v is not None for v in by_eval.values()) and any(v is None for v in by_eval.values())
+    by_eval = {
+        o["b"]: (o["served"], None if o["confidence"] is None else f"{o['confidence']:.4f}")
+        for o in report.outcomes()
+    }
+    assert by_eval == through_envoy  # the same entry served, with the same confidence
+    assert any(c is not None for _, c in by_eval.values())
+    assert any(s is not None for s, _ in by_eval.values()) and any(s is None for s, _ in by_eval.values())
 
 
 def test_eval_outside_the_repository_runs_on_defaults(tmp_path: Path) -> None:
@@ -177,12 +219,13 @@ def test_eval_outside_the_repository_runs_on_defaults(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "no config/config.yaml here; using the default settings" in done.stderr
     out = done.stdout
-    assert "threshold 0.88: hits 4, correct 3, wrong 1" in out
+    assert "threshold 0.80, min_confidence 0.70: hits 4, correct 3, wrong 1" in out
     assert "repeats: that entry is the question itself up to case" in out  # every count explained
-    # --show-errors: the wrong hit with its pair and similarity, the rejection with its guard.
-    assert "wrong hits at threshold 0.88: 1\nWRONG HIT (other entry) similarity 1.0000, label 0" in out
-    assert '  asked  b: "What is the capital of France?"' in out
-    assert '  pair\'s a: "How do I bake sourdough bread?"' in out
-    assert "guard rejections: 1\nREJECTED by opposites similarity 0." in out
+    # The strict count's one wrong hit is a repeated question: the clusters judge it correct.
+    assert "judged by clusters: correct 4, wrong 0, unjudged 0" in out
+    assert "hits not judged correct at threshold 0.80, min_confidence 0.70: 0\nrejections: 2" in out
+    # --show-errors: each rejection with its guard, pair, similarity and whether it was right.
+    assert "REJECTED by opposites similarity 0.9" in out
     assert '  candidate a: "How do I turn on dark mode in Windows 11?"' in out
-    assert "(right to reject)" in out
+    assert '  asked     b: "What is 25% of 80?"' in out
+    assert out.count("(right to reject)") == 2

@@ -23,7 +23,7 @@ def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
 def test_rollback_one_liner_is_valid(tmp_path: Path) -> None:
     settings = load_config(write(tmp_path, 'semantic_cache:\n  backend_type: "memory"\n'))
     assert settings.backend_type == "memory"
-    assert settings.similarity_threshold == 0.88
+    assert settings.similarity_threshold == 0.8
     assert settings.max_entries == 10_000 and settings.ttl_seconds == 3600
     assert settings.eviction_policy == "lru"
 
@@ -97,6 +97,12 @@ def test_other_router_sections_ignored_and_router_keys_warned(
         ("other: 1\n", "no semantic_cache: section"),
         ("semantic_cache: [1]\n", "semantic_cache: must be a mapping"),
         ("semantic_cache:\n  a: [\n", "config.yaml:3:1: not valid YAML: while parsing a flow node"),
+        ("semantic_cache:\n  min_confidence: 1.5\n", "semantic_cache.min_confidence: must be"),
+        ("semantic_cache:\n  min_confidence: high\n", "semantic_cache.min_confidence: must be a number"),
+        (
+            "semantic_cache:\n  verifier_model: nope/verifier.json\n",
+            "semantic_cache.verifier_model: 'nope/verifier.json' not found (looked in",
+        ),
     ],
 )
 def test_errors_name_the_key_and_fix(tmp_path: Path, yaml_text: str, expected: str) -> None:
@@ -203,3 +209,18 @@ def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
     )
     assert bad.returncode == 2
     assert "semantic_cache.top_k: must be an integer >= 1" in bad.stderr
+
+
+def test_check_config_explains_the_old_threshold_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from extproc.cli.main import main
+
+    old = write(tmp_path, "semantic_cache:\n  similarity_threshold: 0.9\n")
+    assert main(["--log-level", "error", "check-config", str(old)]) == 0
+    out = capsys.readouterr().out
+    assert "note: similarity_threshold (0.9) is now only the candidate prefilter" in out
+    assert "min_confidence" in out and "  similarity_threshold: 0.9" in out  # still accepted
+    new = write(tmp_path, "semantic_cache:\n  similarity_threshold: 0.8\n  min_confidence: 0.9\n")
+    assert main(["--log-level", "error", "check-config", str(new)]) == 0
+    assert "note:" not in capsys.readouterr().out

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import betterproto2
+import pytest
 from envoy_data_plane.envoy.config.core.v3 import HeaderMap, HeaderValue
 from envoy_data_plane.envoy.service.ext_proc.v3 import HttpBody, HttpHeaders, ProcessingRequest
 
@@ -207,3 +208,30 @@ async def test_stream_closed_before_the_answer_completed() -> None:
     p.on_stream_closed()
     assert not pending
     assert [(d.outcome, d.store) for d in decisions] == [("miss", "stream_aborted")]
+
+
+async def test_a_hit_carries_its_confidence_to_the_header_decision_span_and_metric() -> None:
+    from extproc.observability.metrics import Metrics
+    from extproc.observability.tracing import span_attributes
+
+    shared, decisions, pending = make_shared()
+
+    class Sure:
+        async def score(self, query: str, candidate: str, similarity: float) -> float:
+            return 0.97314
+
+    shared.cache.scorer = Sure()
+    await miss_and_store(shared, pending, "v:1,0", "stored")
+    hit = ChatCompletionsProcessor(shared)
+    hit.on_request_headers(headers(CHAT), False)
+    reply = await hit.on_request_body(chat_body("v:1,0.1"), True)
+    assert reply.immediate_response is not None
+    marks = {h.header.key: h.header.raw_value for h in reply.immediate_response.headers.set_headers}
+    assert marks[f"{HEADER}-match"] == b"semantic" and marks[f"{HEADER}-confidence"] == b"0.9731"
+    decision = decisions[-1]
+    assert decision.outcome == "hit" and decision.confidence == pytest.approx(0.97314)
+    assert span_attributes(decision, "memory", 0.9)["semantic_cache.confidence"] == 0.9731
+    metrics = Metrics()
+    metrics.observe(decision, "memory")
+    assert metrics.registry.get_sample_value("semantic_cache_hit_confidence_count") == 1.0
+    assert metrics.registry.get_sample_value("semantic_cache_hit_confidence_sum") == pytest.approx(0.97314)

@@ -1,0 +1,168 @@
+"""The learned verifier: P(same meaning) of a (query, candidate) pair, calibrated.
+
+A logistic model over :data:`extproc.cache.guards.features.FEATURES`, then a monotone
+calibration map (isotonic, fitted on pairs the model was not trained on) from its raw score to
+the probability the pair is a paraphrase.  The fitted model is a small JSON file (numbers
+only, read with ``json``: never pickle); ``semantic-cache train-verifier`` writes one and the
+package ships one (``verifier.json``) trained on Quora question pairs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from extproc.cache.guards.features import FEATURES, finish, text_part
+from extproc.config.env import resolve_relative
+from extproc.errors import ConfigError
+
+if TYPE_CHECKING:
+    from extproc.cache.guards.content import WordVectorCache
+
+FORMAT = "semantic-cache-verifier"
+VERSION = 1
+BUILTIN = "builtin"
+"""The ``verifier_model`` value naming the model shipped in the package."""
+
+
+@dataclass(frozen=True)
+class VerifierModel:
+    """A fitted verifier: standardisation, logistic weights and the calibration map."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    weights: np.ndarray
+    bias: float
+    calib_x: np.ndarray
+    """Raw logistic probabilities (increasing) ..."""
+    calib_y: np.ndarray
+    """... and the calibrated probability at each (non-decreasing); linear in between."""
+    info: dict[str, Any] = field(default_factory=dict)
+    """How it was trained (data, split, held-out metrics): carried along, never used to score."""
+
+    def raw(self, rows: np.ndarray) -> np.ndarray:
+        """Uncalibrated probabilities of feature rows (shape (n, len(FEATURES)))."""
+        z = ((rows - self.mean) / self.scale) @ self.weights + self.bias
+        return 1.0 / (1.0 + np.exp(-np.clip(z, -40.0, 40.0)))
+
+    def probability(self, rows: np.ndarray) -> np.ndarray:
+        """Calibrated P(same meaning) of feature rows."""
+        return np.interp(self.raw(rows), self.calib_x, self.calib_y)
+
+    def to_json(self) -> dict[str, Any]:
+        """The file's content (floats rounded to 8 significant digits: the file is stable text)."""
+
+        def nums(a: np.ndarray) -> list[float]:
+            return [float(f"{v:.8g}") for v in a]
+
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "features": list(FEATURES),
+            "mean": nums(self.mean),
+            "scale": nums(self.scale),
+            "weights": nums(self.weights),
+            "bias": float(f"{self.bias:.8g}"),
+            "calibration": {"method": "isotonic", "x": nums(self.calib_x), "y": nums(self.calib_y)},
+            "info": self.info,
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write the model as JSON."""
+        Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n", encoding="utf-8")
+
+
+def parse_model(raw: Any, where: str) -> VerifierModel:
+    """A :class:`VerifierModel` from a file's JSON, checked field by field."""
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise ConfigError(f'{where}: not a verifier model (needs "format": "{FORMAT}")')
+    if raw.get("version") != VERSION:
+        raise ConfigError(
+            f"{where}: version {raw.get('version')!r} is not supported; this release reads {VERSION}"
+        )
+    if raw.get("features") != list(FEATURES):
+        raise ConfigError(
+            f"{where}: trained on features {raw.get('features')!r}, this release computes {list(FEATURES)}; "
+            "retrain it with semantic-cache train-verifier"
+        )
+    n = len(FEATURES)
+
+    def vector(value: Any, name: str, size: int | None = None) -> np.ndarray:
+        ok = isinstance(value, list) and all(isinstance(v, int | float) and math.isfinite(v) for v in value)
+        if not ok or (size is not None and len(value) != size):
+            want = f"{size} numbers" if size is not None else "a list of numbers"
+            raise ConfigError(f"{where}: {name} must be {want}")
+        return np.asarray(value, dtype=np.float64)
+
+    calibration = raw.get("calibration")
+    if not isinstance(calibration, dict) or calibration.get("method") != "isotonic":
+        raise ConfigError(f'{where}: calibration must be {{"method": "isotonic", "x": [...], "y": [...]}}')
+    x, y = vector(calibration.get("x"), "calibration.x"), vector(calibration.get("y"), "calibration.y")
+    if len(x) < 2 or len(x) != len(y) or np.any(np.diff(x) < 0) or np.any(np.diff(y) < 0):
+        raise ConfigError(f"{where}: calibration x and y must be as long as each other and non-decreasing")
+    if np.any((y < 0) | (y > 1)):
+        raise ConfigError(f"{where}: calibration y must be probabilities")
+    scale = vector(raw.get("scale"), "scale", n)
+    if np.any(scale <= 0):
+        raise ConfigError(f"{where}: scale must be positive")
+    bias = raw.get("bias")
+    if not isinstance(bias, int | float) or not math.isfinite(bias):
+        raise ConfigError(f"{where}: bias must be a number")
+    info = raw.get("info", {})
+    return VerifierModel(
+        mean=vector(raw.get("mean"), "mean", n),
+        scale=scale,
+        weights=vector(raw.get("weights"), "weights", n),
+        bias=float(bias),
+        calib_x=x,
+        calib_y=y,
+        info=info if isinstance(info, dict) else {},
+    )
+
+
+def load_model(spec: str, config_source: str = "") -> VerifierModel:
+    """The model at path ``spec`` (relative: to the working directory, else to the config file's
+    folder ``config_source``), or the shipped one for ``"builtin"``."""
+    if spec == BUILTIN:
+        text = resources.files("extproc.cache.guards").joinpath("verifier.json").read_text(encoding="utf-8")
+        where = "the built-in verifier model"
+    else:
+        where = f"semantic_cache.verifier_model {spec!r}"
+        path = resolve_relative(spec, config_source, "verifier_model")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read it ({exc.strerror or exc})") from exc
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: not JSON ({exc})") from exc
+    return parse_model(raw, where)
+
+
+class ConfidenceScorer:
+    """Scores a candidate that passed the hard rules: the confidence the cache compares with
+    ``min_confidence`` and reports on every semantic hit."""
+
+    name = "confidence"
+
+    def __init__(self, model: VerifierModel, words: WordVectorCache | None) -> None:
+        self.model = model
+        self.words = words
+        """Word vectors of prompts (shared with the content guard); None: text alone decides."""
+
+    async def score(self, query: str, candidate: str, similarity: float) -> float:
+        """Calibrated P(same meaning) of the pair (word vectors only when they can matter)."""
+        part = text_part(query, candidate, similarity)
+        words_a = words_b = None
+        if part.needs_words and self.words is not None:
+            words_a, words_b = await asyncio.gather(self.words.get(query), self.words.get(candidate))
+        row = finish(part, words_a, words_b)
+        return float(self.model.probability(row[None, :])[0])
