@@ -82,11 +82,11 @@ class SemanticCache:
         skips embedding when the caller already has it; ``explain`` scores every candidate
         (into ``scored``) instead of stopping at the hit, for ``eval``'s sweeps.  When the
         embedder predicts a wait over ``max_wait`` seconds, only the (cheap) exact lookup runs
-        and :class:`~extproc.errors.Overloaded` is raised on a miss.  ``max_age`` (seconds)
+        and :class:`~extproc.errors.Overloaded` is raised on a miss; the same when the
+        embedding is not done ``max_wait`` seconds after the exact lookup.  ``max_age`` (seconds)
         passes over entries stored longer ago (rejection ``max_age``).
         """
         now = time.time()
-        deadline = None if max_wait is None else time.perf_counter() + max_wait
         timings: dict[str, float] = {}
         with timed(timings, "exact_ms"), tracer.start_as_current_span("semantic_cache.exact_lookup") as span:
             entry = await self.backend.get_exact(query.exact_key, now)
@@ -104,6 +104,8 @@ class SemanticCache:
                 timings=timings,
             )
         if vector is None:
+            # The wait counts from here: the exact lookup is the backend's time (lookup_timeout_ms).
+            deadline = None if max_wait is None else time.perf_counter() + max_wait
             vector = await self._embed_within(query.prompt, deadline, timings)
         result = await self.check_vector(query, vector, threshold, now, max_age, min_confidence, explain)
         result.timings.update(timings)
