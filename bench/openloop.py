@@ -69,9 +69,12 @@ def row(target: str, phase: str, rate: float, samples: list[Sample], baseline_ms
     """One table row: latency percentiles, ratios to the encode floor, outcomes and errors."""
     lat = summary([s.latency_ms for s in samples])
     outcomes: dict[str, int] = {}
+    by_outcome: dict[str, list[float]] = {}
     for s in samples:
         key = f"http_{s.status}" if s.status != 200 else (s.cache or "-")
         outcomes[key] = outcomes.get(key, 0) + 1
+        by_outcome.setdefault(key, []).append(s.latency_ms)
+    p99s = {k: summary(v)["p99"] for k, v in sorted(by_outcome.items())}
     return {
         "target": target,
         "phase": phase,
@@ -80,6 +83,7 @@ def row(target: str, phase: str, rate: float, samples: list[Sample], baseline_ms
         "p50_ms": lat["p50"],
         "p99_ms": lat["p99"],
         "p99_x_floor": round(lat["p99"] / baseline_ms, 1) if baseline_ms else float("nan"),
+        "p99_by_outcome": " ".join(f"{k}:{v:.0f}" for k, v in p99s.items()),
         "errors": sum(s.status != 200 for s in samples),
         "outcomes": " ".join(f"{k}:{v}" for k, v in sorted(outcomes.items())),
     }

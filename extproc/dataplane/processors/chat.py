@@ -173,8 +173,11 @@ class ChatCompletionsProcessor(RequestSettings, Processor):
                 exc_info=reason == "backend_error",
             )
             self._mark_bypass(reason)
-            # Shed, not broken: the answer may still be stored, at the back of the queue.
-            self._storing = reason == "overloaded" and not self._no_store
+            self._storing = False
+            if reason == "overloaded" and not self._no_store:
+                # Storing the answer would embed it: the very work that was just shed, and
+                # CPU taken from the requests still being served.  Stores go first under load.
+                self.decision.store = "overloaded"
             return m.request_body()
         finally:
             self.decision.timings["lookup_ms"] = (time.perf_counter() - started) * 1000
