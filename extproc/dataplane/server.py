@@ -116,6 +116,8 @@ class ExtProcServer:
         started = time.monotonic()
         await self.server.stop(grace)
         await self.tasks.drain(max(1.0, grace - (time.monotonic() - started)))
+        if self.shared.verification is not None:  # after the drain: shadows in flight used it
+            await self.shared.verification.close()
         if self.management is not None:
             await self.management.cleanup()
             self.management = None

@@ -17,6 +17,7 @@ from opentelemetry import trace
 
 from extproc.cache import CacheQuery, LookupResult
 from extproc.cache.guards.scripts import mostly_non_latin
+from extproc.cache.schema import CacheEntry
 from extproc.cache.volatile import volatile_answer, volatile_prompt
 from extproc.dataplane.decision import lookup_failure_reason, reason_header
 from extproc.dataplane.freshness import TTL_HEADER, Freshness, answer_text, parse_freshness
@@ -24,6 +25,7 @@ from extproc.dataplane.identity import cache_query, canonical_query
 from extproc.dataplane.policy import route_name, route_settings
 from extproc.dataplane.processors.base import Processor, Send
 from extproc.dataplane.processors.settings import RequestSettings
+from extproc.dataplane.processors.verify import VerifiedHits
 from extproc.dataplane.shared import HEADER, Shared
 from extproc.errors import NotCacheable, NotStorable, OutcomeError
 from extproc.protocol import messages as m
@@ -44,7 +46,7 @@ INLINE_PARSE_BYTES = 64 * 1024
 """Bodies up to this size are parsed on the event loop; larger or compressed ones in a thread."""
 
 
-class ChatCompletionsProcessor(RequestSettings, Processor):
+class ChatCompletionsProcessor(RequestSettings, VerifiedHits, Processor):
     """Caches ``POST /v1/chat/completions``: one method per phase.
 
     The wire format is five functions (class attributes), so another OpenAI endpoint with the
@@ -84,6 +86,8 @@ class ChatCompletionsProcessor(RequestSettings, Processor):
         self._query_string = ""
         self._route = route_name(metadata)
         self._headers: dict[str, str] = {}
+        self._body = b""
+        self._explored: tuple[CacheEntry, float] | None = None
 
     # --- request -------------------------------------------------------------------------
 
@@ -130,7 +134,7 @@ class ChatCompletionsProcessor(RequestSettings, Processor):
         except NotCacheable as exc:
             self._mark_bypass(exc.reason)
             return m.request_body()
-        self._request = chat
+        self._request, self._body = chat, body
         self.decision.model = chat.model
         self.decision.non_latin = mostly_non_latin(chat.prompt)
         if not self._apply_policy(chat.model):
@@ -143,6 +147,7 @@ class ChatCompletionsProcessor(RequestSettings, Processor):
         asked_no_cache = self._no_cache
         self._check_volatile(volatile_prompt(chat.prompt))
         if self._no_cache:
+            self._client_feedback(query)
             self.decision.reason = "no_cache" if asked_no_cache else "volatile"
             return m.request_body()
         started = time.perf_counter()
@@ -153,7 +158,7 @@ class ChatCompletionsProcessor(RequestSettings, Processor):
                 lookup = self.shared.cache.check(
                     query,
                     threshold=self._threshold(),
-                    min_confidence=self.settings.min_confidence if self.decision.policy else None,
+                    min_confidence=self._min_confidence(),
                     max_wait=budget,
                     max_age=self._fresh.max_age,
                 )
@@ -175,7 +180,7 @@ class ChatCompletionsProcessor(RequestSettings, Processor):
             return m.request_body()
         finally:
             self.decision.timings["lookup_ms"] = (time.perf_counter() - started) * 1000
-        lookup = self._lookup
+        lookup = self._lookup = self._bounded(self._lookup)
         d = self.decision
         d.candidates, d.best_similarity, d.rejected_by = (
             lookup.candidates,
@@ -245,6 +250,7 @@ class ChatCompletionsProcessor(RequestSettings, Processor):
         else:
             body, content_type = self.render_json(stored), "application/json"
         saved = self._saved_tokens(stored)  # before _report(): the metric reads the decision
+        saved |= self._entry_headers(lookup, chat.n)
         self._report()
         return m.immediate(
             200,
@@ -339,6 +345,7 @@ class ChatCompletionsProcessor(RequestSettings, Processor):
             log.debug("unparseable response", exc_info=True)
             self._skip_store("unparseable")
         else:
+            self._learn(completion)
             started = time.perf_counter()
             try:
                 vector = lookup.vector if lookup is not None else None
