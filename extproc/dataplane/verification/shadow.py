@@ -102,6 +102,8 @@ class Verification:
         self.skipped: Counter[str] = Counter()
         self.feedback_counts: Counter[str] = Counter()
         self.inflight = 0
+        self.peak_inflight = 0
+        """The most shadow requests ever in flight at once (never above max_concurrency)."""
         self.started_at: deque[float] = deque()
         """Monotonic start times of the shadow requests of the last minute (the budget)."""
         self._session: aiohttp.ClientSession | None = None
@@ -139,6 +141,7 @@ class Verification:
             return self._skip("budget")
         self.started_at.append(now)
         self.inflight += 1
+        self.peak_inflight = max(self.peak_inflight, self.inflight)
         self.spawn(self._run(job))
         return True
 
@@ -310,6 +313,7 @@ class Verification:
             "max_false_hit_rate": s.max_false_hit_rate,
             "models": models,
             "in_flight": self.inflight,
+            "peak_in_flight": self.peak_inflight,
             "skipped": dict(sorted(self.skipped.items())),
             "feedback": dict(sorted(self.feedback_counts.items())),
         }
