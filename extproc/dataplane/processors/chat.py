@@ -87,7 +87,7 @@ class ChatCompletionsProcessor(RequestSettings, VerifiedHits, Processor):
         self._route = route_name(metadata)
         self._headers: dict[str, str] = {}
         self._body = b""
-        self._explored: tuple[CacheEntry, float] | None = None
+        self._explored: tuple[CacheEntry, float, float] | None = None
 
     # --- request -------------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ class VerifiedHits:
     _span: Span
     _fresh: Freshness
     _no_store: bool
-    _explored: tuple[CacheEntry, float] | None
+    _explored: tuple[CacheEntry, float, float] | None
     parse_json: Callable[[bytes, int], dict[str, Any]]
 
     def _min_confidence(self) -> float | None:
@@ -56,9 +56,9 @@ class VerifiedHits:
         if v is None or lookup.entry is None or lookup.match != "semantic":
             return lookup
         score = lookup.confidence if lookup.confidence is not None else lookup.similarity
-        if v.allows(lookup.entry.model, lookup.entry, score):
+        if v.allows(lookup.entry.model, lookup.entry, score, lookup.similarity):
             return lookup
-        self._explored = (lookup.entry, score)
+        self._explored = (lookup.entry, score, lookup.similarity)
         return LookupResult(
             vector=lookup.vector,
             candidates=lookup.candidates,
@@ -86,6 +86,7 @@ class VerifiedHits:
                 query,
                 entry,
                 score,
+                lookup.similarity,
                 ttl,
                 trace.set_span_in_context(self._span),
             )
@@ -96,8 +97,8 @@ class VerifiedHits:
         """An explored candidate's request has its upstream answer: compare them (background)."""
         v = self.shared.verification
         if v is not None and self._explored is not None:
-            entry, score = self._explored
-            v.learn_from_miss(entry.model, entry, score, completion)
+            entry, score, similarity = self._explored
+            v.learn_from_miss(entry.model, entry, (score, similarity), completion)
 
     def _client_feedback(self, query: CacheQuery) -> None:
         """A ``no-cache`` retry saying ``x-semantic-cache-feedback: wrong``: report the entry it names."""

@@ -6,7 +6,7 @@ Two estimates, from two kinds of outcome:
   random sample of served semantic hits, so wrong / verified estimates it without bias; its
   upper bound is the Wilson score bound (95 %, one-sided).
 - **P(wrong) of a candidate about to be served** (the δ rule, after vCache, arXiv 2502.03771):
-  a Beta posterior per (model, confidence bin) whose prior is the offline calibration (mean
+  a Beta posterior per (model, confidence bin, similarity bin) whose prior is the offline calibration (mean
   1 − the bin's confidence, worth ``prior_strength`` observations) and whose evidence is every
   verified outcome in that bin: shadowed hits and explorations (a candidate the rule did not
   serve, whose request went upstream and whose answer was then compared with the candidate's).
@@ -25,6 +25,9 @@ from functools import lru_cache
 
 EDGES = (0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.96, 0.98, 0.99, 0.995)
 """Lower edges of the confidence bins above the first ([0, 0.5)); the last is [0.995, 1]."""
+SIMILARITY_EDGES = (0.9, 0.95, 0.98, 0.99)
+"""Lower edges of the embedding-similarity bins above the first: within one confidence bin,
+near-identical wordings are usually safer than mere look-alikes, and the rule can tell them apart."""
 LEVEL = 0.95
 """One-sided confidence of every upper bound."""
 Z = 1.6448536269514722
@@ -40,6 +43,11 @@ ENTRY_PRIOR_CAP = 50.0
 def bin_of(score: float) -> int:
     """The confidence bin of ``score`` (0 for below 0.5 … len(EDGES) for ≥ 0.995)."""
     return bisect_right(EDGES, score)
+
+
+def similarity_bin(similarity: float) -> int:
+    """The similarity bin of ``similarity``."""
+    return bisect_right(SIMILARITY_EDGES, similarity)
 
 
 def bin_mid(index: int) -> float:
@@ -139,8 +147,8 @@ class Outcomes:
         self.prior_strength = prior_strength
         self.served: dict[str, Tally] = {}
         """Shadow verifications of served hits, per model: the false-hit rate."""
-        self.bins: dict[tuple[str, int], list[float]] = {}
-        """(model, bin) -> [wrong, right] of every judged outcome (shadowed and explored)."""
+        self.bins: dict[tuple[str, int, int], list[float]] = {}
+        """(model, confidence bin, similarity bin) -> [wrong, right] of every judged outcome."""
         self.entries: OrderedDict[str, list[float]] = OrderedDict()
         """entry id -> [wrong, right] of its own outcomes."""
 
@@ -155,9 +163,12 @@ class Outcomes:
         tally = self.served.setdefault(self.model_key(model), Tally())
         setattr(tally, result, getattr(tally, result) + 1)
 
-    def learn(self, model: str, entry_id: str, score: float, wrong: bool) -> None:
+    def _bin(self, model: str, score: float, similarity: float) -> tuple[str, int, int]:
+        return self.model_key(model), bin_of(score), similarity_bin(similarity)
+
+    def learn(self, model: str, entry_id: str, score: float, wrong: bool, similarity: float = 1.0) -> None:
         """A judged outcome of a candidate with confidence ``score``: evidence for the rule."""
-        counts = self.bins.setdefault((self.model_key(model), bin_of(score)), [0.0, 0.0])
+        counts = self.bins.setdefault(self._bin(model, score, similarity), [0.0, 0.0])
         counts[0 if wrong else 1] += 1
         own = self.entries.pop(entry_id, None) or [0.0, 0.0]
         own[0 if wrong else 1] += 1
@@ -165,13 +176,15 @@ class Outcomes:
         while len(self.entries) > MAX_ENTRIES:
             self.entries.popitem(last=False)
 
-    def posterior(self, model: str, score: float, entry_id: str = "") -> tuple[float, float]:
+    def posterior(
+        self, model: str, score: float, entry_id: str = "", similarity: float = 1.0
+    ) -> tuple[float, float]:
         """(a, b) of the Beta posterior of P(wrong) for a candidate of ``model`` at ``score``."""
         index = bin_of(score)
         prior_wrong = 1.0 - bin_mid(index)
         a = 0.5 + self.prior_strength * prior_wrong  # Jeffreys plus the offline calibration
         b = 0.5 + self.prior_strength * (1.0 - prior_wrong)
-        wrong, right = self.bins.get((self.model_key(model), index), (0.0, 0.0))
+        wrong, right = self.bins.get(self._bin(model, score, similarity), (0.0, 0.0))
         a, b = a + wrong, b + right
         own = self.entries.get(entry_id) if entry_id else None
         if own is not None:
@@ -179,9 +192,9 @@ class Outcomes:
             a, b = a * shrink + own[0], b * shrink + own[1]
         return a, b
 
-    def upper(self, model: str, score: float, entry_id: str = "") -> float:
+    def upper(self, model: str, score: float, entry_id: str = "", similarity: float = 1.0) -> float:
         """The 95 % upper bound of P(wrong) for such a candidate."""
-        return beta_upper(*self.posterior(model, score, entry_id))
+        return beta_upper(*self.posterior(model, score, entry_id, similarity))
 
     def forget(self, entry_id: str) -> None:
         """Drop an entry's own outcomes (it was deleted)."""

@@ -75,6 +75,7 @@ class Shadow:
     entry: CacheEntry
     score: float
     """The confidence (else the similarity) the hit was served at."""
+    similarity: float
     ttl_seconds: int
     context: Context = field(default_factory=Context)
     """The request span's context: the verification span is its child."""
@@ -115,12 +116,12 @@ class Verification:
 
     # --- the request path: decisions only ------------------------------------------------
 
-    def allows(self, model: str, entry: CacheEntry, score: float) -> bool:
+    def allows(self, model: str, entry: CacheEntry, score: float, similarity: float) -> bool:
         """The δ rule: serve this semantic candidate? (always True when no bound is set)."""
         delta = self.settings.max_false_hit_rate
         if delta <= 0:
             return True
-        serve = self.outcomes.upper(model, score, entry.exact_key) <= delta
+        serve = self.outcomes.upper(model, score, entry.exact_key, similarity) <= delta
         if self.metrics is not None:
             self.metrics.bound_decisions.labels("serve" if serve else "explore").inc()
         return serve
@@ -145,9 +146,13 @@ class Verification:
         self.spawn(self._run(job))
         return True
 
-    def learn_from_miss(self, model: str, candidate: CacheEntry, score: float, fresh: dict[str, Any]) -> None:
-        """An explored candidate's request was answered upstream: compare, learn (in the background)."""
-        self.spawn(self._explored(model, candidate, score, fresh))
+    def learn_from_miss(
+        self, model: str, candidate: CacheEntry, scores: tuple[float, float], fresh: dict[str, Any]
+    ) -> None:
+        """An explored candidate's request was answered upstream: compare, learn (in the background).
+
+        ``scores``: the candidate's (confidence or similarity, similarity)."""
+        self.spawn(self._explored(model, candidate, scores, fresh))
 
     # --- background work --------------------------------------------------------------------
 
@@ -188,7 +193,7 @@ class Verification:
                 "semantic_cache.exact": exact,
             },
         )
-        self.outcomes.learn(job.query.model, job.entry.exact_key, job.score, not same)
+        self.outcomes.learn(job.query.model, job.entry.exact_key, job.score, not same, job.similarity)
         if not same:
             await self._heal(job, fresh)
         return verdict
@@ -245,7 +250,9 @@ class Verification:
         if self.settings.replace:
             await self.cache.store(job.query, fresh, ttl_seconds=job.ttl_seconds)
 
-    async def _explored(self, model: str, candidate: CacheEntry, score: float, fresh: dict[str, Any]) -> None:
+    async def _explored(
+        self, model: str, candidate: CacheEntry, scores: tuple[float, float], fresh: dict[str, Any]
+    ) -> None:
         result = "error"
         if self.cache.embedder.expected_wait() > OVERLOAD_WAIT:
             self._skip("overloaded")
@@ -254,7 +261,7 @@ class Verification:
             same, _ = await agree(
                 self.cache.embedder, candidate.response, fresh, self.settings.answer_similarity
             )
-            self.outcomes.learn(model, candidate.exact_key, score, not same)
+            self.outcomes.learn(model, candidate.exact_key, scores[0], not same, scores[1])
             result = "agree" if same else "disagree"
         except Exception as exc:
             log.warning("learning from an explored candidate failed: %s: %s", type(exc).__name__, exc)

@@ -116,7 +116,7 @@ def job(body: bytes = b'{"model": "m", "messages": []}') -> Shadow:
     """A shadow job of a semantic hit."""
     query = CacheQuery("m", "global", "f", "q", "p", "k" * 64)
     entry = CacheEntry("e", "m", "global", "f", "p", "e" * 64, "q", {}, np.zeros(DIM), time.time())
-    return Shadow("/v1/chat/completions", {}, body, "", lambda b, n: {}, 1, query, entry, 0.9, 60)
+    return Shadow("/v1/chat/completions", {}, body, "", lambda b, n: {}, 1, query, entry, 0.9, 0.95, 60)
 
 
 def test_the_shadow_gate_samples_and_holds_its_limits() -> None:
@@ -136,9 +136,9 @@ def test_the_shadow_gate_samples_and_holds_its_limits() -> None:
 
 def test_without_a_bound_every_candidate_is_served() -> None:
     v, _ = make_verification()
-    assert v.allows("m", job().entry, 0.1)
+    assert v.allows("m", job().entry, 0.1, 0.9)
     v, _ = make_verification(max_false_hit_rate=0.02)
-    assert not v.allows("m", job().entry, 0.999)
+    assert not v.allows("m", job().entry, 0.999, 0.999)
 
 
 async def test_feedback_needs_an_issued_id_of_a_live_entry() -> None:
