@@ -136,6 +136,7 @@ async def build_server(settings: CacheSettings, model: tuple[EncodeFn, int] | No
     metrics.watch_false_hits(lambda: {m: (rate, upper) for m, (rate, upper, _) in outcomes.rates().items()})
     metrics.watch(lambda: shared.cache.backend)
     metrics.watch_embedder(lambda: shared.cache.embedder)
+    metrics.watch_loop_lag(lambda: shared.loop_lag.seconds)
     metrics.watch_config(lambda: shared.config_error)
     metrics.watch_hit_ratio(lambda: decisions.counts)
     return ExtProcServer(shared, tasks, settings.server.max_message_bytes, metrics)

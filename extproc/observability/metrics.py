@@ -154,6 +154,10 @@ class Metrics:
         """Also export the embedding backlog and the wait it predicts, read at scrape time."""
         self.registry.register(_EmbedderCollector(embedder))
 
+    def watch_loop_lag(self, lag: Callable[[], float]) -> None:
+        """Also export the event loop's recent scheduling delay (seconds), read at scrape time."""
+        self.registry.register(_LoopLagCollector(lag))
+
     def watch_hit_ratio(self, counts: Callable[[], Mapping[str, int]]) -> None:
         """Also export ``semantic_cache_hit_ratio`` from the decision counts (see :func:`hit_ratio`)."""
         self.registry.register(_HitRatioCollector(counts))
@@ -260,6 +264,20 @@ class _EmbedderCollector(Collector):
             "semantic_cache_embedding_expected_wait_seconds",
             "Predicted wait of a new lookup for its embedding (compared with max_added_latency_ms).",
             value=embedder.expected_wait(),
+        )
+
+
+class _LoopLagCollector(Collector):
+    """``semantic_cache_event_loop_lag_seconds``: how late the event loop runs (CPU starvation)."""
+
+    def __init__(self, lag: Callable[[], float]) -> None:
+        self.lag = lag
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "semantic_cache_event_loop_lag_seconds",
+            "Recent delay of the event loop's callbacks; admission control charges it to every lookup.",
+            value=self.lag(),
         )
 
 

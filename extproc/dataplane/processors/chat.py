@@ -17,8 +17,8 @@ from opentelemetry import trace
 
 from extproc.cache import CacheQuery, LookupResult
 from extproc.cache.guards.scripts import mostly_non_latin
-from extproc.cache.schema import CacheEntry
 from extproc.cache.volatile import volatile_answer, volatile_prompt
+from extproc.dataplane.admission import lookup_budget
 from extproc.dataplane.decision import lookup_failure_reason, reason_header
 from extproc.dataplane.freshness import TTL_HEADER, Freshness, answer_text, parse_freshness
 from extproc.dataplane.identity import cache_query, canonical_query
@@ -86,8 +86,6 @@ class ChatCompletionsProcessor(RequestSettings, VerifiedHits, Processor):
         self._query_string = ""
         self._route = route_name(metadata)
         self._headers: dict[str, str] = {}
-        self._body = b""
-        self._explored: tuple[CacheEntry, float, float] | None = None
 
     # --- request -------------------------------------------------------------------------
 
@@ -151,20 +149,27 @@ class ChatCompletionsProcessor(RequestSettings, VerifiedHits, Processor):
             self.decision.reason = "no_cache" if asked_no_cache else "volatile"
             return m.request_body()
         started = time.perf_counter()
-        budget = self.settings.max_added_latency_ms / 1000 or None
+        lookup_timeout = self.settings.lookup_timeout_ms / 1000
+        max_wait, timeout = lookup_budget(
+            self.settings.max_added_latency_ms,
+            lookup_timeout,
+            started - self.arrived,
+            self.shared.loop_lag.seconds,
+        )
         try:
-            timeout = self.settings.lookup_timeout_ms / 1000
             with trace.use_span(self._span, end_on_exit=False):
                 lookup = self.shared.cache.check(
                     query,
                     threshold=self._threshold(),
                     min_confidence=self._min_confidence(),
-                    max_wait=budget,
+                    max_wait=max_wait,
                     max_age=self._fresh.max_age,
                 )
                 self._lookup = await asyncio.wait_for(lookup, timeout)
         except Exception as exc:  # never fail the request because of the cache
             reason = lookup_failure_reason(exc)
+            if reason == "lookup_timeout" and timeout < lookup_timeout:
+                reason = "overloaded"  # the latency budget ran out, not the backend's timeout
             # Backend outages are logged once per state change by the backend itself.
             level = logging.WARNING if reason in ("backend_error", "embedding_error") else logging.DEBUG
             log.log(
@@ -249,8 +254,7 @@ class ChatCompletionsProcessor(RequestSettings, VerifiedHits, Processor):
             body, content_type = self.render_stream(stored, chat.include_usage), "text/event-stream"
         else:
             body, content_type = self.render_json(stored), "application/json"
-        saved = self._saved_tokens(stored)  # before _report(): the metric reads the decision
-        saved |= self._entry_headers(lookup, chat.n)
+        saved = self._saved_tokens(stored) | self._entry_headers(lookup, chat.n)  # before _report()
         self._report()
         return m.immediate(
             200,
@@ -338,14 +342,13 @@ class ChatCompletionsProcessor(RequestSettings, VerifiedHits, Processor):
         query, lookup = self._query, self._lookup
         assert query is not None
         try:
-            completion = await self._parse_response(body)
+            completion = self._learned(await self._parse_response(body))
         except NotStorable as exc:
             self._skip_store(exc.reason)
         except Exception:  # an answer of a shape we do not know: never an exception
             log.debug("unparseable response", exc_info=True)
             self._skip_store("unparseable")
         else:
-            self._learn(completion)
             started = time.perf_counter()
             try:
                 vector = lookup.vector if lookup is not None else None

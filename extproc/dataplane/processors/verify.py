@@ -34,13 +34,15 @@ class VerifiedHits:
     shared: Shared
     decision: Decision
     _headers: dict[str, str]
-    _body: bytes
+    _body: bytes = b""
+    """The request body as received (a shadow request repeats it)."""
     _request_encoding: str
     _query: CacheQuery | None
     _span: Span
     _fresh: Freshness
     _no_store: bool
-    _explored: tuple[CacheEntry, float, float] | None
+    _explored: tuple[CacheEntry, float, float] | None = None
+    """The candidate the false-hit bound did not serve: (entry, confidence, similarity)."""
     parse_json: Callable[[bytes, int], dict[str, Any]]
 
     def _min_confidence(self) -> float | None:
@@ -93,12 +95,14 @@ class VerifiedHits:
             self.decision.verifying = v.shadow(job)
         return {ENTRY_HEADER: v.ids.issue(entry.partition, entry.exact_key)}
 
-    def _learn(self, completion: dict[str, Any]) -> None:
-        """An explored candidate's request has its upstream answer: compare them (background)."""
+    def _learned(self, completion: dict[str, Any]) -> dict[str, Any]:
+        """``completion``; an explored candidate's request has its upstream answer: compare them
+        (in the background)."""
         v = self.shared.verification
         if v is not None and self._explored is not None:
             entry, score, similarity = self._explored
             v.learn_from_miss(entry.model, entry, (score, similarity), completion)
+        return completion
 
     def _client_feedback(self, query: CacheQuery) -> None:
         """A ``no-cache`` retry saying ``x-semantic-cache-feedback: wrong``: report the entry it names."""
