@@ -48,7 +48,7 @@ from extproc.cli.evaluate import read_pairs
 from extproc.cli.train_verifier import SHARES
 from extproc.config.settings import CacheSettings
 from extproc.dataplane.verification import Outcomes
-from extproc.dataplane.verification.outcomes import Z
+from extproc.dataplane.verification.outcomes import BOUND_LEVEL, Z
 from extproc.embedding.batcher import Embedder
 from extproc.embedding.loader import load_sentence_model
 
@@ -163,17 +163,18 @@ async def simulate(
     topic_of: dict[str, str],
     parts: tuple[Embedder, list[Any], MemoScorer],
     name: str,
-    min_confidence: float = 0.0,
     delta: float = 0.0,
     sample_rate: float = 0.0,
+    min_confidence: float = 0.0,
     seed: int = 0,
+    level: float = BOUND_LEVEL,
 ) -> Run:
     """Drive one policy over the stream through a fresh cache."""
     embedder, guards, scorer = parts
     cache = SemanticCache(
         MemoryBackend(vectors.shape[1], len(texts) + 1), embedder, 0.8, 10, 0, guards, scorer, min_confidence
     )
-    outcomes, rng, run = Outcomes(), random.Random(seed), Run(name)
+    outcomes, rng, run = Outcomes(level=level), random.Random(seed), Run(name)
     run.outcomes = outcomes
     size = math.ceil(len(texts) / WINDOWS)
     for i, text in enumerate(texts):
@@ -249,10 +250,11 @@ async def main(argv: Sequence[str] | None = None) -> int:
     """Run the simulation and print its report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=Path, default=SHARED)
-    parser.add_argument("--length", type=int, default=30_000, help="requests in the stream")
+    parser.add_argument("--length", type=int, default=100_000, help="requests in the stream")
     parser.add_argument("--zipf", type=float, default=0.5, help="exponent of the topic popularity law")
     parser.add_argument("--sample-rate", type=float, default=0.05, help="shadow-verified share of hits")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--level", type=float, default=BOUND_LEVEL, help="confidence of the δ rule's bound")
     args = parser.parse_args(argv)
     if not args.pairs.is_file():
         if args.pairs != SHARED:
@@ -278,7 +280,7 @@ async def main(argv: Sequence[str] | None = None) -> int:
     parts = (embedder, guards, scorer)
     bound = [
         await simulate(
-            texts, vectors, clusters, topic_of, parts, f"bound {d:g}", delta=d, sample_rate=args.sample_rate
+            texts, vectors, clusters, topic_of, parts, f"bound {d:g}", d, args.sample_rate, level=args.level
         )
         for d in DELTAS
     ]

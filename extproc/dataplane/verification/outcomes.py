@@ -11,7 +11,7 @@ Two estimates, from two kinds of outcome:
   verified outcome in that bin: shadowed hits and explorations (a candidate the rule did not
   serve, whose request went upstream and whose answer was then compared with the candidate's).
   An entry with outcomes of its own adds them to its bin's posterior (shrunk to at most
-  ``ENTRY_PRIOR_CAP`` observations). A candidate is served when the posterior's 95 % upper
+  ``ENTRY_PRIOR_CAP`` observations). A candidate is served when the posterior's 99 % upper
   quantile is ≤ δ. docs/verification.md says what that guarantees.
 """
 
@@ -29,7 +29,11 @@ SIMILARITY_EDGES = (0.9, 0.95, 0.98, 0.99)
 """Lower edges of the embedding-similarity bins above the first: within one confidence bin,
 near-identical wordings are usually safer than mere look-alikes, and the rule can tell them apart."""
 LEVEL = 0.95
-"""One-sided confidence of every upper bound."""
+"""One-sided confidence of the false-hit rate's upper bound (the Wilson gauge)."""
+BOUND_LEVEL = 0.99
+"""One-sided confidence of the δ rule's bound. Higher than LEVEL: the rule tests every group
+again after each outcome and serves the groups that pass, and the ones that pass by luck are
+the ones it serves (a selection effect that a 95 % bound measurably did not cover)."""
 Z = 1.6448536269514722
 """The standard normal quantile at LEVEL (Wilson bound)."""
 MAX_MODELS = 64
@@ -143,8 +147,10 @@ class Tally:
 class Outcomes:
     """Every verified outcome, per model (served hits) and per (model, bin) and entry (the rule)."""
 
-    def __init__(self, prior_strength: float = 10.0) -> None:
+    def __init__(self, prior_strength: float = 10.0, level: float = BOUND_LEVEL) -> None:
         self.prior_strength = prior_strength
+        self.level = level
+        """Confidence of the δ rule's upper bound."""
         self.served: dict[str, Tally] = {}
         """Shadow verifications of served hits, per model: the false-hit rate."""
         self.bins: dict[tuple[str, int, int], list[float]] = {}
@@ -194,7 +200,7 @@ class Outcomes:
 
     def upper(self, model: str, score: float, entry_id: str = "", similarity: float = 1.0) -> float:
         """The 95 % upper bound of P(wrong) for such a candidate."""
-        return beta_upper(*self.posterior(model, score, entry_id, similarity))
+        return beta_upper(*self.posterior(model, score, entry_id, similarity), self.level)
 
     def forget(self, entry_id: str) -> None:
         """Drop an entry's own outcomes (it was deleted)."""
