@@ -8,6 +8,7 @@ hit that shadow verification can see.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -282,3 +283,20 @@ async def test_the_bound_explores_then_learns(make_stack: StackFactory, upstream
     await until(lambda: sample(stack, "semantic_cache_explorations_total", result="disagree") == 1)
     assert sample(stack, "semantic_cache_bound_decisions_total", decision="explore") == 1
     assert any(wrong for wrong, _ in v.outcomes.bins.values())
+
+
+async def test_a_streamed_hit_is_verified_as_one_json_answer(
+    make_stack: StackFactory, upstream: fake.FakeUpstream
+) -> None:
+    stack = await shadow_stack(make_stack, upstream, replace=False)
+    model = fresh_model()
+    await stack.chat(chat(model, PASSWORD), **TOPIC)
+    await stack.settle()
+    body = chat(model, ROUTER, stream=True, stream_options={"include_usage": True})
+    hit = await stack.chat(body, **TOPIC)
+    assert hit.headers["x-semantic-cache"] == "hit" and "text/event-stream" in hit.headers["content-type"]
+    await stack.settle()
+    (shadow,) = shadows(upstream, model)
+    sent = json.loads(shadow.body)
+    assert sent["stream"] is False and "stream_options" not in sent
+    assert sample(stack, "semantic_cache_verifications_total", model=model, result="disagree") == 1

@@ -199,7 +199,7 @@ class Outcomes:
         return a, b
 
     def upper(self, model: str, score: float, entry_id: str = "", similarity: float = 1.0) -> float:
-        """The 95 % upper bound of P(wrong) for such a candidate."""
+        """The upper bound (at ``level``) of P(wrong) for such a candidate."""
         return beta_upper(*self.posterior(model, score, entry_id, similarity), self.level)
 
     def forget(self, entry_id: str) -> None:
