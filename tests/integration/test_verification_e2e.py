@@ -20,7 +20,7 @@ from extproc.config.verification import VerificationSettings
 from extproc.dataplane.verification import Verification
 from tests.conftest import Stack, StackFactory, free_port
 from tests.support import upstream as fake
-from tests.support.admin_helpers import chat, fresh_model
+from tests.support.admin_helpers import admin_cli, chat, fresh_model
 
 pytestmark = pytest.mark.integration
 
@@ -228,7 +228,8 @@ async def test_feedback_through_the_admin_api_and_on_a_retry(
     await admin.start()
     auth = {"authorization": f"Bearer {token}"}
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{admin.port}", timeout=30) as api:
+        api_url = f"http://127.0.0.1:{admin.port}"
+        async with httpx.AsyncClient(base_url=api_url, timeout=30) as api:
             model = fresh_model()
             await stack.chat(chat(model, PASSWORD), **TOPIC)
             await stack.settle()
@@ -244,12 +245,16 @@ async def test_feedback_through_the_admin_api_and_on_a_retry(
                 ({"entry": entry_id, "verdict": "right"}, 200),
             ):
                 assert (await api.post("/v1/feedback", json=body, headers=auth)).status_code == status
+            cli = await admin_cli(
+                "feedback", entry_id, "--verdict", "right", "--url", api_url, "--token", token
+            )
+            assert cli.code == 0 and json.loads(cli.out)["deleted"] is False, cli.err
             assert await stack.entries() >= 1
             wrong = await api.post("/v1/feedback", json={"entry": entry_id, "verdict": "wrong"}, headers=auth)
             assert wrong.status_code == 200 and wrong.json()["deleted"] is True
             assert await stack.server.shared.cache.entry(entry_id[:64]) is None
             stats = (await api.get("/admin/stats", headers=auth)).json()["verification"]
-            assert stats["feedback"] == {"right": 1, "wrong": 1}
+            assert stats["feedback"] == {"right": 2, "wrong": 1}
             # On the data path: a no-cache retry naming the entry it was served.
             other = fresh_model()
             await stack.chat(chat(other, PASSWORD), **TOPIC)
