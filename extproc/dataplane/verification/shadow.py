@@ -25,7 +25,9 @@ from opentelemetry.context import Context
 
 from extproc.cache import CacheQuery, SemanticCache
 from extproc.cache.schema import CacheEntry
+from extproc.cache.volatile import volatile_answer
 from extproc.config.verification import VerificationSettings
+from extproc.dataplane.freshness import answer_text
 from extproc.dataplane.verification.agreement import agree, deterministic
 from extproc.dataplane.verification.entry_ids import EntryIds
 from extproc.dataplane.verification.outcomes import Outcomes
@@ -49,7 +51,8 @@ DROPPED_HEADERS = frozenset(
     {"host", "content-length", "content-encoding", "accept-encoding", "cache-control", "connection",
      "transfer-encoding", "keep-alive", "te", "trailer", "upgrade", "expect"}
 )  # fmt: skip
-"""Client headers a shadow request does not repeat (the body is re-encoded, caching is refused)."""
+"""Client headers a shadow request does not repeat (the body is re-encoded, caching is refused;
+``x-envoy-*`` and ``x-semantic-cache-*`` are dropped too)."""
 SIDE_EFFECTS = ("tools", "functions", "tool_choice")
 """Request fields that declare tools: the upstream may act on them, so never repeated."""
 MAX_SHADOW_BYTES = 4 * 1024 * 1024
@@ -226,7 +229,7 @@ class Verification:
         headers = {
             k: v
             for k, v in job.headers.items()
-            if not k.startswith(":") and k not in DROPPED_HEADERS and not k.startswith(HEADER)
+            if not k.startswith((":", HEADER, "x-envoy-")) and k not in DROPPED_HEADERS
         }
         headers |= {
             "content-type": "application/json",
@@ -247,7 +250,8 @@ class Verification:
             self.metrics.deleted.labels("verification").inc()
         self.outcomes.forget(key)
         log.info("shadow verification: entry %s… disagreed and was deleted", key[:12])
-        if self.settings.replace:
+        # A dated answer ("as of today…") is not stored, as on the request path.
+        if self.settings.replace and not volatile_answer(answer_text(fresh)):
             await self.cache.store(job.query, fresh, ttl_seconds=job.ttl_seconds)
 
     async def _explored(
