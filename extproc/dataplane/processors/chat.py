@@ -18,7 +18,7 @@ from opentelemetry import trace
 from extproc.cache import CacheQuery, LookupResult
 from extproc.cache.guards.scripts import mostly_non_latin
 from extproc.cache.volatile import volatile_answer, volatile_prompt
-from extproc.dataplane.admission import lookup_budget
+from extproc.dataplane.admission import embedding_budget
 from extproc.dataplane.decision import lookup_failure_reason, reason_header
 from extproc.dataplane.freshness import TTL_HEADER, Freshness, answer_text, parse_freshness
 from extproc.dataplane.identity import cache_query, canonical_query
@@ -149,14 +149,11 @@ class ChatCompletionsProcessor(RequestSettings, VerifiedHits, Processor):
             self.decision.reason = "no_cache" if asked_no_cache else "volatile"
             return m.request_body()
         started = time.perf_counter()
-        lookup_timeout = self.settings.lookup_timeout_ms / 1000
-        max_wait, timeout = lookup_budget(
-            self.settings.max_added_latency_ms,
-            lookup_timeout,
-            started - self.arrived,
-            self.shared.loop_lag.seconds,
+        max_wait = embedding_budget(
+            self.settings.max_added_latency_ms, started - self.arrived, self.shared.loop_lag.seconds
         )
         try:
+            timeout = self.settings.lookup_timeout_ms / 1000
             with trace.use_span(self._span, end_on_exit=False):
                 lookup = self.shared.cache.check(
                     query,
@@ -168,8 +165,6 @@ class ChatCompletionsProcessor(RequestSettings, VerifiedHits, Processor):
                 self._lookup = await asyncio.wait_for(lookup, timeout)
         except Exception as exc:  # never fail the request because of the cache
             reason = lookup_failure_reason(exc)
-            if reason == "lookup_timeout" and timeout < lookup_timeout:
-                reason = "overloaded"  # the latency budget ran out, not the backend's timeout
             # Backend outages are logged once per state change by the backend itself.
             level = logging.WARNING if reason in ("backend_error", "embedding_error") else logging.DEBUG
             log.log(

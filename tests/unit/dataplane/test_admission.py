@@ -1,30 +1,46 @@
-"""Admission control: what is left of the latency budget for a lookup."""
+"""Admission control: what is left of the latency budget for a lookup's embedding."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from extproc.dataplane.admission import EXACT_LOOKUP_FLOOR, lookup_budget
+from extproc.dataplane.admission import embedding_budget
 
 
 def test_no_budget_means_no_admission_control() -> None:
-    assert lookup_budget(0, 1.5, elapsed=3.0, loop_lag=1.0) == (None, 1.5)
+    assert embedding_budget(0, elapsed=3.0, loop_lag=1.0) is None
 
 
 def test_the_budget_counts_from_arrival_and_charges_the_loop_lag() -> None:
-    max_wait, timeout = lookup_budget(150, 1.5, elapsed=0.040, loop_lag=0.010)
-    assert max_wait == pytest.approx(0.100)
-    assert timeout == pytest.approx(0.100)  # the lookup is cut off where the budget ends
+    assert embedding_budget(150, elapsed=0.040, loop_lag=0.010) == pytest.approx(0.100)
+    assert embedding_budget(150, elapsed=0.2, loop_lag=0.05) == pytest.approx(-0.1)  # spent
 
 
-def test_the_backend_timeout_still_applies_when_smaller() -> None:
-    assert lookup_budget(5000, 1.5, elapsed=0.0, loop_lag=0.0) == (5.0, 1.5)
+async def test_an_embedding_that_outlasts_the_budget_is_given_up() -> None:
+    """A pass slower than predicted: the lookup stops waiting at the budget (overloaded)."""
+    import numpy as np
 
+    from extproc.cache import CacheQuery, MemoryBackend, SemanticCache
+    from extproc.embedding.batcher import Embedder
+    from extproc.errors import Overloaded
 
-def test_a_spent_budget_keeps_only_the_exact_lookup() -> None:
-    max_wait, timeout = lookup_budget(150, 1.5, elapsed=0.2, loop_lag=0.05)
-    assert max_wait is not None and max_wait < 0  # check() sheds the semantic half at once
-    assert timeout == EXACT_LOOKUP_FLOOR
+    def slow(texts: list[str]) -> np.ndarray:
+        import time
+
+        time.sleep(0.3)
+        return np.ones((len(texts), 4), dtype=np.float32) / 2
+
+    cache = SemanticCache(MemoryBackend(4, 10), Embedder(slow, 4), 0.9, 5, 60)
+    query = CacheQuery(
+        model="m", scope="", fingerprint="f", partition="p", exact_key="k", prompt="a new question"
+    )
+    with pytest.raises(Overloaded):
+        await cache.check(query, max_wait=0.05)  # predicted ~5 ms (nothing fitted yet), takes 300
+    assert cache.embedder.encoded == 0  # given up while the pass was still running
+    await asyncio.sleep(0.35)
+    cache.embedder.close()
 
 
 async def test_a_request_that_waited_past_the_budget_gets_only_the_exact_lookup() -> None:
