@@ -248,6 +248,17 @@ class SemanticCache:
             await self.backend.put(entry)
         return entry
 
+    async def entry(self, exact_key: str) -> CacheEntry | None:
+        """The live entry stored under ``exact_key`` (feedback and verification name entries so)."""
+        return await self.backend.get_exact(exact_key, time.time())
+
+    async def forget(self, exact_key: str) -> bool:
+        """Delete the entry stored under ``exact_key`` (a wrong answer); True if one went."""
+        delete = getattr(self.backend, "delete_ids", None)  # every backend has the bulk operations
+        if delete is None:
+            return False
+        return bool(await delete([exact_key]))
+
     async def close(self) -> None:
         """Close the backend and the embedding worker."""
         await self.backend.close()

@@ -117,6 +117,8 @@ class ExtProcServer:
         started = time.monotonic()
         await self.server.stop(grace)
         await self.tasks.drain(max(1.0, grace - (time.monotonic() - started)))
+        if self.shared.verification is not None:  # after the drain: shadows in flight used it
+            await self.shared.verification.close()
         await self.shared.loop_lag.stop()
         if self.management is not None:
             await self.management.cleanup()

@@ -25,6 +25,7 @@ from extproc.dataplane.identity import cache_query, canonical_query
 from extproc.dataplane.policy import route_name, route_settings
 from extproc.dataplane.processors.base import Processor, Send
 from extproc.dataplane.processors.settings import RequestSettings
+from extproc.dataplane.processors.verify import VerifiedHits
 from extproc.dataplane.shared import HEADER, Shared
 from extproc.errors import NotCacheable, NotStorable, OutcomeError
 from extproc.protocol import messages as m
@@ -45,7 +46,7 @@ INLINE_PARSE_BYTES = 64 * 1024
 """Bodies up to this size are parsed on the event loop; larger or compressed ones in a thread."""
 
 
-class ChatCompletionsProcessor(RequestSettings, Processor):
+class ChatCompletionsProcessor(RequestSettings, VerifiedHits, Processor):
     """Caches ``POST /v1/chat/completions``: one method per phase.
 
     The wire format is five functions (class attributes), so another OpenAI endpoint with the
@@ -131,7 +132,7 @@ class ChatCompletionsProcessor(RequestSettings, Processor):
         except NotCacheable as exc:
             self._mark_bypass(exc.reason)
             return m.request_body()
-        self._request = chat
+        self._request, self._body = chat, body
         self.decision.model = chat.model
         self.decision.non_latin = mostly_non_latin(chat.prompt)
         if not self._apply_policy(chat.model):
@@ -144,6 +145,7 @@ class ChatCompletionsProcessor(RequestSettings, Processor):
         asked_no_cache = self._no_cache
         self._check_volatile(volatile_prompt(chat.prompt))
         if self._no_cache:
+            self._client_feedback(query)
             self.decision.reason = "no_cache" if asked_no_cache else "volatile"
             return m.request_body()
         started = time.perf_counter()
@@ -156,7 +158,7 @@ class ChatCompletionsProcessor(RequestSettings, Processor):
                 lookup = self.shared.cache.check(
                     query,
                     threshold=self._threshold(),
-                    min_confidence=self.settings.min_confidence if self.decision.policy else None,
+                    min_confidence=self._min_confidence(),
                     max_wait=max_wait,
                     max_age=self._fresh.max_age,
                 )
@@ -181,7 +183,7 @@ class ChatCompletionsProcessor(RequestSettings, Processor):
             return m.request_body()
         finally:
             self.decision.timings["lookup_ms"] = (time.perf_counter() - started) * 1000
-        lookup = self._lookup
+        lookup = self._lookup = self._bounded(self._lookup)
         d = self.decision
         d.candidates, d.best_similarity, d.rejected_by = (
             lookup.candidates,
@@ -250,7 +252,7 @@ class ChatCompletionsProcessor(RequestSettings, Processor):
             body, content_type = self.render_stream(stored, chat.include_usage), "text/event-stream"
         else:
             body, content_type = self.render_json(stored), "application/json"
-        saved = self._saved_tokens(stored)  # before _report(): the metric reads the decision
+        saved = self._saved_tokens(stored) | self._entry_headers(lookup, chat.n)  # before _report()
         self._report()
         return m.immediate(
             200,
@@ -338,7 +340,7 @@ class ChatCompletionsProcessor(RequestSettings, Processor):
         query, lookup = self._query, self._lookup
         assert query is not None
         try:
-            completion = await self._parse_response(body)
+            completion = self._learned(await self._parse_response(body))
         except NotStorable as exc:
             self._skip_store(exc.reason)
         except Exception:  # an answer of a shape we do not know: never an exception
