@@ -36,8 +36,9 @@ class VerificationSettings:
     """Shadow requests started per minute at most (the upstream-cost budget)."""
     timeout_ms: int = 60_000
     """How long a shadow request may take before it counts as result="error"."""
-    replace: bool = True
-    """A disagreeing entry is deleted and the fresh answer stored for the request that hit it."""
+    replace: bool = False
+    """Also store the fresh answer for the request that hit a disagreeing entry (the entry is
+    deleted either way; off, the next identical request is a miss and stores its own answer)."""
     max_false_hit_rate: float = 0.0
     """δ: serve a semantic hit only when the upper bound of P(wrong) is at most this (0 = off)."""
     prior_strength: float = 10.0

@@ -119,7 +119,7 @@ async def test_a_wrong_look_alike_is_seen_deleted_and_the_next_request_misses(
 async def test_an_agreeing_hit_stays_and_a_disagreeing_one_is_replaced(
     make_stack: StackFactory, upstream: fake.FakeUpstream
 ) -> None:
-    stack = await shadow_stack(make_stack, upstream)  # replace: the fresh answer takes the place
+    stack = await shadow_stack(make_stack, upstream, replace=True)  # the fresh answer takes the place
     model = fresh_model()
     await stack.chat(chat(model, "How do I cook pasta?"), **TOPIC)
     await stack.settle()
