@@ -212,7 +212,7 @@ def main() -> None:
     p.add_argument("--budget-ms", type=int, default=150, help="max_added_latency_ms of the processor")
     p.add_argument("--workers", type=int, default=0, help="embedding_workers (0 = one per core)")
     p.add_argument(
-        "--outside-nice", type=int, default=-10, help="nice of the sender and upstream (0 = unchanged)"
+        "--outside-nice", type=int, default=0, help="nice of the sender and upstream (0 = unchanged)"
     )
     p.add_argument("--data", type=Path, default=DATASET)
     p.add_argument("--out", type=Path, default=None)
