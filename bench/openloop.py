@@ -11,10 +11,10 @@ rate at which no lookup was shed.  The model's lone-query encode time, measured 
 run, is the baseline every latency is also given as a ratio to.
 
 In a deployment the clients and the LLM run on other machines; here they share the cores with
-Envoy and the processor, and a sender starved of CPU would measure the box rather than the
-cache.  So the sender (this process) and the upstream run at a higher scheduling priority
-(``--outside-nice``, default -10, needs root; 0 turns it off); Envoy and the processor, which
-share a pod, compete as they would there.  ``sender_late_ms`` shows how late the sender still was.
+Envoy and the processor, so a sender starved of CPU measures the box as well as the cache:
+``sender_late_ms`` shows how late it was, and ``p99_by_outcome`` splits the tail by what the
+processor decided.  ``--outside-nice N`` (root) runs the sender and upstream at another
+priority; on the 2-core machine of the notes, -10 made the cache's tail worse, not better.
 """
 
 from __future__ import annotations
