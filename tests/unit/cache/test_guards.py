@@ -362,7 +362,7 @@ async def test_server_wires_the_configured_guards(model: tuple[EncodeFn, int]) -
         "direction",
         "code",
     ]
-    assert cache.scorer is not None and cache.min_confidence == 0.7  # the shipped verifier
+    assert cache.scorer is not None and cache.min_confidence == 0.75  # the shipped verifier
     assert cache.scorer.words is not None  # word vectors for its alignment features
     await cache.close()
 
