@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from extproc.cache.guards.base import Guard
 from extproc.cache.guards.code import CodeGuard
 from extproc.cache.guards.content import ContentGuard, WordVectorCache, missing_words, modifiers
-from extproc.cache.guards.learned import ConfidenceScorer, load_model
+from extproc.cache.guards.learned import BUILTIN, ConfidenceScorer, load_model
 from extproc.cache.guards.rules import DirectionGuard, NegationGuard, NumbersGuard, OppositesGuard, UnitsGuard
 from extproc.cache.guards.verifier import CrossEncoderVerifier, load_verifier_factory
 from extproc.errors import ConfigError
@@ -100,6 +100,16 @@ def build_scorer(settings: CacheSettings, embedder: Embedder, guards: list[Guard
     if words is None and embedder.has_words:
         words = WordVectorCache(embedder)
     model = load_model(settings.verifier_model, settings.source)
+    other = model.embedding_dim != embedder.dim or model.embedding_model != settings.embedding_model
+    if settings.verifier_model == BUILTIN and model.embedding_dim and other:
+        # its embedding weights mean nothing for another model's vectors: the text features alone
+        log.info(
+            "verifier: the built-in model reads %s embeddings, the cache uses %s: using the built-in "
+            "model of the text features alone (train one on your pairs with semantic-cache train-verifier)",
+            model.embedding_model,
+            settings.embedding_model,
+        )
+        model = load_model(BUILTIN, text_only=True)
     if model.embedding_dim and model.embedding_dim != embedder.dim:
         raise ConfigError(
             f"semantic_cache.verifier_model {settings.verifier_model!r} reads {model.embedding_dim}-d "

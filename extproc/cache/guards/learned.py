@@ -36,6 +36,9 @@ VERSION = 2
 READS = (1, 2)
 BUILTIN = "builtin"
 """The ``verifier_model`` value naming the model shipped in the package."""
+BUILTIN_FILES = {"embeddings": "verifier.json", "text": "verifier-text.json"}
+"""The shipped models: one reading all-MiniLM-L6-v2's embeddings too, and one of the text
+features alone (trained on the same pairs) for a cache configured with another embedding model."""
 
 
 @dataclass(frozen=True)
@@ -166,12 +169,14 @@ def parse_model(raw: Any, where: str) -> VerifierModel:
     )
 
 
-def load_model(spec: str, config_source: str = "") -> VerifierModel:
+def load_model(spec: str, config_source: str = "", text_only: bool = False) -> VerifierModel:
     """The model at path ``spec`` (relative: to the working directory, else to the config file's
-    folder ``config_source``), or the shipped one for ``"builtin"``."""
+    folder ``config_source``), or the shipped one for ``"builtin"`` (``text_only``: the one that
+    reads no embeddings)."""
     if spec == BUILTIN:
-        text = resources.files("extproc.cache.guards").joinpath("verifier.json").read_text(encoding="utf-8")
-        where = "the built-in verifier model"
+        name = BUILTIN_FILES["text" if text_only else "embeddings"]
+        text = resources.files("extproc.cache.guards").joinpath(name).read_text(encoding="utf-8")
+        where = f"the built-in verifier model {name}"
     else:
         where = f"semantic_cache.verifier_model {spec!r}"
         path = resolve_relative(spec, config_source, "verifier_model")
