@@ -33,7 +33,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.gptcache_compare
 
 lint: $(STAMP)
-	$(BIN)/ruff check extproc tests bench
+	$(BIN)/ruff check extproc tests bench charts
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -96,6 +97,25 @@ def row_of(result: load.Result, **key: Any) -> dict[str, Any]:
     }
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU seconds used so far by process ``pid`` (all its threads), or by the whole machine."""
+    tick = os.sysconf("SC_CLK_TCK")
+    if pid is None:  # every core, every process: user + nice + system + irq + softirq + steal
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        return sum(int(fields[i]) for i in (0, 1, 2, 5, 6, 7)) / tick
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(stat[11]) + int(stat[12])) / tick  # utime + stime
+
+
+def cpu_profile(start: tuple[float, float], end: tuple[float, float], requests: int) -> dict[str, float]:
+    """CPU milliseconds per request, of the processor and of the whole machine, over one phase."""
+    n = max(requests, 1)
+    return {
+        "processor_cpu_ms": round(1000 * (end[0] - start[0]) / n, 3),
+        "machine_cpu_ms": round(1000 * (end[1] - start[1]) / n, 3),
+    }
+
+
 def in_situ(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """Mean lookup and embed time (ms) the processor itself measured between two scrapes."""
     out = {}
@@ -134,8 +154,11 @@ async def run_level(
         name: str, target: str, reqs: list[Request], warm: list[Request], stream: bool = False
     ) -> None:
         before = await processor.metrics() if target == "cache" else {}
+        pid = processor.child.pid
+        cpu = (cpu_seconds(pid), cpu_seconds())  # includes the warm-up requests, counted below
         result = await load.run(bases[target], reqs, c, stream=stream, warmup=warm)
         row = row_of(result, phase=name, latency_ms=latency, concurrency=c, target=target)
+        row |= cpu_profile(cpu, (cpu_seconds(pid), cpu_seconds()), len(reqs) + len(warm))
         if target == "cache":
             row |= in_situ(before, await processor.metrics())
         rows.append(row)
@@ -172,6 +195,8 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "gap_p50_ms",
             "lookup_mean_ms",
             "embed_mean_ms",
+            "processor_cpu_ms",
+            "machine_cpu_ms",
         ):
             agg[col] = round(median(r.get(col, float("nan")) for r in rs), 3)
         agg["runs"] = len(rs)
@@ -315,7 +340,16 @@ def print_report(doc: dict[str, Any]) -> None:
     print(
         table(
             doc["summary"],
-            [*cols, "ttft_p50_ms", "gap_p50_ms", "lookup_mean_ms", "embed_mean_ms", "outcomes"],
+            [
+                *cols,
+                "ttft_p50_ms",
+                "gap_p50_ms",
+                "lookup_mean_ms",
+                "embed_mean_ms",
+                "processor_cpu_ms",
+                "machine_cpu_ms",
+                "outcomes",
+            ],
         )
     )
     print("\nAdded by the processor (cache − envoy, medians over repeats):\n")

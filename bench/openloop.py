@@ -9,6 +9,12 @@ upstream (in its own process); it reports p50/p99, the latency the cache adds ov
 alone, the outcomes and the bypass reasons the processor counted, and the knee: the highest
 rate at which no lookup was shed.  The model's lone-query encode time, measured in the same
 run, is the baseline every latency is also given as a ratio to.
+
+In a deployment the clients and the LLM run on other machines; here they share the cores with
+Envoy and the processor, and a sender starved of CPU would measure the box rather than the
+cache.  So the sender (this process) and the upstream run at a higher scheduling priority
+(``--outside-nice``, default -10, needs root; 0 turns it off); Envoy and the processor, which
+share a pod, compete as they would there.  ``sender_late_ms`` shows how late the sender still was.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -62,9 +69,12 @@ def row(target: str, phase: str, rate: float, samples: list[Sample], baseline_ms
     """One table row: latency percentiles, ratios to the encode floor, outcomes and errors."""
     lat = summary([s.latency_ms for s in samples])
     outcomes: dict[str, int] = {}
+    by_outcome: dict[str, list[float]] = {}
     for s in samples:
         key = f"http_{s.status}" if s.status != 200 else (s.cache or "-")
         outcomes[key] = outcomes.get(key, 0) + 1
+        by_outcome.setdefault(key, []).append(s.latency_ms)
+    p99s = {k: summary(v)["p99"] for k, v in sorted(by_outcome.items())}
     return {
         "target": target,
         "phase": phase,
@@ -73,6 +83,7 @@ def row(target: str, phase: str, rate: float, samples: list[Sample], baseline_ms
         "p50_ms": lat["p50"],
         "p99_ms": lat["p99"],
         "p99_x_floor": round(lat["p99"] / baseline_ms, 1) if baseline_ms else float("nan"),
+        "p99_by_outcome": " ".join(f"{k}:{v:.0f}" for k, v in p99s.items()),
         "errors": sum(s.status != 200 for s in samples),
         "outcomes": " ".join(f"{k}:{v}" for k, v in sorted(outcomes.items())),
     }
@@ -99,6 +110,21 @@ def lone_encode_ms(encode: Any, texts: list[str]) -> float:
     return round(statistics.median(times), 3)
 
 
+def prioritise(pids: tuple[int, ...], nice: int) -> int:
+    """Set the sender's and upstream's nice value; the value set (0 when not permitted)."""
+    if nice == 0:
+        return 0
+    try:
+        for pid in pids:
+            os.setpriority(os.PRIO_PROCESS, pid, nice)
+    except PermissionError:
+        print(
+            "cannot raise the sender's priority (not root): latencies include its starvation", file=sys.stderr
+        )
+        return 0
+    return nice
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     """Run every rate; return the result document."""
     tmp = Path(tempfile.mkdtemp(prefix="bench-openloop-"))
@@ -111,6 +137,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     floor = lone_encode_ms(encode, texts)
     del encode
     upstream, upstream_port = await start_upstream(tmp)
+    outside = prioritise((os.getpid(), upstream.pid), args.outside_nice)
     processor = await start_processor(
         tmp, max_added_latency_ms=args.budget_ms, max_entries=1_000_000, embedding_workers=args.workers
     )
@@ -167,6 +194,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "command": " ".join(sys.argv),
         "encode_floor_ms": floor,
         "budget_ms": args.budget_ms,
+        "outside_nice": outside,
         "knee_rate": knee,
         "rows": rows,
         "added": added,
@@ -183,6 +211,9 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=6.0, help="seconds of load per rate and phase")
     p.add_argument("--budget-ms", type=int, default=150, help="max_added_latency_ms of the processor")
     p.add_argument("--workers", type=int, default=0, help="embedding_workers (0 = one per core)")
+    p.add_argument(
+        "--outside-nice", type=int, default=-10, help="nice of the sender and upstream (0 = unchanged)"
+    )
     p.add_argument("--data", type=Path, default=DATASET)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()

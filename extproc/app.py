@@ -15,6 +15,7 @@ from extproc.config.settings import DEFAULT_EMBEDDING_MODEL, CacheSettings
 from extproc.dataplane.decision import DecisionLog
 from extproc.dataplane.server import BackgroundTasks, ExtProcServer
 from extproc.dataplane.shared import Shared
+from extproc.dataplane.verification import Verification
 from extproc.embedding.base import EncodeFn
 from extproc.embedding.batcher import Embedder
 from extproc.embedding.loader import load_sentence_model, plan_workers, workers_for
@@ -130,8 +131,12 @@ async def build_server(settings: CacheSettings, model: tuple[EncodeFn, int] | No
     shared = Shared(
         settings=settings, cache=cache, spawn=tasks.spawn, on_decision=decisions, english_only=english_only
     )
+    shared.verification = Verification(lambda: shared.settings.verification, cache, tasks.spawn, metrics)
+    outcomes = shared.verification.outcomes
+    metrics.watch_false_hits(lambda: {m: (rate, upper) for m, (rate, upper, _) in outcomes.rates().items()})
     metrics.watch(lambda: shared.cache.backend)
     metrics.watch_embedder(lambda: shared.cache.embedder)
+    metrics.watch_loop_lag(lambda: shared.loop_lag.seconds)
     metrics.watch_config(lambda: shared.config_error)
     metrics.watch_hit_ratio(lambda: decisions.counts)
     return ExtProcServer(shared, tasks, settings.server.max_message_bytes, metrics)

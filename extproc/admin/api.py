@@ -26,6 +26,7 @@ from aiohttp import web
 
 from extproc import __version__
 from extproc.admin.contract import FLUSH_CONFIRMATION, TOKEN_ENV
+from extproc.admin.feedback import feedback_handler
 from extproc.admin.guard import Handler, RequestGuard, is_loopback
 from extproc.admin.importer import Importer
 from extproc.admin.live_config import ConfigWatcher, set_enabled
@@ -112,6 +113,7 @@ class AdminApi:
         app.router.add_get("/admin/export", self.export)
         app.router.add_post("/admin/import", self.import_)
         app.router.add_post("/admin/enabled", self.enabled)
+        app.router.add_post("/v1/feedback", feedback_handler(self.shared))
         return app
 
     @web.middleware
@@ -174,6 +176,7 @@ class AdminApi:
                 "revision": settings.revision,
                 "scope_mode": settings.scope_mode,
                 "policies": policy_stats(self.shared),
+                "verification": self.shared.verification.stats() if self.shared.verification else None,
                 "uptime_seconds": round(time.monotonic() - self.started, 1),
             }
         )

@@ -90,7 +90,8 @@ class SemanticCache:
         skips embedding when the caller already has it; ``explain`` scores every candidate
         (into ``scored``) instead of stopping at the hit, for ``eval``'s sweeps.  When the
         embedder predicts a wait over ``max_wait`` seconds, only the (cheap) exact lookup runs
-        and :class:`~extproc.errors.Overloaded` is raised on a miss.  ``max_age`` (seconds)
+        and :class:`~extproc.errors.Overloaded` is raised on a miss; the same when the
+        embedding is not done ``max_wait`` seconds after the exact lookup.  ``max_age`` (seconds)
         passes over entries stored longer ago (rejection ``max_age``).
         """
         now = time.time()
@@ -110,17 +111,31 @@ class SemanticCache:
                 confidence=1.0,
                 timings=timings,
             )
-        if vector is None and max_wait is not None and self.embedder.expected_wait() > max_wait:
-            raise Overloaded(f"embedding backlog {self.embedder.backlog}")
         if vector is None:
-            with timed(timings, "embed_ms"), tracer.start_as_current_span("semantic_cache.embed"):
-                try:
-                    vector = await self.embedder.embed(query.prompt)
-                except Exception as exc:
-                    raise EmbeddingFailed(f"embedding failed: {type(exc).__name__}") from exc
+            # The wait counts from here: the exact lookup is the backend's time (lookup_timeout_ms).
+            deadline = None if max_wait is None else time.perf_counter() + max_wait
+            vector = await self._embed_within(query.prompt, deadline, timings)
         result = await self.check_vector(query, vector, threshold, now, max_age, min_confidence, explain)
         result.timings.update(timings)
         return result
+
+    async def _embed_within(
+        self, prompt: str, deadline: float | None, timings: dict[str, float]
+    ) -> np.ndarray:
+        """The query's embedding, or :class:`Overloaded` when the wait would pass ``deadline``
+        (predicted before queueing, enforced while waiting: a pass may run longer than fitted)."""
+        left = None if deadline is None else deadline - time.perf_counter()
+        if left is not None and self.embedder.expected_wait() > left:
+            raise Overloaded(f"embedding backlog {self.embedder.backlog}")
+        with timed(timings, "embed_ms"), tracer.start_as_current_span("semantic_cache.embed"):
+            try:
+                return await asyncio.wait_for(self.embedder.embed(prompt), left)
+            except TimeoutError:
+                raise Overloaded(
+                    f"embedding not done within the budget (backlog {self.embedder.backlog})"
+                ) from None
+            except Exception as exc:
+                raise EmbeddingFailed(f"embedding failed: {type(exc).__name__}") from exc
 
     async def check_vector(
         self,
@@ -258,6 +273,17 @@ class SemanticCache:
             span.set_attribute("semantic_cache.backend", self.backend.name)
             await self.backend.put(entry)
         return entry
+
+    async def entry(self, exact_key: str) -> CacheEntry | None:
+        """The live entry stored under ``exact_key`` (feedback and verification name entries so)."""
+        return await self.backend.get_exact(exact_key, time.time())
+
+    async def forget(self, exact_key: str) -> bool:
+        """Delete the entry stored under ``exact_key`` (a wrong answer); True if one went."""
+        delete = getattr(self.backend, "delete_ids", None)  # every backend has the bulk operations
+        if delete is None:
+            return False
+        return bool(await delete([exact_key]))
 
     async def close(self) -> None:
         """Close the backend and the embedding worker."""

@@ -175,6 +175,12 @@ def cmd_switch(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_feedback(client: Client, args: argparse.Namespace) -> int:
+    """Report a served entry (its x-semantic-cache-entry) wrong (deleted) or right."""
+    _print(client.call("POST", "/v1/feedback", {"entry": args.entry, "verdict": args.verdict}))
+    return 0
+
+
 def cmd_export(client: Client, args: argparse.Namespace) -> int:
     """Stream every entry as JSON lines to stdout or a file."""
     query = urlencode(_selector(args))
@@ -264,6 +270,7 @@ COMMANDS = {
     "import": cmd_import,
     "enable": cmd_switch,
     "disable": cmd_switch,
+    "feedback": cmd_feedback,
 }
 
 
@@ -316,3 +323,8 @@ def add_admin_parser(sub: Any) -> None:
     imp.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     actions.add_parser("disable", parents=[common], help="pass every request through, without a restart")
     actions.add_parser("enable", parents=[common], help="resume caching")
+    feedback = actions.add_parser(
+        "feedback", parents=[common], help="a served entry was wrong (deleted) or right"
+    )
+    feedback.add_argument("entry", help="the x-semantic-cache-entry header of the hit")
+    feedback.add_argument("--verdict", choices=("wrong", "right"), default="wrong")

@@ -12,9 +12,10 @@ from extproc.config.checks import is_secret
 from extproc.config.env import read_yaml
 from extproc.config.milvus import MilvusSettings, tls_files
 from extproc.config.settings import ENV_OVERRIDES, CacheSettings, ServerSettings
+from extproc.config.verification import VerificationSettings
 from extproc.errors import ConfigError
 
-_NOT_SETTINGS = {"server", "milvus_config", "source"}
+_NOT_SETTINGS = {"server", "verification", "milvus_config", "source"}
 
 
 def show(key: str, value: Any) -> str:
@@ -58,6 +59,9 @@ def settings_lines(settings: CacheSettings, env: Mapping[str, str] | None = None
     for f in fields(ServerSettings):
         key = f"server.{f.name}"
         rows.append((key, show(key, getattr(settings.server, f.name)), _source(key, raw, env)))
+    for f in fields(VerificationSettings):
+        key = f"verification.{f.name}"
+        rows.append((key, show(key, getattr(settings.verification, f.name)), _source(key, raw, env)))
     width = max(len(k) + len(v) for k, v, _ in rows) + 4
     lines = [f"{k}: {v}".ljust(width) + f"({src})" for k, v, src in rows]
     if settings.milvus_config is not None:

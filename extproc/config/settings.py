@@ -33,6 +33,7 @@ from extproc.config.checks import (
 from extproc.config.env import expand_env, read_yaml, resolve_relative
 from extproc.config.milvus import MilvusSettings, load_milvus_config
 from extproc.config.policies import Policy, parse_policies
+from extproc.config.verification import VerificationSettings, parse_verification
 from extproc.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,8 @@ class CacheSettings:
     policies: tuple[Policy, ...] = ()
     """Per-route / per-model settings, first match wins (docs/policies.md)."""
     server: ServerSettings = field(default_factory=ServerSettings)
+    verification: VerificationSettings = field(default_factory=VerificationSettings)
+    """Shadow verification, the false-hit bound, entry ids (docs/verification.md)."""
     milvus_config: MilvusSettings | None = None
     """The validated milvus.yaml when backend_type is milvus (read once, at load)."""
     source: str = "<defaults>"
@@ -278,13 +281,15 @@ def parse_config(raw: Any, source: str = "<inline>", env: Mapping[str, str] | No
     errors: list[str] = []
     for key in sorted(IGNORED_ROUTER_KEYS & section.keys()):
         log.warning("semantic_cache.%s is a semantic-router setting with no effect here; ignored", key)
-    cache_part = {k: v for k, v in section.items() if k not in IGNORED_ROUTER_KEYS and k != "server"}
+    nested = ("server", "verification")
+    cache_part = {k: v for k, v in section.items() if k not in IGNORED_ROUTER_KEYS and k not in nested}
     values = check_section(cache_part, _CACHE_KEYS, "semantic_cache", errors)
     server_raw = section.get("server", {}) or {}
     if not isinstance(server_raw, dict):
         errors.append("semantic_cache.server: must be a mapping")
         server_raw = {}
     server_values = check_section(server_raw, _SERVER_KEYS, "semantic_cache.server", errors)
+    verification = parse_verification(section.get("verification"), env, errors)
     for key in ("admin_allowed_hosts", "admin_allowed_origins"):
         if key in server_values:
             server_values[key] = tuple(str(x).lower().rstrip("./") for x in server_values[key])
@@ -307,7 +312,8 @@ def parse_config(raw: Any, source: str = "<inline>", env: Mapping[str, str] | No
     notes = _notes(values)
     for note in notes:
         log.warning("%s: %s", source, note)
-    settings = CacheSettings(**values, server=ServerSettings(**server_values), source=source, notes=notes)
+    server = ServerSettings(**server_values)
+    settings = CacheSettings(**values, server=server, verification=verification, source=source, notes=notes)
     if settings.backend_type == "milvus" and not settings.backend_config_path:
         raise ConfigError(
             f"{source}: semantic_cache.backend_config_path is empty; remove it to use the default "

@@ -46,6 +46,8 @@ class Decision:
     """The name of the policy that applied (``route:…`` / ``model:…``), or "" for the defaults."""
     non_latin: bool = False
     """The prompt is mostly letters of a non-Latin script (Chinese, Cyrillic, Devanagari…)."""
+    verifying: bool = False
+    """This hit was sampled for shadow verification (docs/verification.md)."""
 
 
 NON_LATIN_WARN_SECONDS = 600.0

@@ -100,6 +100,7 @@ class ExtProcServer:
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
         await self.server.start()
+        self.shared.loop_lag.start()
         for name in ("", SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
@@ -116,6 +117,9 @@ class ExtProcServer:
         started = time.monotonic()
         await self.server.stop(grace)
         await self.tasks.drain(max(1.0, grace - (time.monotonic() - started)))
+        if self.shared.verification is not None:  # after the drain: shadows in flight used it
+            await self.shared.verification.close()
+        await self.shared.loop_lag.stop()
         if self.management is not None:
             await self.management.cleanup()
             self.management = None

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from extproc.cache import SemanticCache
 from extproc.cache.singleflight import InFlight
 from extproc.config.settings import CacheSettings
 from extproc.dataplane.decision import Decision
+from extproc.observability.loop_lag import LoopLag
+
+if TYPE_CHECKING:
+    from extproc.dataplane.verification import Verification
 
 HEADER = "x-semantic-cache"
 MAX_SCOPE_CHARS = 256
@@ -33,3 +37,7 @@ class Shared:
     """Why the config file as it is now was not applied ("" when it is valid); /readyz and metrics."""
     english_only: bool = False
     """The embedding model reads English only: prompts mostly in other scripts match exactly only."""
+    loop_lag: LoopLag = field(default_factory=LoopLag)
+    """How late the event loop runs (admission control adds it to the predicted wait)."""
+    verification: Verification | None = None
+    """Shadow verification, the false-hit bound, entry ids and feedback (docs/verification.md)."""

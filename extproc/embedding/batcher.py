@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +28,24 @@ import numpy as np
 from extproc.embedding.base import EncodeFn, WordVectors
 
 log = logging.getLogger(__name__)
+
+WORKER_NICE = 5
+"""How much lower the embedding threads' CPU priority is than the rest of the process.
+
+A forward pass is the one long CPU burst in the processor.  When passes fill every core, the
+event loop (every ext_proc message, exact hits, pass-throughs) and an Envoy sharing the pod
+would queue behind them; at a lower priority the passes get the CPU the rest leaves, so cheap
+paths stay cheap under load and admission control sees the embedding queue grow instead.
+"""
+
+
+def _lower_priority() -> None:
+    """Executor initializer: lower this worker thread's priority by :data:`WORKER_NICE`."""
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + WORKER_NICE))
+    except (AttributeError, OSError) as exc:  # not Linux, or a sandbox forbidding it: keep the default
+        log.debug("embedding threads keep their priority: %s", exc)
 
 
 class CostModel:
@@ -96,7 +116,9 @@ class Embedder:
         self.max_batch = max_batch
         self.workers = max(1, workers)
         self._encode = encode
-        self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="embed")
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.workers, thread_name_prefix="embed", initializer=_lower_priority
+        )
         self._sentences = _Queue(encode)
         words = getattr(encode, "words", None)
         self._words = _Queue(words) if words is not None else None
@@ -120,10 +142,13 @@ class Embedder:
 
     def expected_wait(self) -> float:
         """Seconds a new lookup would wait for its vector, queueing included (a prediction)."""
-        queue = self._sentences
+        # Word-vector passes (the verifier's) run the same model on the same workers: a lookup
+        # waits behind those queued too, at about a sentence pass's cost.
+        queues = [q for q in (self._sentences, self._words) if q is not None]
         now = time.perf_counter()
-        busy = sorted(max(0.0, start + self.cost.seconds(n) - now) for n, start in queue.running)
-        ahead = len(queue.pending)  # stores do not delay lookups
+        running = [slot for q in queues for slot in q.running]
+        busy = sorted(max(0.0, start + self.cost.seconds(n) - now) for n, start in running)
+        ahead = sum(len(q.pending) for q in queues)  # stores do not delay lookups
         if len(busy) < self.workers and ahead == 0:
             return self.cost.seconds(1)
         rounds = math.ceil((ahead + 1) / (self.max_batch * self.workers))

@@ -109,6 +109,43 @@ class Metrics:
             registry=r,
         )
 
+        self.verifications = Counter(
+            "semantic_cache_verifications",
+            "Shadow verifications of served semantic hits by model and result (agree|disagree|error).",
+            ["model", "result"],
+            registry=r,
+        )
+        self.verification_skipped = Counter(
+            "semantic_cache_verification_skipped",
+            "Sampled hits not verified: budget, concurrency, side_effects, overloaded, unreadable.",
+            ["reason"],
+            registry=r,
+        )
+        self.explorations = Counter(
+            "semantic_cache_explorations",
+            "Candidates the false-hit bound did not serve, compared with the upstream's answer.",
+            ["result"],
+            registry=r,
+        )
+        self.bound_decisions = Counter(
+            "semantic_cache_bound_decisions",
+            "Semantic candidates the false-hit bound served or sent upstream to learn (explore).",
+            ["decision"],
+            registry=r,
+        )
+        self.feedback = Counter(
+            "semantic_cache_feedback",
+            "Client feedback on served entries by verdict.",
+            ["verdict"],
+            registry=r,
+        )
+        self.deleted = Counter(
+            "semantic_cache_wrong_entries_deleted",
+            "Entries deleted as wrong answers, by cause (verification|feedback).",
+            ["cause"],
+            registry=r,
+        )
+
     def watch(self, backend: Callable[[], BackendLike]) -> None:
         """Also export backend state, entries, evictions and the breaker, read at scrape time."""
         self.registry.register(_BackendCollector(backend))
@@ -117,6 +154,10 @@ class Metrics:
         """Also export the embedding backlog and the wait it predicts, read at scrape time."""
         self.registry.register(_EmbedderCollector(embedder))
 
+    def watch_loop_lag(self, lag: Callable[[], float]) -> None:
+        """Also export the event loop's recent scheduling delay (seconds), read at scrape time."""
+        self.registry.register(_LoopLagCollector(lag))
+
     def watch_hit_ratio(self, counts: Callable[[], Mapping[str, int]]) -> None:
         """Also export ``semantic_cache_hit_ratio`` from the decision counts (see :func:`hit_ratio`)."""
         self.registry.register(_HitRatioCollector(counts))
@@ -124,6 +165,10 @@ class Metrics:
     def watch_config(self, problem: Callable[[], str]) -> None:
         """Also export whether the config file last re-read was valid (``problem()`` is "" when so)."""
         self.registry.register(_ConfigCollector(problem))
+
+    def watch_false_hits(self, rates: Callable[[], Mapping[str, tuple[float | None, float]]]) -> None:
+        """Also export per model the verified false-hit rate and its upper bound, read at scrape time."""
+        self.registry.register(_FalseHitCollector(rates))
 
     def observe(self, d: DecisionRecord, backend: str) -> None:
         """Record one finished request."""
@@ -222,6 +267,20 @@ class _EmbedderCollector(Collector):
         )
 
 
+class _LoopLagCollector(Collector):
+    """``semantic_cache_event_loop_lag_seconds``: how late the event loop runs (CPU starvation)."""
+
+    def __init__(self, lag: Callable[[], float]) -> None:
+        self.lag = lag
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "semantic_cache_event_loop_lag_seconds",
+            "Recent delay of the event loop's callbacks; admission control charges it to every lookup.",
+            value=self.lag(),
+        )
+
+
 class _ConfigCollector(Collector):
     """``semantic_cache_config_valid``: 0 while an invalid config file is ignored (last good settings run)."""
 
@@ -252,3 +311,27 @@ class _HitRatioCollector(Collector):
         )
         gauge.add_metric([], float("nan") if ratio is None else ratio)
         yield gauge
+
+
+class _FalseHitCollector(Collector):
+    """``semantic_cache_false_hit_rate`` and its ``_upper`` bound per model, from shadow verification."""
+
+    def __init__(self, rates: Callable[[], Mapping[str, tuple[float | None, float]]]) -> None:
+        self.rates = rates
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        rate = GaugeMetricFamily(
+            "semantic_cache_false_hit_rate",
+            "Verified semantic hits whose answer disagreed with the upstream's, per model (since start).",
+            labels=["model"],
+        )
+        upper = GaugeMetricFamily(
+            "semantic_cache_false_hit_rate_upper",
+            "95% upper bound (Wilson) of the false-hit rate per model; 1 before the first verdict.",
+            labels=["model"],
+        )
+        for model, (value, bound) in sorted(self.rates().items()):
+            rate.add_metric([model], float("nan") if value is None else value)
+            upper.add_metric([model], bound)
+        yield rate
+        yield upper

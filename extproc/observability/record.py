@@ -70,6 +70,7 @@ class DecisionRecord(Protocol):
     volatile: str
     non_latin: bool
     policy: str
+    verifying: bool
 
 
 class EmbedderLike(Protocol):

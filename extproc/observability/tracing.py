@@ -22,6 +22,7 @@ Span attribute names (never prompt or response text, never credentials):
 ``semantic_cache.volatile``        why the prompt or answer is time-sensitive (docs/freshness.md)
 ``semantic_cache.policy``          the policy that applied (docs/policies.md)
 ``semantic_cache.entry_age_s``     age of the served entry (hits)
+``semantic_cache.verifying``       the hit was sampled for shadow verification (docs/verification.md)
 ``semantic_cache.partition``       16-hex prefix of H(model, scope, fingerprint)
 =================================  =========================================================
 """
@@ -143,4 +144,5 @@ def span_attributes(d: DecisionRecord, backend: str, threshold: float) -> dict[s
         if d.confidence is not None:
             attrs["semantic_cache.confidence"] = round(d.confidence, 4)
         attrs["semantic_cache.entry_age_s"] = round(d.entry_age_s or 0.0, 3)
+        attrs["semantic_cache.verifying"] = d.verifying
     return attrs

@@ -109,11 +109,14 @@ def test_schema_accepts_every_cache_setting_the_processor_does() -> None:
     """Every ``semantic_cache`` key config.py accepts can be set through ``cache.settings``
     (except those the chart sets itself), and the schema accepts no key config.py rejects."""
     from extproc.config.settings import _CACHE_KEYS, _SERVER_KEYS
+    from extproc.config.verification import VERIFICATION_KEYS
 
     schema = json.loads((CHART / "values.schema.json").read_text())
     settings = schema["properties"]["cache"]["properties"]["settings"]["properties"]
     chart_sets = {"backend_type", "backend_config_path", "scope_mode", "scope_header"}
-    assert set(settings) - {"server"} == set(_CACHE_KEYS) - chart_sets
+    assert set(settings) - {"server", "verification"} == set(_CACHE_KEYS) - chart_sets
+    # The verification section: every key but the secret (admin.entrySecret sets it from a Secret).
+    assert set(settings["verification"]["properties"]) == set(VERIFICATION_KEYS) - {"entry_secret"}
     # admin.allowedHosts / allowedOrigins set the admin allow-lists through the environment.
     server_chart_sets = {
         "grpc_address",

@@ -133,3 +133,20 @@ def test_remote_embedding_smoke() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line.split() for line in done.stdout.splitlines() if line.startswith(("local", "remote"))]
     assert [r[0] for r in rows] == ["local", "remote"] * 2 and all(float(r[2]) > 0 for r in rows)
+
+
+def test_verification_sim_smoke() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.verification_sim", "--pairs", str(SAMPLE), "--length", "1500"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("1500 requests")
+    for name in ("static 0.7", "bound 0.01", "bound 0.02", "bound 0.05"):
+        assert any(line.startswith(name) and "wrong" in line and "verify calls" in line for line in lines)
+    assert sum("static of ≤ equal error" in line for line in lines) == 5

@@ -32,7 +32,7 @@ async def test_completions_miss_then_hit_json_and_stream(stack: Stack) -> None:
     text = first.parse().choices[0].text
     await stack.settle()
     hit = await client.completions.with_raw_response.create(
-        model=model, prompt="Write a haiku about a cache."
+        model=model, prompt="Compose a haiku about caching."
     )
     assert hit.headers["x-semantic-cache"] == "hit" and "age" in hit.headers
     served = hit.parse()

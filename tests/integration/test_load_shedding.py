@@ -24,10 +24,12 @@ async def test_a_burst_is_shed_not_queued_and_exact_repeats_still_hit(make_stack
     model = fresh_model()
     stored = [f"Which river flows through city number {i}?" for i in range(4)]
     for prompt in stored:  # one at a time: each waits for no other embedding
-        await stack.chat(chat(model, prompt))
-        await stack.settle()
-    for prompt in stored:
-        assert (await stack.chat(chat(model, prompt))).headers["x-semantic-cache"] == "hit"
+        for _ in range(5):  # on a busy machine even a lone pass may exceed 30 ms: shed, not stored
+            outcome = (await stack.chat(chat(model, prompt))).headers["x-semantic-cache"]
+            await stack.settle()
+            if outcome == "hit":
+                break
+        assert outcome == "hit", f"{prompt!r} was never stored"
     before = sample(stack, "semantic_cache_bypass_total", reason="overloaded")
 
     burst = [

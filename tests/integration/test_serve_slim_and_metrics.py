@@ -89,7 +89,7 @@ def test_dashboard_and_alerts_query_only_exported_metrics(serving: Serving) -> N
             queries.append(found.group(1))
     (rule,) = r.all("PrometheusRule")
     rules = [a["expr"] for g in rule["spec"]["groups"] for a in g["rules"]]
-    assert len(queries) > 20 and len(rules) == 6
+    assert len(queries) > 20 and len(rules) == 7
     for expr in queries + rules:
         names = metric_names(expr)
         assert names, expr

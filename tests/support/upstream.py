@@ -5,7 +5,9 @@ The ``x-test-mode`` request header picks the behaviour: ``ok`` (default), ``erro
 mid-way), ``slow`` (waits ``x-test-delay-ms``), ``gzip`` (gzip-encoded JSON body),
 ``n2-partial`` (two choices, one truncated), ``slow-error`` (waits, then HTTP 500),
 ``malformed`` (a JSON answer whose ``finish_reason`` is a list), ``dated`` (the answer names
-today's date), ``sse-error-event`` (a stream
+today's date), ``topic`` (waits ``x-test-delay-ms`` if given; the answer depends on meaning only:
+TOPICS' answer for the first topic word of the last user message, so look-alike prompts about
+other things get other answers), ``sse-error-event`` (a stream
 with an ``event: error`` mid-way whose payload has no ``error`` key, then ``finish_reason: stop``
 and ``[DONE]``).
 
@@ -60,6 +62,23 @@ class FakeUpstream:
         return n
 
 
+TOPICS = {
+    "password": "Open Settings, choose Security, and follow the reset link we send to your email address.",
+    "router": "Unplug the router for thirty seconds, then hold its reset button until the lights blink.",
+    "passport": "Book an appointment at the passport office and bring two photographs and your old passport.",
+    "pasta": "Boil salted water, cook the pasta for nine minutes, drain it and toss it with the sauce.",
+}
+"""Topic word -> the answer of ``x-test-mode: topic``: what a question is about, not its wording."""
+
+
+def topic_answer(body: dict[str, Any]) -> str:
+    """The ``topic`` mode's answer to a chat request: TOPICS' entry for its last user message."""
+    messages = [m for m in body.get("messages") or () if isinstance(m, dict) and m.get("role") == "user"]
+    text = str(messages[-1].get("content", "")).lower() if messages else ""
+    topic = next((t for t in TOPICS if t in text), "")
+    return TOPICS.get(topic, "Sorry, I know nothing about that subject at all.")
+
+
 def _completion(model: str, text: str, finish: str = "stop", choices: int = 1) -> dict[str, Any]:
     return {
         "id": "chatcmpl-upstream",
@@ -87,7 +106,7 @@ def make_app(state: FakeUpstream) -> web.Application:
             assert request.transport is not None
             request.transport.abort()
             return web.Response()
-        if mode in ("slow", "slow-error"):
+        if mode in ("slow", "slow-error") or (mode == "topic" and "x-test-delay-ms" in request.headers):
             await asyncio.sleep(int(request.headers.get("x-test-delay-ms", "500")) / 1000)
         try:
             body = json.loads(raw)
@@ -100,6 +119,8 @@ def make_app(state: FakeUpstream) -> web.Application:
             return await _fixture(request, FIXTURES[fixture], body)
         model = str(body.get("model", "m"))
         text = f"answer #{n} from upstream"
+        if mode == "topic":
+            text = topic_answer(body)
         if mode == "dated":
             text = f"As of {time.strftime('%Y-%m-%d', time.gmtime())}, {text}"
         if mode in ("error", "slow-error"):

@@ -56,9 +56,11 @@ def chat(prompt: str) -> tuple[int, dict, str]:
     request = urllib.request.Request(CHAT_URL, json.dumps(body).encode(), headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read().decode()
+            text = response.read().decode()
+            return response.status, {k.lower(): v for k, v in response.headers.items()}, text
     except urllib.error.HTTPError as exc:
-        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read().decode(errors="replace")
+        text = exc.read().decode(errors="replace")
+        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, text
 
 
 def explain_bypass(state: dict) -> str:

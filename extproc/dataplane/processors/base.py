@@ -8,6 +8,7 @@ reports the decision exactly once.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -36,6 +37,8 @@ class Processor:
     ) -> None:
         self.shared = shared
         self.settings = shared.settings
+        self.arrived = time.perf_counter() - shared.loop_lag.seconds
+        """When the request's first message was likely received (the loop's recent lag before it)."""
         self.decision = Decision()
         self._metadata = metadata
         self._send = send

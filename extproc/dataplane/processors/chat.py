@@ -18,12 +18,14 @@ from opentelemetry import trace
 from extproc.cache import CacheQuery, LookupResult
 from extproc.cache.guards.scripts import mostly_non_latin
 from extproc.cache.volatile import volatile_answer, volatile_prompt
+from extproc.dataplane.admission import embedding_budget
 from extproc.dataplane.decision import lookup_failure_reason, reason_header
 from extproc.dataplane.freshness import TTL_HEADER, Freshness, answer_text, parse_freshness
 from extproc.dataplane.identity import cache_query, canonical_query
 from extproc.dataplane.policy import route_name, route_settings
 from extproc.dataplane.processors.base import Processor, Send
 from extproc.dataplane.processors.settings import RequestSettings
+from extproc.dataplane.processors.verify import VerifiedHits
 from extproc.dataplane.shared import HEADER, Shared
 from extproc.errors import NotCacheable, NotStorable, OutcomeError
 from extproc.protocol import messages as m
@@ -44,7 +46,7 @@ INLINE_PARSE_BYTES = 64 * 1024
 """Bodies up to this size are parsed on the event loop; larger or compressed ones in a thread."""
 
 
-class ChatCompletionsProcessor(RequestSettings, Processor):
+class ChatCompletionsProcessor(RequestSettings, VerifiedHits, Processor):
     """Caches ``POST /v1/chat/completions``: one method per phase.
 
     The wire format is five functions (class attributes), so another OpenAI endpoint with the
@@ -130,7 +132,7 @@ class ChatCompletionsProcessor(RequestSettings, Processor):
         except NotCacheable as exc:
             self._mark_bypass(exc.reason)
             return m.request_body()
-        self._request = chat
+        self._request, self._body = chat, body
         self.decision.model = chat.model
         self.decision.non_latin = mostly_non_latin(chat.prompt)
         if not self._apply_policy(chat.model):
@@ -143,18 +145,21 @@ class ChatCompletionsProcessor(RequestSettings, Processor):
         asked_no_cache = self._no_cache
         self._check_volatile(volatile_prompt(chat.prompt))
         if self._no_cache:
+            self._client_feedback(query)
             self.decision.reason = "no_cache" if asked_no_cache else "volatile"
             return m.request_body()
         started = time.perf_counter()
-        budget = self.settings.max_added_latency_ms / 1000 or None
+        max_wait = embedding_budget(
+            self.settings.max_added_latency_ms, started - self.arrived, self.shared.loop_lag.seconds
+        )
         try:
             timeout = self.settings.lookup_timeout_ms / 1000
             with trace.use_span(self._span, end_on_exit=False):
                 lookup = self.shared.cache.check(
                     query,
                     threshold=self._threshold(),
-                    min_confidence=self.settings.min_confidence if self.decision.policy else None,
-                    max_wait=budget,
+                    min_confidence=self._min_confidence(),
+                    max_wait=max_wait,
                     max_age=self._fresh.max_age,
                 )
                 self._lookup = await asyncio.wait_for(lookup, timeout)
@@ -170,12 +175,15 @@ class ChatCompletionsProcessor(RequestSettings, Processor):
                 exc_info=reason == "backend_error",
             )
             self._mark_bypass(reason)
-            # Shed, not broken: the answer may still be stored, at the back of the queue.
-            self._storing = reason == "overloaded" and not self._no_store
+            self._storing = False
+            if reason == "overloaded" and not self._no_store:
+                # Storing the answer would embed it: the very work that was just shed, and
+                # CPU taken from the requests still being served.  Stores go first under load.
+                self.decision.store = "overloaded"
             return m.request_body()
         finally:
             self.decision.timings["lookup_ms"] = (time.perf_counter() - started) * 1000
-        lookup = self._lookup
+        lookup = self._lookup = self._bounded(self._lookup)
         d = self.decision
         d.candidates, d.best_similarity, d.rejected_by = (
             lookup.candidates,
@@ -244,7 +252,7 @@ class ChatCompletionsProcessor(RequestSettings, Processor):
             body, content_type = self.render_stream(stored, chat.include_usage), "text/event-stream"
         else:
             body, content_type = self.render_json(stored), "application/json"
-        saved = self._saved_tokens(stored)  # before _report(): the metric reads the decision
+        saved = self._saved_tokens(stored) | self._entry_headers(lookup, chat.n)  # before _report()
         self._report()
         return m.immediate(
             200,
@@ -332,7 +340,7 @@ class ChatCompletionsProcessor(RequestSettings, Processor):
         query, lookup = self._query, self._lookup
         assert query is not None
         try:
-            completion = await self._parse_response(body)
+            completion = self._learned(await self._parse_response(body))
         except NotStorable as exc:
             self._skip_store(exc.reason)
         except Exception:  # an answer of a shape we do not know: never an exception

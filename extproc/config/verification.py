@@ -1,0 +1,93 @@
+"""The ``verification:`` section: shadow verification of hits, the false-hit bound, entry ids.
+
+See docs/verification.md. Off by default: ``sample_rate`` 0 sends nothing upstream and
+``max_false_hit_rate`` 0 leaves serving to ``min_confidence``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from extproc.config.checks import KeySpec, check_section, int_range, optional_http_url, unit_interval
+
+ENTRY_SECRET_ENV = "SEMANTIC_CACHE_ENTRY_SECRET"
+"""Environment variable overriding ``verification.entry_secret`` (Helm: from a Secret)."""
+
+
+def _bound(v: Any) -> str | None:
+    """``max_false_hit_rate``: 0 (off) or a rate strictly between 0 and 0.5."""
+    return None if v == 0 or 0 < v < 0.5 else "must be 0 (off) or a rate between 0 and 0.5, e.g. 0.02"
+
+
+@dataclass(frozen=True)
+class VerificationSettings:
+    """Shadow verification, the false-hit bound and the opaque entry ids of hits."""
+
+    sample_rate: float = 0.0
+    """Share of semantic hits re-asked upstream in the background (0 = none)."""
+    upstream_url: str = ""
+    """Base URL of the LLM server shadow requests go to (the path of the request is appended)."""
+    answer_similarity: float = 0.85
+    """Two answers agree when their embeddings have at least this cosine similarity."""
+    max_concurrency: int = 4
+    """Shadow requests in flight at once; a sampled hit beyond it is skipped, never queued."""
+    max_per_minute: int = 60
+    """Shadow requests started per minute at most (the upstream-cost budget)."""
+    timeout_ms: int = 60_000
+    """How long a shadow request may take before it counts as result="error"."""
+    replace: bool = False
+    """Also store the fresh answer for the request that hit a disagreeing entry (the entry is
+    deleted either way; off, the next identical request is a miss and stores its own answer)."""
+    max_false_hit_rate: float = 0.0
+    """δ: serve a semantic hit only when the upper bound of P(wrong) is at most this (0 = off)."""
+    prior_strength: float = 10.0
+    """How many observations the offline calibration is worth in the bound's prior (0 = none)."""
+    entry_secret: str = ""
+    """Key of the ``x-semantic-cache-entry`` ids ("" = random per process: ids from one replica
+    are then refused by another)."""
+
+    @property
+    def active(self) -> bool:
+        """True when anything here needs the verifier (shadowing or the bound)."""
+        return self.sample_rate > 0 or self.max_false_hit_rate > 0
+
+
+VERIFICATION_KEYS: KeySpec = {
+    "sample_rate": ((int, float), "a number (a share of semantic hits)", unit_interval),
+    "upstream_url": (str, 'an http(s) URL or ""', optional_http_url),
+    "answer_similarity": ((int, float), "a number (a cosine similarity)", unit_interval),
+    "max_concurrency": (int, "an integer", int_range(1, 1024)),
+    "max_per_minute": (int, "an integer (0 = no shadow request)", int_range(0, 1_000_000)),
+    "timeout_ms": (int, "an integer (milliseconds)", int_range(1, 3_600_000)),
+    "replace": (bool, "true or false", None),
+    "max_false_hit_rate": ((int, float), "a number (a rate)", _bound),
+    "prior_strength": (
+        (int, float),
+        "a number of observations",
+        lambda v: None if v >= 0 else "must be >= 0",
+    ),
+    "entry_secret": (str, "a string (a secret)", None),
+}
+
+
+def parse_verification(raw: Any, env: dict[str, str] | Any, errors: list[str]) -> VerificationSettings:
+    """Check the ``verification:`` mapping; append one message per problem to ``errors``."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        errors.append("semantic_cache.verification: must be a mapping (sample_rate, upstream_url…)")
+        return VerificationSettings()
+    before = len(errors)
+    values = check_section(raw, VERIFICATION_KEYS, "semantic_cache.verification", errors)
+    secret = env.get(ENTRY_SECRET_ENV, "")
+    if secret:
+        values["entry_secret"] = secret
+    if values.get("sample_rate", 0) > 0 and not values.get("upstream_url"):
+        errors.append(
+            "semantic_cache.verification.upstream_url: required when sample_rate > 0 (the LLM "
+            'server shadow requests go to, e.g. "http://vllm:8000")'
+        )
+    if len(errors) > before:
+        return VerificationSettings()
+    return VerificationSettings(**values)

@@ -1,0 +1,211 @@
+"""Verified outcomes of semantic hits and what they bound: the false-hit rate and the δ rule.
+
+Two estimates, from two kinds of outcome:
+
+- **The false-hit rate of served hits** (per model): shadow verification re-asks a uniform
+  random sample of served semantic hits, so wrong / verified estimates it without bias; its
+  upper bound is the Wilson score bound (95 %, one-sided).
+- **P(wrong) of a candidate about to be served** (the δ rule, after vCache, arXiv 2502.03771):
+  a Beta posterior per (model, confidence bin, similarity bin) whose prior is the offline calibration (mean
+  1 − the bin's confidence, worth ``prior_strength`` observations) and whose evidence is every
+  verified outcome in that bin: shadowed hits and explorations (a candidate the rule did not
+  serve, whose request went upstream and whose answer was then compared with the candidate's).
+  An entry with outcomes of its own adds them to its bin's posterior (shrunk to at most
+  ``ENTRY_PRIOR_CAP`` observations). A candidate is served when the posterior's 99 % upper
+  quantile is ≤ δ. docs/verification.md says what that guarantees.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import lru_cache
+
+EDGES = (0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.96, 0.98, 0.99, 0.995)
+"""Lower edges of the confidence bins above the first ([0, 0.5)); the last is [0.995, 1]."""
+SIMILARITY_EDGES = (0.9, 0.95, 0.98, 0.99)
+"""Lower edges of the embedding-similarity bins above the first: within one confidence bin,
+near-identical wordings are usually safer than mere look-alikes, and the rule can tell them apart."""
+LEVEL = 0.95
+"""One-sided confidence of the false-hit rate's upper bound (the Wilson gauge)."""
+BOUND_LEVEL = 0.99
+"""One-sided confidence of the δ rule's bound. Higher than LEVEL: the rule tests every group
+again after each outcome and serves the groups that pass, and the ones that pass by luck are
+the ones it serves (a selection effect that a 95 % bound measurably did not cover)."""
+Z = 1.6448536269514722
+"""The standard normal quantile at LEVEL (Wilson bound)."""
+MAX_MODELS = 64
+"""Models tracked by name; outcomes of others are pooled under ``other`` (bounded label set)."""
+MAX_ENTRIES = 100_000
+"""Entries whose own outcomes are remembered (least recently updated forgotten first)."""
+ENTRY_PRIOR_CAP = 50.0
+"""An entry's prior (its bin's posterior) is worth at most this many observations."""
+
+
+def bin_of(score: float) -> int:
+    """The confidence bin of ``score`` (0 for below 0.5 … len(EDGES) for ≥ 0.995)."""
+    return bisect_right(EDGES, score)
+
+
+def similarity_bin(similarity: float) -> int:
+    """The similarity bin of ``similarity``."""
+    return bisect_right(SIMILARITY_EDGES, similarity)
+
+
+def bin_mid(index: int) -> float:
+    """The middle confidence of bin ``index``."""
+    lo = 0.0 if index == 0 else EDGES[index - 1]
+    hi = 1.0 if index == len(EDGES) else EDGES[index]
+    return (lo + hi) / 2
+
+
+def wilson_upper(wrong: int, total: int) -> float:
+    """The Wilson score upper bound (one-sided, LEVEL) of a rate seen as ``wrong`` in ``total``."""
+    if total <= 0:
+        return 1.0
+    p = wrong / total
+    z2 = Z * Z
+    centre = p + z2 / (2 * total)
+    spread = Z * math.sqrt(p * (1 - p) / total + z2 / (4 * total * total))
+    return min(1.0, (centre + spread) / (1 + z2 / total))
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """The continued fraction of the regularized incomplete beta (modified Lentz)."""
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c if abs(1.0 + aa / c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c if abs(1.0 + aa / c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-12:
+            break
+    return h
+
+
+def beta_cdf(x: float, a: float, b: float) -> float:
+    """P(X ≤ x) for X ~ Beta(a, b) (the regularized incomplete beta function)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+
+
+@lru_cache(maxsize=8192)  # posteriors change only with outcomes: most calls repeat
+def beta_upper(a: float, b: float, level: float = LEVEL) -> float:
+    """The ``level`` quantile of Beta(a, b) (bisection: 50 steps resolve 1e-15)."""
+    lo, hi = 0.0, 1.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        if beta_cdf(mid, a, b) < level:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+@dataclass
+class Tally:
+    """Verified outcomes of one group: how many agreed, disagreed, failed."""
+
+    agree: int = 0
+    disagree: int = 0
+    error: int = 0
+
+    @property
+    def judged(self) -> int:
+        """Outcomes with a verdict (errors excluded)."""
+        return self.agree + self.disagree
+
+    def rate(self) -> float | None:
+        """The observed false-hit rate (None before the first verdict)."""
+        return self.disagree / self.judged if self.judged else None
+
+    def upper(self) -> float:
+        """Its Wilson upper bound (1.0 before the first verdict)."""
+        return wilson_upper(self.disagree, self.judged)
+
+
+class Outcomes:
+    """Every verified outcome, per model (served hits) and per (model, bin) and entry (the rule)."""
+
+    def __init__(self, prior_strength: float = 10.0, level: float = BOUND_LEVEL) -> None:
+        self.prior_strength = prior_strength
+        self.level = level
+        """Confidence of the δ rule's upper bound."""
+        self.served: dict[str, Tally] = {}
+        """Shadow verifications of served hits, per model: the false-hit rate."""
+        self.bins: dict[tuple[str, int, int], list[float]] = {}
+        """(model, confidence bin, similarity bin) -> [wrong, right] of every judged outcome."""
+        self.entries: OrderedDict[str, list[float]] = OrderedDict()
+        """entry id -> [wrong, right] of its own outcomes."""
+
+    def model_key(self, model: str) -> str:
+        """``model``, or ``other`` once MAX_MODELS models are tracked (a bounded label set)."""
+        if model in self.served or len(self.served) < MAX_MODELS:
+            return model
+        return "other"
+
+    def record_served(self, model: str, result: str) -> None:
+        """A shadow verification of a served hit ended: ``agree`` | ``disagree`` | ``error``."""
+        tally = self.served.setdefault(self.model_key(model), Tally())
+        setattr(tally, result, getattr(tally, result) + 1)
+
+    def _bin(self, model: str, score: float, similarity: float) -> tuple[str, int, int]:
+        return self.model_key(model), bin_of(score), similarity_bin(similarity)
+
+    def learn(self, model: str, entry_id: str, score: float, wrong: bool, similarity: float = 1.0) -> None:
+        """A judged outcome of a candidate with confidence ``score``: evidence for the rule."""
+        counts = self.bins.setdefault(self._bin(model, score, similarity), [0.0, 0.0])
+        counts[0 if wrong else 1] += 1
+        own = self.entries.pop(entry_id, None) or [0.0, 0.0]
+        own[0 if wrong else 1] += 1
+        self.entries[entry_id] = own
+        while len(self.entries) > MAX_ENTRIES:
+            self.entries.popitem(last=False)
+
+    def posterior(
+        self, model: str, score: float, entry_id: str = "", similarity: float = 1.0
+    ) -> tuple[float, float]:
+        """(a, b) of the Beta posterior of P(wrong) for a candidate of ``model`` at ``score``."""
+        index = bin_of(score)
+        prior_wrong = 1.0 - bin_mid(index)
+        a = 0.5 + self.prior_strength * prior_wrong  # Jeffreys plus the offline calibration
+        b = 0.5 + self.prior_strength * (1.0 - prior_wrong)
+        wrong, right = self.bins.get(self._bin(model, score, similarity), (0.0, 0.0))
+        a, b = a + wrong, b + right
+        own = self.entries.get(entry_id) if entry_id else None
+        if own is not None:
+            shrink = min(1.0, ENTRY_PRIOR_CAP / (a + b))
+            a, b = a * shrink + own[0], b * shrink + own[1]
+        return a, b
+
+    def upper(self, model: str, score: float, entry_id: str = "", similarity: float = 1.0) -> float:
+        """The upper bound (at ``level``) of P(wrong) for such a candidate."""
+        return beta_upper(*self.posterior(model, score, entry_id, similarity), self.level)
+
+    def forget(self, entry_id: str) -> None:
+        """Drop an entry's own outcomes (it was deleted)."""
+        self.entries.pop(entry_id, None)
+
+    def rates(self) -> dict[str, tuple[float | None, float, Tally]]:
+        """Per model: (false-hit rate, its upper bound, the tally) of the served hits verified."""
+        return {model: (t.rate(), t.upper(), t) for model, t in self.served.items()}

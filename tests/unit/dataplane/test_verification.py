@@ -1,0 +1,174 @@
+"""Verification's parts without a network: the bounds, the δ rule, entry ids, the shadow gate, config."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from extproc.cache import CacheQuery, MemoryBackend, SemanticCache
+from extproc.cache.schema import CacheEntry
+from extproc.config.settings import parse_config
+from extproc.config.verification import ENTRY_SECRET_ENV, VerificationSettings
+from extproc.dataplane.verification import EntryIds, Outcomes, Shadow, Verification
+from extproc.dataplane.verification.agreement import agree, deterministic
+from extproc.dataplane.verification.outcomes import MAX_MODELS, beta_upper, bin_of, wilson_upper
+from extproc.embedding.batcher import Embedder
+from extproc.errors import ConfigError
+from tests.support.toy import DIM, toy_encode
+
+
+def test_beta_upper_matches_scipy() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    for a, b in ((0.5, 0.5), (1.5, 20.0), (3.0, 400.0), (50.0, 2.0), (0.7, 9.8)):
+        assert beta_upper(a, b) == pytest.approx(stats.beta.ppf(0.95, a, b), abs=1e-9)
+
+
+def test_wilson_upper() -> None:
+    assert wilson_upper(0, 0) == 1.0
+    assert wilson_upper(0, 100) == pytest.approx(0.0263, abs=1e-3)  # 1.645² / (100 + 1.645²)
+    assert wilson_upper(5, 100) > 0.05 > wilson_upper(0, 1000)
+
+
+def test_the_rule_needs_evidence_and_unlearns_on_mistakes() -> None:
+    outcomes = Outcomes(prior_strength=10)
+    assert outcomes.upper("m", 0.995) > 0.02  # the calibration alone never clears δ = 2 %
+    for i in range(300):
+        outcomes.learn("m", f"e{i}", 0.995, wrong=False)
+    assert outcomes.upper("m", 0.995) <= 0.02
+    assert outcomes.upper("m", 0.7) > 0.02  # another bin has no evidence
+    assert outcomes.upper("other-model", 0.995) > 0.02
+    for i in range(20):
+        outcomes.learn("m", f"w{i}", 0.995, wrong=True)
+    assert outcomes.upper("m", 0.995) > 0.02
+
+
+def test_an_entry_with_outcomes_of_its_own() -> None:
+    outcomes = Outcomes(prior_strength=10)
+    for i in range(400):
+        outcomes.learn("m", f"e{i}", 0.95, wrong=i % 25 == 0)  # 4 % wrong in the bin
+    bin_bound = outcomes.upper("m", 0.95)
+    for _ in range(300):
+        outcomes.learn("m", "popular", 0.95, wrong=False)
+    assert outcomes.upper("m", 0.95, "popular") < outcomes.upper("m", 0.95)
+    outcomes.learn("m", "bad", 0.95, wrong=True)
+    assert outcomes.upper("m", 0.95, "bad") > bin_bound
+    outcomes.forget("bad")
+    assert "bad" not in outcomes.entries
+
+
+def test_served_tally_and_the_model_cap() -> None:
+    outcomes = Outcomes()
+    for i in range(MAX_MODELS + 5):
+        outcomes.record_served(f"m{i}", "agree")
+    outcomes.record_served("m0", "disagree")
+    outcomes.record_served("m0", "error")
+    rates = outcomes.rates()
+    assert len(rates) == MAX_MODELS + 1 and rates["other"][2].agree == 5
+    rate, upper, tally = rates["m0"]
+    assert (rate, tally.error, tally.judged) == (0.5, 1, 2) and upper > 0.5
+    assert bin_of(0.3) == 0 and bin_of(0.999) == bin_of(1.0) and bin_of(0.95) < bin_of(0.97)
+
+
+def test_entry_ids_are_bound_to_the_partition_and_the_secret() -> None:
+    ids = EntryIds("secret")
+    key = "a" * 64
+    token = ids.issue("partition-1", key)
+    assert EntryIds.exact_key(token) == key
+    assert ids.valid(token, "partition-1")
+    assert not ids.valid(token, "partition-2")
+    assert not EntryIds("other").valid(token, "partition-1")
+    assert not EntryIds().valid(EntryIds().issue("p", key), "p")  # random secrets differ
+    for bad in ("", "x", key, key + ".zz", token + "0"):
+        assert not ids.valid(bad, "partition-1")
+
+
+def test_deterministic_requests() -> None:
+    assert deterministic({"temperature": 0, "seed": 7})
+    assert not deterministic({"temperature": 0})
+    assert not deterministic({"temperature": 0.2, "seed": 7})
+    assert not deterministic({"temperature": False, "seed": True})
+
+
+async def test_agreement_exact_and_by_embedding() -> None:
+    embedder = Embedder(toy_encode, DIM)
+    one = {"choices": [{"message": {"content": "Paris is the capital of France."}}]}
+    same = {"choices": [{"message": {"content": "Paris is the capital of France."}}]}
+    other = {"choices": [{"message": {"content": "Unplug the router and wait."}}]}
+    assert await agree(embedder, one, same, 0.9) == (True, 1.0)
+    assert (await agree(embedder, one, other, 0.99))[0] is False
+    assert await agree(embedder, one, dict(other), 0.0, exact=True) == (False, 0.0)
+    empty = {"choices": [{"message": {"content": ""}}]}
+    assert (await agree(embedder, empty, empty, 0.9))[0] is True
+
+
+def make_verification(rng: float = 0.0, **settings: Any) -> tuple[Verification, list[Any]]:
+    """A Verification over the memory backend whose spawned work is collected, not run."""
+    cache = SemanticCache(MemoryBackend(DIM, 100), Embedder(toy_encode, DIM), 0.9, 5, 60)
+    spawned: list[Any] = []
+    values = VerificationSettings(**({"upstream_url": "http://127.0.0.1:9"} | settings))
+    return Verification(lambda: values, cache, spawned.append, rng=lambda: rng), spawned
+
+
+def job(body: bytes = b'{"model": "m", "messages": []}') -> Shadow:
+    """A shadow job of a semantic hit."""
+    query = CacheQuery("m", "global", "f", "q", "p", "k" * 64)
+    entry = CacheEntry("e", "m", "global", "f", "p", "e" * 64, "q", {}, np.zeros(DIM), time.time())
+    return Shadow("/v1/chat/completions", {}, body, "", lambda b, n: {}, 1, query, entry, 0.9, 0.95, 60)
+
+
+def test_the_shadow_gate_samples_and_holds_its_limits() -> None:
+    v, spawned = make_verification(rng=0.5, sample_rate=0.4)
+    assert not v.shadow(job()) and not spawned  # not sampled
+    v, spawned = make_verification(sample_rate=1.0, max_concurrency=2, max_per_minute=3)
+    assert [v.shadow(job()) for _ in range(3)] == [True, True, False]
+    assert v.skipped["concurrency"] == 1 and v.inflight == 2 == v.peak_inflight
+    v.inflight = 0  # the two finished
+    assert [v.shadow(job()) for _ in range(2)] == [True, False]
+    assert v.skipped["budget"] == 1 and len(spawned) == 3
+    for s in spawned:
+        s.close()
+    assert not v.shadow(job(b'{"tools": [{"type": "function"}]}'))
+    assert v.skipped["side_effects"] == 1
+
+
+def test_without_a_bound_every_candidate_is_served() -> None:
+    v, _ = make_verification()
+    assert v.allows("m", job().entry, 0.1, 0.9)
+    v, _ = make_verification(max_false_hit_rate=0.02)
+    assert not v.allows("m", job().entry, 0.999, 0.999)
+
+
+async def test_feedback_needs_an_issued_id_of_a_live_entry() -> None:
+    v, _ = make_verification()
+    vector = np.ones(DIM, dtype=np.float32) / np.sqrt(DIM)
+    query = CacheQuery("m", "global", "f", "hello there", "part", "b" * 64)
+    await v.cache.store(query, {"choices": []}, vector)
+    token = v.ids.issue("part", "b" * 64)
+    assert not await v.feedback(token, "wrong", partition="another")
+    assert not await v.feedback(EntryIds("x").issue("part", "b" * 64), "wrong")
+    assert await v.feedback(token, "right")
+    assert await v.cache.entry("b" * 64) is not None
+    assert await v.feedback(token, "wrong", partition="part")
+    assert await v.cache.entry("b" * 64) is None
+    assert not await v.feedback(token, "wrong")  # gone
+    assert v.stats()["feedback"] == {"right": 1, "wrong": 1}
+
+
+def test_the_verification_section() -> None:
+    settings = parse_config(
+        {"semantic_cache": {"verification": {"sample_rate": 0.02, "upstream_url": "http://vllm:8000"}}},
+        env={},
+    )
+    assert settings.verification.sample_rate == 0.02 and settings.verification.active
+    assert not parse_config({"semantic_cache": {}}, env={}).verification.active
+    with pytest.raises(ConfigError, match="upstream_url: required"):
+        parse_config({"semantic_cache": {"verification": {"sample_rate": 0.5}}}, env={})
+    with pytest.raises(ConfigError, match="max_false_hit_rate"):
+        parse_config({"semantic_cache": {"verification": {"max_false_hit_rate": 0.7}}}, env={})
+    with pytest.raises(ConfigError, match="did you mean `sample_rate`"):
+        parse_config({"semantic_cache": {"verification": {"sample_rat": 0.5}}}, env={})
+    secret = parse_config({"semantic_cache": {}}, env={ENTRY_SECRET_ENV: "s"}).verification.entry_secret
+    assert secret == "s"
