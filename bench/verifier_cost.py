@@ -1,8 +1,9 @@
 """Cost of the learned verifier per candidate, against the cost of encoding the query.
 
 For each pair of a pairs file (default: the adversarial set) it times, one query at a time
-as the server sees it: encoding the query (one forward pass), the verifier's text features
-and model (no word vectors), and the verifier including the word vectors it asks for (a
+as the server sees it: encoding the query (one forward pass), the verifier's text features,
+embedding features and model (no word vectors; the two embeddings are the query's and the
+stored entry's, already at hand), and the verifier including the word vectors it asks for (a
 forward pass per prompt it has not seen, as on a cold cache).  Prints p50 / p90 in ms and the
 ratios to the encode p50.
 
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from extproc.cache.guards.content import WordVectorCache
-from extproc.cache.guards.features import finish, text_part
+from extproc.cache.guards.features import finish, model_rows, text_part
 from extproc.cache.guards.learned import BUILTIN, ConfidenceScorer, load_model
 from extproc.cli.evaluate import read_pairs
 from extproc.embedding.batcher import Embedder
@@ -44,11 +45,14 @@ async def measure(pairs_file: Path, repeat: int) -> dict[str, float]:
             vb = await embedder.embed(p.a)
             similarity = float(va @ vb)
             t0 = time.perf_counter()
-            model.probability(finish(text_part(p.b, p.a, similarity), None, None)[None, :])
+            row = finish(text_part(p.b, p.a, similarity), None, None)[None, :]
+            if model.embedding_dim:
+                row = model_rows(row, va[None, :], vb[None, :])
+            model.probability(row)
             times["verifier_text"].append((time.perf_counter() - t0) * 1000)
             scorer = ConfidenceScorer(model, WordVectorCache(embedder))  # cold: no word vectors yet
             t0 = time.perf_counter()
-            await scorer.score(p.b, p.a, similarity)
+            await scorer.score(p.b, p.a, similarity, query_vector=va, candidate_vector=vb)
             times["verifier_cold"].append((time.perf_counter() - t0) * 1000)
     embedder.close()
     out = {}

@@ -50,6 +50,9 @@ class Candidate:
 
     entry: CacheEntry
     similarity: float
+    vector: np.ndarray | None = None
+    """The entry's stored embedding, when the backend returns it (the learned verifier reads it;
+    entries themselves may not carry one: the memory backend keeps vectors in its index)."""
 
 
 @dataclass

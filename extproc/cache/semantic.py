@@ -21,8 +21,16 @@ from extproc.observability.tracing import tracer
 class Scorer(Protocol):
     """Gives the calibrated confidence that a candidate answers the query (the learned verifier)."""
 
-    async def score(self, query: str, candidate: str, similarity: float) -> float:
-        """P(same meaning) of ``query`` and ``candidate`` whose embeddings have ``similarity``."""
+    async def score(
+        self,
+        query: str,
+        candidate: str,
+        similarity: float,
+        query_vector: np.ndarray | None = None,
+        candidate_vector: np.ndarray | None = None,
+    ) -> float:
+        """P(same meaning) of ``query`` and ``candidate`` whose embeddings (when known) have
+        ``similarity``."""
         ...
 
 
@@ -162,7 +170,13 @@ class SemanticCache:
                 result.rejections.append("max_age")
                 continue
             with timed(timings, "verify_ms"):
-                rejected, confidence = await self.judge(query.prompt, entry.prompt, candidate.similarity)
+                rejected, confidence = await self.judge(
+                    query.prompt,
+                    entry.prompt,
+                    candidate.similarity,
+                    query_vector=vector,
+                    candidate_vector=candidate.vector if candidate.vector is not None else entry.vector,
+                )
             if rejected:
                 if not result.rejections:
                     result.rejected_similarity, result.rejected_prompt = candidate.similarity, entry.prompt
@@ -183,13 +197,25 @@ class SemanticCache:
                 return result
         return result
 
-    async def judge(self, prompt: str, candidate: str, similarity: float) -> tuple[list[str], float | None]:
+    async def judge(
+        self,
+        prompt: str,
+        candidate: str,
+        similarity: float,
+        *,
+        query_vector: np.ndarray | None = None,
+        candidate_vector: np.ndarray | None = None,
+    ) -> tuple[list[str], float | None]:
         """The guards that veto ``candidate`` for ``prompt`` and, if none does, the verifier's
-        confidence (None without one): the decision on one candidate, for the cache and ``eval``."""
+        confidence (None without one): the decision on one candidate, for the cache and ``eval``.
+        The two embeddings feed a verifier that reads them (it embeds a prompt whose vector is
+        not given)."""
         rejected = await self._rejections(prompt, candidate)
         if rejected or self.scorer is None:
             return rejected, None
-        return rejected, await self.scorer.score(prompt, candidate, similarity)
+        return rejected, await self.scorer.score(
+            prompt, candidate, similarity, query_vector=query_vector, candidate_vector=candidate_vector
+        )
 
     async def _rejections(self, prompt: str, candidate: str) -> list[str]:
         """Names of the guards that veto ``candidate`` for ``prompt`` (cheap ones run first)."""

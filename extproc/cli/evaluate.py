@@ -253,7 +253,9 @@ async def _pairwise(
     for lk in lookups:
         a, b = lk.pair.a, lk.pair.b
         similarity = 1.0 if a == b else float(vectors[a] @ vectors[b])
-        rejected, confidence = await cache.judge(b, a, similarity)
+        rejected, confidence = await cache.judge(
+            b, a, similarity, query_vector=vectors[b], candidate_vector=vectors[a]
+        )
         score = 0.0 if rejected else (similarity if confidence is None else confidence)
         scores.append(score)
         ok = not rejected and similarity >= settings.similarity_threshold

@@ -272,6 +272,8 @@ def cmd_train_verifier(args: argparse.Namespace) -> int:
         Path(args.cache_dir) if args.cache_dir else None,
         Path(args.split_dir) if args.split_dir else None,
         source=Path(args.pairs).name,
+        embedding_model=settings.embedding_model,
+        with_embeddings=not args.text_only,
     )
     fitted.save(args.out)
     print(
@@ -355,6 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tv.add_argument("--limit", type=int, help="use only the first N pairs")
     tv.add_argument("--cache-dir", help="where to keep the computed features (default: the temp folder)")
+    tv.add_argument(
+        "--text-only",
+        action="store_true",
+        help="do not read the two embeddings (a smaller model of the text features alone)",
+    )
     tv.add_argument("--split-dir", help="also write train.jsonl, calibrate.jsonl and test.jsonl here")
     tv.add_argument("--json", action="store_true", help="print the report as JSON last")
     tv.set_defaults(func=cmd_train_verifier)

@@ -137,7 +137,7 @@ class CacheSettings:
     guard_content_modifiers: bool = False
     verifier_model: str = "builtin"
     """The learned verifier's model file, ``builtin`` (shipped) or ``""`` (none: no confidence)."""
-    min_confidence: float = 0.7
+    min_confidence: float = 0.75
     """Serve a semantic hit only when the verifier gives it at least this P(same meaning)."""
     verifier: str = ""
     """``"package.module:function"`` building an extra guard (e.g. a cross-encoder); empty: none."""

@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from extproc.app import make_backend
@@ -88,9 +89,12 @@ async def test_auto_create_reuse_and_restart_hits(
     )
     first = await open_cache(model, cfg)
     assert "(created)" in first.backend.status()[1]
-    await first.store(q("What is the capital of France?"), answer("Paris"))
+    stored = await first.store(q("What is the capital of France?"), answer("Paris"))
     hit = await first.check(q("What's the capital city of France?"))
     assert hit.match == "semantic" and hit.entry is not None and hit.entry.response == answer("Paris")
+    # search returns each candidate's stored vector (the learned verifier reads both embeddings)
+    found = await first.backend.search(stored.partition, stored.vector, 1, time.time())
+    assert found[0].vector is not None and np.allclose(found[0].vector, stored.vector, atol=1e-6)
     await first.close()
 
     again = await open_cache(model, cfg)  # a restarted processor

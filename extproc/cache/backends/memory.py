@@ -66,7 +66,7 @@ class MemoryBackend:
             if entry.expired(now):
                 self._remove(label)
                 continue
-            out.append(Candidate(entry, score))
+            out.append(Candidate(entry, score, index.vector(label)))
         return out
 
     async def put(self, entry: CacheEntry) -> None:

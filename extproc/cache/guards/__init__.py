@@ -9,12 +9,13 @@ verifier (``verifier.py``, e.g. a cross-encoder) runs last, if configured.
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import TYPE_CHECKING, Any
 
 from extproc.cache.guards.base import Guard
 from extproc.cache.guards.code import CodeGuard
 from extproc.cache.guards.content import ContentGuard, WordVectorCache, missing_words, modifiers
-from extproc.cache.guards.learned import ConfidenceScorer, load_model
+from extproc.cache.guards.learned import BUILTIN, ConfidenceScorer, load_model
 from extproc.cache.guards.rules import DirectionGuard, NegationGuard, NumbersGuard, OppositesGuard, UnitsGuard
 from extproc.cache.guards.verifier import CrossEncoderVerifier, load_verifier_factory
 from extproc.errors import ConfigError
@@ -22,6 +23,8 @@ from extproc.errors import ConfigError
 if TYPE_CHECKING:
     from extproc.config.settings import CacheSettings
     from extproc.embedding.batcher import Embedder
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CodeGuard",
@@ -96,4 +99,30 @@ def build_scorer(settings: CacheSettings, embedder: Embedder, guards: list[Guard
     words = next((g.words for g in guards if isinstance(g, ContentGuard)), None)
     if words is None and embedder.has_words:
         words = WordVectorCache(embedder)
-    return ConfidenceScorer(load_model(settings.verifier_model, settings.source), words)
+    model = load_model(settings.verifier_model, settings.source)
+    other = model.embedding_dim != embedder.dim or model.embedding_model != settings.embedding_model
+    if settings.verifier_model == BUILTIN and model.embedding_dim and other:
+        # its embedding weights mean nothing for another model's vectors: the text features alone
+        log.info(
+            "verifier: the built-in model reads %s embeddings, the cache uses %s: using the built-in "
+            "model of the text features alone (train one on your pairs with semantic-cache train-verifier)",
+            model.embedding_model,
+            settings.embedding_model,
+        )
+        model = load_model(BUILTIN, text_only=True)
+    if model.embedding_dim and model.embedding_dim != embedder.dim:
+        raise ConfigError(
+            f"semantic_cache.verifier_model {settings.verifier_model!r} reads {model.embedding_dim}-d "
+            f"embeddings ({model.embedding_model or 'unknown model'}); {settings.embedding_model} gives "
+            f"{embedder.dim}: retrain it with semantic-cache train-verifier, or point verifier_model at a "
+            "model trained on this one"
+        )
+    if model.embedding_dim and model.embedding_model and model.embedding_model != settings.embedding_model:
+        log.warning(
+            "verifier_model %r was trained on %s embeddings, the cache uses %s: its confidence is only "
+            "right if they are the same model",
+            settings.verifier_model,
+            model.embedding_model,
+            settings.embedding_model,
+        )
+    return ConfidenceScorer(model, words, embedder.embed)

@@ -4,6 +4,10 @@ One function computes them for the server, ``eval`` and ``train-verifier`` alike
 gets the same features (and so the same confidence) wherever it is scored.  Word vectors are
 needed only when both prompts have a word the other lacks, or a name is on one side only
 (the cases where aligning words can change a feature); otherwise the text alone decides.
+
+A model may also read the two sentence embeddings themselves (:func:`embedding_features`: their
+element-wise product and absolute difference, the classic input of a sentence-pair classifier),
+which say *along which directions* the prompts differ, where the cosine only says how much.
 """
 
 from __future__ import annotations
@@ -41,7 +45,10 @@ FEATURES = (
     "question_word_differs",
     "identical_words",
 )
-"""The feature names, in the order of the vectors :func:`pair_features` returns."""
+"""The feature names, in the order of the vectors :func:`finish` returns."""
+
+EMBEDDING_FEATURES = ("product", "abs_difference")
+"""What :func:`embedding_features` appends, each as long as the embedding: u*v, then |u-v|."""
 
 WORD_ALIGNMENT = 0.5
 """Cosine at which a word's contextual vector counts as a counterpart (the content guard's)."""
@@ -137,3 +144,21 @@ def features_matrix(parts: Sequence[TextPart], words: dict[str, WordVectors]) ->
         wb = words.get(p.candidate) if p.needs_words else None
         rows.append(finish(p, wa, wb))
     return np.vstack(rows) if rows else np.empty((0, len(FEATURES)))
+
+
+def embedding_features(query_vector: np.ndarray, candidate_vector: np.ndarray) -> np.ndarray:
+    """u*v then |u-v| of two embeddings (one pair, or rows of two matrices): symmetric in the
+    two prompts, so it does not matter which one was stored."""
+    u = np.asarray(query_vector, dtype=np.float64)
+    v = np.asarray(candidate_vector, dtype=np.float64)
+    return np.concatenate([u * v, np.abs(u - v)], axis=-1)
+
+
+def model_rows(
+    text_rows: np.ndarray, query_vectors: np.ndarray | None, candidate_vectors: np.ndarray | None
+) -> np.ndarray:
+    """What a model reads: the text features (rows of :func:`finish`), followed by
+    :func:`embedding_features` when the vectors are given (the model's ``embedding_dim`` > 0)."""
+    if query_vectors is None or candidate_vectors is None:
+        return text_rows
+    return np.hstack([text_rows, embedding_features(query_vectors, candidate_vectors)])

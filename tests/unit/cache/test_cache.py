@@ -186,7 +186,25 @@ class ScoreBySecond:
     """A scorer whose confidence is the prompt's second toy coordinate (a stand-in for the
     learned verifier, to test how the cache uses a confidence)."""
 
-    async def score(self, query: str, candidate: str, similarity: float) -> float:
+    def __init__(self) -> None:
+        self.vectors: list[tuple[list[float], list[float]]] = []
+        """(query vector, candidate vector) of each call, rounded."""
+
+    async def score(
+        self,
+        query: str,
+        candidate: str,
+        similarity: float,
+        query_vector: np.ndarray | None = None,
+        candidate_vector: np.ndarray | None = None,
+    ) -> float:
+        if query_vector is not None and candidate_vector is not None:
+            self.vectors.append(
+                (
+                    [round(float(x), 3) for x in query_vector][:2],
+                    [round(float(x), 3) for x in candidate_vector][:2],
+                )
+            )
         return float(candidate.split(",")[1])
 
 
@@ -205,6 +223,15 @@ async def test_min_confidence_falls_through_to_the_next_candidate_and_explain_sc
     assert [round(c or 0, 2) for _, _, c in explained.scored] == [0.05, 0.3, 0.6]
     exact = await cache.check(query("v:1,0.05"))
     assert exact.match == "exact" and exact.confidence == 1.0
+
+
+async def test_the_scorer_gets_the_query_vector_and_the_stored_entry_vector() -> None:
+    cache = make_cache(threshold=0.5)
+    scorer = ScoreBySecond()
+    cache.scorer = scorer
+    await cache.store(query("v:1,0.5"), answer("stored"))
+    assert (await cache.check(query("v:1,0.6"))).hit
+    assert scorer.vectors == [([0.857, 0.514], [0.894, 0.447])]  # normalized (1, 0.6) and (1, 0.5)
 
 
 async def test_judge_is_the_decision_on_one_candidate() -> None:

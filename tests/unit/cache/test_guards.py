@@ -362,9 +362,34 @@ async def test_server_wires_the_configured_guards(model: tuple[EncodeFn, int]) -
         "direction",
         "code",
     ]
-    assert cache.scorer is not None and cache.min_confidence == 0.7  # the shipped verifier
+    assert cache.scorer is not None and cache.min_confidence == 0.75  # the shipped verifier
     assert cache.scorer.words is not None  # word vectors for its alignment features
+    assert cache.scorer.model.embedding_dim == 384 and cache.scorer.embed is not None  # reads both vectors
     await cache.close()
+
+
+def test_the_builtin_verifier_falls_back_to_its_text_model_for_another_embedding_model(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from extproc.cache.guards import build_scorer
+    from extproc.cache.guards.learned import VerifierModel
+    from tests.support.toy import DIM, toy_encode
+
+    caplog.set_level("INFO")
+    embedder = Embedder(toy_encode, DIM)
+    other = CacheSettings(embedding_model="toy-8d")
+    scorer = build_scorer(other, embedder, [])
+    assert scorer is not None and scorer.model.embedding_dim == 0  # the text features alone
+    assert "using the built-in model of the text features alone" in caplog.text
+    # a file the user named is used as it is, or refused when its vectors cannot be the model's
+    n = 21 + 2 * 4
+    wrong = VerifierModel(
+        np.zeros(n), np.ones(n), np.zeros(n), 0.0, np.array([0.0, 1.0]), np.array([0.0, 1.0]), embedding_dim=4
+    )
+    wrong.save(tmp_path / "m.json")
+    with pytest.raises(ConfigError, match=r"reads 4-d embeddings .* toy-8d gives 8: retrain it"):
+        build_scorer(with_overrides(other, verifier_model=str(tmp_path / "m.json")), embedder, [])
+    embedder.close()
 
 
 @pytest.mark.parametrize(

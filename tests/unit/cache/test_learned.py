@@ -1,5 +1,6 @@
-"""The learned verifier: its file format (JSON, no pickle, checked), determinism of features,
-fitting and scoring, and the model shipped in the package."""
+"""The learned verifier: its file format (JSON, no pickle, checked; version 1 still read),
+determinism of features, fitting and scoring, the embedding features, and the model shipped in
+the package."""
 
 from __future__ import annotations
 
@@ -9,46 +10,74 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from extproc.cache.guards.features import FEATURES, finish, text_part
+from extproc.cache.guards.features import FEATURES, embedding_features, finish, model_rows, text_part
 from extproc.cache.guards.learned import BUILTIN, ConfidenceScorer, VerifierModel, load_model, parse_model
 from extproc.cli.train_verifier import fit_isotonic, fit_logistic, reliability
+from extproc.embedding.base import EncodeFn
 from extproc.errors import ConfigError
 
 
-def synthetic(seed: int = 0, n: int = 400) -> tuple[np.ndarray, np.ndarray]:
-    """Rows whose label depends on the cosine and one rule feature."""
+def synthetic(seed: int = 0, n: int = 400, dim: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (text features, then 2 x ``dim`` embedding features) whose label depends on the
+    cosine, one rule feature and (with ``dim``) the first product feature."""
     rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, len(FEATURES)))
+    x = rng.normal(size=(n, len(FEATURES) + 2 * dim))
     x[:, 0] = rng.uniform(0.8, 1.0, n)
     logit = 30 * (x[:, 0] - 0.9) - 2 * (x[:, FEATURES.index("opposites")] > 1)
+    if dim:
+        logit += 2 * x[:, len(FEATURES)]
     y = (rng.uniform(size=n) < 1 / (1 + np.exp(-logit))).astype(float)
     return x, y
 
 
-def fitted(seed: int = 0) -> VerifierModel:
-    x, y = synthetic(seed)
+def fitted(seed: int = 0, dim: int = 0) -> VerifierModel:
+    x, y = synthetic(seed, dim=dim)
     mean, scale, weights, bias = fit_logistic(x[:300], y[:300])
-    model = VerifierModel(mean, scale, weights, float(bias), np.array([0.0, 1.0]), np.array([0.0, 1.0]))
+    unit = np.array([0.0, 1.0])
+    model = VerifierModel(mean, scale, weights, float(bias), unit, unit, embedding_dim=dim)
     cx, cy = fit_isotonic(model.raw(x[300:]), y[300:])
-    return VerifierModel(mean, scale, weights, float(bias), cx, cy, info={"seed": seed})
+    return VerifierModel(
+        mean,
+        scale,
+        weights,
+        float(bias),
+        cx,
+        cy,
+        info={"seed": seed},
+        embedding_dim=dim,
+        embedding_model="toy" if dim else "",
+    )
 
 
-def test_round_trip_through_the_file(tmp_path: Path) -> None:
-    model = fitted()
+@pytest.mark.parametrize("dim", [0, 4])
+def test_round_trip_through_the_file(tmp_path: Path, dim: int) -> None:
+    model = fitted(dim=dim)
     path = tmp_path / "verifier.json"
     model.save(path)
     raw = json.loads(path.read_text())
-    assert raw["format"] == "semantic-cache-verifier" and raw["version"] == 1
+    assert raw["format"] == "semantic-cache-verifier" and raw["version"] == 2
     assert raw["features"] == list(FEATURES) and raw["calibration"]["method"] == "isotonic"
+    want = {"dim": 4, "features": ["product", "abs_difference"], "model": "toy"} if dim else None
+    assert raw["embedding"] == (want or {"dim": 0, "features": [], "model": ""})
+    assert len(raw["weights"]) == len(FEATURES) + 2 * dim == model.width
     loaded = load_model(str(path))
-    x, _ = synthetic(1, 50)
+    x, _ = synthetic(1, 50, dim)
     assert np.allclose(loaded.probability(x), model.probability(x), atol=1e-6)
-    assert loaded.info == {"seed": 0}
+    assert loaded.info == {"seed": 0} and loaded.embedding_dim == dim
 
 
-def test_fitting_is_deterministic_and_the_file_is_byte_identical(tmp_path: Path) -> None:
-    fitted().save(tmp_path / "one.json")
-    fitted().save(tmp_path / "two.json")
+def test_a_version_1_file_still_loads_as_a_text_only_model() -> None:
+    raw = fitted().to_json()
+    del raw["embedding"]
+    loaded = parse_model(raw | {"version": 1}, "old.json")
+    x, _ = synthetic(1, 50)
+    assert loaded.embedding_dim == 0 and np.allclose(loaded.probability(x), fitted().probability(x))
+
+
+@pytest.mark.parametrize("dim", [0, 4])
+def test_fitting_is_deterministic_and_the_file_is_byte_identical(tmp_path: Path, dim: int) -> None:
+    fitted(dim=dim).save(tmp_path / "one.json")
+    fitted(dim=dim).save(tmp_path / "two.json")
     assert (tmp_path / "one.json").read_bytes() == (tmp_path / "two.json").read_bytes()
 
 
@@ -56,7 +85,7 @@ def test_isotonic_map_is_monotone_and_learns_the_rate() -> None:
     score = np.repeat(np.linspace(0, 1, 10), 100)
     labels = (np.tile(np.arange(100), 10) < np.repeat(np.arange(10) * 10, 100)).astype(float)
     x, y = fit_isotonic(score, labels)
-    assert np.all(np.diff(x) > 0) and np.all(np.diff(y) >= 0)
+    assert np.all(np.diff(x) > 0) and np.all(np.diff(y) > 0)  # centred: no plateau
     assert np.interp(np.linspace(0, 1, 10)[5], x, y) == pytest.approx(0.5, abs=1e-9)
     table, ece = reliability(np.interp(score, x, y), labels)
     assert ece == pytest.approx(0.0, abs=1e-9) and sum(r["pairs"] for r in table) == 1000
@@ -66,7 +95,11 @@ def test_isotonic_map_is_monotone_and_learns_the_rate() -> None:
     ("change", "message"),
     [
         ({"format": "pickle"}, "not a verifier model"),
-        ({"version": 2}, "version 2 is not supported"),
+        ({"version": 3}, "version 3 is not supported; this release reads 1 and 2"),
+        ({"embedding": {"dim": 2, "features": ["product"], "model": ""}}, "retrain it"),
+        ({"embedding": {"dim": 4, "features": ["product", "abs_difference"]}}, "scale must be 29 numbers"),
+        ({"embedding": {"dim": -1, "features": [], "model": ""}}, "embedding.dim must be"),
+        ({"embedding": None}, 'needs "embedding"'),
         ({"features": ["cosine"]}, "retrain it with semantic-cache train-verifier"),
         ({"weights": [1.0]}, f"weights must be {len(FEATURES)} numbers"),
         ({"scale": [0.0] * len(FEATURES)}, "scale must be positive"),
@@ -103,15 +136,55 @@ def test_features_are_deterministic_and_symmetric_in_count_features() -> None:
     assert same[FEATURES.index("numbers_differ")] == 0.0
 
 
-async def test_the_shipped_model_loads_and_separates_a_look_alike() -> None:
-    scorer = ConfidenceScorer(load_model(BUILTIN), None)
-    paraphrase = await scorer.score(
-        "How do I reverse a list in Python?", "How can I reverse a list in Python?", 0.97
-    )
-    look_alike = await scorer.score(
-        "How do I turn on dark mode in Windows 11?", "How do I turn off dark mode in Windows 11?", 0.97
-    )
+def test_embedding_features_are_symmetric_and_match_row_by_row() -> None:
+    rng = np.random.default_rng(3)
+    u, v = rng.normal(size=(5, 6)), rng.normal(size=(5, 6))
+    both = embedding_features(u, v)
+    assert both.shape == (5, 12) and np.array_equal(both, embedding_features(v, u))
+    assert np.array_equal(both[2], embedding_features(u[2], v[2]))  # one pair = one row of many
+    assert np.array_equal(both[:, :6], u * v) and np.array_equal(both[:, 6:], np.abs(u - v))
+    text = rng.normal(size=(5, len(FEATURES)))
+    assert model_rows(text, None, None) is text
+    assert np.array_equal(model_rows(text, u, v), np.hstack([text, both]))
+
+
+async def test_a_model_reading_embeddings_uses_the_given_vectors_or_embeds_the_prompt() -> None:
+    model = fitted(dim=4)
+    q, c = "How do I reverse a list in Python?", "How can I reverse a list in Python?"
+    u, v = np.array([0.5, 0.5, 0.5, 0.5]), np.array([0.9, 0.1, 0.3, 0.3])
+    row = model_rows(finish(text_part(q, c, 0.9), None, None)[None, :], u[None, :], v[None, :])
+    want = float(model.probability(row)[0])
+    embedded: list[str] = []
+
+    async def embed(text: str) -> np.ndarray:
+        embedded.append(text)
+        return {q: u, c: v}[text]
+
+    scorer = ConfidenceScorer(model, None, embed)
+    assert await scorer.score(q, c, 0.9, query_vector=u, candidate_vector=v) == want and not embedded
+    # a backend that sent no stored vector back (an empty one): the prompt is embedded instead
+    empty = np.empty(0, dtype=np.float32)
+    assert await scorer.score(q, c, 0.9, query_vector=u, candidate_vector=empty) == want and embedded == [c]
+    with pytest.raises(ValueError, match="4-d embeddings"):
+        await ConfidenceScorer(model, None).score(q, c, 0.9)
+
+
+async def test_the_shipped_model_loads_and_separates_a_look_alike(model: tuple[EncodeFn, int]) -> None:
+    shipped = load_model(BUILTIN)
+    encode, dim = model
+    assert shipped.embedding_dim == dim and shipped.embedding_model == "all-MiniLM-L6-v2"
+
+    async def embed(text: str) -> np.ndarray:
+        return encode([text])[0]
+
+    scorer = ConfidenceScorer(shipped, None, embed)
+    pairs = [
+        ("How do I reverse a list in Python?", "How can I reverse a list in Python?"),
+        ("How do I turn on dark mode in Windows 11?", "How do I turn off dark mode in Windows 11?"),
+    ]
+    paraphrase, look_alike = [
+        await scorer.score(q, c, float(encode([q])[0] @ encode([c])[0])) for q, c in pairs
+    ]
     assert 0.0 <= look_alike < paraphrase <= 1.0
-    assert paraphrase == await scorer.score(
-        "How do I reverse a list in Python?", "How can I reverse a list in Python?", 0.97
-    )
+    q, c = pairs[0]
+    assert paraphrase == await scorer.score(q, c, float(encode([q])[0] @ encode([c])[0]))

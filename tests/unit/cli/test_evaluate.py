@@ -147,7 +147,7 @@ def test_cli_prints_the_table_and_json_last(capsys: pytest.CaptureFixture[str], 
     assert code == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[0].startswith("pairs 7 (positives 3, negatives 4")
-    assert any(line.startswith("| 0.80 | 0.70 | 4 | 3 | 1 |") for line in out)
+    assert any(line.startswith("| 0.80 | 0.75 | 4 | 3 | 1 |") for line in out)
     result = json.loads(out[-1])
     assert result["threshold"] == 0.8 and result["hits"] == 4 and result["correct"] == 3
     assert result["precision"] == 0.75 and len(result["rows"]) == 15
@@ -219,11 +219,11 @@ def test_eval_outside_the_repository_runs_on_defaults(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "no config/config.yaml here; using the default settings" in done.stderr
     out = done.stdout
-    assert "threshold 0.80, min_confidence 0.70: hits 4, correct 3, wrong 1" in out
+    assert "threshold 0.80, min_confidence 0.75: hits 4, correct 3, wrong 1" in out
     assert "repeats: that entry is the question itself up to case" in out  # every count explained
     # The strict count's one wrong hit is a repeated question: the clusters judge it correct.
     assert "judged by clusters: correct 4, wrong 0, unjudged 0" in out
-    assert "hits not judged correct at threshold 0.80, min_confidence 0.70: 0\nrejections: 2" in out
+    assert "hits not judged correct at threshold 0.80, min_confidence 0.75: 0\nrejections: 2" in out
     # --show-errors: each rejection with its guard, pair, similarity and whether it was right.
     assert "REJECTED by opposites similarity 0.9" in out
     assert '  candidate a: "How do I turn on dark mode in Windows 11?"' in out

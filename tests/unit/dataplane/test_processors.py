@@ -217,7 +217,7 @@ async def test_a_hit_carries_its_confidence_to_the_header_decision_span_and_metr
     shared, decisions, pending = make_shared()
 
     class Sure:
-        async def score(self, query: str, candidate: str, similarity: float) -> float:
+        async def score(self, query: str, candidate: str, similarity: float, **vectors: object) -> float:
             return 0.97314
 
     shared.cache.scorer = Sure()

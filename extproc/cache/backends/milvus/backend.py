@@ -47,6 +47,11 @@ _OUTPUT = [
 ]
 
 
+def _vector(value: Any) -> np.ndarray | None:
+    """A stored vector from a search result (None when the server sent none back)."""
+    return None if value is None else np.asarray(value, dtype=np.float32)
+
+
 class MilvusBackend(MilvusBulkOps):
     """Entries in a Milvus collection (a server, or embedded Milvus Lite for a file URI)."""
 
@@ -284,14 +289,18 @@ class MilvusBackend(MilvusBulkOps):
                 limit=top_k,
                 filter=flt,
                 search_params=params,
-                output_fields=_OUTPUT,
+                output_fields=[*_OUTPUT, s.vector_field],  # the learned verifier reads both vectors
                 consistency_level=s.consistency_level,
                 **self._fast,
             )
 
         hits = (await self._call(run, self.call_timeout))[0]
         out = [
-            Candidate(self._entry(h["entity"] | {"id": h["id"]}), self._similarity(float(h["distance"])))
+            Candidate(
+                self._entry(h["entity"] | {"id": h["id"]}),
+                self._similarity(float(h["distance"])),
+                _vector(h["entity"].get(s.vector_field)),
+            )
             for h in hits
         ]
         out.sort(key=lambda c: c.similarity, reverse=True)
