@@ -69,11 +69,11 @@ class MemoScorer:
         self.scorer = scorer
         self.memo: dict[tuple[str, str], float] = {}
 
-    async def score(self, query: str, candidate: str, similarity: float) -> float:
-        """The wrapped scorer's confidence, memoized."""
+    async def score(self, query: str, candidate: str, similarity: float, **vectors: Any) -> float:
+        """The wrapped scorer's confidence, memoized (``vectors``: the two embeddings it may read)."""
         key = (query, candidate)
         if key not in self.memo:
-            self.memo[key] = await self.scorer.score(query, candidate, similarity)
+            self.memo[key] = await self.scorer.score(query, candidate, similarity, **vectors)
         return self.memo[key]
 
 
