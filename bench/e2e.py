@@ -97,6 +97,19 @@ def row_of(result: load.Result, **key: Any) -> dict[str, Any]:
     }
 
 
+MEASURED = (
+    "p99_ms",
+    "rps",
+    "ttft_p50_ms",
+    "gap_p50_ms",
+    "lookup_mean_ms",
+    "embed_mean_ms",
+    "processor_cpu_ms",
+    "machine_cpu_ms",
+)
+"""Columns of a phase's row beyond p50/p90, medians over repeats (the table prints them after ``cols``)."""
+
+
 def cpu_seconds(pid: int | None = None) -> float:
     """CPU seconds used so far by process ``pid`` (all its threads), or by the whole machine."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -186,18 +199,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (latency, c, phase, target), rs in sorted(groups.items(), key=lambda kv: kv[0]):
         agg: dict[str, Any] = {"latency_ms": latency, "concurrency": c, "phase": phase, "target": target}
-        for col in (
-            "p50_ms",
-            "p90_ms",
-            "p99_ms",
-            "rps",
-            "ttft_p50_ms",
-            "gap_p50_ms",
-            "lookup_mean_ms",
-            "embed_mean_ms",
-            "processor_cpu_ms",
-            "machine_cpu_ms",
-        ):
+        for col in ("p50_ms", "p90_ms", *MEASURED):
             agg[col] = round(median(r.get(col, float("nan")) for r in rs), 3)
         agg["runs"] = len(rs)
         outcomes: dict[str, int] = {}
@@ -340,16 +342,7 @@ def print_report(doc: dict[str, Any]) -> None:
     print(
         table(
             doc["summary"],
-            [
-                *cols,
-                "ttft_p50_ms",
-                "gap_p50_ms",
-                "lookup_mean_ms",
-                "embed_mean_ms",
-                "processor_cpu_ms",
-                "machine_cpu_ms",
-                "outcomes",
-            ],
+            [*cols, *MEASURED[2:], "outcomes"],
         )
     )
     print("\nAdded by the processor (cache − envoy, medians over repeats):\n")

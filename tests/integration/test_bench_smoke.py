@@ -21,18 +21,24 @@ from tests.conftest import ROOT, MilvusServer
 pytestmark = pytest.mark.integration
 
 
-def run_bench(module: str, out: Path, *args: str, header: str = "| target") -> dict[str, Any]:
-    """Run ``python -m bench.MODULE`` from the repository root; return its JSON result."""
+def bench_stdout(module: str, *args: str, timeout: float = 600) -> str:
+    """Run ``python -m bench.MODULE ARGS`` from the repository root; its stdout (it must succeed)."""
     done = subprocess.run(
-        [sys.executable, "-m", f"bench.{module}", "--out", str(out), "--data", str(SAMPLE), *args],
+        [sys.executable, "-m", f"bench.{module}", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert header in done.stdout  # the tables were printed
+    return done.stdout
+
+
+def run_bench(module: str, out: Path, *args: str, header: str = "| target") -> dict[str, Any]:
+    """Run ``python -m bench.MODULE`` on the sample pairs; return its JSON result."""
+    stdout = bench_stdout(module, "--out", str(out), "--data", str(SAMPLE), *args)
+    assert header in stdout  # the tables were printed
     return json.loads(out.read_text())
 
 
@@ -108,44 +114,20 @@ def test_gptcache_compare_smoke(tmp_path: Path) -> None:
 
 
 def test_volatile_rate_smoke() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.volatile_rate", "--data", str(SAMPLE), "--show", "3"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    head = done.stdout.splitlines()[0]
+    stdout = bench_stdout("volatile_rate", "--data", str(SAMPLE), "--show", "3", timeout=120)
+    head = stdout.splitlines()[0]
     assert head.startswith("questions=") and "flagged=" in head and "rate=" in head
 
 
 def test_remote_embedding_smoke() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.remote_embedding", "--queries", "20", "--data", str(SAMPLE)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = [line.split() for line in done.stdout.splitlines() if line.startswith(("local", "remote"))]
+    stdout = bench_stdout("remote_embedding", "--queries", "20", "--data", str(SAMPLE), timeout=300)
+    rows = [line.split() for line in stdout.splitlines() if line.startswith(("local", "remote"))]
     assert [r[0] for r in rows] == ["local", "remote"] * 2 and all(float(r[2]) > 0 for r in rows)
 
 
 def test_verification_sim_smoke() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.verification_sim", "--pairs", str(SAMPLE), "--length", "1500"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = done.stdout.splitlines()
+    stdout = bench_stdout("verification_sim", "--pairs", str(SAMPLE), "--length", "1500", timeout=600)
+    lines = stdout.splitlines()
     assert lines[0].startswith("1500 requests")
     for name in ("static 0.7", "bound 0.01", "bound 0.02", "bound 0.05"):
         assert any(line.startswith(name) and "wrong" in line and "verify calls" in line for line in lines)
