@@ -336,7 +336,9 @@ def milvus_yaml(path: Path, uri: str, name: str, **sections: Any) -> Path:
             "vector_field": {"name": "embedding", "dimension": 384, "metric_type": "IP"},
             "index": {"type": "HNSW", "params": {"M": 16, "efConstruction": 64}},
         },
-        "search": {"params": {"ef": 64}, "topk": 10, "consistency_level": "Strong"},
+        # The first search of a new collection waits for its insert to be visible (Strong): on a
+        # busy machine that passes the 1 s default, which no test here is about.
+        "search": {"params": {"ef": 64}, "topk": 10, "consistency_level": "Strong", "timeout_ms": 10_000},
         "development": {"auto_create_collection": True},
         "maintenance": {"sweep_interval_seconds": 1},
     }

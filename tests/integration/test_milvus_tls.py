@@ -40,10 +40,7 @@ def one_way_milvus(tmp_path_factory: pytest.TempPathFactory, milvus_server: Milv
 def tls_yaml(path: Path, server: MilvusServer, **tls: str) -> Path:
     """A milvus.yaml with TLS on, verifying the name in the test server's certificate."""
     conn = {"tls": {"enabled": True, "server_name": "localhost", **tls}, "timeout": 10}
-    # The first search of a new collection waits for its insert to be visible: on a busy machine
-    # that can pass the default 1 s search timeout, which is not what these tests are about.
-    search = {"timeout_ms": 10_000}
-    return milvus_yaml(path, server.uri, f"tls_{uuid.uuid4().hex[:8]}", connection=conn, search=search)
+    return milvus_yaml(path, server.uri, f"tls_{uuid.uuid4().hex[:8]}", connection=conn)
 
 
 async def store_and_hit(model: tuple[EncodeFn, int], cfg: Path) -> None:
