@@ -49,6 +49,16 @@ def too_old(entry: CacheEntry, now: float, max_age: float | None) -> bool:
     return max_age is not None and now - entry.created_at >= max_age
 
 
+async def _within(judging: Any, deadline: float | None, embedder: Embedder) -> Any:
+    """Await ``judging``, or raise :class:`Overloaded` when ``deadline`` passes first."""
+    if deadline is None:
+        return await judging
+    try:
+        return await asyncio.wait_for(judging, max(0.0, deadline - time.perf_counter()))
+    except TimeoutError:
+        raise Overloaded(f"candidate not judged within the budget (backlog {embedder.backlog})") from None
+
+
 class SemanticCache:
     """The cache API the processor uses: :meth:`check` then :meth:`store`."""
 
@@ -111,11 +121,13 @@ class SemanticCache:
                 confidence=1.0,
                 timings=timings,
             )
+        # The wait counts from here: the exact lookup is the backend's time (lookup_timeout_ms).
+        deadline = None if max_wait is None else time.perf_counter() + max_wait
         if vector is None:
-            # The wait counts from here: the exact lookup is the backend's time (lookup_timeout_ms).
-            deadline = None if max_wait is None else time.perf_counter() + max_wait
             vector = await self._embed_within(query.prompt, deadline, timings)
-        result = await self.check_vector(query, vector, threshold, now, max_age, min_confidence, explain)
+        result = await self.check_vector(
+            query, vector, threshold, now, max_age, min_confidence, explain, deadline=deadline
+        )
         result.timings.update(timings)
         return result
 
@@ -125,7 +137,8 @@ class SemanticCache:
         """The query's embedding, or :class:`Overloaded` when the wait would pass ``deadline``
         (predicted before queueing, enforced while waiting: a pass may run longer than fitted)."""
         left = None if deadline is None else deadline - time.perf_counter()
-        if left is not None and self.embedder.expected_wait() > left:
+        # Judging a candidate may need one more pass (the word vectors of the query): part of the wait.
+        if left is not None and self.embedder.expected_wait() + self._judge_pass() > left:
             raise Overloaded(f"embedding backlog {self.embedder.backlog}")
         with timed(timings, "embed_ms"), tracer.start_as_current_span("semantic_cache.embed"):
             try:
@@ -146,8 +159,12 @@ class SemanticCache:
         max_age: float | None = None,
         min_confidence: float | None = None,
         explain: bool = False,
+        *,
+        deadline: float | None = None,
     ) -> LookupResult:
-        """The semantic half of :meth:`check`, for callers that already have the embedding."""
+        """The semantic half of :meth:`check`, for callers that already have the embedding;
+        judging candidates past ``deadline`` (``perf_counter`` time) raises
+        :class:`~extproc.errors.Overloaded` (its word-vector passes queue with the embeddings)."""
         now = time.time() if now is None else now
         limit = self.similarity_threshold if threshold is None else threshold
         floor = self.min_confidence if min_confidence is None else min_confidence
@@ -169,14 +186,15 @@ class SemanticCache:
             if too_old(entry, now, max_age):
                 result.rejections.append("max_age")
                 continue
+            judging = self.judge(
+                query.prompt,
+                entry.prompt,
+                candidate.similarity,
+                query_vector=vector,
+                candidate_vector=candidate.vector if candidate.vector is not None else entry.vector,
+            )
             with timed(timings, "verify_ms"):
-                rejected, confidence = await self.judge(
-                    query.prompt,
-                    entry.prompt,
-                    candidate.similarity,
-                    query_vector=vector,
-                    candidate_vector=candidate.vector if candidate.vector is not None else entry.vector,
-                )
+                rejected, confidence = await _within(judging, deadline, self.embedder)
             if rejected:
                 if not result.rejections:
                     result.rejected_similarity, result.rejected_prompt = candidate.similarity, entry.prompt
@@ -196,6 +214,10 @@ class SemanticCache:
             if not explain:
                 return result
         return result
+
+    def _judge_pass(self) -> float:
+        """Predicted seconds of the forward pass that judging a candidate adds (0 without one)."""
+        return self.embedder.cost.seconds(1) if self.scorer is not None and self.embedder.has_words else 0.0
 
     async def judge(
         self,

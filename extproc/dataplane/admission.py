@@ -11,10 +11,15 @@ the vector search are bounded by ``lookup_timeout_ms`` alone (a slow backend is 
 
 from __future__ import annotations
 
+LOOKUP_SHARE = 0.75
+"""The part of ``max_added_latency_ms`` a lookup may use.  The rest is the response's: its two
+trips through the processor's event loop and the CPU the passes take from Envoy and the
+upstream beside it, 30–40 ms at p99 past the knee on 2 cores (bench/README.md, open loop)."""
+
 
 def embedding_budget(budget_ms: int, elapsed: float, loop_lag: float) -> float | None:
     """Seconds the embedding of a request ``elapsed`` seconds old may still take (None when
     ``budget_ms`` is 0: no admission control; negative when the budget is already spent)."""
     if budget_ms <= 0:
         return None
-    return budget_ms / 1000 - elapsed - loop_lag
+    return budget_ms * LOOKUP_SHARE / 1000 - elapsed - loop_lag

@@ -83,6 +83,31 @@ class CostModel:
         return self.fixed + self.per_item * max(n, 1)
 
 
+class WaitCorrection:
+    """How far real lookup waits run past their predictions, learned from every lookup.
+
+    The queue model sees the passes it started, not the CPU they share with the event loop,
+    Envoy, or word-vector passes queued in the same executor; under a CPU crunch its waits come
+    out short, and a lookup admitted on such a prediction then waits out the whole latency
+    budget before it is shed.  Scaling the prediction by the recent ratio of real to predicted
+    waits (an exponentially weighted mean, clamped) makes admission shed at the door instead.
+    The mean rises faster than it falls: an optimistic prediction costs a request its budget, a
+    pessimistic one only a semantic lookup.
+    """
+
+    def __init__(self, up: float = 0.2, down: float = 0.1, low: float = 0.5, high: float = 10.0) -> None:
+        self.factor = 1.0
+        """Real wait / predicted wait, recently."""
+        self._up, self._down, self._low, self._high = up, down, low, high
+
+    def observe(self, predicted: float, waited: float) -> None:
+        """Fold in one lookup predicted to wait ``predicted`` seconds that waited ``waited``."""
+        if predicted <= 0:
+            return
+        ratio = min(self._high, max(self._low, waited / predicted))
+        self.factor += (self._up if ratio > self.factor else self._down) * (ratio - self.factor)
+
+
 class _Queue:
     """Texts waiting for one encode function: lookups first, then stores."""
 
@@ -125,6 +150,8 @@ class Embedder:
         self._tasks: set[asyncio.Task[None]] = set()
         self.cost = CostModel()
         """Seconds per sentence pass, fitted to the passes run so far."""
+        self.correction = WaitCorrection()
+        """Real / predicted lookup waits: scales :meth:`expected_wait`."""
         self.batches = 0
         self.encoded = 0
         self.on_batch: Callable[[int], None] | None = None
@@ -141,7 +168,22 @@ class Embedder:
         return len(self._sentences)
 
     def expected_wait(self) -> float:
-        """Seconds a new lookup would wait for its vector, queueing included (a prediction)."""
+        """Seconds a new lookup would wait for its vector, queueing included (a prediction,
+        corrected by how far recent waits ran past theirs)."""
+        if self._idle_worker():
+            # A pass starts at once: admit it uncorrected, or a factor learned in a crunch would
+            # shed every lookup, and with no lookups nothing would ever correct it back.
+            return self.cost.seconds(1)
+        return self._queue_wait() * self.correction.factor
+
+    def _idle_worker(self) -> bool:
+        """True when a worker is free and no text waits: a new lookup's pass starts at once."""
+        queues = [q for q in (self._sentences, self._words) if q is not None]
+        running = sum(len(q.running) for q in queues)
+        return running < self.workers and not any(q.pending for q in queues)
+
+    def _queue_wait(self) -> float:
+        """The queue model's wait of a new lookup, before correction."""
         # Word-vector passes (the verifier's) run the same model on the same workers: a lookup
         # waits behind those queued too, at about a sentence pass's cost.
         queues = [q for q in (self._sentences, self._words) if q is not None]
@@ -149,7 +191,7 @@ class Embedder:
         running = [slot for q in queues for slot in q.running]
         busy = sorted(max(0.0, start + self.cost.seconds(n) - now) for n, start in running)
         ahead = sum(len(q.pending) for q in queues)  # stores do not delay lookups
-        if len(busy) < self.workers and ahead == 0:
+        if self._idle_worker():
             return self.cost.seconds(1)
         rounds = math.ceil((ahead + 1) / (self.max_batch * self.workers))
         first_free = busy[0] if len(busy) >= self.workers else 0.0
@@ -160,7 +202,14 @@ class Embedder:
 
         ``deferred`` (stores) waits behind every queued lookup.
         """
-        result: np.ndarray = await self._submit(self._sentences, text, deferred)
+        if deferred:
+            stored: np.ndarray = await self._submit(self._sentences, text, deferred)
+            return stored
+        predicted, started = self._queue_wait(), time.perf_counter()
+        try:
+            result: np.ndarray = await self._submit(self._sentences, text)
+        finally:  # a lookup given up on (its budget spent) waited at least this long: learn that too
+            self.correction.observe(predicted, time.perf_counter() - started)
         return result
 
     async def embed_words(self, text: str) -> WordVectors:

@@ -183,6 +183,7 @@ class ChatCompletionsProcessor(RequestSettings, VerifiedHits, Processor):
             return m.request_body()
         finally:
             self.decision.timings["lookup_ms"] = (time.perf_counter() - started) * 1000
+            self.decision.timings["before_lookup_ms"] = (started - self.arrived) * 1000
         lookup = self._lookup = self._bounded(self._lookup)
         d = self.decision
         d.candidates, d.best_similarity, d.rejected_by = (

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from extproc.dataplane.admission import embedding_budget
+from extproc.dataplane.admission import LOOKUP_SHARE, embedding_budget
 
 
 def test_no_budget_means_no_admission_control() -> None:
@@ -14,8 +14,10 @@ def test_no_budget_means_no_admission_control() -> None:
 
 
 def test_the_budget_counts_from_arrival_and_charges_the_loop_lag() -> None:
-    assert embedding_budget(150, elapsed=0.040, loop_lag=0.010) == pytest.approx(0.100)
-    assert embedding_budget(150, elapsed=0.2, loop_lag=0.05) == pytest.approx(-0.1)  # spent
+    lookup = 0.150 * LOOKUP_SHARE  # the rest of the budget is the response path's
+    assert 0.05 < lookup < 0.150
+    assert embedding_budget(150, elapsed=0.040, loop_lag=0.010) == pytest.approx(lookup - 0.050)
+    assert embedding_budget(150, elapsed=0.2, loop_lag=0.05) < 0  # spent
 
 
 async def test_an_embedding_that_outlasts_the_budget_is_given_up() -> None:
@@ -70,3 +72,30 @@ async def test_a_request_that_waited_past_the_budget_gets_only_the_exact_lookup(
     on_time.on_request_headers(headers(CHAT), False)
     await on_time.on_request_body(chat_body("capital city of spain?"), True)
     assert on_time.decision.reason != "overloaded" and shared.cache.embedder.encoded == encoded + 1
+
+
+async def test_judging_a_candidate_past_the_budget_is_given_up() -> None:
+    """The verifier's word-vector pass queues with the embeddings: it is bounded by the same
+    deadline, so an admitted lookup cannot overrun the budget while its candidate is judged."""
+    import numpy as np
+
+    from extproc.cache import CacheQuery, MemoryBackend, SemanticCache
+    from extproc.embedding.batcher import Embedder
+    from extproc.errors import Overloaded
+
+    class SlowScorer:
+        async def score(self, query: str, candidate: str, similarity: float, **_: object) -> float:
+            await asyncio.sleep(0.3)
+            return 0.99
+
+    def encode(texts: list[str]) -> np.ndarray:
+        return np.ones((len(texts), 4), dtype=np.float32) / 2
+
+    cache = SemanticCache(MemoryBackend(4, 10), Embedder(encode, 4), 0.9, 5, 60, scorer=SlowScorer())
+    stored = CacheQuery(model="m", scope="", fingerprint="f", partition="p", exact_key="a", prompt="one")
+    await cache.store(stored, {"choices": []})
+    query = CacheQuery(model="m", scope="", fingerprint="f", partition="p", exact_key="b", prompt="two")
+    with pytest.raises(Overloaded, match="judged"):
+        await cache.check(query, max_wait=0.1)
+    assert (await cache.check(query)).match == "semantic"  # no budget: judged however long it takes
+    cache.embedder.close()

@@ -33,6 +33,9 @@ CHAT = [(":method", "POST"), (":path", "/v1/chat/completions"), ("content-type",
 def make_shared(**overrides: Any) -> tuple[Shared, list[Decision], list[Any]]:
     """A Shared over the memory backend and a toy embedding; decisions and spawned stores collected."""
     cache = SemanticCache(MemoryBackend(DIM, 100), Embedder(toy_encode, DIM), 0.9, 5, 60)
+    # No admission control unless a test asks: a first call that imports or starts a thread on
+    # a busy machine must not be shed as overloaded (tests/unit/dataplane/test_admission.py).
+    overrides.setdefault("max_added_latency_ms", 0)
     decisions: list[Decision] = []
     pending: list[Any] = []
     shared = Shared(

@@ -8,9 +8,10 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
+import pytest
 
 from extproc.cache import MemoryBackend, SemanticCache
-from extproc.embedding.batcher import CostModel, Embedder
+from extproc.embedding.batcher import CostModel, Embedder, WaitCorrection
 from extproc.errors import Overloaded
 from tests.support.toy import DIM, answer, query, toy_encode
 
@@ -81,6 +82,37 @@ async def test_expected_wait_grows_with_the_backlog() -> None:
     loaded = embedder.expected_wait()
     assert loaded > 4 * idle  # five more passes of up to 4 ahead of a new query
     await asyncio.gather(*pending)
+    embedder.close()
+
+
+def test_wait_correction_rises_fast_falls_slowly_and_is_clamped() -> None:
+    correction = WaitCorrection(up=0.5, down=0.1, low=0.5, high=4.0)
+    correction.observe(0.01, 0.03)  # waited three times the prediction
+    assert correction.factor == 2.0
+    correction.observe(0.01, 0.01)
+    assert correction.factor == 1.9  # back down by a tenth of the gap only
+    for _ in range(50):
+        correction.observe(0.01, 1.0)  # a hundred times: clamped
+    assert 3.9 < correction.factor <= 4.0
+    correction.observe(0.0, 1.0)  # nothing predicted: nothing learned
+    assert 3.9 < correction.factor <= 4.0
+
+
+async def test_lookups_that_wait_longer_than_predicted_raise_the_prediction() -> None:
+    """Waits under a CPU crunch run past the queue model: the prediction follows them, except
+    for a lookup that would start at once (so a crunch that is over can be seen to be over)."""
+    encoder = SlowEncoder(fixed=0.03, per_item=0.001)
+    embedder = Embedder(encoder, DIM, max_batch=4, workers=1)
+    for i in range(6):
+        await embedder.embed(f"warm {i}")
+    assert embedder.expected_wait() == embedder.cost.seconds(1)  # idle: uncorrected
+    embedder.correction.factor = 3.0
+    assert embedder.expected_wait() == embedder.cost.seconds(1)  # still idle: a pass starts at once
+    pending = [asyncio.create_task(embedder.embed(f"q {i}")) for i in range(8)]
+    await asyncio.sleep(0)
+    assert embedder.expected_wait() == pytest.approx(3.0 * embedder._queue_wait(), rel=0.01)
+    await asyncio.gather(*pending)
+    assert embedder.correction.factor < 3.0  # those waits were as predicted: the factor falls
     embedder.close()
 
 
