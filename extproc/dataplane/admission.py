@@ -11,7 +11,7 @@ the vector search are bounded by ``lookup_timeout_ms`` alone (a slow backend is 
 
 from __future__ import annotations
 
-LOOKUP_SHARE = 0.75
+LOOKUP_SHARE = 2 / 3
 """The part of ``max_added_latency_ms`` a lookup may use.  The rest is the response's: its two
 trips through the processor's event loop and the CPU the passes take from Envoy and the
 upstream beside it, 30–40 ms at p99 past the knee on 2 cores (bench/README.md, open loop)."""

@@ -29,13 +29,17 @@ from extproc.embedding.base import EncodeFn, WordVectors
 
 log = logging.getLogger(__name__)
 
-WORKER_NICE = 5
-"""How much lower the embedding threads' CPU priority is than the rest of the process.
+WORKER_NICE = 19
+"""How much lower the embedding threads' CPU priority is than the rest of the process (19: the
+lowest there is).
 
 A forward pass is the one long CPU burst in the processor.  When passes fill every core, the
 event loop (every ext_proc message, exact hits, pass-throughs) and an Envoy sharing the pod
-would queue behind them; at a lower priority the passes get the CPU the rest leaves, so cheap
-paths stay cheap under load and admission control sees the embedding queue grow instead.
+would queue behind them; at the lowest priority the passes get the CPU the rest leaves, so cheap
+paths stay cheap under load and admission control sees the embedding queue grow instead.  At
+twice capacity on 2 cores, 19 instead of 5 cut the added p99 from 137-155 ms to 110-121 and
+served more hits (bench/README.md, open loop): 5 still let the passes take CPU the client and
+Envoy needed.
 """
 
 
