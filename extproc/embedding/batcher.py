@@ -19,6 +19,7 @@ import math
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -50,6 +51,12 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + WORKER_NICE))
     except (AttributeError, OSError) as exc:  # not Linux, or a sandbox forbidding it: keep the default
         log.debug("embedding threads keep their priority: %s", exc)
+
+
+KEEP_WORDS = 256
+"""Texts whose word vectors are kept from their sentence pass (the most recent first)."""
+KEEP_WORDS_CHARS = 300
+"""Only texts up to this long are kept (their token vectors are ~1.5 KB per token)."""
 
 
 class CostModel:
@@ -148,9 +155,14 @@ class Embedder:
         self._executor = ThreadPoolExecutor(
             max_workers=self.workers, thread_name_prefix="embed", initializer=_lower_priority
         )
-        self._sentences = _Queue(encode)
         words = getattr(encode, "words", None)
         self._words = _Queue(words) if words is not None else None
+        self._with_words: Callable[[Sequence[str]], tuple[np.ndarray, list[Callable[[], WordVectors]]]] | None
+        self._with_words = getattr(encode, "with_words", None) if words is not None else None
+        self._sentences = _Queue(self._encode_keeping_words if self._with_words is not None else encode)
+        self._kept: OrderedDict[str, Callable[[], WordVectors]] = OrderedDict()
+        """Word vectors of recently embedded texts, from their sentence pass (made when asked)."""
+        self._kept_lock = threading.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self.cost = CostModel()
         """Seconds per sentence pass, fitted to the passes run so far."""
@@ -217,14 +229,34 @@ class Embedder:
         return result
 
     async def embed_words(self, text: str) -> WordVectors:
-        """Per-word contextual vectors of one text, on the same workers and batched the same way."""
+        """Per-word contextual vectors of one text: from the text's own sentence pass when it was
+        embedded recently (a lookup's query, a stored prompt), else a pass of their own on the
+        same workers, batched the same way."""
         if self._words is None:
             raise RuntimeError(
                 "this embedding model gives no word vectors; disable guard_content or use a "
                 "sentence-transformers model with a fast (BERT-style) tokenizer"
             )
+        with self._kept_lock:
+            kept = self._kept.pop(text, None)
+        if kept is not None:
+            return kept()  # a few hundred µs of numpy: cheaper than a hop to a busy worker
         result: WordVectors = await self._submit(self._words, text)
         return result
+
+    def _encode_keeping_words(self, texts: Sequence[str]) -> np.ndarray:
+        """The sentence pass, keeping each short text's word vectors for :meth:`embed_words`
+        (the verifier asks for the query's right after its lookup: no second forward pass)."""
+        assert self._with_words is not None
+        vectors, later = self._with_words(texts)
+        with self._kept_lock:
+            for text, words in zip(texts, later, strict=True):
+                if len(text) <= KEEP_WORDS_CHARS:
+                    self._kept[text] = words
+                    self._kept.move_to_end(text)
+            while len(self._kept) > KEEP_WORDS:
+                self._kept.popitem(last=False)
+        return vectors
 
     async def embed_many(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings of many texts in batches of ``max_batch`` (for tools, not the hot path)."""

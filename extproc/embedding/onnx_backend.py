@@ -16,7 +16,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -208,15 +209,30 @@ class OnnxEncoder:
         encodings = self.tokenizer.encode_batch(list(texts))
         out = np.empty((len(encodings), self.dim), dtype=np.float32)
         for group in length_groups([len(e.ids) for e in encodings]):
-            out[group] = self._run([encodings[i] for i in group])
+            out[group] = self._run([encodings[i] for i in group])[0]
         return out
+
+    def with_words(self, texts: Sequence[str]) -> tuple[np.ndarray, list[Callable[[], WordVectors]]]:
+        """:meth:`__call__` and, from the same forward pass, each text's word vectors (made when
+        called: most lookups never need them, and a verifier that does is spared a second pass)."""
+        encodings = self.tokenizer.encode_batch(list(texts))
+        out = np.empty((len(encodings), self.dim), dtype=np.float32)
+        later: list[Callable[[], WordVectors] | None] = [None] * len(encodings)
+        for group in length_groups([len(e.ids) for e in encodings]):
+            vectors, hidden = self._run([encodings[i] for i in group], "embedding", "tokens")
+            out[group] = vectors
+            for row, i in enumerate(group):
+                e = encodings[i]
+                tokens = hidden[row, : len(e.ids)].copy()  # not the whole padded batch
+                later[i] = partial(word_vectors, tokens, e.ids, e.word_ids, self._decode)
+        return out, [f for f in later if f is not None]
 
     def words(self, texts: Sequence[str]) -> list[WordVectors]:
         """Per-word contextual vectors (the token vectors the sentence vector pools), as torch gives."""
         encodings = self.tokenizer.encode_batch(list(texts))
         out: list[WordVectors | None] = [None] * len(encodings)
         for group in length_groups([len(e.ids) for e in encodings]):
-            hidden = self._run([encodings[i] for i in group], "tokens")
+            hidden = self._run([encodings[i] for i in group], "tokens")[0]
             for row, i in enumerate(group):
                 e = encodings[i]
                 out[i] = word_vectors(hidden[row], e.ids, e.word_ids, self._decode)
@@ -225,7 +241,8 @@ class OnnxEncoder:
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
-    def _run(self, encodings: list[Any], output: str = "embedding") -> np.ndarray:
+    def _run(self, encodings: list[Any], *outputs: str) -> list[np.ndarray]:
+        """One forward pass over ``encodings``: the named outputs (default: the sentence vectors)."""
         width = max(len(e.ids) for e in encodings)
         columns = {name: np.zeros((len(encodings), width), dtype=np.int64) for name in self.inputs}
         for row, e in enumerate(encodings):
@@ -237,7 +254,7 @@ class OnnxEncoder:
             ):
                 if name in columns:
                     columns[name][row, :n] = values
-        return self.session.run([output], columns)[0]
+        return list(self.session.run(list(outputs or ("embedding",)), columns))
 
 
 def usable_cores() -> int:

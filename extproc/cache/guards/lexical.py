@@ -302,6 +302,27 @@ def analyze(text: str) -> Analysis:
     )
 
 
+@lru_cache(maxsize=8192)
+def canonical(text: str) -> tuple[str, ...]:
+    """The words of ``text`` with each way of writing one number, unit or symbol made one
+    ("15%", "15 percent" and "fifteen percent" all read 15 percent): two prompts with the same
+    canonical words ask the same thing, however they spell it."""
+    words = list(analyze(text).words)
+    out: list[str] = []
+    i = 0
+    while i < len(words):
+        value, used = _parse_number_words(words, i)
+        if used:
+            out.append(str(value))
+            i += used
+            continue
+        word = words[i]
+        # "pound" is a weight or a currency: kept as written, never made "lb".
+        out.append("percent" if word == "percentage" else word if word == "pound" else _UNITS.get(word, word))
+        i += 1
+    return tuple(out)
+
+
 _SENTENCE_ENDS = frozenset('.!?:;"(\n')
 _LETTERS = re.compile(r"[^\W\d_]+")
 
