@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import numpy as np
 import pytest
 
 from extproc.cache import MemoryBackend, SemanticCache
+from extproc.embedding.base import WordVectors
 from extproc.embedding.batcher import CostModel, Embedder, WaitCorrection
 from extproc.errors import Overloaded
 from tests.support.toy import DIM, answer, query, toy_encode
@@ -138,3 +140,44 @@ async def test_overloaded_lookup_still_finds_exact_repeats() -> None:
         raise AssertionError("a store embedded past the latency budget")
     await asyncio.gather(*backlog)
     cache.embedder.close()
+
+
+class WordsEncoder:
+    """The toy encoder with word vectors, both from one pass (``with_words``) or a pass of their own."""
+
+    thread_safe = True
+
+    def __init__(self) -> None:
+        self.word_passes: list[list[str]] = []
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        return toy_encode(texts)
+
+    def words(self, texts: Sequence[str]) -> list[WordVectors]:
+        self.word_passes.append(list(texts))
+        return [self._words(t) for t in texts]
+
+    def with_words(self, texts: Sequence[str]) -> tuple[np.ndarray, list[Callable[[], WordVectors]]]:
+        return toy_encode(texts), [partial(self._words, t) for t in texts]
+
+    @staticmethod
+    def _words(text: str) -> WordVectors:
+        words = tuple(text.split())
+        return WordVectors(words, np.ones((len(words), DIM), dtype=np.float32))
+
+
+async def test_a_lookups_word_vectors_come_from_its_own_pass() -> None:
+    """The verifier asks for the query's word vectors right after its lookup: no second pass
+    for them (nor for a text embedded recently); a text never embedded gets a pass of its own."""
+    encoder = WordsEncoder()
+    embedder = Embedder(encoder, DIM, max_batch=8, workers=1)
+    await embedder.embed("what is the capital of spain")
+    words = await embedder.embed_words("what is the capital of spain")
+    assert words.words[-1] == "spain" and encoder.word_passes == []
+    fresh = await embedder.embed_words("never embedded")
+    assert fresh.words == ("never", "embedded") and encoder.word_passes == [["never embedded"]]
+    long = "word " * 100  # too long to keep: its words get a pass when asked
+    await embedder.embed(long)
+    await embedder.embed_words(long)
+    assert len(encoder.word_passes) == 2
+    embedder.close()
