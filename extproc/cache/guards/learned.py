@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from extproc.cache.guards.features import EMBEDDING_FEATURES, FEATURES, finish, model_rows, text_part
+from extproc.cache.guards.lexical import canonical
 from extproc.config.env import resolve_relative
 from extproc.errors import ConfigError
 
@@ -34,6 +35,11 @@ FORMAT = "semantic-cache-verifier"
 VERSION = 2
 """What :meth:`VerifierModel.save` writes; :data:`READS` lists what :func:`parse_model` accepts."""
 READS = (1, 2)
+SAME_WORDS = 0.98
+"""The confidence of two prompts with the same canonical words (case, spacing, quiet marks and
+the spelling of numbers, units and symbols aside: "15%" / "fifteen percent"): the same question.
+On qqp-dev, 114 of the 122 such pairs (not identical ignoring case) are labelled duplicates,
+and the other 8 are the same question too ("the purpose of life ?" / "…life?")."""
 BUILTIN = "builtin"
 """The ``verifier_model`` value naming the model shipped in the package."""
 BUILTIN_FILES = {"embeddings": "verifier.json", "text": "verifier-text.json"}
@@ -225,7 +231,10 @@ class ConfidenceScorer:
         candidate_vector: np.ndarray | None = None,
     ) -> float:
         """Calibrated P(same meaning) of the pair (word vectors only when they can matter; the
-        two embeddings when the model reads them)."""
+        two embeddings when the model reads them); :data:`SAME_WORDS` at least when the two say
+        the same words, however they write them."""
+        if canonical(query) == canonical(candidate):
+            return SAME_WORDS
         part = text_part(query, candidate, similarity)
         words_a = words_b = None
         if part.needs_words and self.words is not None:

@@ -302,13 +302,18 @@ def analyze(text: str) -> Analysis:
     )
 
 
+_QUIET_MARKS = frozenset(".,?!'\"’‘`:;%$€£°")
+"""Marks that change nothing a question asks (or that the words already say: % is "percent")."""
+
+
 @lru_cache(maxsize=8192)
 def canonical(text: str) -> tuple[str, ...]:
     """The words of ``text`` with each way of writing one number, unit or symbol made one
     ("15%", "15 percent" and "fifteen percent" all read 15 percent): two prompts with the same
     canonical words ask the same thing, however they spell it."""
     words = list(analyze(text).words)
-    out: list[str] = []
+    # Symbols the words drop still say something ("C++" is not "C", "=" not "=="): kept in order.
+    out: list[str] = [ch for ch in text if not (ch.isalnum() or ch.isspace() or ch in _QUIET_MARKS)]
     i = 0
     while i < len(words):
         value, used = _parse_number_words(words, i)

@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 
 from extproc.cache.guards.features import FEATURES, embedding_features, finish, model_rows, text_part
-from extproc.cache.guards.learned import BUILTIN, ConfidenceScorer, VerifierModel, load_model, parse_model
+from extproc.cache.guards.learned import (
+    BUILTIN,
+    SAME_WORDS,
+    ConfidenceScorer,
+    VerifierModel,
+    load_model,
+    parse_model,
+)
 from extproc.cli.train_verifier import fit_isotonic, fit_logistic, reliability
 from extproc.embedding.base import EncodeFn
 from extproc.errors import ConfigError
@@ -188,3 +195,22 @@ async def test_the_shipped_model_loads_and_separates_a_look_alike(model: tuple[E
     assert 0.0 <= look_alike < paraphrase <= 1.0
     q, c = pairs[0]
     assert paraphrase == await scorer.score(q, c, float(encode([q])[0] @ encode([c])[0]))
+
+
+async def test_the_same_words_written_differently_are_the_same_question() -> None:
+    """ "15%" = "15 percent" = "fifteen percent": certain, whatever the model would say; a symbol
+    the words drop ("C++" / "C") or a different number still leaves it to the model."""
+    n = len(FEATURES)  # a model that says "different" to everything
+    model = VerifierModel(
+        mean=np.zeros(n),
+        scale=np.ones(n),
+        weights=np.zeros(n),
+        bias=-5.0,
+        calib_x=np.array([0.0, 1.0]),
+        calib_y=np.array([0.0, 1.0]),
+    )
+    scorer = ConfidenceScorer(model, None)
+    assert await scorer.score("What is 15% of 200?", "what is fifteen percent of 200", 0.74) == SAME_WORDS
+    assert await scorer.score("5 kg in pounds?", "five kilograms in pounds", 0.9) == SAME_WORDS
+    assert await scorer.score("C++ tips?", "C tips?", 0.9) < 0.5
+    assert await scorer.score("What is 15% of 200?", "What is 16% of 200?", 0.95) < 0.5
