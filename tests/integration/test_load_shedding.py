@@ -19,12 +19,13 @@ def sample(stack: object, name: str, **labels: str) -> float:
 
 
 async def test_a_burst_is_shed_not_queued_and_exact_repeats_still_hit(make_stack: StackFactory) -> None:
-    # One text per pass on one worker: a burst queues for certain, whatever the machine.
-    stack = await make_stack(max_added_latency_ms=30, embedding_batch_size=1, embedding_workers=1)
+    # One text per pass on one worker: a burst of 160 queues for certain, whatever the machine
+    # (the lookup's share of 75 ms is 50: a lone pass fits even on a busy machine).
+    stack = await make_stack(max_added_latency_ms=75, embedding_batch_size=1, embedding_workers=1)
     model = fresh_model()
     stored = [f"Which river flows through city number {i}?" for i in range(4)]
     for prompt in stored:  # one at a time: each waits for no other embedding
-        for _ in range(5):  # on a busy machine even a lone pass may exceed 30 ms: shed, not stored
+        for _ in range(8):  # on a busy machine even a lone pass may exceed 50 ms: shed, not stored
             outcome = (await stack.chat(chat(model, prompt))).headers["x-semantic-cache"]
             await stack.settle()
             if outcome == "hit":
@@ -42,6 +43,6 @@ async def test_a_burst_is_shed_not_queued_and_exact_repeats_still_hit(make_stack
 
     assert all(r.status_code == 200 for r in results)  # shedding never fails a request
     shed = sample(stack, "semantic_cache_bypass_total", reason="overloaded") - before
-    assert shed > 0, "the burst never exceeded a 30 ms embedding budget"
+    assert shed > 0, "the burst never exceeded a 50 ms lookup budget"
     assert sum(r.headers.get("x-semantic-cache-reason") == "overloaded" for r in results[:160]) == shed
     assert all(r.headers["x-semantic-cache"] == "hit" for r in results[160:])  # exact: no embedding
