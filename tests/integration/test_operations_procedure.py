@@ -59,6 +59,7 @@ class Processor:
             f'  backend_type: "{backend}"\n'
             f'  backend_config_path: "{self.milvus_cfg}"\n'
             "  eviction_policy: fifo\n"
+            "  max_added_latency_ms: 0\n"  # the drill checks the data: no lookup shed on a busy machine
         )
 
     async def restart(self) -> None:
