@@ -30,17 +30,15 @@ from extproc.embedding.base import EncodeFn, WordVectors
 
 log = logging.getLogger(__name__)
 
-WORKER_NICE = 19
-"""How much lower the embedding threads' CPU priority is than the rest of the process (19: the
-lowest there is).
+WORKER_NICE = 5
+"""How much lower the embedding threads' CPU priority is than the rest of the process.
 
 A forward pass is the one long CPU burst in the processor.  When passes fill every core, the
 event loop (every ext_proc message, exact hits, pass-throughs) and an Envoy sharing the pod
-would queue behind them; at the lowest priority the passes get the CPU the rest leaves, so cheap
-paths stay cheap under load and admission control sees the embedding queue grow instead.  At
-twice capacity on 2 cores, 19 instead of 5 cut the added p99 from 137-155 ms to 110-121 and
-served more hits (bench/README.md, open loop): 5 still let the passes take CPU the client and
-Envoy needed.
+would queue behind them; at a lower priority the passes get the CPU the rest leaves, so cheap
+paths stay cheap under load and admission control sees the embedding queue grow instead.  Not
+19: on a machine without per-container CPU groups the passes then yield to every other process
+as well (a Milvus server beside it starved lone lookups past their budget in the test suite).
 """
 
 
