@@ -137,7 +137,8 @@ class SemanticCache:
         """The query's embedding, or :class:`Overloaded` when the wait would pass ``deadline``
         (predicted before queueing, enforced while waiting: a pass may run longer than fitted)."""
         left = None if deadline is None else deadline - time.perf_counter()
-        # Judging a candidate may need one more pass (the word vectors of the query): part of the wait.
+        # Judging a candidate may need one more pass (the word vectors of a candidate not embedded
+        # recently; the query's come with its own pass): part of the wait.
         if left is not None and self.embedder.expected_wait() + self._judge_pass() > left:
             raise Overloaded(f"embedding backlog {self.embedder.backlog}")
         with timed(timings, "embed_ms"), tracer.start_as_current_span("semantic_cache.embed"):

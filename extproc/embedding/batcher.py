@@ -158,6 +158,8 @@ class Embedder:
         self._with_words: Callable[[Sequence[str]], tuple[np.ndarray, list[Callable[[], WordVectors]]]] | None
         self._with_words = getattr(encode, "with_words", None) if words is not None else None
         self._sentences = _Queue(self._encode_keeping_words if self._with_words is not None else encode)
+        self._queues = tuple(q for q in (self._sentences, self._words) if q is not None)
+        """Every queue whose passes share the workers (what a new lookup may wait behind)."""
         self._kept: OrderedDict[str, Callable[[], WordVectors]] = OrderedDict()
         """Word vectors of recently embedded texts, from their sentence pass (made when asked)."""
         self._kept_lock = threading.Lock()
@@ -192,21 +194,18 @@ class Embedder:
 
     def _idle_worker(self) -> bool:
         """True when a worker is free and no text waits: a new lookup's pass starts at once."""
-        queues = [q for q in (self._sentences, self._words) if q is not None]
-        running = sum(len(q.running) for q in queues)
-        return running < self.workers and not any(q.pending for q in queues)
+        running = sum(len(q.running) for q in self._queues)
+        return running < self.workers and not any(q.pending for q in self._queues)
 
     def _queue_wait(self) -> float:
         """The queue model's wait of a new lookup, before correction."""
         # Word-vector passes (the verifier's) run the same model on the same workers: a lookup
         # waits behind those queued too, at about a sentence pass's cost.
-        queues = [q for q in (self._sentences, self._words) if q is not None]
+        # (A free worker and nothing ahead comes out as one pass: cost.seconds(1).)
         now = time.perf_counter()
-        running = [slot for q in queues for slot in q.running]
+        running = [slot for q in self._queues for slot in q.running]
         busy = sorted(max(0.0, start + self.cost.seconds(n) - now) for n, start in running)
-        ahead = sum(len(q.pending) for q in queues)  # stores do not delay lookups
-        if self._idle_worker():
-            return self.cost.seconds(1)
+        ahead = sum(len(q.pending) for q in self._queues)  # stores do not delay lookups
         rounds = math.ceil((ahead + 1) / (self.max_batch * self.workers))
         first_free = busy[0] if len(busy) >= self.workers else 0.0
         return first_free + rounds * self.cost.seconds(min(ahead + 1, self.max_batch))
