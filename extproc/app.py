@@ -19,6 +19,7 @@ from extproc.dataplane.verification import Verification
 from extproc.embedding.base import EncodeFn
 from extproc.embedding.batcher import Embedder
 from extproc.embedding.loader import load_sentence_model, plan_workers, workers_for
+from extproc.embedding.onnx_backend import usable_cores
 from extproc.embedding.remote import API_KEY_ENV, RemoteEncoder
 from extproc.errors import ConfigError
 from extproc.observability.metrics import Metrics
@@ -85,7 +86,14 @@ async def make_cache(settings: CacheSettings, model: tuple[EncodeFn, int] | None
         log.info("model ready in %.2fs", time.perf_counter() - started)
     encode, dim = model
     workers = workers_for(encode, workers)
-    embedder = Embedder(encode, dim, settings.embedding_batch_size, workers)
+    solo = None
+    if workers > 1 and not settings.embedding_threads and hasattr(encode, "with_threads"):
+        # Side by side one-thread passes serve a burst best, but a lone query then runs on one
+        # core: the same model on every core takes the passes that run alone (~90 MB more).
+        cores = usable_cores()
+        if getattr(encode, "threads", cores) < cores:
+            solo = await asyncio.to_thread(encode.with_threads, cores)
+    embedder = Embedder(encode, dim, settings.embedding_batch_size, workers, solo=solo)
     log.info("embedding: %d pass(es) at once, batches of up to %d", workers, settings.embedding_batch_size)
     backend = make_backend(settings, dim)
     top_k = settings.milvus().topk if settings.backend_type == "milvus" else settings.top_k

@@ -63,19 +63,34 @@ class SentenceEncoder:
 
 
 def word_vectors(
-    hidden: np.ndarray, ids: Sequence[int], word_ids: Sequence[int | None], decode: Callable[[list[int]], str]
+    hidden: np.ndarray,
+    ids: Sequence[int],
+    word_ids: Sequence[int | None],
+    decode: Callable[[list[int]], str],
+    tokens: Sequence[str] | None = None,
 ) -> WordVectors:
     """One text's :class:`WordVectors` from its last-layer token vectors (``hidden``, one row per
     token id, padding allowed past the end), the ids and each token's word index (None for
-    special tokens); ``decode`` turns a word's ids back into text."""
+    special tokens); ``decode`` turns a word's ids back into text, or ``tokens`` (the
+    tokenizer's piece of each id, WordPiece style: "play", "##ing") spell the words without a
+    call per word (the verifier asks on the request path)."""
     pieces: dict[int, list[int]] = {}
     for j, word in enumerate(word_ids):
         if word is not None:
             pieces.setdefault(word, []).append(j)
-    names = [
-        decode([ids[j] for j in js]).replace(" ", "").replace("##", "").lower() for js in pieces.values()
-    ]
-    vectors = np.array([hidden[js].mean(axis=0) for js in pieces.values()], dtype=np.float32)
-    vectors = vectors.reshape(len(names), hidden.shape[-1])
+    if tokens is not None:
+        names = ["".join(tokens[j] for j in js).replace("##", "").lower() for js in pieces.values()]
+    else:
+        names = [
+            decode([ids[j] for j in js]).replace(" ", "").replace("##", "").lower() for js in pieces.values()
+        ]
+    if not names:
+        return WordVectors((), np.zeros((0, hidden.shape[-1]), dtype=np.float32))
+    # A word's pieces are neighbours: one sum per run of rows instead of a mean per word.
+    rows = [j for js in pieces.values() for j in js]
+    sizes = [len(js) for js in pieces.values()]
+    starts = np.cumsum([0, *sizes[:-1]])
+    counts = np.array(sizes, dtype=np.float32)
+    vectors = np.add.reduceat(hidden[rows].astype(np.float32, copy=False), starts, axis=0) / counts[:, None]
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-12
     return WordVectors(tuple(names), vectors)

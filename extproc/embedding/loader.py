@@ -40,11 +40,7 @@ def load_sentence_model(name: str, threads: int = 0, backend: str = "auto") -> t
                 ) from exc
             log.warning("ONNX embedding backend unavailable (%s); falling back to torch", exc)
         else:
-            encode(["warm up"])
-            # The word-vector outputs too: the first lookup judged after a start would otherwise
-            # pay their cold first pass, inside its latency budget.
-            encode.with_words(["warm up"])[1][0]()
-            encode.words(["warm up"])
+            encode.warm()
             log.info(
                 "embedding model %s loaded from %s in %.2fs (dim %d, backend onnx)",
                 name,

@@ -8,6 +8,7 @@ is the local model folder.  ``python -m extproc.embedding.onnx_backend MODEL_DIR
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -174,7 +175,6 @@ class OnnxEncoder:
     """ONNX Runtime runs one session from several threads at once (and releases the GIL)."""
 
     def __init__(self, folder: Path, threads: int = 0) -> None:
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         meta = json.loads((folder / "meta.json").read_text())
@@ -183,22 +183,44 @@ class OnnxEncoder:
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.tokenizer.enable_truncation(int(meta["max_seq_length"]))
         self.tokenizer.no_padding()
+        self._model_file = folder / "model.onnx"
+        self.threads = threads if threads > 0 else usable_cores()
+        """Threads of one forward pass."""
+        self.session = self._session(self.threads)
+
+    def _session(self, threads: int) -> Any:
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.inter_op_num_threads = 1
         # Always an explicit count: left at 0, ONNX Runtime pins its pool threads to cores, and a
         # forward pass called from the embedding worker thread (as the server does) then took
         # 11 ms instead of 3 on 2 cores, its pinned pool thread sharing a core with the caller.
-        options.intra_op_num_threads = threads if threads > 0 else usable_cores()
+        options.intra_op_num_threads = threads
         # Pool threads spin for 200 µs between parallel sections, then sleep. Without spinning
         # each of a forward pass's ~50 sections waits for a thread to wake (a lone query took
         # 4.8 ms instead of 3.7 after a short idle, 7.3-8.5 instead of 5.5-6 after 100 ms);
         # unbounded spinning is as fast but doubles the CPU burnt beside Envoy (bench/README.md).
         options.add_session_config_entry("session.intra_op.allow_spinning", "1")
         options.add_session_config_entry("session.intra_op.spin_duration_us", "200")
-        self.session = ort.InferenceSession(
-            str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"]
-        )
+        return ort.InferenceSession(str(self._model_file), options, providers=["CPUExecutionProvider"])
+
+    def with_threads(self, threads: int) -> OnnxEncoder:
+        """The same model and tokenizer on a session of its own that runs a pass on ``threads``
+        threads, warmed up (the embedder runs a lone query on it: see ``Embedder``)."""
+        twin = copy.copy(self)
+        twin.threads = threads
+        twin.session = self._session(threads)
+        twin.warm()
+        return twin
+
+    def warm(self) -> None:
+        """Run every output once: a first pass is slow, and the first lookup after a start would
+        pay it inside its latency budget (the word-vector outputs too, for the verifier)."""
+        self(["warm up"])
+        self.with_words(["warm up"])[1][0]()
+        self.words(["warm up"])
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-length embeddings of ``texts`` (float32, one row each).
@@ -224,7 +246,7 @@ class OnnxEncoder:
             for row, i in enumerate(group):
                 e = encodings[i]
                 tokens = hidden[row, : len(e.ids)].copy()  # not the whole padded batch
-                later[i] = partial(word_vectors, tokens, e.ids, e.word_ids, self._decode)
+                later[i] = partial(word_vectors, tokens, e.ids, e.word_ids, self._decode, e.tokens)
         return out, [f for f in later if f is not None]
 
     def words(self, texts: Sequence[str]) -> list[WordVectors]:
@@ -235,7 +257,7 @@ class OnnxEncoder:
             hidden = self._run([encodings[i] for i in group], "tokens")[0]
             for row, i in enumerate(group):
                 e = encodings[i]
-                out[i] = word_vectors(hidden[row], e.ids, e.word_ids, self._decode)
+                out[i] = word_vectors(hidden[row], e.ids, e.word_ids, self._decode, e.tokens)
         return [w for w in out if w is not None]
 
     def _decode(self, ids: list[int]) -> str:

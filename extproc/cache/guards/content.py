@@ -10,6 +10,7 @@ import asyncio
 import unicodedata
 from collections import OrderedDict
 from collections.abc import Collection, Sequence
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -47,13 +48,21 @@ def missing_words(a: Analysis, b: Analysis) -> list[str]:
 
 def _acronym_spans(words: Sequence[str], others: Sequence[str]) -> set[int]:
     """Indices of ``words`` in a run of 2-6 whose initials spell one of ``others`` ("nyc")."""
+    initials = _initials(tuple(words))
     covered: set[int] = set()
     for short in {w for w in others if 2 <= len(w) <= 6 and w.isalpha()}:
-        n = len(short)
-        for i in range(len(words) - n + 1):
-            if "".join(w[:1] for w in words[i : i + n]) == short:
-                covered.update(range(i, i + n))
+        i = initials.find(short)
+        while i >= 0:
+            covered.update(range(i, i + len(short)))
+            i = initials.find(short, i + 1)
     return covered
+
+
+@lru_cache(maxsize=8192)
+def _initials(words: tuple[str, ...]) -> str:
+    """The first letter of each word, one character per word (the verifier asks per pair and
+    per word: the same prompt's initials are worked out once)."""
+    return "".join(w[:1] or "\0" for w in words)
 
 
 def modifiers(a: Analysis, b: Analysis, words: Sequence[str]) -> list[str]:

@@ -7,6 +7,10 @@ unit or date, a negation on one side only, an opposite action, or a swapped dire
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from functools import lru_cache
+from types import MappingProxyType
+
 from extproc.cache.guards.lexical import NEGATIONS, STOPWORDS, UNIT_WORDS, Analysis, analyze, stem, word_list
 from extproc.cache.guards.scripts import cjk_negations
 
@@ -143,8 +147,10 @@ _PARTICLE_VERBS = frozenset(
 )
 
 
-def _opposite_marks(words: tuple[str, ...]) -> dict[int, set[int]]:
-    """group -> the sides of that opposite pair the prompt uses."""
+@lru_cache(maxsize=8192)
+def _opposite_marks(words: tuple[str, ...]) -> Mapping[int, frozenset[int]]:
+    """group -> the sides of that opposite pair the prompt uses (cached per prompt: the guard
+    and the verifier's features both ask, for every candidate; read-only)."""
     marks: dict[int, set[int]] = {}
     for i, word in enumerate(words):
         prev = words[i - 1] if i else ""
@@ -153,7 +159,7 @@ def _opposite_marks(words: tuple[str, ...]) -> dict[int, set[int]]:
         key = f"{prev}_{word}" if word in ("on", "off") and prev in ("turn", "switch") else stem(word)
         for group, side in OPPOSITE_OF.get(key, ()):
             marks.setdefault(group, set()).add(side)
-    return marks
+    return MappingProxyType({group: frozenset(sides) for group, sides in marks.items()})
 
 
 class OppositesGuard:
@@ -175,12 +181,19 @@ class OppositesGuard:
 def _prefix_opposite(words_a: tuple[str, ...], words_b: tuple[str, ...]) -> bool:
     """True when ``words_b`` has prefix+w for a word w of ``words_a`` (and not w itself)."""
     set_a, set_b = set(words_a), set(words_b)
-    for word in set_b - set_a:
-        for prefix in _NEGATING_PREFIXES:
-            base = word[len(prefix) :]
-            if word.startswith(prefix) and len(base) >= 4 and base in set_a and base not in set_b:
-                return True
-    return False
+    return any(
+        base in set_a and base not in set_b for word in set_b - set_a for base in _negated_bases(word)
+    )
+
+
+@lru_cache(maxsize=32768)
+def _negated_bases(word: str) -> tuple[str, ...]:
+    """The words ``word`` negates by a prefix ("unlock" -> "lock"), at least 4 letters long."""
+    return tuple(
+        word[len(prefix) :]
+        for prefix in _NEGATING_PREFIXES
+        if word.startswith(prefix) and len(word) - len(prefix) >= 4
+    )
 
 
 class NumbersGuard:
@@ -249,8 +262,10 @@ _WINDOW = {"to": 2, "from": 2, "than": 3, "in": 3}
 _UNIT_STEMS = frozenset(stem(u) for u in UNIT_WORDS)
 
 
-def _direction_sides(words: tuple[str, ...]) -> list[tuple[str, set[str], set[str]]]:
-    """(marker, content stems before it, content stems after it) for each direction marker."""
+@lru_cache(maxsize=8192)
+def _direction_sides(words: tuple[str, ...]) -> tuple[tuple[str, frozenset[str], frozenset[str]], ...]:
+    """(marker, content stems before it, content stems after it) for each direction marker
+    (cached per prompt, like :func:`_opposite_marks`)."""
     out = []
     for i, word in enumerate(words):
         marker = _DIRECTION_MARKERS.get(word)
@@ -269,8 +284,8 @@ def _direction_sides(words: tuple[str, ...]) -> list[tuple[str, set[str], set[st
             if words[j] not in STOPWORDS and not words[j][0].isdigit():
                 right.add(stem(words[j]))
             j += 1
-        out.append((marker, left, right))
-    return out
+        out.append((marker, frozenset(left), frozenset(right)))
+    return tuple(out)
 
 
 class DirectionGuard:
