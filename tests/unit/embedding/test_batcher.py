@@ -181,3 +181,55 @@ async def test_a_lookups_word_vectors_come_from_its_own_pass() -> None:
     await embedder.embed_words(long)
     assert len(encoder.word_passes) == 2
     embedder.close()
+
+
+class Labelled(SlowEncoder):
+    """A SlowEncoder that records, per pass, which of two encoders (``name``) ran it."""
+
+    def __init__(self, name: str, log: list[str], fixed: float = 0.02) -> None:
+        super().__init__(fixed=fixed)
+        self.name, self.log = name, log
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        self.log.append(self.name)
+        return super().__call__(texts)
+
+
+async def test_a_pass_that_runs_alone_goes_to_the_solo_encoder() -> None:
+    """One-thread passes side by side serve a burst; a lone query is faster on every core."""
+    log: list[str] = []
+    embedder = Embedder(Labelled("shared", log), DIM, workers=2, solo=Labelled("solo", log))
+    await embedder.embed("alone")
+    assert log == ["solo"]
+    busy = asyncio.create_task(embedder.embed("first"))
+    await asyncio.sleep(0.005)  # running: the next pass is not alone
+    await asyncio.gather(busy, embedder.embed("beside it"))
+    assert log[1:] == ["solo", "shared"]
+    embedder.close()
+
+
+async def test_under_sustained_overlap_a_lone_pass_stays_on_one_thread() -> None:
+    """A pass alone at its start is soon joined when passes keep overlapping: it stays on the
+    shared session, and the solo one comes back once traffic is sparse again."""
+    log: list[str] = []
+    embedder = Embedder(
+        Labelled("shared", log, fixed=0.01), DIM, max_batch=1, workers=2, solo=Labelled("solo", log)
+    )
+    for _ in range(4):  # bursts: every pass but the first starts beside another
+        await asyncio.gather(*[embedder.embed(f"burst {i}") for i in range(6)])
+    assert embedder.overlap > 0.2
+    log.clear()
+    await embedder.embed("alone after a burst")
+    assert log == ["shared"]
+    for i in range(30):
+        await embedder.embed(f"sparse {i}")
+    assert log[-1] == "solo" and embedder.overlap < 0.2
+    embedder.close()
+
+
+async def test_one_worker_never_uses_a_solo_encoder() -> None:
+    log: list[str] = []
+    embedder = Embedder(Labelled("shared", log), DIM, workers=1, solo=Labelled("solo", log))
+    await embedder.embed("alone")
+    assert log == ["shared"]
+    embedder.close()

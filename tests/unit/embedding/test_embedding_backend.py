@@ -99,3 +99,26 @@ def test_without_torch_a_precise_error_instead_of_an_import_error(
     monkeypatch.setattr(embedding_onnx, "cache_roots", lambda: [blocker / "cache"])
     with pytest.raises(ConfigError, match=r"ONNX backend cannot be used \(no writable cache folder"):
         load_sentence_model("all-MiniLM-L6-v2", backend="auto")
+
+
+async def test_a_lone_pass_gets_every_core_on_a_session_of_its_own() -> None:
+    """By default passes run one thread each side by side; the solo session (every core, for a
+    pass that runs alone) gives the same vectors and word vectors. Setting
+    ``embedding_threads`` turns it off."""
+    from extproc.app import make_cache
+    from extproc.config.settings import CacheSettings
+
+    encoder, _ = load_sentence_model("all-MiniLM-L6-v2", threads=1)
+    solo = encoder.with_threads(2)
+    assert solo.threads == 2 and encoder.threads == 1 and solo.session is not encoder.session
+    assert np.allclose(solo(SENTENCES), encoder(SENTENCES), atol=1e-5)
+    ours, theirs = solo.words(SENTENCES[:1])[0], encoder.words(SENTENCES[:1])[0]
+    assert ours.words == theirs.words and np.allclose(ours.vectors, theirs.vectors, atol=1e-5)
+    if embedding_onnx.usable_cores() < 2:
+        pytest.skip("one usable core: every pass already has all of them")
+    cache = await make_cache(CacheSettings())
+    assert cache.embedder.workers >= 2 and cache.embedder._sentences.solo is not None
+    cache.embedder.close()
+    pinned = await make_cache(CacheSettings(embedding_threads=1))
+    assert pinned.embedder._sentences.solo is None
+    pinned.embedder.close()
