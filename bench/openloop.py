@@ -139,7 +139,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     upstream, upstream_port = await start_upstream(tmp)
     outside = prioritise((os.getpid(), upstream.pid), args.outside_nice)
     processor = await start_processor(
-        tmp, max_added_latency_ms=args.budget_ms, max_entries=1_000_000, embedding_workers=args.workers
+        tmp,
+        max_added_latency_ms=args.budget_ms,
+        max_entries=1_000_000,
+        embedding_workers=args.workers,
+        embedding_threads=args.threads,
     )
     cached, plain = await start_envoys(tmp, processor.grpc_port, upstream_port)
     rows: list[dict[str, Any]] = []
@@ -211,6 +215,12 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=6.0, help="seconds of load per rate and phase")
     p.add_argument("--budget-ms", type=int, default=150, help="max_added_latency_ms of the processor")
     p.add_argument("--workers", type=int, default=0, help="embedding_workers (0 = one per core)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="embedding_threads (0 = default; a value turns the solo pass off)",
+    )
     p.add_argument(
         "--outside-nice", type=int, default=0, help="nice of the sender and upstream (0 = unchanged)"
     )

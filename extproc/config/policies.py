@@ -15,6 +15,7 @@ from fnmatch import fnmatchcase
 from typing import Any, TypeVar
 
 from extproc.config.checks import KeySpec, check_section, int_range, one_of, unit_interval
+from extproc.config.verification import false_hit_bound
 
 ROUTE_METADATA = "x-semantic-cache-route"
 """The gRPC initial-metadata key an Envoy route sets (ExtProcPerRoute overrides) to name itself."""
@@ -29,8 +30,11 @@ POLICY_KEYS: KeySpec = {
     "volatile_ttl_seconds": (int, "an integer (seconds, 0 = never cache them)", int_range(0)),
     "scope_mode": (str, "a string", one_of("global", "header", "authorization")),
     "max_response_bytes": (int, "an integer (bytes)", int_range(1024)),
+    "max_false_hit_rate": ((int, float), "a number (a rate)", false_hit_bound),
 }
 """The settings a policy may change: those that make sense per kind of traffic."""
+NESTED_KEYS = {"max_false_hit_rate": "verification"}
+"""Policy keys that live in a section of the settings (``verification.max_false_hit_rate``)."""
 
 S = TypeVar("S")
 _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
@@ -143,6 +147,11 @@ def with_policy(settings: S, policy: Policy | None) -> S:
         return hit[1]  # type: ignore[no-any-return]
     if len(_APPLIED) > 256:  # old settings objects after live changes: start over
         _APPLIED.clear()
-    applied = replace(settings, **dict(policy.overrides))  # type: ignore[type-var]
+    flat = {k: v for k, v in policy.overrides if k not in NESTED_KEYS}
+    for name, value in policy.overrides:
+        if name in NESTED_KEYS:
+            section = NESTED_KEYS[name]
+            flat[section] = replace(flat.get(section, getattr(settings, section)), **{name: value})
+    applied = replace(settings, **flat)  # type: ignore[type-var]
     _APPLIED[key] = (settings, applied)
     return applied

@@ -15,7 +15,7 @@ ENTRY_SECRET_ENV = "SEMANTIC_CACHE_ENTRY_SECRET"
 """Environment variable overriding ``verification.entry_secret`` (Helm: from a Secret)."""
 
 
-def _bound(v: Any) -> str | None:
+def false_hit_bound(v: Any) -> str | None:
     """``max_false_hit_rate``: 0 (off) or a rate strictly between 0 and 0.5."""
     return None if v == 0 or 0 < v < 0.5 else "must be 0 (off) or a rate between 0 and 0.5, e.g. 0.02"
 
@@ -61,7 +61,7 @@ VERIFICATION_KEYS: KeySpec = {
     "max_per_minute": (int, "an integer (0 = no shadow request)", int_range(0, 1_000_000)),
     "timeout_ms": (int, "an integer (milliseconds)", int_range(1, 3_600_000)),
     "replace": (bool, "true or false", None),
-    "max_false_hit_rate": ((int, float), "a number (a rate)", _bound),
+    "max_false_hit_rate": ((int, float), "a number (a rate)", false_hit_bound),
     "prior_strength": (
         (int, float),
         "a number of observations",

@@ -48,9 +48,13 @@ class VerifiedHits:
     def _min_confidence(self) -> float | None:
         """The ``min_confidence`` of the lookup: 0 under the false-hit bound (the bound decides)."""
         v = self.shared.verification
-        if v is not None and v.settings.max_false_hit_rate > 0:
+        if v is not None and self._delta() > 0:
             return 0.0
         return self.settings.min_confidence if self.decision.policy else None
+
+    def _delta(self) -> float:
+        """δ of this request: its policy's ``max_false_hit_rate``, else the verification section's."""
+        return self.settings.verification.max_false_hit_rate
 
     def _bounded(self, lookup: LookupResult) -> LookupResult:
         """The δ rule on a semantic hit: serve it, or make the request a miss that learns (explore)."""
@@ -58,7 +62,7 @@ class VerifiedHits:
         if v is None or lookup.entry is None or lookup.match != "semantic":
             return lookup
         score = lookup.confidence if lookup.confidence is not None else lookup.similarity
-        if v.allows(lookup.entry.model, lookup.entry, score, lookup.similarity):
+        if v.allows(lookup.entry.model, lookup.entry, score, lookup.similarity, self._delta()):
             return lookup
         self._explored = (lookup.entry, score, lookup.similarity)
         return LookupResult(

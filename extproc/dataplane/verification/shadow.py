@@ -119,9 +119,14 @@ class Verification:
 
     # --- the request path: decisions only ------------------------------------------------
 
-    def allows(self, model: str, entry: CacheEntry, score: float, similarity: float) -> bool:
-        """The δ rule: serve this semantic candidate? (always True when no bound is set)."""
-        delta = self.settings.max_false_hit_rate
+    def allows(
+        self, model: str, entry: CacheEntry, score: float, similarity: float, delta: float | None = None
+    ) -> bool:
+        """The δ rule: serve this semantic candidate? (always True when no bound is set).
+
+        ``delta``: the request's δ (a policy's), else the verification section's."""
+        if delta is None:
+            delta = self.settings.max_false_hit_rate
         if delta <= 0:
             return True
         serve = self.outcomes.upper(model, score, entry.exact_key, similarity) <= delta

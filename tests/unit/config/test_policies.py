@@ -108,3 +108,21 @@ def test_settings_holding_mappings_take_policies(tmp_path: Path) -> None:
     applied, name = request_settings(s, "chat", "code-1")
     assert applied.ttl_seconds == 5 and applied.milvus_config == s.milvus_config and name == "policy0"
     assert request_settings(s, "chat", "code-2")[0] is applied  # built once
+
+
+def test_a_policy_sets_its_own_false_hit_bound() -> None:
+    """δ per kind of traffic: a code model held to 1 %, chat to the section's 5 %, one model off."""
+    s = settings(
+        {"name": "code", "match": {"model": "code*"}, "max_false_hit_rate": 0.01},
+        {"name": "free", "match": {"model": "draft-*"}, "max_false_hit_rate": 0},
+        verification={"max_false_hit_rate": 0.05},
+    )
+    code, _ = request_settings(s, "chat", "codellama")
+    free, _ = request_settings(s, "chat", "draft-1")
+    chat, _ = request_settings(s, "chat", "gpt-4o")
+    assert code.verification.max_false_hit_rate == 0.01
+    assert free.verification.max_false_hit_rate == 0
+    assert chat.verification.max_false_hit_rate == 0.05
+    assert code.verification.prior_strength == s.verification.prior_strength  # the rest unchanged
+    with pytest.raises(ConfigError, match=r"policies\[0\].max_false_hit_rate: must be 0 \(off\) or a rate"):
+        settings({"match": {"model": "x"}, "max_false_hit_rate": 0.7})

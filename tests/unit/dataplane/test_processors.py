@@ -238,3 +238,26 @@ async def test_a_hit_carries_its_confidence_to_the_header_decision_span_and_metr
     metrics.observe(decision, "memory")
     assert metrics.registry.get_sample_value("semantic_cache_hit_confidence_count") == 1.0
     assert metrics.registry.get_sample_value("semantic_cache_hit_confidence_sum") == pytest.approx(0.97314)
+
+
+async def test_a_policy_bound_explores_where_the_defaults_serve() -> None:
+    """``max_false_hit_rate`` in a policy: that model's semantic candidates need evidence first
+    (explored: the request goes upstream); without the policy the same candidate is served."""
+    from extproc.config.policies import Policy
+    from extproc.dataplane.verification import Verification
+
+    strict = Policy("strict", model="m", overrides=(("max_false_hit_rate", 0.02),))
+    shared, decisions, pending = make_shared(policies=(strict,))
+    shared.verification = Verification(
+        lambda: shared.settings.verification, shared.cache, pending.append, rng=lambda: 1.0
+    )
+    await miss_and_store(shared, pending, "v:1,0", "stored")
+    explored = ChatCompletionsProcessor(shared)
+    explored.on_request_headers(headers(CHAT), False)
+    reply = await explored.on_request_body(chat_body("v:1,0.1"), True)
+    assert reply.immediate_response is None
+    assert decisions[-1].policy == "strict" and "bound" in explored.decision.rejected_by
+    shared.settings = CacheSettings(max_added_latency_ms=0)  # a live change: the policy is gone
+    served = ChatCompletionsProcessor(shared)
+    served.on_request_headers(headers(CHAT), False)
+    assert (await served.on_request_body(chat_body("v:1,0.1"), True)).immediate_response is not None
