@@ -35,6 +35,11 @@ CHAT = "/v1/chat/completions"
 OUTCOMES = {"miss": "miss", "exact": "hit/exact", "semantic": "hit/semantic"}
 
 
+def outcome_of(sample: load.Sample) -> str:
+    """``miss``, ``hit/exact``, ``hit/semantic``, ``bypass``: as :meth:`load.Result.outcomes` counts."""
+    return f"{sample.cache}/{sample.match}" if sample.match else sample.cache
+
+
 def pairs(path: Path, skip: int, count: int) -> list[tuple[str, str]]:
     """``count`` duplicate pairs (a, b) of the QQP file after the first ``skip``."""
     out: list[tuple[str, str]] = []
@@ -74,7 +79,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     await asyncio.sleep(0.2)  # stores run after each response
                     result = await load.run(envoy.url, chats(texts), 1, warmup=chats([f"warm {r}"]))
                     latencies[side][outcome] += [
-                        s.latency_ms for s in result.samples if f"{s.cache}/{s.match}" == OUTCOMES[outcome]
+                        s.latency_ms for s in result.samples if outcome_of(s) == OUTCOMES[outcome]
                     ]
     finally:
         stack.ROOT = ROOT
