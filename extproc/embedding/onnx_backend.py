@@ -12,6 +12,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -32,6 +33,10 @@ EXPORT_VERSION = "2"
 """Bumped when the exported graph changes, so stale exports are not reused."""
 CACHE_ENV = "SEMANTIC_CACHE_MODEL_CACHE"
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
+CGROUP = Path("/sys/fs/cgroup")
+"""Where the process's cgroup is mounted (inside a container: its own)."""
 
 
 class OnnxUnavailable(Exception):
@@ -279,12 +284,34 @@ class OnnxEncoder:
         return list(self.session.run(list(outputs or ("embedding",)), columns))
 
 
-def usable_cores() -> int:
-    """The CPUs this process may run on (its affinity, else the machine's count)."""
+def usable_cores(cgroup: Path = CGROUP) -> int:
+    """The CPUs this process may use: its affinity (else the machine's count), capped by its
+    cgroup's CPU quota rounded up. A container's CPU limit is such a quota, and the affinity
+    still lists every core of the node: one pass per listed core would be throttled."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup)
+    if quota is not None:
+        cores = min(cores, math.ceil(quota))
+    return max(1, cores)
+
+
+def cgroup_cpu_quota(root: Path = CGROUP) -> float | None:
+    """CPUs' worth of time per period the cgroup allows (cgroup v2 ``cpu.max``, else v1
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``); None without a quota or a readable file."""
+    try:
+        limit, _, period = (root / "cpu.max").read_text().strip().partition(" ")
+        return None if limit == "max" else int(limit) / int(period or 100_000)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
 
 
 def length_groups(lengths: Sequence[int], slack: float = 1.3, extra: int = 4) -> list[list[int]]:

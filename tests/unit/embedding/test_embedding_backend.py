@@ -122,3 +122,25 @@ async def test_a_lone_pass_gets_every_core_on_a_session_of_its_own() -> None:
     pinned = await make_cache(CacheSettings(embedding_threads=1))
     assert pinned.embedder._sentences.solo is None
     pinned.embedder.close()
+
+
+def test_a_containers_cpu_limit_caps_the_cores(tmp_path: Path) -> None:
+    """Kubernetes' CPU limit is a cgroup quota; the affinity still lists every core of the node."""
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert embedding_onnx.cgroup_cpu_quota(v2) is None
+    (v2 / "cpu.max").write_text("150000 100000\n")
+    assert embedding_onnx.cgroup_cpu_quota(v2) == 1.5
+    assert embedding_onnx.usable_cores(v2) == min(2, embedding_onnx.usable_cores(tmp_path / "none"))
+    (v2 / "cpu.max").write_text("50000 100000\n")
+    assert embedding_onnx.usable_cores(v2) == 1  # half a CPU: still one pass
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert embedding_onnx.cgroup_cpu_quota(v1) is None
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("300000\n")
+    assert embedding_onnx.cgroup_cpu_quota(v1) == 3.0
+    (v2 / "cpu.max").write_text("garbage\n")
+    assert embedding_onnx.cgroup_cpu_quota(v2) is None
