@@ -111,5 +111,5 @@ def test_replicas_spread_across_nodes_and_zones(rendered: dict[str, Rendered], c
 def test_processor_requests_fit_the_measured_footprint(rendered: dict[str, Rendered]) -> None:
     # 232 MiB RSS loaded (ONNX), ~310 MB at the default 10k entries: request above, limit well above.
     resources = rendered["memory"].container("processor")["resources"]
-    assert resources["requests"] == {"cpu": "500m", "memory": "384Mi"}
+    assert resources["requests"] == {"cpu": "500m", "memory": "512Mi"}
     assert resources["limits"] == {"memory": "1Gi"}
