@@ -28,11 +28,21 @@ from tests.support import upstream as fake
 ROOT = Path(__file__).resolve().parent.parent
 
 
+_HANDED_OUT: set[int] = set()
+"""Ports this test process has handed out already."""
+
+
 def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free TCP port on 127.0.0.1, never one handed out before in this process: the port is
+    closed again before its user binds it, and the kernel may offer it to the next call (two
+    listeners of one process then meet on one port: an HTTP poll answered by a gRPC server)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 async def wait_http(url: str, timeout: float = 30.0) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import threading
 import time
@@ -18,15 +17,9 @@ from typing import Any
 import pytest
 
 from extproc.cli.envoy import envoy_binary
+from tests.conftest import free_port
 
 from .helpers import RELEASE, render
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class SlowUpstream(BaseHTTPRequestHandler):
