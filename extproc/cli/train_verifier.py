@@ -13,6 +13,7 @@ verifier ever scores.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import tempfile
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from extproc.cache.guards import content, features, lexical, rules, scripts
 from extproc.cache.guards.features import FEATURES, features_matrix, model_rows, text_part
 from extproc.cache.guards.learned import VerifierModel
 from extproc.cli.clusters import split_by_component
@@ -77,6 +79,13 @@ def embeddings(
     return {t: i for i, t in enumerate(texts)}, vectors, digest
 
 
+def feature_code() -> str:
+    """A digest of the code that computes the text features (their names, the rules and word
+    lists they read): cached feature rows are reused only while it is unchanged."""
+    source = "".join(inspect.getsource(m) for m in (features, rules, lexical, content, scripts))
+    return hashlib.sha256(f"{','.join(FEATURES)}|{source}".encode()).hexdigest()[:16]
+
+
 def pair_features(
     pairs: Sequence[Pair], model: tuple[EncodeFn, int], min_similarity: float, cache_dir: Path | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -109,7 +118,7 @@ def pair_features(
         out[keep] = features_matrix(parts, words)
         return out
 
-    key = hashlib.sha256(f"{digest}|{min_similarity}|{','.join(FEATURES)}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{digest}|{min_similarity}|{feature_code()}".encode()).hexdigest()[:16]
     text_rows = _cached(folder / f"semantic-cache-features-{key}.npy", rows)
     return text_rows, query_vectors, candidate_vectors
 

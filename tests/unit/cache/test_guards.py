@@ -17,7 +17,14 @@ from extproc.cache import SemanticCache
 from extproc.cache.guards import build_guards
 from extproc.cache.guards.content import ContentGuard, missing_words
 from extproc.cache.guards.lexical import analyze, normalize_number, stem
-from extproc.cache.guards.rules import DirectionGuard, NegationGuard, NumbersGuard, OppositesGuard, UnitsGuard
+from extproc.cache.guards.rules import (
+    DirectionGuard,
+    NegationGuard,
+    NumbersGuard,
+    OppositesGuard,
+    UnitsGuard,
+    transposed,
+)
 from extproc.cache.guards.verifier import CrossEncoderVerifier
 from extproc.config.settings import CacheSettings, with_overrides
 from extproc.embedding.base import EncodeFn, WordVectors
@@ -135,6 +142,52 @@ def test_direction_needs_swapped_words() -> None:
     assert not guard.reject("How do I convert a PDF to Word?", "How can I turn a PDF into a Word file?")
     assert not guard.reject("How do I get from Rome to Milan?", "How do I get to Milan from Rome?")
     assert not guard.reject("What to do in Rome?", "What is there to do in Rome with kids?")
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [  # the look-alikes the rules let through before
+        (
+            "What time is it in Tokyo when it is 9am in London?",
+            "What time is it in London when it is 9am in Tokyo?",
+        ),
+        ("What do people in Denver think of Seattle?", "What do people in Seattle think of Denver?"),
+        ("Why do Poles dislike Russians?", "Why do Russians dislike Poles?"),
+    ],
+)
+def test_direction_rejects_two_content_words_trading_places(a: str, b: str) -> None:
+    assert DirectionGuard().reject(a, b) and DirectionGuard().reject(b, a)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("Why is Delhi a union territory?", "Why Delhi is a union territory?"),  # function words
+        ("How do I get rid of little black bugs?", "How do I get rid of black little bugs?"),  # neighbours
+        (
+            "What is the difference between Java and Python?",
+            "What is the difference between Python and Java?",
+        ),
+        ("Which is faster, Go or Rust?", "Which is faster, Rust or Go?"),
+    ],
+)
+def test_transpositions_that_keep_the_meaning(a: str, b: str) -> None:
+    assert not transposed(analyze(a).words, analyze(b).words)
+    assert not DirectionGuard().reject(a, b)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("How long do I boil an egg for a soft yolk?", "How long do I boil an egg for a hard yolk?"),
+        ("How do I make my coffee stronger?", "How do I make my coffee weaker?"),
+        ("Is coffee good for your heart?", "Is coffee bad for your heart?"),
+        ("Is it safe to eat raw eggs?", "Is it safe to eat cooked eggs?"),
+    ],
+)
+def test_opposite_qualities(a: str, b: str) -> None:
+    assert OppositesGuard().reject(a, b)
+    assert not OppositesGuard().reject(a, a.replace("?", " please?"))
 
 
 # --- the content guard -------------------------------------------------------------------

@@ -11,8 +11,9 @@ import pytest
 
 from extproc.cache.guards.features import FEATURES
 from extproc.cache.guards.learned import load_model
+from extproc.cli import train_verifier
 from extproc.cli.eval_report import Pair
-from extproc.cli.train_verifier import EMBEDDING_L2, embeddings, train
+from extproc.cli.train_verifier import EMBEDDING_L2, embeddings, pair_features, train
 from extproc.errors import ConfigError
 from tests.support.toy import DIM, toy_encode
 
@@ -84,3 +85,18 @@ def test_only_pairs_at_the_prefilter_are_used_and_too_few_is_refused(tmp_path: P
     assert used == int(np.sum(cosines >= floor)) and report["min_similarity"] == floor
     with pytest.raises(ConfigError, match="a lower --min-similarity"):
         train(pairs, encode, 0.999, tmp_path)
+
+
+def test_feature_rows_are_kept_only_while_the_feature_code_is_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pairs, encode = toy_pairs(20), (toy_encode, DIM)
+    first, _, _ = pair_features(pairs, encode, 0.0, tmp_path)
+    assert len(list(tmp_path.glob("semantic-cache-features-*.npy"))) == 1
+    pair_features(pairs, encode, 0.0, tmp_path)  # same code: the kept rows
+    assert len(list(tmp_path.glob("semantic-cache-features-*.npy"))) == 1
+    # a rule or word list changed (new code): the rows are computed again, not reused stale
+    monkeypatch.setattr(train_verifier, "feature_code", lambda: "changed")
+    again, _, _ = pair_features(pairs, encode, 0.0, tmp_path)
+    assert len(list(tmp_path.glob("semantic-cache-features-*.npy"))) == 2
+    assert np.array_equal(first, again, equal_nan=True)
