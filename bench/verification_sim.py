@@ -18,9 +18,11 @@ verifier; embeddings computed once, kept in ``~/.cache/semantic-cache-bench``):
 For each δ it prints the realized wrong-hit rate (wrong semantic hits / semantic hits served,
 with its 95 % Wilson interval) overall and per window of the stream, the hit rate, the upstream
 calls verification added, and the static setting of equal (or lower) realized error with its
-hit rate.
+hit rate. ``--per-request`` bounds the error per request instead, as vCache does (a candidate
+whose bound is above δ is still served with probability δ / bound), and compares by wrong hits
+/ requests that had a semantic candidate.
 
-    python -m bench.verification_sim [--pairs ../shared/data/qqp-dev.jsonl] [--length N] [--zipf S]
+    python -m bench.verification_sim [--pairs FILE] [--length N] [--zipf S] [--per-request]
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ class Run:
     semantic: int = 0
     wrong: int = 0
     explored: int = 0
+    decided: int = 0
+    """Requests that had a semantic candidate past the guards (served or not): the per-request
+    error's denominator."""
     verify_calls: int = 0
     healed: int = 0
     windows: list[list[int]] = field(default_factory=list)
@@ -98,6 +103,12 @@ class Run:
     def wrong_rate(self) -> float:
         """Wrong semantic hits / semantic hits served."""
         return self.wrong / self.semantic if self.semantic else 0.0
+
+    @property
+    def request_error(self) -> float:
+        """Wrong semantic hits / requests with a semantic candidate (vCache's error rate: a
+        request sent upstream is answered right)."""
+        return self.wrong / self.decided if self.decided else 0.0
 
     @property
     def hit_rate(self) -> float:
@@ -168,8 +179,11 @@ async def simulate(
     min_confidence: float = 0.0,
     seed: int = 0,
     level: float = BOUND_LEVEL,
+    per_request: bool = False,
 ) -> Run:
-    """Drive one policy over the stream through a fresh cache."""
+    """Drive one policy over the stream through a fresh cache. ``per_request``: the bound
+    promises ≤ δ per request, as vCache does, so a candidate whose P(wrong) bound u is above δ is
+    still served with probability δ / u (else explored)."""
     embedder, guards, scorer = parts
     cache = SemanticCache(
         MemoryBackend(vectors.shape[1], len(texts) + 1), embedder, 0.8, 10, 0, guards, scorer, min_confidence
@@ -189,7 +203,9 @@ async def simulate(
         semantic = entry is not None and lookup.match == "semantic"
         score = lookup.confidence if lookup.confidence is not None else lookup.similarity
         similarity = lookup.similarity
-        if semantic and delta and outcomes.upper(MODEL, score, entry.exact_key, similarity) > delta:
+        run.decided += semantic or "confidence" in lookup.rejections
+        upper = outcomes.upper(MODEL, score, entry.exact_key, similarity) if semantic and delta else 0.0
+        if upper > delta and not (per_request and rng.random() < delta / upper):
             run.explored += 1  # the request goes upstream; its answer is compared with the candidate's
             outcomes.learn(MODEL, entry.exact_key, score, entry.response["cluster"] != truth, similarity)
             entry = None
@@ -224,13 +240,14 @@ def describe(run: Run) -> str:
         f"({run.semantic / max(1, run.queries):5.2%})  wrong "
         f"{run.wrong:4d} = {run.wrong_rate:6.2%} [{lo:.2%}, {hi:.2%}]  explored {run.explored:5d}  "
         f"verify calls {run.verify_calls:4d} ({run.verify_calls / max(1, run.upstream_calls):.2%} of "
-        f"upstream calls)"
+        f"upstream calls)  per request {run.wrong}/{run.decided} = {run.request_error:.2%}"
     )
 
 
-def best_static(static: Sequence[Run], max_wrong_rate: float) -> Run | None:
-    """The static run with the highest hit rate whose realized wrong-hit rate is ≤ the given one."""
-    ok = [r for r in static if r.wrong_rate <= max_wrong_rate + 1e-12]
+def best_static(static: Sequence[Run], max_error: float, per_request: bool = False) -> Run | None:
+    """The static run with the highest hit rate whose realized error (per hit, or per request)
+    is ≤ the given one."""
+    ok = [r for r in static if (r.request_error if per_request else r.wrong_rate) <= max_error + 1e-12]
     return max(ok, key=lambda r: r.hit_rate) if ok else None
 
 
@@ -255,6 +272,11 @@ async def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sample-rate", type=float, default=0.05, help="shadow-verified share of hits")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--level", type=float, default=BOUND_LEVEL, help="confidence of the δ rule's bound")
+    parser.add_argument(
+        "--per-request",
+        action="store_true",
+        help="bound the error per request as vCache does (serve with probability δ / bound), not per hit",
+    )
     args = parser.parse_args(argv)
     if not args.pairs.is_file():
         if args.pairs != SHARED:
@@ -280,7 +302,16 @@ async def main(argv: Sequence[str] | None = None) -> int:
     parts = (embedder, guards, scorer)
     bound = [
         await simulate(
-            texts, vectors, clusters, topic_of, parts, f"bound {d:g}", d, args.sample_rate, level=args.level
+            texts,
+            vectors,
+            clusters,
+            topic_of,
+            parts,
+            f"bound {d:g}",
+            d,
+            args.sample_rate,
+            level=args.level,
+            per_request=args.per_request,
         )
         for d in DELTAS
     ]
@@ -292,12 +323,13 @@ async def main(argv: Sequence[str] | None = None) -> int:
         print(describe(run))
     for run in bound:
         print(describe(run))
-        lo, _ = wilson(run.wrong, run.semantic)
+        lo, _ = wilson(run.wrong, run.decided if args.per_request else run.semantic)
         print(
             "  per window (wrong / semantic hits, hit rate): "
             + "  ".join(f"{w[1]}/{w[0]} {w[2] / max(1, w[3]):.1%}" for w in run.windows)
         )
-        match = best_static(static, run.wrong_rate)
+        error = run.request_error if args.per_request else run.wrong_rate
+        match = best_static(static, error, args.per_request)
         vs = f"{match.name} hit rate {match.hit_rate:.2%}" if match else "no static setting is that accurate"
         delta = float(run.name.split()[1])
         held = "holds" if lo <= delta else "VIOLATED"

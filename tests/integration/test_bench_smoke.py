@@ -125,10 +125,16 @@ def test_remote_embedding_smoke() -> None:
     assert [r[0] for r in rows] == ["local", "remote"] * 2 and all(float(r[2]) > 0 for r in rows)
 
 
-def test_verification_sim_smoke() -> None:
-    stdout = bench_stdout("verification_sim", "--pairs", str(SAMPLE), "--length", "1500", timeout=600)
+@pytest.mark.parametrize("promise", [(), ("--per-request",)], ids=["per-hit", "per-request"])
+def test_verification_sim_smoke(promise: tuple[str, ...]) -> None:
+    args = ("--pairs", str(SAMPLE), "--length", "1500", *promise)
+    stdout = bench_stdout("verification_sim", *args, timeout=600)
     lines = stdout.splitlines()
     assert lines[0].startswith("1500 requests")
     for name in ("static 0.7", "bound 0.01", "bound 0.02", "bound 0.05"):
-        assert any(line.startswith(name) and "wrong" in line and "verify calls" in line for line in lines)
+        assert any(
+            line.startswith(name) and "wrong" in line and "verify calls" in line and "per request" in line
+            for line in lines
+        )
     assert sum("static of ≤ equal error" in line for line in lines) == 5
+    assert not any("VIOLATED" in line for line in lines)
