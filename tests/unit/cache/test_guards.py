@@ -153,6 +153,7 @@ def test_direction_needs_swapped_words() -> None:
         ),
         ("What do people in Denver think of Seattle?", "What do people in Seattle think of Denver?"),
         ("Why do Poles dislike Russians?", "Why do Russians dislike Poles?"),
+        ("What do Americans think of the British?", "What do the British think of Americans?"),
     ],
 )
 def test_direction_rejects_two_content_words_trading_places(a: str, b: str) -> None:
