@@ -203,16 +203,30 @@ class OppositesGuard:
 
 
 def _prefix_opposite(words_a: tuple[str, ...], words_b: tuple[str, ...]) -> bool:
-    """True when ``words_b`` has prefix+w for a word w of ``words_a`` (and not w itself)."""
+    """True when ``words_b`` has prefix+w for a word w of ``words_a`` (and not w itself), unless
+    ``words_a`` says the same with a separate word: "not refrigerated" for "unrefrigerated",
+    "un merge" or "in front" for "unmerge" / "infront"."""
     set_a, set_b = set(words_a), set(words_b)
-    return any(base in set_a and base not in set_b for word in set_b - set_a for base in _negated_bases(word))
+    for word in set_b - set_a:
+        for prefix, base in _negated_bases(word):
+            if base in set_a and base not in set_b and not _said_apart(words_a, prefix, base):
+                return True
+    return False
+
+
+def _said_apart(words: tuple[str, ...], prefix: str, base: str) -> bool:
+    """True when every ``base`` in ``words`` follows a negation or ``prefix`` as its own word."""
+    return all(
+        i and (words[i - 1] in NEGATIONS or words[i - 1] == prefix) for i, w in enumerate(words) if w == base
+    )
 
 
 @lru_cache(maxsize=32768)
-def _negated_bases(word: str) -> tuple[str, ...]:
-    """The words ``word`` negates by a prefix ("unlock" -> "lock"), at least 4 letters long."""
+def _negated_bases(word: str) -> tuple[tuple[str, str], ...]:
+    """(prefix, word) pairs ``word`` negates by a prefix ("unlock" -> ("un", "lock")), the word at
+    least 4 letters long."""
     return tuple(
-        word[len(prefix) :]
+        (prefix, word[len(prefix) :])
         for prefix in _NEGATING_PREFIXES
         if word.startswith(prefix) and len(word) - len(prefix) >= 4
     )

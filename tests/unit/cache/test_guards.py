@@ -130,6 +130,18 @@ def test_opposites_by_list_and_by_prefix(a: str, b: str) -> None:
     assert OppositesGuard().reject(a, b)
 
 
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [  # the prefix said as its own word: the same meaning, not the opposite
+        ("How long do boiled eggs last if not refrigerated?", "How long do boiled eggs last unrefrigerated?"),
+        ("Can you un-merge a question?", "How do you unmerge a question?"),
+        ("Why did he stand in front of the house?", "Why did he stand infront of the house?"),
+    ],
+)
+def test_a_prefix_said_apart_is_no_opposite(a: str, b: str) -> None:
+    assert not OppositesGuard().reject(a, b) and not OppositesGuard().reject(b, a)
+
+
 def test_plain_prepositions_carry_no_polarity() -> None:
     guard = OppositesGuard()
     assert not guard.reject("How do I sort a list in Python?", "How do I sort a Python list out?")
