@@ -72,7 +72,10 @@ async def test_gzip_bomb_passes_through_while_others_keep_hitting(
     itself), so this process's RSS is the processor's.
     """
     upstream, upstream_port = await start_upstream(tmp_path)
-    server = await build_server(CacheSettings(server=ServerSettings(grpc_address="127.0.0.1:0")), model)
+    # No admission control: on a starved machine the first store of a prompt may be shed
+    # (bypass overloaded skips storing, by design), and this test needs the six stored.
+    settings = CacheSettings(max_added_latency_ms=0, server=ServerSettings(grpc_address="127.0.0.1:0"))
+    server = await build_server(settings, model)
     envoy = await start_envoy(tmp_path, await server.start("127.0.0.1:0"), upstream_port)
     client = httpx.AsyncClient(base_url=envoy.url, timeout=60)
     try:
@@ -102,7 +105,11 @@ async def test_gzip_bomb_passes_through_while_others_keep_hitting(
         for r in bombs:  # went upstream untouched
             assert r.headers["x-semantic-cache"] == "bypass"
         assert bypasses(stack, "request_too_large") == 8
-        assert all(r.status_code == 200 and r.headers["x-semantic-cache"] == "hit" for r in normal)
+        seen = [
+            (r.status_code, r.headers.get("x-semantic-cache"), r.headers.get("x-semantic-cache-reason"))
+            for r in normal
+        ]
+        assert all(s == (200, "hit", None) for s in seen), seen
         # Bounded by max_request_bytes (1 MiB) per bomb, not by the 400 MiB they expand to.
         assert rss.peak - baseline < 64, (baseline, rss.peak)
     finally:
