@@ -261,6 +261,7 @@ def cmd_train_verifier(args: argparse.Namespace) -> int:
 
     settings = _load(args.config)
     pairs = read_pairs(args.pairs, args.limit)
+    extra = [p for path in args.extra_pairs or () for p in read_pairs(path)]
     model = load_sentence_model(
         settings.embedding_model, settings.embedding_threads, settings.embedding_backend
     )
@@ -274,6 +275,8 @@ def cmd_train_verifier(args: argparse.Namespace) -> int:
         source=Path(args.pairs).name,
         embedding_model=settings.embedding_model,
         with_embeddings=not args.text_only,
+        extra=extra,
+        extra_weight=args.extra_weight,
     )
     fitted.save(args.out)
     print(
@@ -361,6 +364,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--text-only",
         action="store_true",
         help="do not read the two embeddings (a smaller model of the text features alone)",
+    )
+    tv.add_argument(
+        "--extra-pairs",
+        action="append",
+        help="labelled pairs added to training only (e.g. hand-written look-alikes; repeatable)",
+    )
+    tv.add_argument(
+        "--extra-weight",
+        type=float,
+        default=10.0,
+        help="how many --pairs pairs each extra pair counts for (default 10)",
     )
     tv.add_argument("--split-dir", help="also write train.jsonl, calibrate.jsonl and test.jsonl here")
     tv.add_argument("--json", action="store_true", help="print the report as JSON last")

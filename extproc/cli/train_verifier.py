@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from extproc.cache.guards import content, features, lexical, rules, scripts
+from extproc.cache.guards import content, direction, features, lexical, rules, scripts
 from extproc.cache.guards.features import FEATURES, features_matrix, model_rows, text_part
 from extproc.cache.guards.learned import VerifierModel
 from extproc.cli.clusters import split_by_component
@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 SHARES = (0.6, 0.2, 0.2)
 """train / calibrate / test."""
 PART_NAMES = ("train", "calibrate", "test")
+EXTRA_WEIGHT = 10.0
+"""How many pairs of the main file each ``--extra-pairs`` pair counts for in training: hand-written
+look-alikes and paraphrases are few (hundreds against tens of thousands) but say what the main
+file rarely does (one word turned into its opposite, the same question reworded)."""
 L2 = 1.0
 """Ridge penalty on the standardised text-feature weights (about one pseudo-pair of evidence each)."""
 EMBEDDING_L2 = (1000.0, 3000.0, 10000.0)
@@ -82,7 +86,7 @@ def embeddings(
 def feature_code() -> str:
     """A digest of the code that computes the text features (their names, the rules and word
     lists they read): cached feature rows are reused only while it is unchanged."""
-    source = "".join(inspect.getsource(m) for m in (features, rules, lexical, content, scripts))
+    source = "".join(inspect.getsource(m) for m in (features, rules, direction, lexical, content, scripts))
     return hashlib.sha256(f"{','.join(FEATURES)}|{source}".encode()).hexdigest()[:16]
 
 
@@ -124,21 +128,27 @@ def pair_features(
 
 
 def fit_logistic(
-    x: np.ndarray, y: np.ndarray, l2: float | np.ndarray = L2, steps: int = 50
+    x: np.ndarray,
+    y: np.ndarray,
+    l2: float | np.ndarray = L2,
+    steps: int = 50,
+    sample_weight: np.ndarray | None = None,
 ) -> tuple[np.ndarray, ...]:
     """(mean, scale, weights, bias) of an L2 logistic regression on standardised features
-    (``l2``: one penalty for every weight, or one per column)."""
+    (``l2``: one penalty for every weight, or one per column; ``sample_weight``: how many pairs
+    each row counts for, 1 by default)."""
     mean = x.mean(axis=0)
     scale = x.std(axis=0)
     scale[scale < 1e-9] = 1.0
     z = np.hstack([(x - mean) / scale, np.ones((len(x), 1))])
+    sw = np.ones(len(x)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     w = np.zeros(z.shape[1])
     penalty = np.zeros(z.shape[1])
     penalty[:-1] = l2  # the bias is not shrunk
     for _ in range(steps):
         p = 1.0 / (1.0 + np.exp(-np.clip(z @ w, -40, 40)))
-        grad = z.T @ (p - y) + penalty * w
-        hess = (z * (p * (1 - p))[:, None]).T @ z + np.diag(penalty + 1e-9)
+        grad = z.T @ (sw * (p - y)) + penalty * w
+        hess = (z * (sw * p * (1 - p))[:, None]).T @ z + np.diag(penalty + 1e-9)
         step = np.linalg.solve(hess, grad)
         w -= step
         if float(np.max(np.abs(step))) < 1e-10:
@@ -204,9 +214,13 @@ def train(
     source: str = "",
     embedding_model: str = "",
     with_embeddings: bool = True,
+    extra: Sequence[Pair] = (),
+    extra_weight: float = EXTRA_WEIGHT,
 ) -> tuple[VerifierModel, dict[str, Any]]:
     """Fit and calibrate a verifier on ``pairs``; also return the held-out report.
-    ``with_embeddings`` False: the text features only (a version-1-like model)."""
+    ``with_embeddings`` False: the text features only (a version-1-like model). ``extra``:
+    labelled pairs added to the train part only, each counting ``extra_weight`` times (never
+    calibrated or measured on: the confidence keeps meaning a rate on ``pairs``' distribution)."""
     text_rows, query_vectors, candidate_vectors = pair_features(pairs, model, min_similarity, cache_dir)
     labels = np.array([p.label for p in pairs], dtype=np.float64)
     parts = split_by_component(pairs, SHARES)
@@ -233,12 +247,22 @@ def train(
         return model_rows(text_rows[idx], query_vectors[idx], candidate_vectors[idx])
 
     x_train, x_calib, x_test = rows(train_i), rows(calib_i), rows(test_i)
+    y_train, weight = labels[train_i], np.ones(len(train_i))
+    extra_used = 0
+    if extra:
+        extra_rows, extra_q, extra_c = pair_features(extra, model, min_similarity, cache_dir)
+        keep = np.flatnonzero(~np.isnan(extra_rows[:, 0]))
+        x_extra = model_rows(extra_rows[keep], extra_q[keep], extra_c[keep]) if dim else extra_rows[keep]
+        x_train = np.vstack([x_train, x_extra])
+        y_train = np.concatenate([y_train, [float(extra[i].label) for i in keep]])
+        weight = np.concatenate([weight, np.full(len(keep), extra_weight)])
+        extra_used = len(keep)
     choices = EMBEDDING_L2 if dim else (L2,)
     best: tuple[float, float, VerifierModel] | None = None
     for l2_embedding in choices:
         penalty = np.full(x_train.shape[1], l2_embedding)
         penalty[: len(FEATURES)] = L2
-        mean, scale, weights, bias = fit_logistic(x_train, labels[train_i], penalty)
+        mean, scale, weights, bias = fit_logistic(x_train, y_train, penalty, sample_weight=weight)
         unit = np.array([0.0, 1.0])
         fitted = VerifierModel(mean, scale, weights, float(bias), unit, unit, embedding_dim=dim)
         auc = roc_auc(fitted.raw(x_calib), labels[calib_i])
@@ -257,6 +281,7 @@ def train(
         "model": "logistic, L2 on standardised features"
         + (f": {L2:g} on the text features, {chosen:g} on the embeddings" if dim else f" {L2:g}"),
         "train_pairs": len(train_i),
+        **({"extra_pairs": extra_used, "extra_weight": extra_weight} if extra else {}),
         "calibrate_pairs": len(calib_i),
         "test_pairs": len(test_i),
         "calibrate_auc": round(calib_auc, 4),

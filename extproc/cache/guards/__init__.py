@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 from extproc.cache.guards.base import Guard
 from extproc.cache.guards.code import CodeGuard
 from extproc.cache.guards.content import ContentGuard, WordVectorCache, missing_words, modifiers
+from extproc.cache.guards.direction import DirectionGuard
 from extproc.cache.guards.learned import BUILTIN, ConfidenceScorer, load_model
-from extproc.cache.guards.rules import DirectionGuard, NegationGuard, NumbersGuard, OppositesGuard, UnitsGuard
+from extproc.cache.guards.rules import NegationGuard, NumbersGuard, OppositesGuard, UnitsGuard
 from extproc.cache.guards.verifier import CrossEncoderVerifier, load_verifier_factory
 from extproc.errors import ConfigError
 

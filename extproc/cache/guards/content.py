@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from extproc.cache.guards.base import LONG_PROMPT_CHARS
-from extproc.cache.guards.lexical import CALENDAR_WORDS, NEGATIONS, NUMBER_WORDS, STOPWORDS, Analysis, analyze
+from extproc.cache.guards.lexical import (
+    CALENDAR_WORDS,
+    NEGATIONS,
+    NUMBER_WORDS,
+    STOPWORDS,
+    Analysis,
+    analyze,
+    numeronym_of,
+)
 from extproc.cache.guards.scripts import readable
 
 if TYPE_CHECKING:
@@ -42,18 +50,27 @@ def missing_words(a: Analysis, b: Analysis) -> list[str]:
             continue  # "wi", "fi" against "wifi"
         if k in spelled_out or _acronym_spans(b.words, (word,)):
             continue  # "new york city" against "nyc", and "nyc" against "new york city"
+        if any(numeronym_of(short, word) for short in b.numeronyms):
+            continue  # "kubernetes" against "k8s" (whose letters, k and s, are never missing)
         out.append(word)
     return out
 
 
 def _acronym_spans(words: Sequence[str], others: Sequence[str]) -> set[int]:
-    """Indices of ``words`` in a run of 2-6 whose initials spell one of ``others`` ("nyc")."""
+    """Indices of ``words`` in a run of 2-6 whose initials spell one of ``others`` ("nyc").
+
+    A function word is no acronym ("in Shasta" does not spell "is"), and the run must start and
+    end on content words ("machine learning" spells "ml", "is a" spells nothing): without both,
+    any two neighbouring words would excuse each other.
+    """
     initials = _initials(tuple(words))
     covered: set[int] = set()
-    for short in {w for w in others if 2 <= len(w) <= 6 and w.isalpha()}:
+    for short in {w for w in others if 2 <= len(w) <= 6 and w.isalpha() and w not in _SKIP}:
         i = initials.find(short)
         while i >= 0:
-            covered.update(range(i, i + len(short)))
+            end = i + len(short) - 1
+            if words[i] not in STOPWORDS and words[end] not in STOPWORDS:
+                covered.update(range(i, end + 1))
             i = initials.find(short, i + 1)
     return covered
 

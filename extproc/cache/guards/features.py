@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from extproc.cache.guards.content import _SKIP, _unaligned, missing_words, modifiers
+from extproc.cache.guards.direction import DirectionGuard
 from extproc.cache.guards.lexical import STOPWORDS, Analysis, analyze
-from extproc.cache.guards.rules import DirectionGuard, NegationGuard, OppositesGuard
+from extproc.cache.guards.rules import NegationGuard, NumbersGuard, OppositesGuard
 from extproc.embedding.base import WordVectors
 
 FEATURES = (
@@ -56,7 +57,12 @@ NAME_ALIGNMENT = 0.7
 """The same for names (Austria, Python): names of one kind align at 0.5-0.7."""
 
 _QUESTION_WORDS = ("what", "how", "why", "when", "where", "who", "which", "whom", "whose")
-_NEGATION, _OPPOSITES, _DIRECTION = NegationGuard(), OppositesGuard(), DirectionGuard()
+_NUMBERS, _NEGATION, _OPPOSITES, _DIRECTION = (
+    NumbersGuard(),
+    NegationGuard(),
+    OppositesGuard(),
+    DirectionGuard(),
+)
 
 
 @dataclass(frozen=True)
@@ -85,7 +91,8 @@ def _content(a: Analysis) -> set[str]:
 
 
 def _question_word(a: Analysis) -> str:
-    return next((w for w in a.words if w in _QUESTION_WORDS), "")
+    word = next((w for w in a.words if w in _QUESTION_WORDS), "")
+    return "who" if word == "whom" else word  # "painted by whom?" asks "who painted?"
 
 
 def text_part(query: str, candidate: str, cosine: float) -> TextPart:
@@ -100,7 +107,7 @@ def text_part(query: str, candidate: str, cosine: float) -> TextPart:
         "cosine": cosine,
         "cosine_above_0.9": max(0.0, cosine - 0.9),
         "cosine_above_0.95": max(0.0, cosine - 0.95),
-        "numbers_differ": float(a.numbers != b.numbers),
+        "numbers_differ": float(_NUMBERS.reject(query, candidate)),
         "units_differ": float(bool(a.units and b.units and a.units != b.units)),
         "negation": float(_NEGATION.reject(query, candidate)),
         "opposites": float(_OPPOSITES.reject(query, candidate)),

@@ -131,6 +131,16 @@ _CALENDAR = {
     "sept": "sep",
 }
 _CAPITALIZED_MONTHS = {"May": "may", "March": "mar"}  # lower-case they are a verb
+# "US" / "U.S." in capitals is the country, not the pronoun "us" (a stopword every rule skips):
+# "send money from the US to India" is not "from India to the US". Text in capitals throughout
+# ("TELL US") keeps the pronoun.
+_COUNTRY_US = re.compile(r"\bU\.S\.(?:A\.)?|\bUS\b")
+# A simple fraction is a number ("1/2 cup" = "half a cup" = "0.5 cup"), not two; dates (1/2/2020)
+# and ratios of larger numbers (24/7, 50/50, 9/11) keep their digits.
+_FRACTION = re.compile(r"(?<![\d/.,])(\d{1,2})\s*/\s*(\d{1,2})(?![\d/.,]?\d)")
+# "°F", "degrees F": Fahrenheit, as "350 F" already is (and C: Celsius).
+_FRACTION_BOTTOMS = frozenset((2, 3, 4, 5, 8, 10, 16))  # not 9/11, 7/11
+_DEGREES = re.compile(r"(?:°|℉|℃|\bdeg(?:ree)?s?\.?)\s*([fc])\b|([℉℃])")
 NUMBER_WORDS = frozenset(_CARDINALS) | frozenset(_SCALES) | frozenset(_ORDINALS)
 """Words the numbers guard reads as numbers (other guards leave them to it)."""
 CALENDAR_WORDS = frozenset(_CALENDAR)
@@ -205,9 +215,38 @@ class Analysis:
     negated: bool
     joined_pairs: frozenset[str]
     """Each two neighbouring words written as one (finds "wifi" in "wi-fi", "login" in "log in")."""
+    numeronyms: tuple[str, ...] = ()
+    """Codes that may abbreviate a word: "k8s" (kubernetes), "i18n"; their number is in ``numbers``."""
     names: frozenset[str] = frozenset()
     """Lower-cased names: words capitalized mid-sentence (Austria, Python), acronyms (NASA) and
     words with inner capitals (iPhone, PayPal).  Empty for text in Title Case or all capitals."""
+
+
+HALF = normalize_number("0.5")
+"""How 1/2 and "half" read as a number."""
+
+
+# A numeronym: first letter, how many letters left out, last letter ("k8s" = kubernetes, "i18n",
+# "a11y"). Read as a code (k, 8, s) like any other; only a word the other prompt spells out in
+# full makes it that word (see :func:`numeronym_of`), so "m4a" or "p90x" stay codes.
+_NUMERONYM = re.compile(r"\b[^\W\d_]\d{1,2}[^\W\d_]\b")
+
+
+def numeronym_of(short: str, word: str) -> bool:
+    """True when ``short`` abbreviates ``word`` by counting its inner letters ("k8s", "kubernetes")."""
+    return len(word) == int(short[1:-1]) + 2 and word[0] == short[0] and word[-1] == short[-1]
+
+
+def _fraction(match: re.Match[str]) -> str:
+    top, bottom = int(match.group(1)), int(match.group(2))
+    if not 0 < top < bottom or bottom not in _FRACTION_BOTTOMS:
+        return match.group(0)
+    return f" {top / bottom:.4g} "
+
+
+def _degrees(match: re.Match[str]) -> str:
+    letter = match.group(1) or ("f" if match.group(2) == "℉" else "c")
+    return " fahrenheit " if letter == "f" else " celsius "
 
 
 def _parse_number_words(words: list[str], i: int) -> tuple[int | None, int]:
@@ -235,7 +274,13 @@ def _parse_number_words(words: list[str], i: int) -> tuple[int | None, int]:
 def analyze(text: str) -> Analysis:
     """Tokenize and annotate ``text`` (cached: the same prompt is analysed once)."""
     capital_calendar = [v for k, v in _CAPITALIZED_MONTHS.items() if re.search(rf"\b{k}\b", text)]
+    if any(c.islower() for c in text):
+        text = _COUNTRY_US.sub("USA", text)
     lowered = ascii_numbers(text).translate(_APOSTROPHES).lower()
+    if "/" in lowered:
+        lowered = _FRACTION.sub(_fraction, lowered)
+    if "deg" in lowered or "°" in lowered or "℉" in lowered or "℃" in lowered:
+        lowered = _DEGREES.sub(_degrees, lowered)
     for pattern, repl in _CONTRACTIONS:
         lowered = pattern.sub(repl, lowered)
     words: list[str] = []
@@ -281,6 +326,12 @@ def analyze(text: str) -> Analysis:
             numbers["%"] += 1
         words.append(token)
         after_number = False
+    for k, word in enumerate(words[:-1]):
+        after = words[k + 1]
+        if word == "second" and (
+            after in ("most", "best", "worst", "least") or (after.endswith("est") and len(after) > 4)
+        ):
+            numbers["2"] += 1  # "the second longest river" is not "the longest river"
     i = 0
     while i < len(words):
         value, used = _parse_number_words(words, i)
@@ -298,6 +349,7 @@ def analyze(text: str) -> Analysis:
         units=frozenset(units),
         negated=negated,
         joined_pairs=frozenset(x + y for x, y in pairwise(words)),
+        numeronyms=tuple(_NUMERONYM.findall(lowered)),
         names=frozenset(_names(text)),
     )
 
@@ -313,7 +365,8 @@ def canonical(text: str) -> tuple[str, ...]:
     canonical words ask the same thing, however they spell it."""
     words = list(analyze(text).words)
     # Symbols the words drop still say something ("C++" is not "C", "=" not "=="): kept in order.
-    out: list[str] = [ch for ch in text if not (ch.isalnum() or ch.isspace() or ch in _QUIET_MARKS)]
+    bare = _FRACTION.sub(_fraction, text) if "/" in text else text  # the slash of "1/2" says "half"
+    out: list[str] = [ch for ch in bare if not (ch.isalnum() or ch.isspace() or ch in _QUIET_MARKS)]
     i = 0
     while i < len(words):
         value, used = _parse_number_words(words, i)
@@ -322,6 +375,10 @@ def canonical(text: str) -> tuple[str, ...]:
             i += used
             continue
         word = words[i]
+        if word == "half":
+            out.append(HALF)
+            i += 1
+            continue
         # "pound" is a weight or a currency: kept as written, never made "lb".
         out.append("percent" if word == "percentage" else word if word == "pound" else _UNITS.get(word, word))
         i += 1

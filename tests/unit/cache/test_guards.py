@@ -16,15 +16,9 @@ import pytest
 from extproc.cache import SemanticCache
 from extproc.cache.guards import build_guards
 from extproc.cache.guards.content import ContentGuard, missing_words
+from extproc.cache.guards.direction import DirectionGuard, transposed
 from extproc.cache.guards.lexical import analyze, normalize_number, stem
-from extproc.cache.guards.rules import (
-    DirectionGuard,
-    NegationGuard,
-    NumbersGuard,
-    OppositesGuard,
-    UnitsGuard,
-    transposed,
-)
+from extproc.cache.guards.rules import NegationGuard, NumbersGuard, OppositesGuard, UnitsGuard
 from extproc.cache.guards.verifier import CrossEncoderVerifier
 from extproc.config.settings import CacheSettings, with_overrides
 from extproc.embedding.base import EncodeFn, WordVectors
@@ -166,6 +160,17 @@ def test_direction_needs_swapped_words() -> None:
         ("What do people in Denver think of Seattle?", "What do people in Seattle think of Denver?"),
         ("Why do Poles dislike Russians?", "Why do Russians dislike Poles?"),
         ("What do Americans think of the British?", "What do the British think of Americans?"),
+        # runs of words trade places, and neighbours an article keeps apart
+        (
+            "What time is it in Los Angeles when it's 9 am in Tokyo?",
+            "What time is it in Tokyo when it's 9 am in Los Angeles?",
+        ),
+        (
+            "Is the set of rational numbers a subset of the integers?",
+            "Is the set of integers a subset of the rational numbers?",
+        ),
+        ("Is every rectangle a square?", "Is every square a rectangle?"),
+        ("How do I send money from the US to India?", "How do I send money from India to the US?"),
     ],
 )
 def test_direction_rejects_two_content_words_trading_places(a: str, b: str) -> None:
@@ -203,6 +208,58 @@ def test_opposite_qualities(a: str, b: str) -> None:
     assert not OppositesGuard().reject(a, a.replace("?", " please?"))
 
 
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("Who was Barack Obama's successor?", "Who was Barack Obama's predecessor?"),
+        ("When is the next solar eclipse?", "When was the last solar eclipse?"),
+        ("What foods should I eat during pregnancy?", "What foods should I avoid during pregnancy?"),
+        ("Which planet is closest to the Sun?", "Which planet is farthest from the Sun?"),
+    ],
+)
+def test_opposite_relations_and_times(a: str, b: str) -> None:
+    assert OppositesGuard().reject(a, b) and OppositesGuard().reject(b, a)
+
+
+def test_us_in_capitals_is_the_country() -> None:
+    assert "usa" in analyze("Can I work in the US?").words
+    assert "usa" in analyze("Is the U.S. a federation?").words
+    assert "us" in analyze("Tell us about your company").words
+    assert "us" in analyze("TELL US NOW").words  # shouting: the pronoun
+
+
+def test_fractions_half_and_the_second_largest() -> None:
+    guard = NumbersGuard()
+    assert not guard.reject("How many tbsp in half a cup?", "How many tablespoons are in 1/2 cup?")
+    assert not guard.reject("Add 3/4 cup of sugar", "Add 0.75 cup of sugar")
+    assert guard.reject("Add 1/2 cup of sugar", "Add 1/4 cup of sugar")
+    assert not guard.reject(
+        "How do I speak English fluently in half a year?", "How do I speak English fluently?"
+    )
+    assert (
+        analyze("What happened on 9/11?").numbers == analyze("What happened on 9 11?").numbers
+    )  # no fraction
+    assert analyze("Open 24/7").numbers["24"] == 1
+    assert guard.reject("What's the second longest river in Africa?", "What's the longest river in Africa?")
+    assert guard.reject("Who is the second most famous painter?", "Who is the most famous painter?")
+    assert not guard.reject("Wait a second, is this the longest river?", "Is this the longest river?")
+
+
+def test_degrees_f_and_c_are_units() -> None:
+    for text in ("boil in °F", "boil in degrees F", "boil in ℉"):
+        assert analyze(text).units == analyze("boil in Fahrenheit").units == {"fahrenheit"}
+    assert analyze("bake at 180°C").units == {"celsius"}
+    assert UnitsGuard().reject("Bake at 180 degrees C", "Bake at 180 degrees F")
+
+
+def test_a_numeronym_is_the_word_it_counts() -> None:
+    a, b = "k8s: how to remove a pod", "How do I remove a pod in Kubernetes?"
+    assert not NumbersGuard().reject(a, b) and not NumbersGuard().reject(b, a)
+    assert missing_words(analyze(b), analyze(a)) == []
+    assert NumbersGuard().reject("Set up i18n in React", "Set up i19n in React")  # no word spelled out
+    assert NumbersGuard().reject("Install k8s on Ubuntu", "Install k9s on Ubuntu")  # two codes
+
+
 # --- the content guard -------------------------------------------------------------------
 
 
@@ -212,6 +269,18 @@ def test_missing_words_ignore_function_words_inflections_and_compounds() -> None
     assert missing_words(analyze("boiling point of ethanol"), analyze("boiling point of methanol")) == [
         "ethanol"
     ]
+
+
+def test_function_words_spell_no_acronym() -> None:
+    # "in Shasta" has the initials of "is", "is solid" those of "is": neither excuses a word
+    a = analyze("Is there a rehab center in Shasta County?")
+    b = analyze("Is there a rehab center in Sacramento County?")
+    assert missing_words(a, b) == ["shasta"] and missing_words(b, a) == ["sacramento"]
+    assert missing_words(analyze("What is solid carbon dioxide?"), analyze("What is carbon dioxide?")) == [
+        "solid"
+    ]
+    assert missing_words(analyze("What is machine learning?"), analyze("What is ML?")) == []
+    assert missing_words(analyze("Best pizza in New York City"), analyze("Best pizza in NYC")) == []
 
 
 @pytest.fixture(scope="module")

@@ -100,3 +100,22 @@ def test_feature_rows_are_kept_only_while_the_feature_code_is_unchanged(
     again, _, _ = pair_features(pairs, encode, 0.0, tmp_path)
     assert len(list(tmp_path.glob("semantic-cache-features-*.npy"))) == 2
     assert np.array_equal(first, again, equal_nan=True)
+
+
+def test_extra_pairs_join_the_train_part_only_with_their_weight(tmp_path: Path) -> None:
+    pairs = toy_pairs()
+    encode = (toy_encode, DIM)
+    _, plain = train(pairs, encode, 0.0, tmp_path)
+    # the same kind of pairs with every label turned over: if they train, the model gets worse
+    flipped = [Pair(p.a, p.b, 1 - p.label) for p in toy_pairs(300)]
+    _, light = train(pairs, encode, 0.0, tmp_path, extra=flipped, extra_weight=0.1)
+    _, heavy = train(pairs, encode, 0.0, tmp_path, extra=flipped, extra_weight=10.0)
+    for report in (light, heavy):
+        assert report["extra_pairs"] == 300
+        # never calibrated or measured on: the held-out parts are the main file's alone
+        assert (report["calibrate_pairs"], report["test_pairs"]) == (
+            plain["calibrate_pairs"],
+            plain["test_pairs"],
+        )
+    assert heavy["extra_weight"] == 10.0 and "extra_pairs" not in plain
+    assert heavy["test_auc"] < light["test_auc"] - 0.1 < plain["test_auc"]
