@@ -2,8 +2,9 @@
 
 Each guard compares the query with a candidate prompt and rejects when they differ in a way
 that changes the answer while leaving the embedding almost unchanged: a different number,
-unit or date, a negation on one side only, or an opposite action. The swapped-direction guard is
-in :mod:`extproc.cache.guards.direction`.
+unit or date, a negation on one side only, or an opposite action. Dates relative to now
+("tomorrow", "last year") are read in :mod:`extproc.cache.guards.dates`, the swapped-direction
+guard is in :mod:`extproc.cache.guards.direction`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from types import MappingProxyType
 
+from extproc.cache.guards.dates import dates_differ
 from extproc.cache.guards.lexical import (
     HALF,
     NEGATIONS,
@@ -258,7 +260,10 @@ class NumbersGuard:
     def reject(self, query: str, candidate: str) -> bool:
         """True when the multisets of numbers (and weekday / month names) differ, read with and
         without "half" as 0.5: "half a cup" is "1/2 cup", yet "in half a year" is not a number
-        the other prompt must repeat (prose says "half" loosely)."""
+        the other prompt must repeat (prose says "half" loosely); or when each names a date
+        relative to now that the other does not ("this year" / "last year")."""
+        if dates_differ(query, candidate):
+            return True
         a, b = analyze(query), analyze(candidate)
         if a.numbers == b.numbers:
             return False

@@ -16,6 +16,7 @@ import pytest
 from extproc.cache import SemanticCache
 from extproc.cache.guards import build_guards
 from extproc.cache.guards.content import ContentGuard, missing_words
+from extproc.cache.guards.dates import dates_differ, relative_dates
 from extproc.cache.guards.direction import DirectionGuard, transposed
 from extproc.cache.guards.lexical import analyze, normalize_number, stem
 from extproc.cache.guards.rules import NegationGuard, NumbersGuard, OppositesGuard, UnitsGuard
@@ -563,3 +564,39 @@ def test_guard_settings_load() -> None:
     )
     assert not settings.guard_direction and settings.guard_numbers
     assert settings.guard_content_min_alignment == 0.6 and settings.verifier == "a.b:make"
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("What are the tax brackets for this year?", "What were the tax brackets last year?"),
+        ("What's the weather forecast for Chicago tomorrow?", "What was the weather in Chicago yesterday?"),
+        ("Any concerts in Austin this weekend?", "Any concerts in Austin next weekend?"),
+        ("What did the Fed decide last night?", "What did the Fed decide today?"),
+        ("What should I plant this spring?", "What should I plant next spring?"),
+    ],
+)
+def test_relative_dates_are_numbers(a: str, b: str) -> None:
+    assert NumbersGuard().reject(a, b) and NumbersGuard().reject(b, a)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [  # a date on one side only, the same date said twice, or a story's "next day"
+        ("What is the best language to learn today?", "What is the best language to learn?"),
+        ("What would you finish today if you died tomorrow?", "What would you do if you died tomorrow?"),
+        ("Sales in the past week?", "Sales over the last week?"),
+        ("What happened this morning?", "What happened today?"),
+        ("What did you do the next day after the party?", "What did you do yesterday after the party?"),
+        ("Is it my last day at work today?", "Is it my first day at work today?"),  # opposites' job
+        ("Is cricket popular in today's world?", "Is cricket popular tomorrow?"),  # the era
+    ],
+)
+def test_relative_dates_that_do_not_differ(a: str, b: str) -> None:
+    assert not dates_differ(a, b) and not dates_differ(b, a)
+
+
+def test_relative_dates_read_as_unit_and_offset() -> None:
+    assert relative_dates("What happened last night?") == relative_dates("What happened yesterday?")
+    assert relative_dates("Plans for next Monday?") == {("monday", 1): 1}
+    assert not relative_dates("What happened on the last day of the war?")
