@@ -20,9 +20,12 @@ with its 95 % Wilson interval) overall and per window of the stream, the hit rat
 calls verification added, and the static setting of equal (or lower) realized error with its
 hit rate. ``--per-request`` bounds the error per request instead, as vCache does (a candidate
 whose bound is above δ is still served with probability δ / bound), and compares by wrong hits
-/ requests that had a semantic candidate.
+/ requests that had a semantic candidate. ``--judged`` judges each comparison as ``eval`` judges
+a hit: wrong only when a label-0 pair joins the two clusters, right in one cluster, and unknown
+otherwise (two questions nobody compared: never learned from, counted apart, left out of the
+wrong-hit rate).
 
-    python -m bench.verification_sim [--pairs FILE] [--length N] [--zipf S] [--per-request]
+    python -m bench.verification_sim [--pairs FILE] [--length N] [--zipf S] [--per-request] [--judged]
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ SHARED = ROOT.parent / "shared" / "data" / "qqp-dev.jsonl"
 SAMPLE = ROOT / "bench" / "data" / "qqp-sample.jsonl"
 MODEL = "qqp"
 DELTAS = (0.01, 0.02, 0.05, 0.1, 0.2)
-"""The issue's three, and two this data can meet with semantic hits (its floor is about 7 %)."""
+"""The issue's three, and two this data can meet with semantic hits (its floor is about 5 %)."""
 STATIC = (0.5, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.96)
 WINDOWS = 5
 
@@ -94,15 +97,22 @@ class Run:
     error's denominator."""
     verify_calls: int = 0
     healed: int = 0
+    unjudged: int = 0
+    """Semantic hits whose two questions no label compares (``--judged``): not in the rate."""
     windows: list[list[int]] = field(default_factory=list)
     """Per window of the stream: [semantic hits, wrong ones, hits, queries]."""
     outcomes: Outcomes | None = None
     """What the bound learned (bound runs)."""
 
     @property
+    def judged(self) -> int:
+        """Semantic hits whose rightness is known."""
+        return self.semantic - self.unjudged
+
+    @property
     def wrong_rate(self) -> float:
-        """Wrong semantic hits / semantic hits served."""
-        return self.wrong / self.semantic if self.semantic else 0.0
+        """Wrong semantic hits / semantic hits served (judged ones, with ``--judged``)."""
+        return self.wrong / self.judged if self.judged else 0.0
 
     @property
     def request_error(self) -> float:
@@ -139,9 +149,10 @@ def stream(
 
     A topic is a connected component of the labelled pairs (label 0 or 1): the questions Quora
     put side by side. Each topic is its own cache partition (like a tenant or a system prompt),
-    so every candidate a lookup sees was labelled against its neighbours: "wrong" means a
-    label-0 link, not two questions nobody compared. A request picks a topic by a Zipf law over
-    a random ranking of the topics, then one of its questions uniformly.
+    so every candidate a lookup sees is linked to the query by a path of labelled pairs; not
+    always by one (two questions each labelled different from a third were never compared with
+    each other: ``--judged`` leaves those out). A request picks a topic by a Zipf law over a
+    random ranking of the topics, then one of its questions uniformly.
     """
     pairs = read_pairs(pairs_file)
     clusters = Clusters(pairs)
@@ -159,6 +170,14 @@ def stream(
     chosen = rng.choices(ranked, weights, k=length)
     topic_of = {text: topic for topic, members in topics.items() for text in members}
     return [rng.choice(topics[t]) for t in chosen], clusters, topic_of
+
+
+def wrong_answer(clusters: Clusters, cached: str, truth: str, judged: bool) -> bool | None:
+    """Whether the cached answer (a cluster) is wrong for a question of cluster ``truth``: any
+    other cluster is, or with ``judged`` only one a label-0 pair sets apart (None: unknown)."""
+    if cached == truth or not judged:
+        return cached != truth
+    return True if (min(cached, truth), max(cached, truth)) in clusters.apart else None
 
 
 def query_of(text: str, topic: str) -> CacheQuery:
@@ -180,10 +199,11 @@ async def simulate(
     seed: int = 0,
     level: float = BOUND_LEVEL,
     per_request: bool = False,
+    judged: bool = False,
 ) -> Run:
     """Drive one policy over the stream through a fresh cache. ``per_request``: the bound
     promises ≤ δ per request, as vCache does, so a candidate whose P(wrong) bound u is above δ is
-    still served with probability δ / u (else explored)."""
+    still served with probability δ / u (else explored). ``judged``: see :func:`wrong_answer`."""
     embedder, guards, scorer = parts
     cache = SemanticCache(
         MemoryBackend(vectors.shape[1], len(texts) + 1), embedder, 0.8, 10, 0, guards, scorer, min_confidence
@@ -207,7 +227,9 @@ async def simulate(
         upper = outcomes.upper(MODEL, score, entry.exact_key, similarity) if semantic and delta else 0.0
         if upper > delta and not (per_request and rng.random() < delta / upper):
             run.explored += 1  # the request goes upstream; its answer is compared with the candidate's
-            outcomes.learn(MODEL, entry.exact_key, score, entry.response["cluster"] != truth, similarity)
+            wrong = wrong_answer(clusters, entry.response["cluster"], truth, judged)
+            if wrong is not None:
+                outcomes.learn(MODEL, entry.exact_key, score, wrong, similarity)
             entry = None
         if entry is None:
             await cache.store(query, {"cluster": truth}, vectors[i], ttl_seconds=0)
@@ -216,8 +238,11 @@ async def simulate(
         window[2] += 1
         if not semantic:
             continue
-        wrong = entry.response["cluster"] != truth
+        wrong = wrong_answer(clusters, entry.response["cluster"], truth, judged)
         run.semantic += 1
+        if wrong is None:
+            run.unjudged += 1  # nobody compared the two questions: neither right nor wrong
+            continue
         run.wrong += wrong
         window[0] += 1
         window[1] += wrong
@@ -234,10 +259,11 @@ async def simulate(
 
 def describe(run: Run) -> str:
     """One line: hit rate, realized wrong-hit rate with its interval, explorations, verifications."""
-    lo, hi = wilson(run.wrong, run.semantic)
+    lo, hi = wilson(run.wrong, run.judged)
+    unjudged = f" ({run.unjudged} unjudged)" if run.unjudged else ""
     return (
         f"{run.name:<12} hit rate {run.hit_rate:6.2%}  semantic hits {run.semantic:5d} "
-        f"({run.semantic / max(1, run.queries):5.2%})  wrong "
+        f"({run.semantic / max(1, run.queries):5.2%}){unjudged}  wrong "
         f"{run.wrong:4d} = {run.wrong_rate:6.2%} [{lo:.2%}, {hi:.2%}]  explored {run.explored:5d}  "
         f"verify calls {run.verify_calls:4d} ({run.verify_calls / max(1, run.upstream_calls):.2%} of "
         f"upstream calls)  per request {run.wrong}/{run.decided} = {run.request_error:.2%}"
@@ -277,6 +303,11 @@ async def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="bound the error per request as vCache does (serve with probability δ / bound), not per hit",
     )
+    parser.add_argument(
+        "--judged",
+        action="store_true",
+        help="a hit is wrong only where a label-0 pair sets the two clusters apart (as eval judges)",
+    )
     args = parser.parse_args(argv)
     if not args.pairs.is_file():
         if args.pairs != SHARED:
@@ -312,18 +343,21 @@ async def main(argv: Sequence[str] | None = None) -> int:
             args.sample_rate,
             level=args.level,
             per_request=args.per_request,
+            judged=args.judged,
         )
         for d in DELTAS
     ]
     static = [
-        await simulate(texts, vectors, clusters, topic_of, parts, f"static {m:g}", min_confidence=m)
+        await simulate(
+            texts, vectors, clusters, topic_of, parts, f"static {m:g}", min_confidence=m, judged=args.judged
+        )
         for m in STATIC
     ]
     for run in static:
         print(describe(run))
     for run in bound:
         print(describe(run))
-        lo, _ = wilson(run.wrong, run.decided if args.per_request else run.semantic)
+        lo, _ = wilson(run.wrong, run.decided if args.per_request else run.judged)
         print(
             "  per window (wrong / semantic hits, hit rate): "
             + "  ".join(f"{w[1]}/{w[0]} {w[2] / max(1, w[3]):.1%}" for w in run.windows)

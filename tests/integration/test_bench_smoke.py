@@ -16,6 +16,9 @@ import numpy as np
 import pytest
 
 from bench.report import SAMPLE
+from bench.verification_sim import wrong_answer
+from extproc.cli.clusters import Clusters
+from extproc.cli.evaluate import Pair
 from tests.conftest import ROOT, MilvusServer
 
 pytestmark = pytest.mark.integration
@@ -125,7 +128,9 @@ def test_remote_embedding_smoke() -> None:
     assert [r[0] for r in rows] == ["local", "remote"] * 2 and all(float(r[2]) > 0 for r in rows)
 
 
-@pytest.mark.parametrize("promise", [(), ("--per-request",)], ids=["per-hit", "per-request"])
+@pytest.mark.parametrize(
+    "promise", [(), ("--per-request",), ("--judged",)], ids=["per-hit", "per-request", "judged"]
+)
 def test_verification_sim_smoke(promise: tuple[str, ...]) -> None:
     args = ("--pairs", str(SAMPLE), "--length", "1500", *promise)
     stdout = bench_stdout("verification_sim", *args, timeout=600)
@@ -138,3 +143,14 @@ def test_verification_sim_smoke(promise: tuple[str, ...]) -> None:
         )
     assert sum("static of ≤ equal error" in line for line in lines) == 5
     assert not any("VIOLATED" in line for line in lines)
+
+
+def test_judged_simulation_leaves_uncompared_questions_out() -> None:
+    # B is labelled apart from A and from C; nobody compared A with C; D duplicates A
+    pairs = [Pair("A?", "B?", 0), Pair("B?", "C?", 0), Pair("A?", "D?", 1)]
+    clusters = Clusters(pairs)
+    a, b, c, d = (clusters.cluster(t) for t in ("A?", "B?", "C?", "D?"))
+    assert wrong_answer(clusters, a, d, judged=True) is False
+    assert wrong_answer(clusters, a, b, judged=True) is True
+    assert wrong_answer(clusters, c, a, judged=True) is None  # unknown: never learned from
+    assert wrong_answer(clusters, c, a, judged=False) is True  # the default: another cluster is wrong
