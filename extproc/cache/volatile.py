@@ -23,6 +23,8 @@ import re
 import time
 from collections.abc import Iterable
 
+from extproc.cache.guards.dates import TODAY_AS_ERA
+
 _SHORT_UNITS = r"(?:second|minute|hour|day|night|week|weekend)s?"
 _UNITS = r"(?:second|minute|hour|day|night|week|weekend|fortnight|month|quarter|year|season)s?"
 _WEEKDAYS = r"(?:monday|tuesday|wednesday|thursday|friday|saturday|sunday)"
@@ -41,12 +43,6 @@ _RELATIVE = re.compile(
             rf"\b(?:in|within|over|during)\s+the\s+(?:last|past|next|coming)\s+(?:{_NUMBER}\s+)?{_SHORT_UNITS}\b",
         )
     ),
-    re.IGNORECASE,
-)
-# "today" as "nowadays": the era, not the date ("in today's society", "alive today", "even today").
-_ERA = re.compile(
-    r"\b(?:in|of|world|society|people|alive|exist|exists|even|still|relevant|useful)\s+today\b|"
-    r"\btoday(?:'s|’s)\s+(?:world|society|generation|youth|kids|children|parents|era|age|times|culture|economy|education)\b",
     re.IGNORECASE,
 )
 
@@ -83,7 +79,7 @@ _ANSWER_DATED = re.compile(
 
 def volatile_prompt(text: str) -> str:
     """Why ``text`` asks about what changes with time (``relative_time``, ``moving_value``), or ""."""
-    if _RELATIVE.search(_ERA.sub(" ", text)):
+    if _RELATIVE.search(TODAY_AS_ERA.sub(" ", text)):
         return "relative_time"
     if _PRESENT_MOVING.search(text):
         return "moving_value"

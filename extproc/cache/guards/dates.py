@@ -33,19 +33,20 @@ _RELATIVE = re.compile(
 # Words before "last day" / "next year" that make it a story's, not the calendar's: "my last day
 # at work", "a next year"; after "the" only a day is ("the next day", but "in the past week").
 _NOT_CALENDAR = frozenset(["a", "an", "my", "your", "his", "her", "our", "their", "its"])
-# "today" as "nowadays": the era, not the date ("in today's world", "still alive today").
-_ERA = re.compile(
+TODAY_AS_ERA = re.compile(
     r"\b(?:in|of|world|society|people|alive|exist|exists|even|still|relevant|useful)\s+today\b|"
     r"\btoday(?:'s|’s)\s+(?:world|society|generation|youth|kids|children|parents|era|age|times|"
     r"culture|economy|education)\b",
     re.IGNORECASE,
 )
+""""today" as "nowadays": the era, not the date ("in today's world", "still alive today"); also
+what the time-sensitive prompt check (:mod:`extproc.cache.volatile`) leaves out."""
 
 
 @lru_cache(maxsize=8192)
 def relative_dates(text: str) -> Counter[tuple[str, int]]:
     """Each date ``text`` names relative to now, as (unit, offset): "next Monday" → (monday, 1)."""
-    text = _ERA.sub(" ", text)
+    text = TODAY_AS_ERA.sub(" ", text)
     found: Counter[tuple[str, int]] = Counter()
     for match in _RELATIVE.finditer(text):
         if match.group("deictic"):
@@ -53,9 +54,7 @@ def relative_dates(text: str) -> Counter[tuple[str, int]]:
             continue
         unit = match.group("unit").lower()
         before = text[: match.start()].split()[-1:]
-        if before and (
-            before[0].lower() in _NOT_CALENDAR or (before[0].lower() == "the" and unit in _DAYS)
-        ):
+        if before and (before[0].lower() in _NOT_CALENDAR or (before[0].lower() == "the" and unit in _DAYS)):
             continue
         found["day" if unit in _PARTS_OF_DAY else unit, _OFFSETS[match.group("offset").lower()]] += 1
     return found
