@@ -274,33 +274,79 @@ class MilvusServer:
             if self.process.poll() is not None:
                 self.stop()
                 raise RuntimeError(f"milvus-server exited:\n{(self.data / 'server.log').read_text()[-3000:]}")
-            with socket.socket() as s:
-                s.settimeout(0.5)
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    time.sleep(1.0)  # the proxy accepts before the coordinators are ready
-                    return
+            if self._serving(deadline):
+                return
             time.sleep(0.3)
         self.stop()
         raise TimeoutError(f"Milvus did not start:\n{(self.data / 'server.log').read_text()[-3000:]}")
 
+    def _serving(self, deadline: float) -> bool:
+        """Whether the server answers: a real call where no credentials are needed.
+
+        The proxy accepts connections before the coordinators are ready (after an unclean stop,
+        until the old sessions expire), so an open port alone is not a started server.
+        """
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            if s.connect_ex(("127.0.0.1", self.port)) != 0:
+                return False
+        if "--tls-mode" in self.extra or "--authorization-enabled" in self.extra:
+            time.sleep(1.0)  # its own tests connect with their credentials and wait for it
+            return True
+        from pymilvus import MilvusClient
+
+        try:
+            client = MilvusClient(uri=self.uri, timeout=max(1.0, min(10.0, deadline - time.monotonic())))
+            client.list_collections()
+            client.close()
+            return True
+        except Exception:  # not serving yet, whatever the client raised
+            return False
+
     def stop(self, graceful: bool = False) -> None:
         """Stop the server's whole process group (the wrapper and the milvus binary).
 
-        ``graceful`` sends SIGTERM first (a clean stop restarts fast); otherwise SIGKILL, like a
-        crashed pod (the next start then waits for the old sessions to expire).
+        ``graceful`` sends SIGTERM first and allows it 5 s; otherwise SIGKILL, like a crashed pod
+        (the next start then waits for the old sessions to expire). Either way it returns once
+        the milvus binary is gone: a restart probing the port earlier met the dying server.
         """
         import signal
 
-        if self.process is not None and self.process.poll() is None:
-            if graceful:
+        if self.process is not None:
+            group = self.process.pid
+            if graceful and _group_running(group):
+                # The wrapper exits at once on SIGTERM; the milvus binary shuts down after it,
+                # so wait for the whole group. Milvus 2.3 standalone can hang in its shutdown
+                # (its proxy retrying a stopped root coordinator for minutes), hence the bound.
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGTERM)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.process.wait(30)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
+                    os.killpg(group, signal.SIGTERM)
+                _wait_group_gone(group, 5)
+            if _group_running(group):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(group, signal.SIGKILL)
+                _wait_group_gone(group, 10)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(10)
         self.process = None
+
+
+def _group_running(group: int) -> bool:
+    """Whether a live (not zombie) process of process group ``group`` remains (Linux /proc)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended while we looked
+        if fields[0] != "Z" and int(fields[2]) == group:
+            return True
+    return False
+
+
+def _wait_group_gone(group: int, timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for process group ``group`` to end (its port is then free)."""
+    deadline = time.monotonic() + timeout
+    while _group_running(group) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 @pytest.fixture(scope="session")
