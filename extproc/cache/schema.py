@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -124,6 +124,21 @@ class CacheBackend(Protocol):
 
     async def close(self) -> None:
         """Release connections and threads."""
+        ...
+
+
+@runtime_checkable
+class EvidenceStore(Protocol):
+    """Where a backend keeps documents beside its entries for every replica to read: the
+    verification evidence (docs/verification.md). Each writer owns one document and replaces it
+    whole; the backend never reads inside one."""
+
+    async def save_evidence(self, owner: str, document: str, now: float) -> None:
+        """Replace ``owner``'s document (ASCII text) with ``document``, stamped ``now``."""
+        ...
+
+    async def load_evidence(self, since: float) -> dict[str, str]:
+        """owner -> document of every owner that wrote at ``since`` or later (older ones are dropped)."""
         ...
 
 

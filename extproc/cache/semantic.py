@@ -21,6 +21,9 @@ from extproc.observability.tracing import tracer
 class Scorer(Protocol):
     """Gives the calibrated confidence that a candidate answers the query (the learned verifier)."""
 
+    identity: str
+    """Names what its confidences mean (two processes share evidence only under one identity)."""
+
     async def score(
         self,
         query: str,

@@ -166,6 +166,7 @@ async def _run(settings: CacheSettings, envoy_log_level: str) -> int:
 def cmd_create_collection(args: argparse.Namespace) -> int:
     """Create the Milvus collection named in milvus.yaml (for auto_create_collection: false)."""
     from extproc.cache.backends.milvus.client import create_collection, open_client
+    from extproc.cache.backends.milvus.evidence import create_evidence_collection, evidence_collection
     from extproc.cache.backends.milvus.schema import check_schema
 
     settings = load_config(default_config_path(args.config))
@@ -174,6 +175,10 @@ def cmd_create_collection(args: argparse.Namespace) -> int:
     milvus = settings.milvus()
     client = open_client(milvus)
     try:
+        evidence = evidence_collection(milvus)
+        if not client.has_collection(evidence):  # verification evidence, shared by the replicas
+            create_evidence_collection(client, milvus)
+            print(f"collection {evidence} created at {milvus.address} (verification evidence)")
         if client.has_collection(milvus.collection):
             problems = check_schema(client.describe_collection(milvus.collection), milvus, milvus.dimension)
             print(f"collection {milvus.collection} already exists at {milvus.address} (not changed)")

@@ -46,6 +46,11 @@ class VerificationSettings:
     entry_secret: str = ""
     """Key of the ``x-semantic-cache-entry`` ids ("" = random per process: ids from one replica
     are then refused by another)."""
+    share_evidence: bool = True
+    """Keep the bound's evidence in the backend too (Milvus: ``<collection>_evidence``), so that
+    every replica counts every replica's outcomes and a restart keeps them."""
+    evidence_max_age_days: int = 30
+    """Evidence of a process that has written none for this long is dropped (it stopped)."""
 
     @property
     def active(self) -> bool:
@@ -68,6 +73,8 @@ VERIFICATION_KEYS: KeySpec = {
         lambda v: None if v >= 0 else "must be >= 0",
     ),
     "entry_secret": (str, "a string (a secret)", None),
+    "share_evidence": (bool, "true or false", None),
+    "evidence_max_age_days": (int, "an integer (days)", int_range(1, 3650)),
 }
 
 

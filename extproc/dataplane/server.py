@@ -101,6 +101,8 @@ class ExtProcServer:
             raise OSError(f"cannot listen on {address}")
         await self.server.start()
         self.shared.loop_lag.start()
+        if self.shared.verification is not None:
+            self.shared.verification.start()
         for name in ("", SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port

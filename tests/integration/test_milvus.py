@@ -68,8 +68,9 @@ def drop_created(server: MilvusServer) -> None:
     client = MilvusClient(uri=server.uri, timeout=30)
     while _created:
         name = _created.pop()
-        if client.has_collection(name):
-            client.drop_collection(name)
+        for made in (name, name + "_evidence"):  # create-collection makes the evidence one too
+            if client.has_collection(made):
+                client.drop_collection(made)
     client.close()
 
 
@@ -262,7 +263,9 @@ def test_create_collection_command(milvus_server: MilvusServer, tmp_path: Path) 
         )
         assert done.returncode == 0, done.stderr
         assert expect in done.stdout
-    assert MilvusClient(uri=milvus_server.uri).has_collection(name)
+    client = MilvusClient(uri=milvus_server.uri)
+    assert client.has_collection(name) and client.has_collection(f"{name}_evidence")
+    client.close()
 
 
 def test_response_compression_and_too_large() -> None:

@@ -309,6 +309,9 @@ async def test_the_bound_explores_then_learns(make_stack: StackFactory, upstream
     await until(lambda: sample(stack, "semantic_cache_explorations_total", result="disagree") == 1)
     assert sample(stack, "semantic_cache_bound_decisions_total", decision="explore") == 1
     assert any(wrong for wrong, _ in v.outcomes.bins.values())
+    assert v.evidence._task is not None  # the listening server syncs its evidence …
+    assert await v.evidence.sync()  # … through its backend (here in-process: nothing to share)
+    assert list(await v.cache.backend.load_evidence(0)) == [v.evidence.owner]
 
 
 async def test_a_streamed_hit_is_verified_as_one_json_answer(

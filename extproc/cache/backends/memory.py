@@ -40,6 +40,8 @@ class MemoryBackend:
         self._partitions: dict[str, VectorIndex] = {}
         self._expiry: list[tuple[float, int]] = []  # a heap: imported entries expire in any order
         self.evictions = 0
+        self._evidence: dict[str, tuple[float, str]] = {}
+        """owner -> (written at, document): see :class:`~extproc.cache.schema.EvidenceStore`."""
 
     async def get_exact(self, exact_key: str, now: float) -> CacheEntry | None:
         """The live entry stored under ``exact_key``, if any."""
@@ -122,6 +124,18 @@ class MemoryBackend:
 
     async def close(self) -> None:
         """Nothing to release."""
+
+    # --- documents beside the entries (verification evidence) ----------------------------
+
+    async def save_evidence(self, owner: str, document: str, now: float) -> None:
+        """Keep ``owner``'s document (in this process: replicas share nothing here)."""
+        self._evidence[owner] = (now, document)
+
+    async def load_evidence(self, since: float) -> dict[str, str]:
+        """Every owner's document written at ``since`` or later; older ones are dropped."""
+        for owner in [o for o, (at, _) in self._evidence.items() if at < since]:
+            del self._evidence[owner]
+        return {owner: document for owner, (_, document) in self._evidence.items()}
 
     # --- bulk operations (admin API) -------------------------------------------------------
 

@@ -12,6 +12,7 @@ features only) still load.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -214,6 +215,9 @@ class ConfidenceScorer:
         """Word vectors of prompts (shared with the content guard); None: text alone decides."""
         self.embed = embed
         """Embeds a prompt whose vector the caller lacks (a model that reads embeddings needs both)."""
+        text = json.dumps(model.to_json(), sort_keys=True)
+        self.identity = "verifier-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+        """Names the fitted model: its confidences mean the same only to processes with this one."""
 
     async def _vector(self, text: str, given: np.ndarray | None) -> np.ndarray:
         if given is not None and np.size(given) == self.model.embedding_dim:

@@ -9,7 +9,8 @@ Two estimates, from two kinds of outcome:
   a Beta posterior per (model, confidence bin, similarity bin) whose prior is the offline calibration (mean
   1 − the bin's confidence, worth ``prior_strength`` observations) and whose evidence is every
   verified outcome in that bin: shadowed hits and explorations (a candidate the rule did not
-  serve, whose request went upstream and whose answer was then compared with the candidate's).
+  serve, whose request went upstream and whose answer was then compared with the candidate's),
+  this process's and those other processes shared (:mod:`.evidence`).
   An entry with outcomes of its own adds them to its bin's posterior (shrunk to at most
   ``ENTRY_PRIOR_CAP`` observations). A candidate is served when the posterior's 99 % upper
   quantile is ≤ δ. docs/verification.md says what that guarantees.
@@ -157,6 +158,10 @@ class Outcomes:
         """(model, confidence bin, similarity bin) -> [wrong, right] of every judged outcome."""
         self.entries: OrderedDict[str, list[float]] = OrderedDict()
         """entry id -> [wrong, right] of its own outcomes."""
+        self.shared: dict[tuple[str, int, int], list[float]] = {}
+        """Like ``bins``, what other processes observed (replicas, earlier runs): :meth:`adopt`."""
+        self.learned = 0
+        """Outcomes learned by this process (a sync writes its evidence when this moved)."""
 
     def model_key(self, model: str) -> str:
         """``model``, or ``other`` once MAX_MODELS models are tracked (a bounded label set)."""
@@ -176,6 +181,7 @@ class Outcomes:
         """A judged outcome of a candidate with confidence ``score``: evidence for the rule."""
         counts = self.bins.setdefault(self._bin(model, score, similarity), [0.0, 0.0])
         counts[0 if wrong else 1] += 1
+        self.learned += 1
         own = self.entries.pop(entry_id, None) or [0.0, 0.0]
         own[0 if wrong else 1] += 1
         self.entries[entry_id] = own
@@ -190,8 +196,10 @@ class Outcomes:
         prior_wrong = 1.0 - bin_mid(index)
         a = 0.5 + self.prior_strength * prior_wrong  # Jeffreys plus the offline calibration
         b = 0.5 + self.prior_strength * (1.0 - prior_wrong)
-        wrong, right = self.bins.get(self._bin(model, score, similarity), (0.0, 0.0))
-        a, b = a + wrong, b + right
+        key = self._bin(model, score, similarity)
+        wrong, right = self.bins.get(key, (0.0, 0.0))
+        others_wrong, others_right = self.shared.get(key, (0.0, 0.0))
+        a, b = a + wrong + others_wrong, b + right + others_right
         own = self.entries.get(entry_id) if entry_id else None
         if own is not None:
             shrink = min(1.0, ENTRY_PRIOR_CAP / (a + b))
@@ -201,6 +209,29 @@ class Outcomes:
     def upper(self, model: str, score: float, entry_id: str = "", similarity: float = 1.0) -> float:
         """The upper bound (at ``level``) of P(wrong) for such a candidate."""
         return beta_upper(*self.posterior(model, score, entry_id, similarity), self.level)
+
+    def export(self) -> list[list[str | float]]:
+        """This process's evidence: [model, confidence bin, similarity bin, wrong, right] rows."""
+        return [[m, c, sim, wrong, right] for (m, c, sim), (wrong, right) in sorted(self.bins.items())]
+
+    def adopt(self, others: list[list[list[str | float]]]) -> None:
+        """Take ``others`` (rows of :meth:`export` from other processes) as the shared evidence,
+        replacing what was adopted before; rows that do not read as such are skipped."""
+        shared: dict[tuple[str, int, int], list[float]] = {}
+        for rows in others:
+            for row in rows:
+                try:
+                    model, c, sim, wrong, right = row
+                    key = (str(model), int(c), int(sim))
+                    counts = [float(wrong), float(right)]
+                except (TypeError, ValueError):
+                    continue
+                if min(counts) < 0 or not all(math.isfinite(n) for n in counts):
+                    continue
+                total = shared.setdefault(key, [0.0, 0.0])
+                total[0] += counts[0]
+                total[1] += counts[1]
+        self.shared = shared
 
     def forget(self, entry_id: str) -> None:
         """Drop an entry's own outcomes (it was deleted)."""

@@ -30,6 +30,7 @@ from extproc.config.verification import VerificationSettings
 from extproc.dataplane.freshness import answer_text
 from extproc.dataplane.verification.agreement import agree, deterministic
 from extproc.dataplane.verification.entry_ids import EntryIds
+from extproc.dataplane.verification.evidence import EvidenceSync
 from extproc.dataplane.verification.outcomes import Outcomes
 from extproc.observability.metrics import Metrics
 from extproc.observability.tracing import tracer
@@ -103,6 +104,8 @@ class Verification:
         first = settings()
         self.ids = EntryIds(first.entry_secret)
         self.outcomes = Outcomes(first.prior_strength)
+        self.evidence = EvidenceSync(self.outcomes, cache, settings)
+        """Shares the bound's evidence with the other replicas through the backend."""
         self.skipped: Counter[str] = Counter()
         self.feedback_counts: Counter[str] = Counter()
         self.inflight = 0
@@ -332,9 +335,21 @@ class Verification:
             "peak_in_flight": self.peak_inflight,
             "skipped": dict(sorted(self.skipped.items())),
             "feedback": dict(sorted(self.feedback_counts.items())),
+            "evidence": {
+                "shared": self.evidence.store is not None,
+                "other_processes": self.evidence.processes,
+                "shared_outcomes": int(sum(w + r for w, r in self.outcomes.shared.values())),
+                "own_outcomes": self.outcomes.learned,
+                "problem": self.evidence.problem,
+            },
         }
 
+    def start(self) -> None:
+        """Begin sharing the evidence (the server calls it once it listens)."""
+        self.evidence.start()
+
     async def close(self) -> None:
-        """Close the HTTP client."""
+        """Write the evidence learned since the last sync; close the HTTP client."""
+        await self.evidence.close()
         if self._session is not None:
             await self._session.close()

@@ -84,6 +84,8 @@ async def test_judging_a_candidate_past_the_budget_is_given_up() -> None:
     from extproc.errors import Overloaded
 
     class SlowScorer:
+        identity = "slow"
+
         async def score(self, query: str, candidate: str, similarity: float, **_: object) -> float:
             await asyncio.sleep(0.3)
             return 0.99

@@ -22,6 +22,7 @@ import numpy as np
 from extproc.cache.backends.breaker import CircuitBreaker
 from extproc.cache.backends.milvus.bulk import MilvusBulkOps
 from extproc.cache.backends.milvus.client import create_collection, open_client
+from extproc.cache.backends.milvus.evidence import MilvusEvidenceOps
 from extproc.cache.backends.milvus.failures import auth_error, describe, is_data_error
 from extproc.cache.backends.milvus.rows import DEFAULT_LIMITS, NEVER, decode_response, entry_row
 from extproc.cache.backends.milvus.schema import SchemaProblem, check_schema, varchar_limits
@@ -52,7 +53,7 @@ def _vector(value: Any) -> np.ndarray | None:
     return None if value is None else np.asarray(value, dtype=np.float32)
 
 
-class MilvusBackend(MilvusBulkOps):
+class MilvusBackend(MilvusBulkOps, MilvusEvidenceOps):
     """Entries in a Milvus collection (a server, or embedded Milvus Lite for a file URI)."""
 
     name = "milvus"
