@@ -25,7 +25,12 @@ a hit: wrong only when a label-0 pair joins the two clusters, right in one clust
 otherwise (two questions nobody compared: never learned from, counted apart, left out of the
 wrong-hit rate).
 
+``--replicas N`` sends the requests to N processes in turn over the one cache (as replicas
+behind a Service over Milvus) and runs each δ twice: the evidence shared between them, and kept
+per process.
+
     python -m bench.verification_sim [--pairs FILE] [--length N] [--zipf S] [--per-request] [--judged]
+                                     [--replicas N]
 """
 
 from __future__ import annotations
@@ -65,6 +70,8 @@ DELTAS = (0.01, 0.02, 0.05, 0.1, 0.2)
 """The issue's three, and two this data can meet with semantic hits (its floor is about 5 %)."""
 STATIC = (0.5, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.96)
 WINDOWS = 5
+SYNC_REQUESTS = 100
+"""With --replicas: requests between two evidence syncs (the processor syncs every 10 s)."""
 
 
 class MemoScorer:
@@ -200,18 +207,29 @@ async def simulate(
     level: float = BOUND_LEVEL,
     per_request: bool = False,
     judged: bool = False,
+    replicas: int = 1,
+    shared: bool = True,
 ) -> Run:
     """Drive one policy over the stream through a fresh cache. ``per_request``: the bound
     promises ≤ δ per request, as vCache does, so a candidate whose P(wrong) bound u is above δ is
-    still served with probability δ / u (else explored). ``judged``: see :func:`wrong_answer`."""
+    still served with probability δ / u (else explored). ``judged``: see :func:`wrong_answer`.
+    ``replicas``: processes taking the requests in turn over the one cache, each with its own
+    outcomes; ``shared``: each adopts the others' evidence every SYNC_REQUESTS requests, as the
+    processor's evidence sync does (:mod:`extproc.dataplane.verification.evidence`)."""
     embedder, guards, scorer = parts
     cache = SemanticCache(
         MemoryBackend(vectors.shape[1], len(texts) + 1), embedder, 0.8, 10, 0, guards, scorer, min_confidence
     )
-    outcomes, rng, run = Outcomes(level=level), random.Random(seed), Run(name)
-    run.outcomes = outcomes
+    fleet = [Outcomes(level=level) for _ in range(replicas)]
+    rng, run = random.Random(seed), Run(name)
+    run.outcomes = fleet[0]
     size = math.ceil(len(texts) / WINDOWS)
     for i, text in enumerate(texts):
+        outcomes = fleet[i % replicas]
+        if shared and replicas > 1 and i % SYNC_REQUESTS == 0:
+            rows = [o.export() for o in fleet]
+            for k, o in enumerate(fleet):
+                o.adopt(rows[:k] + rows[k + 1 :])
         if i % size == 0:
             run.windows.append([0, 0, 0, 0])
         window = run.windows[-1]
@@ -308,6 +326,12 @@ async def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="a hit is wrong only where a label-0 pair sets the two clusters apart (as eval judges)",
     )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="processes taking the requests in turn; the bound runs twice: evidence shared and per process",
+    )
     args = parser.parse_args(argv)
     if not args.pairs.is_file():
         if args.pairs != SHARED:
@@ -338,14 +362,17 @@ async def main(argv: Sequence[str] | None = None) -> int:
             clusters,
             topic_of,
             parts,
-            f"bound {d:g}",
+            f"bound {d:g}" + (f" {args.replicas} replicas, {how}" if args.replicas > 1 else ""),
             d,
             args.sample_rate,
             level=args.level,
             per_request=args.per_request,
             judged=args.judged,
+            replicas=args.replicas,
+            shared=how == "shared",
         )
         for d in DELTAS
+        for how in (("shared", "per process") if args.replicas > 1 else ("",))
     ]
     static = [
         await simulate(

@@ -129,7 +129,9 @@ def test_remote_embedding_smoke() -> None:
 
 
 @pytest.mark.parametrize(
-    "promise", [(), ("--per-request",), ("--judged",)], ids=["per-hit", "per-request", "judged"]
+    "promise",
+    [(), ("--per-request",), ("--judged",), ("--replicas", "2")],
+    ids=["per-hit", "per-request", "judged", "replicas"],
 )
 def test_verification_sim_smoke(promise: tuple[str, ...]) -> None:
     args = ("--pairs", str(SAMPLE), "--length", "1500", *promise)
@@ -141,7 +143,11 @@ def test_verification_sim_smoke(promise: tuple[str, ...]) -> None:
             line.startswith(name) and "wrong" in line and "verify calls" in line and "per request" in line
             for line in lines
         )
-    assert sum("static of ≤ equal error" in line for line in lines) == 5
+    runs = 10 if "--replicas" in promise else 5  # each δ twice: evidence shared, per process
+    assert sum("static of ≤ equal error" in line for line in lines) == runs
+    if "--replicas" in promise:
+        assert any(line.startswith("bound 0.2 2 replicas, shared") for line in lines)
+        assert any(line.startswith("bound 0.2 2 replicas, per process") for line in lines)
     assert not any("VIOLATED" in line for line in lines)
 
 
