@@ -22,7 +22,7 @@ from extproc.config.settings import parse_config
 from extproc.embedding.base import EncodeFn
 from extproc.embedding.batcher import Embedder
 from extproc.errors import BackendUnavailable, ConfigError, EntryTooLarge
-from tests.conftest import MilvusServer, milvus_yaml, tls_milvus_instead
+from tests.conftest import MilvusServer, drop_collections, milvus_yaml, tls_milvus_instead
 from tests.support.toy import answer
 from tests.support.toy import query as q
 
@@ -62,16 +62,8 @@ def collection() -> str:
 
 
 def drop_created(server: MilvusServer) -> None:
-    """Drop the collections this module created (Milvus restarts slow down with each one)."""
-    from pymilvus import MilvusClient
-
-    client = MilvusClient(uri=server.uri, timeout=30)
-    while _created:
-        name = _created.pop()
-        for made in (name, name + "_evidence"):  # create-collection makes the evidence one too
-            if client.has_collection(made):
-                client.drop_collection(made)
-    client.close()
+    """Drop the collections this module created."""
+    drop_collections(server, _created)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -16,7 +16,7 @@ import pytest
 
 from extproc.cache.backends.milvus.backend import MilvusBackend
 from extproc.errors import DataRejected
-from tests.conftest import MilvusServer, StackFactory, milvus_yaml
+from tests.conftest import MilvusServer, StackFactory, drop_collections, milvus_yaml
 from tests.support.admin_helpers import chat
 from tests.support.toy import answer
 from tests.support.toy import query as q
@@ -27,16 +27,10 @@ _created: list[str] = []
 
 
 @pytest.fixture(scope="module", autouse=True)
-def drop_collections(milvus_server: MilvusServer) -> Any:
-    """Drop this module's collections at its end (Milvus restarts slow down with each one)."""
+def drop_module_collections(milvus_server: MilvusServer) -> Any:
+    """Drop this module's collections at its end."""
     yield
-    from pymilvus import MilvusClient
-
-    client = MilvusClient(uri=milvus_server.uri, timeout=30)
-    for name in _created:
-        if client.has_collection(name):
-            client.drop_collection(name)
-    client.close()
+    drop_collections(milvus_server, _created)
 
 
 def milvus_settings(server: MilvusServer, tmp_path: Path) -> dict[str, Any]:

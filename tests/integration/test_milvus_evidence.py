@@ -20,7 +20,7 @@ from extproc.dataplane.verification import Verification
 from extproc.embedding.base import EncodeFn
 from extproc.embedding.batcher import Embedder
 from extproc.errors import BackendUnavailable
-from tests.conftest import MilvusServer, milvus_yaml
+from tests.conftest import MilvusServer, drop_collections, milvus_yaml
 
 pytestmark = pytest.mark.integration
 
@@ -28,17 +28,10 @@ _names: list[str] = []
 
 
 @pytest.fixture(scope="module", autouse=True)
-def drop_collections(milvus_server: MilvusServer) -> Any:
+def drop_module_collections(milvus_server: MilvusServer) -> Any:
     """Drop the collections this module made (entries and evidence)."""
     yield
-    from pymilvus import MilvusClient
-
-    client = MilvusClient(uri=milvus_server.uri, timeout=30)
-    for name in _names:
-        for made in (name, name + "_evidence"):
-            if client.has_collection(made):
-                client.drop_collection(made)
-    client.close()
+    drop_collections(milvus_server, _names)
 
 
 def config(tmp_path: Path, server: MilvusServer, name: str, **development: Any) -> Path:

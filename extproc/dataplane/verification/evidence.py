@@ -78,8 +78,9 @@ class EvidenceSync:
     def store(self) -> EvidenceStore | None:
         """The backend, when sharing is on and it keeps documents."""
         backend = self.cache.backend
-        on = self._settings().share_evidence and isinstance(backend, EvidenceStore)
-        return backend if on else None  # type: ignore[return-value]
+        if self._settings().share_evidence and isinstance(backend, EvidenceStore):
+            return backend
+        return None
 
     def start(self) -> None:
         """Sync every SYNC_SECONDS in the background until :meth:`close`."""
