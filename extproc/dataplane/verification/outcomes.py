@@ -160,8 +160,16 @@ class Outcomes:
         """entry id -> [wrong, right] of its own outcomes."""
         self.shared: dict[tuple[str, int, int], list[float]] = {}
         """Like ``bins``, what other processes observed (replicas, earlier runs): :meth:`adopt`."""
-        self.learned = 0
-        """Outcomes learned by this process (a sync writes its evidence when this moved)."""
+
+    @property
+    def learned(self) -> int:
+        """Outcomes this process learned (``bins`` only grow: a sync writes when this moved)."""
+        return int(sum(wrong + right for wrong, right in self.bins.values()))
+
+    @property
+    def adopted(self) -> int:
+        """Outcomes other processes learned, as last adopted."""
+        return int(sum(wrong + right for wrong, right in self.shared.values()))
 
     def model_key(self, model: str) -> str:
         """``model``, or ``other`` once MAX_MODELS models are tracked (a bounded label set)."""
@@ -181,7 +189,6 @@ class Outcomes:
         """A judged outcome of a candidate with confidence ``score``: evidence for the rule."""
         counts = self.bins.setdefault(self._bin(model, score, similarity), [0.0, 0.0])
         counts[0 if wrong else 1] += 1
-        self.learned += 1
         own = self.entries.pop(entry_id, None) or [0.0, 0.0]
         own[0 if wrong else 1] += 1
         self.entries[entry_id] = own

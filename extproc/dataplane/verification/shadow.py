@@ -338,7 +338,7 @@ class Verification:
             "evidence": {
                 "shared": self.evidence.store is not None,
                 "other_processes": self.evidence.processes,
-                "shared_outcomes": int(sum(w + r for w, r in self.outcomes.shared.values())),
+                "shared_outcomes": self.outcomes.adopted,
                 "own_outcomes": self.outcomes.learned,
                 "problem": self.evidence.problem,
             },
