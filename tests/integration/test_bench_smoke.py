@@ -160,3 +160,22 @@ def test_judged_simulation_leaves_uncompared_questions_out() -> None:
     assert wrong_answer(clusters, a, b, judged=True) is True
     assert wrong_answer(clusters, c, a, judged=True) is None  # unknown: never learned from
     assert wrong_answer(clusters, c, a, judged=False) is True  # the default: another cluster is wrong
+
+
+def test_cross_encoder_probe_smoke(tmp_path: Path) -> None:
+    lines = SAMPLE.read_text(encoding="utf-8").splitlines()
+    for part, rows in (("train", lines[:64]), ("calibrate", lines[64:264]), ("test", lines[264:464])):
+        (tmp_path / f"{part}.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    args = ("--split-dir", str(tmp_path), "--epochs", "1", "--json")
+    report = json.loads(bench_stdout("cross_encoder_probe", *args, timeout=600).splitlines()[-1])
+    assert report["train_pairs"] == 64 and np.isfinite(report["final_loss"])
+    for part in ("calibrate", "test"):
+        aucs = [v for k, v in report[part].items() if k.startswith("auc_")]
+        assert report[part]["pairs_scored"] > 0 and len(aucs) == 4 and all(0 <= v <= 1 for v in aucs)
+    totals = report["hand_totals"]
+    assert totals == {"look-alikes": 96 + 39 + 40, "paraphrases": 99 + 40 + 40}
+    for served in report["hand_sets"].values():
+        assert 0 <= served["look-alikes"] <= totals["look-alikes"]
+        assert 0 <= served["paraphrases"] <= totals["paraphrases"]
+    # the shipped judge's counts are those docs/correctness.md gives for the three sets
+    assert report["hand_sets"]["shipped"] == {"look-alikes": 0 + 0 + 2, "paraphrases": 85 + 32 + 20}
