@@ -212,24 +212,18 @@ def probe(
             "auc_cross_encoder": roc_auc(cross[near], y[near]),
             "auc_stacked": roc_auc(stacked[near], y[near]),
         }
-    hand: dict[str, dict[str, int]] = {"shipped": {"look-alikes": 0, "paraphrases": 0}}
-    hand.update({f"stacked {cut}": {"look-alikes": 0, "paraphrases": 0} for cut in CUTS})
-    for name in HAND_SETS:
-        pairs = read_pairs(hand_dir / name)
-        cosine, confidence, vetoed = asyncio.run(judge(pairs))
-        stacked = _stacked(stack, _stack_inputs(confidence, encoder.score(pairs)))
-        for i, p in enumerate(pairs):
-            if vetoed[i] or cosine[i] < min_similarity:
-                continue
-            kind = "paraphrases" if p.label else "look-alikes"
-            hand["shipped"][kind] += int(confidence[i] >= min_confidence)
-            for cut in CUTS:
-                hand[f"stacked {cut}"][kind] += int(stacked[i] >= cut)
-    report["hand_sets"] = hand
-    report["hand_totals"] = {
-        "look-alikes": sum(1 for n in HAND_SETS for p in read_pairs(hand_dir / n) if not p.label),
-        "paraphrases": sum(1 for n in HAND_SETS for p in read_pairs(hand_dir / n) if p.label),
+    pairs = [p for name in HAND_SETS for p in read_pairs(hand_dir / name)]
+    cosine, confidence, vetoed = asyncio.run(judge(pairs))
+    stacked = _stacked(stack, _stack_inputs(confidence, encoder.score(pairs)))
+    served = (vetoed == 0) & (cosine >= min_similarity)
+    labels = np.array([p.label for p in pairs])
+    kinds = {"look-alikes": labels == 0, "paraphrases": labels == 1}
+    rules = {"shipped": confidence >= min_confidence} | {f"stacked {cut}": stacked >= cut for cut in CUTS}
+    report["hand_sets"] = {
+        name: {kind: int((served & chosen & mask).sum()) for kind, mask in kinds.items()}
+        for name, chosen in rules.items()
     }
+    report["hand_totals"] = {kind: int(mask.sum()) for kind, mask in kinds.items()}
     report["seconds"] = round(time.perf_counter() - started, 1)
     return report
 
