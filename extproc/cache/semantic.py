@@ -17,6 +17,9 @@ from extproc.embedding.batcher import Embedder
 from extproc.errors import EmbeddingFailed, Overloaded
 from extproc.observability.tracing import tracer
 
+LONG_PROMPT = "long_prompt"
+"""Rejection of a query or candidate longer than the embedding model reads (exact hits only)."""
+
 
 class Scorer(Protocol):
     """Gives the calibrated confidence that a candidate answers the query (the learned verifier)."""
@@ -173,6 +176,11 @@ class SemanticCache:
         limit = self.similarity_threshold if threshold is None else threshold
         floor = self.min_confidence if min_confidence is None else min_confidence
         timings: dict[str, float] = {}
+        if not await self.embedder.fits(query.prompt):
+            # Past the model's window the vector stands for the prompt's head alone: one long
+            # document with another question after it embeds identically (cosine 1.0, and the
+            # verifier, reading the same vectors, is sure). Such prompts hit on exact repeats only.
+            return LookupResult(vector=vector, timings=timings, rejections=[LONG_PROMPT])
         with timed(timings, "search_ms"), tracer.start_as_current_span("semantic_cache.lookup") as span:
             candidates = await self.backend.search(query.partition, vector, self.top_k, now)
             span.set_attribute("semantic_cache.candidates", len(candidates))
@@ -189,6 +197,9 @@ class SemanticCache:
                 continue  # defence in depth: backends already filter by partition
             if too_old(entry, now, max_age):
                 result.rejections.append("max_age")
+                continue
+            if not await self.embedder.fits(entry.prompt):
+                result.rejections.append(LONG_PROMPT)  # its vector is its head's (above)
                 continue
             judging = self.judge(
                 query.prompt,

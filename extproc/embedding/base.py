@@ -49,13 +49,54 @@ class WordVectors:
 WordsFn = Callable[[Sequence[str]], list[WordVectors]]
 
 
+TOKEN_SLACK = 4
+"""Tokens a tokenizer adds beside the text's own ([CLS], [SEP], a leading word-start piece)."""
+PREFIX_TOKENS_PER_CHAR = 8
+"""Characters per allowed token counted inline: a longer prefix already over the window settles
+it; only a text that fits in so many characters' prefix yet is longer needs a full count."""
+INLINE_COUNT_CHARS = 8192
+"""Longer texts are counted on a worker thread (tokenizing costs ~0.3 ms per KB)."""
+
+
+@dataclass(frozen=True)
+class TokenWindow:
+    """How much of a text the model reads: at most ``max_tokens`` tokens (markers included),
+    the rest is cut off before the forward pass, so two texts that differ only past the window
+    get one vector."""
+
+    max_tokens: int
+    count: Callable[[str], int]
+    """Tokens of a text, never truncated."""
+
+    def fits(self, text: str) -> bool:
+        """True when the model reads all of ``text`` (blocking: the tokenizer runs here)."""
+        # No tokenizer in use gives more than one token per UTF-8 byte (WordPiece and
+        # SentencePiece pieces cover a character or more; byte-level BPE a byte or more).
+        if len(text) * 4 + TOKEN_SLACK <= self.max_tokens:
+            return True
+        if len(text.encode("utf-8", "surrogatepass")) + TOKEN_SLACK <= self.max_tokens:
+            return True
+        prefix = text[: self.max_tokens * PREFIX_TOKENS_PER_CHAR]
+        if self.count(prefix) > self.max_tokens:
+            return False  # a prefix's words are already past the window
+        return len(prefix) == len(text) or self.count(text) <= self.max_tokens
+
+    def must_count_off_loop(self, text: str) -> bool:
+        """True when :meth:`fits` may tokenize more than a few KB (run it on a thread)."""
+        return len(text) > INLINE_COUNT_CHARS
+
+
 class SentenceEncoder:
     """An encode function (texts -> unit vectors) that can also give per-word vectors."""
 
-    def __init__(self, encode: EncodeFn, words: WordsFn | None = None) -> None:
+    def __init__(
+        self, encode: EncodeFn, words: WordsFn | None = None, window: TokenWindow | None = None
+    ) -> None:
         self._encode = encode
         self.words = words
         """Per-word contextual vectors from the same forward pass the sentence vector pools."""
+        self.window = window
+        """What the model reads of a text (None: unknown, every text taken as read whole)."""
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         """Unit sentence vectors of ``texts``."""

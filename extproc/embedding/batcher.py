@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from extproc.embedding.base import EncodeFn, WordVectors
+from extproc.embedding.base import EncodeFn, TokenWindow, WordVectors
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,8 @@ class Embedder:
         )
         self._queues = tuple(q for q in (self._sentences, self._words) if q is not None)
         """Every queue whose passes share the workers (what a new lookup may wait behind)."""
+        self.window: TokenWindow | None = getattr(encode, "window", None)
+        """What the model reads of a text (None: unknown, e.g. a remote endpoint)."""
         self._kept: OrderedDict[str, Callable[[], WordVectors]] = OrderedDict()
         """Word vectors of recently embedded texts, from their sentence pass (made when asked)."""
         self._kept_lock = threading.Lock()
@@ -198,6 +200,16 @@ class Embedder:
     def has_words(self) -> bool:
         """True when the model can give per-word vectors (see :meth:`embed_words`)."""
         return self._words is not None
+
+    async def fits(self, text: str) -> bool:
+        """True when the model reads all of ``text`` (its vector stands for the whole text; past
+        the model's window, two texts that differ only in their tails get one vector)."""
+        window = self.window
+        if window is None:
+            return True
+        if window.must_count_off_loop(text):
+            return await asyncio.to_thread(window.fits, text)
+        return window.fits(text)
 
     @property
     def backlog(self) -> int:

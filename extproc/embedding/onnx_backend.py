@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from extproc.embedding.base import WordVectors, word_vectors
+from extproc.embedding.base import TokenWindow, WordVectors, word_vectors
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +188,12 @@ class OnnxEncoder:
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.tokenizer.enable_truncation(int(meta["max_seq_length"]))
         self.tokenizer.no_padding()
+        whole = Tokenizer.from_str(self.tokenizer.to_str())
+        whole.no_truncation()
+        self.window = TokenWindow(
+            int(meta["max_seq_length"]), lambda text: len(whole.encode(text, add_special_tokens=True).ids)
+        )
+        """What the model reads of a text (the forward pass truncates to ``max_seq_length``)."""
         self._model_file = folder / "model.onnx"
         self.threads = threads if threads > 0 else usable_cores()
         """Threads of one forward pass."""

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from extproc.embedding.base import EncodeFn, SentenceEncoder, WordsFn, WordVectors, word_vectors
+from extproc.embedding.base import EncodeFn, SentenceEncoder, TokenWindow, WordsFn, WordVectors, word_vectors
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def load_torch_model(name: str, path: Path, threads: int) -> tuple[EncodeFn, int
             )
         return np.asarray(vectors, dtype=np.float32)
 
-    encoder = SentenceEncoder(encode, _word_encoder(model))
+    encoder = SentenceEncoder(encode, _word_encoder(model), _window(model))
     encoder(["warm up"])
     log.info(
         "embedding model %s loaded from %s in %.2fs (dim %d, backend torch)",
@@ -64,6 +64,18 @@ def load_torch_model(name: str, path: Path, threads: int) -> tuple[EncodeFn, int
         dim,
     )
     return encoder, dim
+
+
+def _window(model: Any) -> TokenWindow | None:
+    """What the model reads of a text: ``max_seq_length`` tokens of its tokenizer (None when it
+    has neither)."""
+    tokenizer = getattr(model, "tokenizer", None)
+    limit = getattr(model, "max_seq_length", None)
+    if tokenizer is None or not limit:
+        return None
+    return TokenWindow(
+        int(limit), lambda text: len(tokenizer(text, truncation=False, verbose=False)["input_ids"])
+    )
 
 
 def _word_encoder(model: Any) -> WordsFn | None:

@@ -184,13 +184,17 @@ def _count(value: Any) -> int | None:
 def saved_tokens(stored: dict[str, Any]) -> SavedTokens | None:
     """The stored ``usage`` as :class:`SavedTokens`, or None when the entry has no usable usage.
 
-    A stream stored without ``stream_options.include_usage`` reported no usage: nothing is
-    claimed for it.
+    Chat and text completions count ``prompt_tokens``/``completion_tokens``; a Responses answer
+    counts the same as ``input_tokens``/``output_tokens``. A stream stored without
+    ``stream_options.include_usage`` reported no usage: nothing is claimed for it.
     """
     usage = stored.get("usage")
     if not isinstance(usage, dict):
         return None
-    prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+    prompt = _count(usage.get("prompt_tokens"))
+    completion = _count(usage.get("completion_tokens"))
+    if prompt is None and completion is None:  # only a Responses usage may name them otherwise
+        prompt, completion = _count(usage.get("input_tokens")), _count(usage.get("output_tokens"))
     if prompt is None and completion is None:
         return None
     return SavedTokens(prompt or 0, completion or 0)

@@ -2,7 +2,10 @@
 
 The same request identity as chat (model, normalized prompt, fingerprint of everything else)
 with the endpoint in the fingerprint, so a chat answer is never served as a text completion.
-Streams are ``text_completion`` chunks (``choices[].text``) ending with ``data: [DONE]``.
+Streams are ``text_completion`` chunks (``choices[].text``) ending with ``data: [DONE]``; they
+are read and replayed with the chat stream's rules (:mod:`extproc.protocol.stream`), so the legacy
+``logprobs`` (per-token lists, split and joined with the text) and vLLM's ``stop_reason`` survive
+a stream stored and served as JSON, and the reverse.
 """
 
 from __future__ import annotations
@@ -10,19 +13,32 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from itertools import zip_longest
 from typing import Any
 
 from extproc.errors import NotCacheable, NotStorable
-from extproc.protocol.completion import validate_choices
+from extproc.protocol.completion import is_error_payload, validate_choices
 from extproc.protocol.openai import (
     ChatRequest,
     _hash,
     check_model,
     load_request,
     normalize_text,
+    quotes_prompt,
 )
-from extproc.protocol.stream import stream_payloads
+from extproc.protocol.sse import DONE, dump_json, sse_data
+from extproc.protocol.stream import (
+    COMPLETION_FIELDS,
+    EVERY_CHUNK,
+    ZERO_USAGE,
+    StreamChoice,
+    content_with_logprobs,
+    joined,
+    merge_chunk,
+    stream_payloads,
+    text_pieces,
+)
 
 COMPLETIONS_PATH = "/v1/completions"
 
@@ -54,6 +70,7 @@ def parse_completions_request(
         stream=data.get("stream") is True,
         include_usage=isinstance(options, dict) and options.get("include_usage") is True,
         n=data["n"] if isinstance(data.get("n"), int) and data["n"] > 0 else 1,
+        quotes_prompt=quotes_prompt(data),
     )
 
 
@@ -75,41 +92,60 @@ def parse_json_text_completion(body: bytes, choices_expected: int = 1) -> dict[s
     return validate_text_completion(data, choices_expected)
 
 
+def _as_chat_choice(part: Any) -> dict[str, Any]:
+    """A ``text_completion`` chunk choice in the chat chunk shape, its ``text`` as a delta.
+
+    The chat reader then adds the choices up: text fragments concatenated, the legacy
+    ``logprobs`` lists (``tokens``, ``token_logprobs``, ``top_logprobs``, ``text_offset``)
+    appended, ``stop_reason`` and other fields kept, the latest non-null value winning.
+    """
+    if not isinstance(part, dict) or not isinstance(part.get("text", ""), str | None):
+        raise NotStorable("unparseable")
+    rest = {k: v for k, v in part.items() if k not in ("text", "delta")}
+    return rest | {"delta": {"text": part.get("text") or ""}}
+
+
+def _assemble_text_choice(choice: StreamChoice) -> dict[str, Any]:
+    fields = dict(choice.fields)
+    return {
+        "index": choice.index,
+        "text": choice.message.get("text", ""),
+        "logprobs": fields.pop("logprobs", None),
+        "finish_reason": fields.pop("finish_reason", None),
+        **fields,
+    }
+
+
 def parse_sse_text_completion(body: bytes, choices_expected: int = 1) -> dict[str, Any]:
     """Rebuild one ``text_completion`` from a complete stream of them (ending ``[DONE]``)."""
     payloads = stream_payloads(body)
     head: dict[str, Any] = {}
-    choices: dict[int, dict[str, Any]] = {}
-    for payload in payloads:
-        try:
+    choices: dict[int, StreamChoice] = {}
+    try:
+        for payload in payloads:
             chunk = json.loads(payload)
-        except ValueError as exc:
-            raise NotStorable("unparseable") from exc
-        if not isinstance(chunk, dict) or "error" in chunk:
-            raise NotStorable("error_body")
-        for key in ("id", "created", "model", "system_fingerprint"):
-            if key in chunk and key not in head:
-                head[key] = chunk[key]
-        if chunk.get("usage"):
-            head["usage"] = chunk["usage"]
-        for part in chunk.get("choices") or []:
-            if not isinstance(part, dict) or not isinstance(part.get("text", ""), str):
+            if is_error_payload(chunk):
+                raise NotStorable("error_body")
+            if not isinstance(chunk, dict):
                 raise NotStorable("unparseable")
-            index = part.get("index", 0)
-            empty = {"index": index, "text": "", "logprobs": None, "finish_reason": None}
-            choice = choices.setdefault(index, empty)
-            choice["text"] += part.get("text") or ""
-            if part.get("finish_reason"):
-                choice["finish_reason"] = part["finish_reason"]
-    completion = {
-        "id": head.get("id", ""),
+            parts = chunk.get("choices")
+            if isinstance(parts, list):
+                chunk = dict(chunk, choices=[_as_chat_choice(part) for part in parts])
+            merge_chunk(head, choices, chunk)
+    except (ValueError, RecursionError) as exc:  # not JSON, or nested deeper than we can merge
+        raise NotStorable("unparseable") from exc
+    completion: dict[str, Any] = {
+        "id": head.pop("id", ""),
         "object": "text_completion",
-        "created": head.get("created", 0),
-        "model": head.get("model", ""),
-        "choices": [choices[i] for i in sorted(choices)],
+        "created": head.pop("created", 0),
+        "model": head.pop("model", ""),
+        "choices": [_assemble_text_choice(choices[i]) for i in sorted(choices)],
     }
-    completion.update({k: head[k] for k in ("system_fingerprint", "usage") if k in head})
-    return validate_text_completion(completion, choices_expected)
+    usage = head.pop("usage", None)
+    completion.update(head)
+    if usage is not None:
+        completion["usage"] = usage
+    return validate_text_completion(joined(completion), choices_expected)
 
 
 def _fresh_id() -> str:
@@ -118,35 +154,76 @@ def _fresh_id() -> str:
 
 def render_text_completion(stored: dict[str, Any]) -> bytes:
     """The stored ``text_completion`` as JSON with a fresh ``id`` and ``created``."""
-    out = dict(stored, id=_fresh_id(), created=int(time.time()), object="text_completion")
-    return json.dumps(out, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return dump_json(dict(stored, id=_fresh_id(), created=int(time.time()), object="text_completion"))
+
+
+def _text_with_logprobs(
+    text: str, logprobs: dict[str, Any], size: int
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Text pieces, each with its slice of the legacy ``logprobs`` lists (the chat path's split).
+
+    The per-token lists are cut where the piece's tokens are; any other field goes whole with
+    the first piece. Concatenating the pieces and the slices gives back ``text`` and ``logprobs``.
+    """
+    tokens = logprobs["tokens"]
+    per_token = {k for k, v in logprobs.items() if isinstance(v, list) and len(v) == len(tokens)}
+    rest = {k: v for k, v in logprobs.items() if k not in per_token}
+    # Tokens shaped as chat logprobs entries, each knowing its position, so the split is shared.
+    entries = [{"token": t, "at": i} for i, t in enumerate(tokens)]
+    for j, (piece, group) in enumerate(content_with_logprobs(text, entries, size)):
+        start = group[0]["at"] if group else 0
+        end = group[-1]["at"] + 1 if group else 0
+        cut = {k: v[start:end] for k, v in logprobs.items() if k in per_token}
+        yield piece, cut | (rest if j == 0 else {})
+
+
+def _text_choice_chunks(choice: dict[str, Any], position: int, size: int) -> Iterator[dict[str, Any]]:
+    """The ``choices`` entries that replay one stored choice: text pieces, then the final entry."""
+    index, text = choice.get("index", position), choice.get("text") or ""
+    logprobs = choice.get("logprobs")
+    unsent = logprobs
+    if text and isinstance(logprobs, dict) and isinstance(logprobs.get("tokens"), list):
+        for piece, probs in _text_with_logprobs(text, logprobs, size):
+            yield {"index": index, "text": piece, "logprobs": probs, "finish_reason": None}
+        unsent = None
+    else:
+        for piece in text_pieces(text, size):
+            yield {"index": index, "text": piece, "logprobs": None, "finish_reason": None}
+    finish = choice.get("finish_reason", "stop")
+    final = {"index": index, "text": "", "logprobs": unsent, "finish_reason": finish}
+    for key, value in choice.items():
+        if key not in final:
+            final[key] = value  # stop_reason and vendor fields, where vLLM puts stop_reason
+    yield final
 
 
 def render_text_sse(stored: dict[str, Any], include_usage: bool, piece_chars: int = 64) -> bytes:
-    """The stored ``text_completion`` as a stream: text pieces, a finish chunk, usage, ``[DONE]``."""
+    """The stored ``text_completion`` as a stream: text pieces, a finish chunk, usage, ``[DONE]``.
+
+    Pieces carry their share of the stored log probabilities, the finish chunk ``stop_reason``
+    and the choice's other fields, as vLLM streams them; several choices are interleaved.
+    """
     base: dict[str, Any] = {
         "id": _fresh_id(),
         "object": "text_completion",
         "created": int(time.time()),
         "model": stored.get("model", ""),
     }
-    if "system_fingerprint" in stored:
-        base["system_fingerprint"] = stored["system_fingerprint"]
-
-    def chunk(choices: list[dict[str, Any]], usage: Any = None) -> bytes:
-        payload = dict(base, choices=choices) | ({"usage": usage} if usage is not None else {})
-        return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
-
+    for key in EVERY_CHUNK:
+        if key in stored:
+            base[key] = stored[key]
+    extra = {k: v for k, v in stored.items() if k not in COMPLETION_FIELDS and k not in EVERY_CHUNK}
+    choices = [c for c in stored.get("choices") or () if isinstance(c, dict)]
+    streams = [_text_choice_chunks(choice, position, piece_chars) for position, choice in enumerate(choices)]
     parts: list[bytes] = []
-    for choice in stored.get("choices", []):
-        index, text = choice.get("index", 0), choice.get("text") or ""
-        for start in range(0, len(text), piece_chars):
-            piece = {"index": index, "text": text[start : start + piece_chars], "logprobs": None}
-            parts.append(chunk([piece | {"finish_reason": None}]))
-        finish = choice.get("finish_reason", "stop")
-        parts.append(chunk([{"index": index, "text": "", "logprobs": None, "finish_reason": finish}]))
+    for step in zip_longest(*streams):  # one entry per choice per step, as vLLM interleaves them
+        for entry in step:
+            if entry is not None:
+                chunk = dict(base, choices=[entry])
+                if not parts:
+                    chunk.update(extra)
+                parts.append(sse_data(chunk))
     if include_usage:
-        usage = stored.get("usage") or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        parts.append(chunk([], usage))
-    parts.append(b"data: [DONE]\n\n")
+        parts.append(sse_data(dict(base, choices=[], usage=stored.get("usage") or ZERO_USAGE)))
+    parts.append(DONE)
     return b"".join(parts)

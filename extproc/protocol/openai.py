@@ -41,6 +41,9 @@ class ChatRequest:
     include_usage: bool
     n: int = 1
     """Choices asked for; a stored response must have exactly this many, all complete."""
+    quotes_prompt: bool = False
+    """The answer quotes the prompt itself (``echo``, vLLM's ``prompt_logprobs``): a paraphrase's
+    stored answer would quote another prompt, so only exact repeats may be served."""
 
 
 def normalize_text(text: str) -> str:
@@ -143,7 +146,15 @@ def parse_chat_request(
         stream=data.get("stream") is True,
         include_usage=isinstance(stream_options, dict) and stream_options.get("include_usage") is True,
         n=data["n"] if isinstance(data.get("n"), int) and data["n"] > 0 else 1,
+        quotes_prompt=quotes_prompt(data),
     )
+
+
+def quotes_prompt(data: dict[str, Any]) -> bool:
+    """True when a request's answer repeats its prompt: ``echo`` (vLLM's chat and the legacy
+    completions) or ``prompt_logprobs`` (vLLM: the prompt's tokens with their log-probabilities)."""
+    logprobs = data.get("prompt_logprobs")
+    return data.get("echo") is True or (logprobs is not None and logprobs is not False)  # 0 asks too
 
 
 def exact_key(model: str, scope: str, fingerprint: str, prompt: str) -> str:

@@ -26,7 +26,7 @@ from extproc.protocol.openai import (
     load_request,
     normalize_text,
 )
-from extproc.protocol.sse import iter_sse_data
+from extproc.protocol.sse import dump_json, iter_sse_data
 
 RESPONSES_PATH = "/v1/responses"
 _STATEFUL = ("previous_response_id", "conversation")
@@ -128,7 +128,7 @@ def parse_sse_response(body: bytes, choices_expected: int = 1) -> dict[str, Any]
 
 def render_response(stored: dict[str, Any]) -> bytes:
     """The stored ``response`` as JSON with a fresh ``id`` and ``created_at``."""
-    return json.dumps(_fresh(stored), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return dump_json(_fresh(stored))
 
 
 def _fresh(stored: dict[str, Any]) -> dict[str, Any]:
@@ -149,8 +149,8 @@ def render_response_sse(stored: dict[str, Any], include_usage: bool = False, pie
     events.append({"type": "response.completed", "response": final})
     parts = []
     for seq, event in enumerate(events):
-        data = json.dumps(dict(event, sequence_number=seq), ensure_ascii=False, separators=(",", ":"))
-        parts.append(f"event: {event['type']}\ndata: {data}\n\n".encode())
+        data = dump_json(dict(event, sequence_number=seq))  # lone surrogates and U+2028 stay escaped
+        parts.append(b"event: " + event["type"].encode() + b"\ndata: " + data + b"\n\n")
     return b"".join(parts)
 
 

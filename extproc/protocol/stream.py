@@ -36,7 +36,7 @@ class _Parts(list[str]):
 
 
 @dataclass
-class _Choice:
+class StreamChoice:
     """One choice while its deltas arrive."""
 
     index: int
@@ -74,7 +74,7 @@ def _accumulate(target: dict[str, Any], key: str, value: Any) -> None:
         target[key] = value
 
 
-def _merge_call(choice: _Choice, call: Any) -> None:
+def _merge_call(choice: StreamChoice, call: Any) -> None:
     if not isinstance(call, dict):
         raise NotStorable("unparseable")
     index = call.get("index")
@@ -91,7 +91,7 @@ def _merge_call(choice: _Choice, call: Any) -> None:
             _accumulate(target, key, value)
 
 
-def _merge_delta(choice: _Choice, delta: dict[str, Any]) -> None:
+def _merge_delta(choice: StreamChoice, delta: dict[str, Any]) -> None:
     for key, value in delta.items():
         if key == "role":
             if isinstance(value, str):
@@ -103,13 +103,13 @@ def _merge_delta(choice: _Choice, delta: dict[str, Any]) -> None:
             _accumulate(choice.message, key, value)
 
 
-def _merge_choice(choices: dict[int, _Choice], raw: Any) -> None:
+def _merge_choice(choices: dict[int, StreamChoice], raw: Any) -> None:
     if not isinstance(raw, dict):
         raise NotStorable("unparseable")
     index = raw.get("index", 0)
     if not isinstance(index, int) or isinstance(index, bool) or index < 0:
         raise NotStorable("unparseable")
-    choice = choices.setdefault(index, _Choice(index))
+    choice = choices.setdefault(index, StreamChoice(index))
     for key, value in raw.items():
         if key == "index":
             continue
@@ -126,7 +126,8 @@ def _merge_choice(choices: dict[int, _Choice], raw: Any) -> None:
             _latest(choice.fields, key, value)
 
 
-def _merge_chunk(head: dict[str, Any], choices: dict[int, _Choice], chunk: dict[str, Any]) -> None:
+def merge_chunk(head: dict[str, Any], choices: dict[int, StreamChoice], chunk: dict[str, Any]) -> None:
+    """Fold one stream chunk into the completion so far (``head``) and its ``choices``."""
     for key, value in chunk.items():
         if key == "choices":
             if not isinstance(value, list | None):
@@ -144,18 +145,18 @@ def _merge_chunk(head: dict[str, Any], choices: dict[int, _Choice], chunk: dict[
             _latest(head, key, value)
 
 
-def _joined(value: Any) -> Any:
+def joined(value: Any) -> Any:
     """``value`` with every :class:`_Parts` joined into its text."""
     if isinstance(value, _Parts):
         return "".join(value)
     if isinstance(value, dict):
-        return {k: _joined(v) for k, v in value.items()}
+        return {k: joined(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_joined(v) for v in value]
+        return [joined(v) for v in value]
     return value
 
 
-def _assemble_choice(choice: _Choice) -> dict[str, Any]:
+def _assemble_choice(choice: StreamChoice) -> dict[str, Any]:
     fields = dict(choice.fields)
     rest = dict(choice.message)
     message = {"role": rest.pop("role", "assistant"), "content": rest.pop("content", None), **rest}
@@ -197,7 +198,7 @@ def parse_sse_completion(body: bytes, choices_expected: int = 1) -> dict[str, An
     """
     payloads = stream_payloads(body)
     head: dict[str, Any] = {}
-    choices: dict[int, _Choice] = {}
+    choices: dict[int, StreamChoice] = {}
     try:
         for payload in payloads:
             chunk = json.loads(payload)
@@ -205,13 +206,13 @@ def parse_sse_completion(body: bytes, choices_expected: int = 1) -> dict[str, An
                 raise NotStorable("error_body")
             if not isinstance(chunk, dict):
                 raise NotStorable("unparseable")
-            _merge_chunk(head, choices, chunk)
-        return validate_completion(_joined(_assemble(head, choices)), choices_expected)
+            merge_chunk(head, choices, chunk)
+        return validate_completion(joined(_assemble(head, choices)), choices_expected)
     except (ValueError, RecursionError) as exc:  # not JSON, or nested deeper than we can merge
         raise NotStorable("unparseable") from exc
 
 
-def _assemble(head: dict[str, Any], choices: dict[int, _Choice]) -> dict[str, Any]:
+def _assemble(head: dict[str, Any], choices: dict[int, StreamChoice]) -> dict[str, Any]:
     completion: dict[str, Any] = {
         "id": head.pop("id", ""),
         "object": "chat.completion",
@@ -228,17 +229,20 @@ def _assemble(head: dict[str, Any], choices: dict[int, _Choice]) -> dict[str, An
 
 # --- replaying a stored completion ---------------------------------------------------------
 
-_COMPLETION_FIELDS = frozenset({"id", "object", "created", "model", "choices", "usage"})
-_EVERY_CHUNK = ("service_tier", "system_fingerprint")
+COMPLETION_FIELDS = frozenset({"id", "object", "created", "model", "choices", "usage"})
+"""Fields every completion has; any other top-level field is the upstream's own and kept."""
+EVERY_CHUNK = ("service_tier", "system_fingerprint")
 """Completion fields repeated on every chunk, as OpenAI does; other extra fields go on the first."""
-_ZERO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+ZERO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+"""The usage chunk of an answer stored without usage."""
 
 
-def _pieces(text: str, size: int) -> list[str]:
+def text_pieces(text: str, size: int) -> list[str]:
+    """``text`` cut into pieces of ``size`` characters (a replayed stream's deltas)."""
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
-def _content_with_logprobs(content: str, tokens: list[Any], size: int) -> Iterator[tuple[str, list[Any]]]:
+def content_with_logprobs(content: str, tokens: list[Any], size: int) -> Iterator[tuple[str, list[Any]]]:
     """Content pieces, each with the log probabilities of its tokens.
 
     When the tokens spell the content, pieces end at token boundaries and carry exactly their
@@ -260,7 +264,7 @@ def _content_with_logprobs(content: str, tokens: list[Any], size: int) -> Iterat
         if group:
             yield "".join(piece), group
         return
-    pieces = _pieces(content, size)
+    pieces = text_pieces(content, size)
     n, p = len(tokens), len(pieces)
     for j, text in enumerate(pieces):
         yield text, tokens[j * n // p : (j + 1) * n // p]
@@ -281,7 +285,7 @@ def _tool_call_deltas(calls: list[dict[str, Any]], size: int) -> Iterator[dict[s
             else:
                 header[key] = value
         yield {"tool_calls": [header]}
-        for piece in _pieces(arguments, size):
+        for piece in text_pieces(arguments, size):
             yield {"tool_calls": [{"index": i, "function": {"arguments": piece}}]}
 
 
@@ -317,7 +321,7 @@ def _choice_chunks(choice: dict[str, Any], position: int, size: int) -> Iterator
     yield entry(role)
 
     # Reasoning first, as a reasoning model produces it; both names in the same deltas.
-    thought = [_pieces(texts.get(k, ""), size) for k in ("reasoning_content", "reasoning")]
+    thought = [text_pieces(texts.get(k, ""), size) for k in ("reasoning_content", "reasoning")]
     for a, b in zip_longest(*thought):
         yield entry({k: v for k, v in (("reasoning_content", a), ("reasoning", b)) if v is not None})
 
@@ -325,13 +329,13 @@ def _choice_chunks(choice: dict[str, Any], position: int, size: int) -> Iterator
     unsent = has_logprobs
     if "content" in texts and isinstance(tokens, list):
         rest = {k: v for k, v in logprobs.items() if k != "content"}
-        for j, (text, group) in enumerate(_content_with_logprobs(texts["content"], tokens, size)):
+        for j, (text, group) in enumerate(content_with_logprobs(texts["content"], tokens, size)):
             yield entry({"content": text}, {"content": group, **(rest if j == 0 else {})})
         unsent = False
     else:
-        for text in _pieces(texts.get("content", ""), size):
+        for text in text_pieces(texts.get("content", ""), size):
             yield entry({"content": text})
-    for text in _pieces(texts.get("refusal", ""), size):
+    for text in text_pieces(texts.get("refusal", ""), size):
         yield entry({"refusal": text})
     for delta in _tool_call_deltas(calls, size):
         yield entry(delta)
@@ -356,10 +360,10 @@ def render_sse(stored: dict[str, Any], include_usage: bool, piece_chars: int = 6
         "created": int(time.time()),
         "model": stored.get("model", ""),
     }
-    for key in _EVERY_CHUNK:
+    for key in EVERY_CHUNK:
         if key in stored:
             base[key] = stored[key]
-    extra = {k: v for k, v in stored.items() if k not in _COMPLETION_FIELDS and k not in _EVERY_CHUNK}
+    extra = {k: v for k, v in stored.items() if k not in COMPLETION_FIELDS and k not in EVERY_CHUNK}
     choices = [c for c in stored.get("choices") or () if isinstance(c, dict)]
     streams = [_choice_chunks(choice, position, piece_chars) for position, choice in enumerate(choices)]
     parts: list[bytes] = []
@@ -371,6 +375,6 @@ def render_sse(stored: dict[str, Any], include_usage: bool, piece_chars: int = 6
                     chunk.update(extra)
                 parts.append(sse_data(chunk))
     if include_usage:
-        parts.append(sse_data(dict(base, choices=[], usage=stored.get("usage") or _ZERO_USAGE)))
+        parts.append(sse_data(dict(base, choices=[], usage=stored.get("usage") or ZERO_USAGE)))
     parts.append(DONE)
     return b"".join(parts)

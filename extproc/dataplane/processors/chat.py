@@ -25,6 +25,7 @@ from extproc.dataplane.identity import cache_query, canonical_query
 from extproc.dataplane.policy import route_name, route_settings
 from extproc.dataplane.processors.base import Processor, Send
 from extproc.dataplane.processors.settings import RequestSettings
+from extproc.dataplane.processors.single_flight import SingleFlight
 from extproc.dataplane.processors.verify import VerifiedHits
 from extproc.dataplane.shared import HEADER, Shared
 from extproc.errors import NotCacheable, NotStorable, OutcomeError
@@ -46,7 +47,7 @@ INLINE_PARSE_BYTES = 64 * 1024
 """Bodies up to this size are parsed on the event loop; larger or compressed ones in a thread."""
 
 
-class ChatCompletionsProcessor(RequestSettings, VerifiedHits, Processor):
+class ChatCompletionsProcessor(RequestSettings, SingleFlight, VerifiedHits, Processor):
     """Caches ``POST /v1/chat/completions``: one method per phase.
 
     The wire format is five functions (class attributes), so another OpenAI endpoint with the
@@ -199,26 +200,6 @@ class ChatCompletionsProcessor(RequestSettings, VerifiedHits, Processor):
             return m.request_body()
         d.entry_age_s = max(0.0, time.time() - lookup.entry.created_at)
         return self._serve_hit(chat, lookup)
-
-    async def _coalesce(self, query: CacheQuery) -> LookupResult | None:
-        """Single-flight: lead this miss, or wait (bounded) for the identical one in flight."""
-        inflight = self.shared.inflight
-        if inflight.lead(query.exact_key):
-            self._leading = True
-            return None
-        wait = self.settings.coalesce_wait_ms / 1000
-        if self._send is not None:  # keep Envoy from giving up on us while we wait
-            await self._send(m.extend_timeout(wait + 1.0))
-        if not await inflight.wait(query.exact_key, wait):
-            return None
-        try:
-            entry = await self.shared.cache.backend.get_exact(query.exact_key, time.time())
-        except Exception:
-            return None
-        if entry is None:
-            return None
-        self.decision.reason = "coalesced"
-        return LookupResult(entry=entry, similarity=1.0, match="exact", best_similarity=1.0)
 
     async def _parse_request(self, body: bytes) -> ChatRequest:
         """Decode and parse the body; a compressed or large one off the event loop, bounded."""
@@ -411,9 +392,3 @@ class ChatCompletionsProcessor(RequestSettings, VerifiedHits, Processor):
         if not self.decision.store:
             self.decision.store = reason
         self._release()  # identical misses waiting for this answer go upstream now
-
-    def _release(self) -> None:
-        """Hand the single-flight lead back (once): waiters stop waiting for this answer."""
-        if self._leading and self._query is not None:
-            self._leading = False
-            self.shared.inflight.done(self._query.exact_key)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from extproc.config.settings import CacheSettings
     from extproc.dataplane.decision import Decision
     from extproc.dataplane.shared import Shared
+    from extproc.protocol.openai import ChatRequest
 
 
 EXACT_ONLY = 2.0
@@ -32,6 +33,7 @@ class RequestSettings:
     _route: str
     _headers: dict[str, str]
     _scope: str
+    _request: ChatRequest | None
     _fresh: Freshness
     _no_cache: bool
     _storing: bool
@@ -73,6 +75,8 @@ class RequestSettings:
         """
         if self.decision.non_latin and self.shared.english_only:
             return EXACT_ONLY
+        if self._request is not None and self._request.quotes_prompt:
+            return EXACT_ONLY  # the stored answer quotes its own prompt (echo, prompt_logprobs)
         return self.settings.similarity_threshold if self.decision.policy else None
 
     def _check_volatile(self, reason: str) -> None:

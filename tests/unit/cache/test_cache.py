@@ -240,3 +240,29 @@ async def test_judge_is_the_decision_on_one_candidate() -> None:
     cache.scorer = ScoreBySecond()
     assert await cache.judge("v:1,0", "v:1,0.3", 0.95) == ([], 0.3)
     assert await cache.judge("v:1,0", "v:1,0.05", 0.99) == (["marker"], None)  # vetoed: not scored
+
+
+async def test_prompts_longer_than_the_model_reads_hit_only_on_exact_repeats() -> None:
+    """Past the window the vector is the head's: one document followed by two different
+    questions embeds identically, so neither may answer the other (nor a prompt that is just
+    the head); the exact repeat still hits."""
+    from extproc.embedding.base import TokenWindow
+
+    def encode(texts: Sequence[str]) -> np.ndarray:
+        return toy_encode([t.split(" ", 1)[0] for t in texts])  # reads the first word alone
+
+    encode.window = TokenWindow(8, lambda t: len(t.split()) + 2)  # type: ignore[attr-defined]
+    cache = make_cache(threshold=0.5)
+    cache.embedder = Embedder(encode, DIM)
+    doc = "v:1,0 the quarterly report in six words"
+    await cache.store(query(doc + " translate it"), answer("German text"))
+    other = await cache.check(query(doc + " count its words"))
+    assert other.entry is None and other.rejections == ["long_prompt"] and other.candidates == 0
+    assert other.vector is not None  # kept for the store
+    head = await cache.check(query("v:1,0 the report"))  # fits, but the candidate does not
+    assert head.entry is None and head.candidates == 1 and head.rejections == ["long_prompt"]
+    repeat = await cache.check(query(doc + " translate it"))
+    assert repeat.match == "exact" and repeat.entry is not None
+    await cache.store(query("v:1,0 short"), answer("short"))
+    short = await cache.check(query("v:1,0 brief"))
+    assert short.match == "semantic" and short.entry is not None and short.entry.prompt == "v:1,0 short"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gzip
 import json
 from typing import Any
@@ -11,7 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from extproc.dataplane.processors import ChatCompletionsProcessor
-from tests.unit.dataplane.test_processors import CHAT, chat_body, completion, headers, make_shared
+from tests.unit.dataplane.test_processors import (
+    CHAT,
+    chat_body,
+    completion,
+    headers,
+    make_shared,
+    miss_and_store,
+)
 
 OK_JSON = [(":status", "200"), ("content-type", "application/json")]
 OK_SSE = [(":status", "200"), ("content-type", "text/event-stream")]
@@ -68,6 +76,28 @@ async def test_followers_are_released_when_the_leader_will_not_store() -> None:
     reply = await asyncio.wait_for(waiting, 2)
     assert reply.immediate_response is None and follower.decision.outcome == "miss"
     assert len(shared.inflight) == 0  # released at the headers, not at the end of the body
+
+
+async def test_a_follower_never_serves_the_old_entry_its_own_max_age_passed_over() -> None:
+    """Both ask for answers under a minute old; the stored one is an hour old. The leader's
+    upstream fails (nothing stored): the follower goes upstream too, never to the old entry."""
+    shared, _, pending = make_shared(coalesce_wait_ms=30_000)
+    await miss_and_store(shared, pending, "who wrote hamlet", "OLD ANSWER")
+    backend = shared.cache.backend
+    for key, entry in list(backend._entries.items()):
+        backend._entries[key] = dataclasses.replace(entry, created_at=entry.created_at - 3600)
+    fresh = [*CHAT, ("cache-control", "max-age=60")]
+    leader = ChatCompletionsProcessor(shared)
+    leader.on_request_headers(headers(fresh), False)
+    await leader.on_request_body(chat_body("who wrote hamlet"), True)
+    assert leader.decision.outcome == "miss" and leader._leading
+    follower = ChatCompletionsProcessor(shared)
+    follower.on_request_headers(headers(fresh), False)
+    waiting = asyncio.create_task(follower.on_request_body(chat_body("who wrote hamlet"), True))
+    await asyncio.sleep(0.05)
+    leader.on_response_headers(headers([(":status", "503")]), False)
+    reply = await asyncio.wait_for(waiting, 2)
+    assert reply.immediate_response is None and follower.decision.outcome == "miss"
 
 
 async def test_an_answer_too_large_to_store_releases_the_waiters_mid_stream() -> None:

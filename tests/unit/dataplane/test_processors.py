@@ -165,6 +165,56 @@ async def test_request_body_phase_miss_then_hit() -> None:
     assert decisions[-1].outcome == "hit"
 
 
+@pytest.mark.parametrize(
+    ("path", "extra"),
+    [
+        ("/v1/chat/completions", {"echo": True}),
+        ("/v1/chat/completions", {"prompt_logprobs": 0}),
+        ("/v1/completions", {"echo": True}),
+        ("/v1/completions", {"prompt_logprobs": 1}),
+    ],
+)
+async def test_answers_that_quote_their_prompt_hit_only_on_exact_repeats(
+    path: str, extra: dict[str, Any]
+) -> None:
+    """An echoed answer (or the prompt's logprobs) describes its own prompt: a paraphrase served
+    from it would quote another user's words."""
+    shared, _, pending = make_shared()
+    chat = path == "/v1/chat/completions"
+
+    def body(prompt: str) -> bytes:
+        fields = {"messages": [{"role": "user", "content": prompt}]} if chat else {"prompt": prompt}
+        return json.dumps({"model": "m", **fields, **extra}).encode()
+
+    stored = completion("v:1,0 -> an answer")
+    if not chat:
+        stored = json.dumps(
+            {
+                "id": "x",
+                "object": "text_completion",
+                "model": "m",
+                "choices": [
+                    {"index": 0, "text": "v:1,0 -> an answer", "logprobs": None, "finish_reason": "stop"}
+                ],
+            }
+        ).encode()
+    route = [(":method", "POST"), (":path", path), ("content-type", "application/json")]
+    first = processor_for(path)(shared)
+    first.on_request_headers(headers(route), False)
+    await first.on_request_body(body("v:1,0"), True)
+    first.on_response_headers(headers([(":status", "200"), ("content-type", "application/json")]), False)
+    first.on_response_body(stored, True)
+    for coro in pending:
+        await coro
+    paraphrase = processor_for(path)(shared)
+    paraphrase.on_request_headers(headers(route), False)
+    assert (await paraphrase.on_request_body(body("v:1,0.01"), True)).immediate_response is None
+    assert paraphrase.decision.outcome == "miss" and paraphrase.decision.best_similarity > 0.99
+    repeat = processor_for(path)(shared)
+    repeat.on_request_headers(headers(route), False)
+    assert (await repeat.on_request_body(body("v:1,0"), True)).immediate_response is not None
+
+
 async def test_response_headers_phase() -> None:
     """A non-2xx answer is marked and not streamed back to us (it will not be stored)."""
     shared, decisions, _ = make_shared()

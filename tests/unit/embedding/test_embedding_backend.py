@@ -144,3 +144,24 @@ def test_a_containers_cpu_limit_caps_the_cores(tmp_path: Path) -> None:
     assert embedding_onnx.cgroup_cpu_quota(v1) == 3.0
     (v2 / "cpu.max").write_text("garbage\n")
     assert embedding_onnx.cgroup_cpu_quota(v2) is None
+
+
+def test_both_backends_know_the_window_they_read(torch_model: tuple[EncodeFn, int]) -> None:
+    """A text past max_seq_length (256 tokens) is read by its head only: both backends say so,
+    counting the same tokens; a short text, and one exactly at the window, fit."""
+    onnx_encode, _ = load_sentence_model("all-MiniLM-L6-v2", backend="onnx")
+    torch_encode, _ = torch_model
+    document = "The quarterly report describes revenue growth in the EMEA region. " * 40
+    long_a, long_b = document + "Translate it into German.", document + "Count the words."
+    for encode in (onnx_encode, torch_encode):
+        window = encode.window
+        assert window is not None and window.max_tokens == 256
+        assert window.fits("What is the capital of France?")
+        assert not window.fits(long_a) and not window.fits(long_b)
+        assert window.count(long_a) > 256
+        vectors = encode([long_a, long_b])
+        assert float(vectors[0] @ vectors[1]) > 0.9999  # why the cache must know: one vector
+        at_limit = " ".join(["word"] * 254)  # [CLS] + 254 + [SEP]
+        assert window.count(at_limit) == 256 and window.fits(at_limit)
+        assert not window.fits(at_limit + " word")
+    assert onnx_encode.window.count(long_a) == torch_encode.window.count(long_a)

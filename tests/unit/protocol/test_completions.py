@@ -91,3 +91,86 @@ def test_a_stream_without_done_is_not_stored() -> None:
     with pytest.raises(NotStorable) as info:
         parse_sse_text_completion(stream.replace(b"data: [DONE]\n\n", b""))
     assert info.value.reason == "stream_incomplete"
+
+
+def chunk(text: str, finish: str | None = None, **fields: object) -> bytes:
+    """One ``text_completion`` stream event."""
+    choice = {"index": 0, "text": text, "finish_reason": finish, **fields}
+    payload = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "m", "choices": [choice]}
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+def probs(tokens: list[str], start: int = 0) -> dict[str, object]:
+    """Legacy logprobs for ``tokens``, the first at character ``start``."""
+    offsets = [start + sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
+    return {
+        "tokens": tokens,
+        "token_logprobs": [-len(t) / 10 for t in tokens],
+        "top_logprobs": [{t: -len(t) / 10} for t in tokens],
+        "text_offset": offsets,
+    }
+
+
+def test_a_stream_keeps_logprobs_and_stop_reason() -> None:
+    stream = (
+        chunk("Hi", logprobs=probs(["Hi"]), stop_reason=None)
+        + chunk(" there", "stop", logprobs=probs([" there"], 2), stop_reason="\n\n", token_ids=[7])
+        + b"data: [DONE]\n\n"
+    )
+    choice = parse_sse_text_completion(stream)["choices"][0]
+    assert choice == {
+        "index": 0,
+        "text": "Hi there",
+        "logprobs": probs(["Hi", " there"]),
+        "finish_reason": "stop",
+        "stop_reason": "\n\n",
+        "token_ids": [7],
+    }
+    served = json.loads(render_text_completion(parse_sse_text_completion(stream)))
+    assert served["choices"] == [choice]
+
+
+@pytest.mark.parametrize(
+    ("tokens", "piece_chars"),
+    [
+        (["Hello", " there", ",", " how", " are", " you", "?"], 1),  # the tokens spell the text
+        (["Hello", " there", ",", " how", " are", " you", "?"], 8),
+        (["bytes:\\xe2", "Hello", " there"], 5),  # they do not: spread over the pieces
+    ],
+)
+def test_json_stream_json_keeps_logprobs_and_stop_reason(tokens: list[str], piece_chars: int) -> None:
+    completion = stored()
+    choice = completion["choices"][0]  # type: ignore[index]
+    choice |= {"logprobs": probs(tokens), "stop_reason": 42}
+    stream = render_text_sse(completion, include_usage=False, piece_chars=piece_chars)
+    chunks = [json.loads(p)["choices"][0] for p in iter_sse_data(stream) if p != "[DONE]"]
+    pieces, final = chunks[:-1], chunks[-1]
+    assert all(c["logprobs"] is not None and "stop_reason" not in c for c in pieces)
+    if piece_chars == 1:  # each piece carries exactly the tokens of its text
+        assert all("".join(c["logprobs"]["tokens"]) == c["text"] for c in pieces)
+    assert (final["text"], final["finish_reason"], final["stop_reason"]) == ("", "stop", 42)
+    assert parse_sse_text_completion(stream)["choices"] == [choice]
+
+
+def test_several_choices_are_interleaved_and_read_back() -> None:
+    completion = stored()
+    first = completion["choices"][0]  # type: ignore[index]
+    second = {"index": 1, "text": "Bye", "logprobs": probs(["B", "ye"]), "finish_reason": "stop"}
+    completion["choices"] = [first, second]
+    stream = render_text_sse(completion, include_usage=False, piece_chars=4)
+    indexes = [json.loads(p)["choices"][0]["index"] for p in iter_sse_data(stream) if p != "[DONE]"]
+    assert indexes[:4] == [0, 1, 0, 1]
+    assert parse_sse_text_completion(stream, choices_expected=2)["choices"] == [first, second]
+
+
+def test_text_no_utf8_can_carry_is_served_escaped() -> None:
+    # An emoji whose halves came as two \u escapes in two chunks, and a line separator.
+    stream = chunk("ok \ud83d") + chunk("\ude00 a\u2028b", "stop") + b"data: [DONE]\n\n"
+    completion = parse_sse_text_completion(stream)
+    as_json = render_text_completion(completion)
+    assert json.loads(as_json)["choices"][0]["text"] == "ok \U0001f600 a\u2028b"
+    as_stream = render_text_sse(completion, include_usage=False, piece_chars=2)
+    for served in (as_json, as_stream):
+        assert "\u2028" not in served.decode("utf-8")  # splitlines readers cannot cut an event
+    text = "".join(json.loads(p)["choices"][0]["text"] for p in iter_sse_data(as_stream) if p != "[DONE]")
+    assert text.encode("utf-16", "surrogatepass").decode("utf-16") == "ok \U0001f600 a\u2028b"

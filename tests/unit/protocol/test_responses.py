@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from extproc.errors import NotCacheable, NotStorable
+from extproc.protocol.completion import SavedTokens, saved_tokens
 from extproc.protocol.responses import (
     parse_json_response,
     parse_responses_request,
@@ -98,3 +99,22 @@ def test_a_stream_without_completed_is_not_stored() -> None:
     with pytest.raises(NotStorable) as info:
         parse_sse_response(cut)
     assert info.value.reason == "stream_incomplete"
+
+
+def test_text_no_utf8_can_carry_is_served_escaped() -> None:
+    # An emoji whose halves came as two \u escapes in two stream events, and a line separator.
+    text = "ok \ud83d\ude00 a\u2028b"
+    stored = response()
+    stored["output"][0]["content"][0]["text"] = text
+    as_json = render_response(stored)
+    as_stream = render_response_sse(stored, piece_chars=2)
+    for served in (as_json, as_stream):
+        assert "\u2028" not in served.decode("utf-8")  # splitlines readers cannot cut an event
+    assert json.loads(as_json)["output"][0]["content"][0]["text"] == "ok \U0001f600 a\u2028b"
+    assert parse_sse_response(as_stream)["output"] == json.loads(as_json)["output"]
+
+
+def test_saved_tokens_read_the_responses_usage() -> None:
+    usage = {"input_tokens": 12, "output_tokens": 6, "total_tokens": 18}
+    assert saved_tokens(response(usage=usage)) == SavedTokens(12, 6)
+    assert saved_tokens(response(usage={"total_tokens": 18})) is None
