@@ -7,11 +7,12 @@ import logging
 import os
 import signal
 import time
+from typing import TYPE_CHECKING
 
 from extproc.cache import MemoryBackend, SemanticCache
 from extproc.cache.guards import build_guards, build_scorer
 from extproc.cache.schema import CacheBackend
-from extproc.config.settings import DEFAULT_EMBEDDING_MODEL, CacheSettings
+from extproc.config.settings import DEFAULT_EMBEDDING_MODEL, ENV_OVERRIDES, CacheSettings
 from extproc.dataplane.decision import DecisionLog
 from extproc.dataplane.server import BackgroundTasks, ExtProcServer
 from extproc.dataplane.shared import Shared
@@ -23,6 +24,9 @@ from extproc.embedding.onnx_backend import usable_cores
 from extproc.embedding.remote import API_KEY_ENV, RemoteEncoder
 from extproc.errors import ConfigError
 from extproc.observability.metrics import Metrics
+
+if TYPE_CHECKING:
+    from extproc.admin.api import AdminServer
 
 log = logging.getLogger(__name__)
 
@@ -150,25 +154,62 @@ async def build_server(settings: CacheSettings, model: tuple[EncodeFn, int] | No
     return ExtProcServer(shared, tasks, settings.server.max_message_bytes, metrics)
 
 
+def bind_error(what: str, address: str, key: str, exc: BaseException) -> ConfigError:
+    """A listener that cannot bind, as a :class:`ConfigError` naming the address and the fix."""
+    detail = (getattr(exc, "strerror", None) or str(exc)).rstrip(".")
+    variable = next(v for v, path in ENV_OVERRIDES.items() if path == f"server.{key}")
+    return ConfigError(
+        f"{what} cannot listen on {address}: {detail}. Is the port already in use (another "
+        f"processor?) Stop it, or choose another address with {variable} or semantic_cache.server.{key}"
+    )
+
+
+async def start_grpc_logged(server: ExtProcServer, address: str) -> int:
+    """Start the ext_proc gRPC listener, log where it is and return its port
+    (:class:`ConfigError` if it cannot bind)."""
+    try:
+        port = await server.start(address)
+    except (OSError, RuntimeError) as exc:  # grpc says "Failed to bind" with a RuntimeError
+        raise bind_error("the ext_proc gRPC server", address, "grpc_address", exc) from exc
+    log.info("ext_proc gRPC listening on %s:%d", address.rpartition(":")[0], port)
+    return port
+
+
 async def start_management_logged(server: ExtProcServer, address: str) -> None:
-    """Start the management listener and log where it is."""
-    port = await server.start_management(address)
+    """Start the management listener and log where it is (:class:`ConfigError` if it cannot bind)."""
+    try:
+        port = await server.start_management(address)
+    except OSError as exc:
+        what = "the management listener (metrics, healthz, readyz)"
+        raise bind_error(what, address, "metrics_address", exc) from exc
     log.info(
         "management (metrics, healthz, readyz) listening on http://%s:%d", address.rpartition(":")[0], port
     )
 
 
+async def start_listeners(server: ExtProcServer, settings: CacheSettings) -> tuple[int, AdminServer]:
+    """Start gRPC, management and admin listeners: (the gRPC port, the admin server).
+    When one cannot start, those that did are stopped and the cache closed before raising."""
+    from extproc.admin.api import start_admin
+
+    try:
+        port = await start_grpc_logged(server, settings.server.grpc_address)
+        await start_management_logged(server, settings.server.metrics_address)
+        return port, await start_admin(server.shared, settings)
+    except BaseException:
+        # Stop what did start: a gRPC server left running is torn down after the loop closes.
+        await server.stop(0)
+        await server.shared.cache.close()
+        raise
+
+
 async def serve(settings: CacheSettings, ready: asyncio.Event | None = None) -> None:
     """Run the processor until SIGINT / SIGTERM, then shut down gracefully."""
-    from extproc.admin.api import admin_preflight, start_admin
+    from extproc.admin.api import admin_preflight
 
     admin_preflight(settings)
     server = await build_server(settings)
-    port = await server.start(settings.server.grpc_address)
-    host = settings.server.grpc_address.rpartition(":")[0]
-    log.info("ext_proc gRPC listening on %s:%d", host, port)
-    await start_management_logged(server, settings.server.metrics_address)
-    admin = await start_admin(server.shared, settings)
+    _, admin = await start_listeners(server, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

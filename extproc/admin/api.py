@@ -2,18 +2,18 @@
 
 ``GET /admin/stats``, ``POST /admin/invalidate`` (dry run by default), ``POST /admin/flush``
 (needs ``{"confirm": "flush-all"}``), ``GET /admin/export`` and ``POST /admin/import`` (JSON
-lines, see :mod:`extproc.admin.transfer`), ``POST /admin/enabled`` (the pass-through switch).
+lines, see :mod:`extproc.admin.transfer_api`), ``POST /admin/enabled`` (the pass-through switch).
 
 It listens on loopback (``127.0.0.1:9191``) unless ``SEMANTIC_CACHE_ADMIN_TOKEN`` is set; with a
 token every request needs ``Authorization: Bearer <token>``, and a non-loopback address without
-one refuses to start.  Before the token, :mod:`extproc.admin.guard` refuses what a web page could
-send (a browser ``Origin``, a foreign ``Host``, a non-JSON body), and every parameter is checked
+one refuses to start (the token is read without surrounding whitespace, such as a Secret file's
+newline).  Before the token, :mod:`extproc.admin.guard` refuses what a web page could send (a
+browser ``Origin``, a foreign ``Host``, a non-JSON body), and every parameter is checked
 (:mod:`extproc.admin.params`) before it reaches a backend.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hmac
 import logging
@@ -26,16 +26,16 @@ from aiohttp import web
 
 from extproc import __version__
 from extproc.admin.contract import FLUSH_CONFIRMATION, TOKEN_ENV
+from extproc.admin.embedding import embed_one
 from extproc.admin.feedback import feedback_handler
 from extproc.admin.guard import Handler, RequestGuard, is_loopback
-from extproc.admin.importer import Importer
 from extproc.admin.live_config import ConfigWatcher, set_enabled
-from extproc.admin.params import SELECTORS, BadParameter, number, parse_body, parse_selector, text
-from extproc.admin.transfer import entry_to_line
+from extproc.admin.params import SELECTORS, BadParameter, integer, number, parse_body, parse_selector, text
+from extproc.admin.transfer_api import export_handler, import_handler
 from extproc.cache.schema import BulkBackend, CacheEntry, EntryFilter
 from extproc.config.settings import CacheSettings
 from extproc.dataplane.shared import Shared
-from extproc.errors import BackendUnavailable, ConfigError, DataRejected
+from extproc.errors import BackendUnavailable, ConfigError, DataRejected, EmbeddingFailed, Overloaded
 from extproc.observability.record import hit_ratio
 from extproc.protocol.openai import normalize_text
 
@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 PREVIEW = 20
 MAX_PROMPT_CHARS = 100_000
 """The longest ``prompt`` an invalidation embeds (longer ones are a 400, not a slow embedding)."""
+NEAREST_OPTIONS = ("min_similarity", "limit")
+"""Invalidation fields that only apply with a ``prompt`` (which of its nearest entries go)."""
 
 
 def decision_counts(shared: Shared) -> dict[str, int]:
@@ -58,10 +60,22 @@ def policy_stats(shared: Shared) -> list[dict[str, Any]]:
     return [p.describe() | {"requests": int(counts.get(p.name, 0))} for p in shared.settings.policies]
 
 
+def configured_token(token: str | None) -> str | None:
+    """The configured token without surrounding whitespace; None (no token) when nothing is left.
+
+    A Secret made with ``--from-file`` from ``echo s3cret > token`` ends in a newline that no
+    client sends (the client's value is stripped too), so unstripped every request got a 401.
+    """
+    value = (token or "").strip()
+    if token and not value:
+        log.warning("%s holds only whitespace: treated as unset (no token)", TOKEN_ENV)
+    return value or None
+
+
 def check_admin_address(address: str, token: str | None) -> None:
     """Refuse a non-loopback admin address without a token (raises :class:`ConfigError`)."""
     host = address.rpartition(":")[0]
-    if not token and not is_loopback(host):
+    if not (token or "").strip() and not is_loopback(host):
         raise ConfigError(
             f"the admin API would listen on {address}, which is not loopback, without a token: set "
             f"{TOKEN_ENV} (Helm: admin.tokenSecret.name) or bind it to 127.0.0.1 "
@@ -94,7 +108,7 @@ class AdminApi:
 
     def __init__(self, shared: Shared, token: str | None, guard: RequestGuard | None = None) -> None:
         self.shared = shared
-        self.token = token or None
+        self.token = configured_token(token)
         self.guard = guard or RequestGuard()
         self.started = time.monotonic()
 
@@ -110,8 +124,8 @@ class AdminApi:
         app.router.add_get("/admin/stats", self.stats)
         app.router.add_post("/admin/invalidate", self.invalidate)
         app.router.add_post("/admin/flush", self.flush)
-        app.router.add_get("/admin/export", self.export)
-        app.router.add_post("/admin/import", self.import_)
+        app.router.add_get("/admin/export", export_handler(self.shared))
+        app.router.add_post("/admin/import", import_handler(self.shared))
         app.router.add_post("/admin/enabled", self.enabled)
         app.router.add_post("/v1/feedback", feedback_handler(self.shared))
         return app
@@ -121,7 +135,9 @@ class AdminApi:
         if self.token is not None:
             given = request.headers.get("authorization", "")
             scheme, _, value = given.partition(" ")
-            good = hmac.compare_digest(value.strip().encode(), self.token.encode())
+            # surrogatepass: a header or variable that is not UTF-8 still compares, never raises.
+            given_token = value.strip().encode("utf-8", "surrogatepass")
+            good = hmac.compare_digest(given_token, self.token.encode("utf-8", "surrogatepass"))
             if scheme.lower() != "bearer" or not good:
                 log.warning("admin API: %s %s refused (missing or wrong token)", request.method, request.path)
                 response = error(
@@ -138,6 +154,9 @@ class AdminApi:
         except BackendUnavailable as exc:
             state, detail = self.shared.cache.backend.status()
             return error(503, f"the {self.backend.name} backend cannot serve ({state}: {detail}); {exc}")
+        except (EmbeddingFailed, Overloaded) as exc:
+            # Raised before anything is changed (the embedding comes first): safe to retry.
+            return error(503, f"the embedding model cannot serve now ({exc}); retry when it answers again")
         except (BadParameter, DataRejected) as exc:
             # The caller's value, not the backend's health: a 400 that names it.
             return error(400, str(exc))
@@ -184,7 +203,7 @@ class AdminApi:
     async def invalidate(self, request: web.Request) -> web.Response:
         """Entries by model / scope / fingerprint / age / a prompt's nearest; a dry run by default."""
         data = await self._body(request)
-        known = {*SELECTORS, "prompt", "min_similarity", "limit", "dry_run"}
+        known = {*SELECTORS, "prompt", *NEAREST_OPTIONS, "dry_run"}
         unknown = sorted(set(data) - known)
         if unknown:
             return error(400, f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -198,6 +217,19 @@ class AdminApi:
             return error(400, "prompt must be a non-empty string")
         if prompt is not None:
             prompt = text("prompt", prompt, MAX_PROMPT_CHARS)
+        # Checked whether or not a prompt comes with them: a bad value is a 400 either way.
+        cache = self.shared.cache
+        threshold = number("min_similarity", data.get("min_similarity", cache.similarity_threshold), 0, 1)
+        limit = integer("limit", data.get("limit", cache.top_k), 1, 1000)
+        given = [name for name in NEAREST_OPTIONS if name in data]
+        if given and prompt is None:
+            one = len(given) == 1
+            return error(
+                400,
+                f"{' and '.join(given)} {'applies' if one else 'apply'} to a prompt's nearest entries "
+                f"only: send a prompt, or leave {'it' if one else 'them'} out to select by model, "
+                "scope, fingerprint or age",
+            )
         if selector.everything and prompt is None:
             return error(
                 400,
@@ -205,9 +237,9 @@ class AdminApi:
                 "to remove every entry use POST /admin/flush",
             )
         if prompt is not None:
-            result = await self._nearest(selector, prompt, data, now)
-            if isinstance(result, web.Response):
-                return result
+            vector = await embed_one(self.shared.cache.embedder, normalize_text(prompt))
+            found = await self.backend.nearest(vector, selector, limit, now)
+            result = [c for c in found if c.similarity >= threshold]
             preview = [_entry_summary(c.entry, c.similarity) for c in result]
             matched = len(result)
             deleted = 0 if dry_run else await self.backend.delete_ids([c.entry.exact_key for c in result])
@@ -227,18 +259,6 @@ class AdminApi:
         else:
             log.warning("admin API: invalidated %d entries (%s, prompt: %s)", deleted, selector, bool(prompt))
         return web.json_response(body)
-
-    async def _nearest(
-        self, selector: EntryFilter, prompt: str, data: dict[str, Any], now: float
-    ) -> list[Any] | web.Response:
-        threshold = data.get("min_similarity", self.shared.cache.similarity_threshold)
-        threshold = number("min_similarity", threshold, 0, 1)
-        limit = data.get("limit", self.shared.cache.top_k)
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
-            return error(400, "limit must be an integer between 1 and 1000")
-        vector = await self.shared.cache.embedder.embed(normalize_text(prompt))
-        found = await self.backend.nearest(vector, selector, limit, now)
-        return [c for c in found if c.similarity >= threshold]
 
     async def flush(self, request: web.Request) -> web.Response:
         """Delete every entry; needs {"confirm": "flush-all"}."""
@@ -266,49 +286,6 @@ class AdminApi:
         changed = set_enabled(self.shared, value, "the admin API")
         return web.json_response({"enabled": value, "changed": changed})
 
-    async def export(self, request: web.Request) -> web.StreamResponse:
-        """Every live entry (optionally selected) as JSON lines, streamed."""
-        now = time.time()
-        selector = parse_selector(request.query, now, query=True)
-        total = await self.backend.count_matching(selector, now)
-        response = web.StreamResponse(
-            headers={"content-type": "application/x-ndjson", "x-semantic-cache-entries": str(total)}
-        )
-        await response.prepare(request)
-        written = 0
-        started = time.monotonic()
-        try:
-            async for batch in self.backend.entries(selector, now):
-                text = await asyncio.to_thread(lambda b=batch: "".join(entry_to_line(e) + "\n" for e in b))
-                await response.write(text.encode("utf-8"))
-                written += len(batch)
-        except BackendUnavailable as exc:
-            # Headers are sent: break the chunked body so the client sees an incomplete export.
-            log.error("admin API: export aborted after %d entries: %s", written, exc)
-            if request.transport is not None:
-                request.transport.close()
-            return response
-        await response.write_eof()
-        log.info("admin API: exported %d entries in %.1fs", written, time.monotonic() - started)
-        return response
-
-    async def import_(self, request: web.Request) -> web.Response:
-        """JSON lines in the export format; checks every line; reports the refused ones."""
-        reembed = request.query.get("reembed", "").lower() in ("1", "true", "yes")
-        state, detail = self.shared.cache.backend.status()
-        if state != "ready":
-            return error(503, f"the {self.backend.name} backend cannot take an import ({state}: {detail})")
-        importer = Importer(self.backend, self.shared.cache.embedder, reembed, self.shared.cache.ttl_seconds)
-        report = await importer.run(request.content.iter_any())
-        log.info(
-            "admin API: import of %d lines: %d imported, %d rejected%s",
-            report.lines,
-            report.imported,
-            report.rejected,
-            f", stopped: {report.error}" if report.error else "",
-        )
-        return web.json_response(report.as_dict(), status=503 if report.error else 200)
-
 
 class AdminServer:
     """The admin API listener plus the config watcher, started and stopped with the processor."""
@@ -322,6 +299,7 @@ class AdminServer:
         allowed_hosts: Iterable[str] = (),
         allowed_origins: Iterable[str] = (),
     ) -> None:
+        token = configured_token(token)
         check_admin_address(address, token)
         guard = RequestGuard(address.rpartition(":")[0], allowed_hosts, allowed_origins)
         self.api = AdminApi(shared, token, guard)

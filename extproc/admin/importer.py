@@ -15,10 +15,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from extproc.admin.embedding import embed_texts
 from extproc.admin.transfer import MAX_LINE_BYTES, LineError, line_to_entry
 from extproc.cache.schema import BulkBackend, CacheEntry
 from extproc.embedding.batcher import Embedder
-from extproc.errors import BackendUnavailable
+from extproc.errors import BackendUnavailable, EmbeddingFailed, Overloaded
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class ImportReport:
     superseded: int = 0
     """Valid lines replaced by a later line with the same exact key in the same batch."""
     not_attempted: int = 0
-    """Lines after a backend failure (nothing from them was written)."""
+    """Lines after a backend or embedding failure (nothing from them was written)."""
     rejections: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     started: float = field(default_factory=time.monotonic)
@@ -154,20 +155,35 @@ class Importer:
         entries = [e for _, e in latest.values()]
         try:
             if self.reembed:
-                vectors = await self.embedder.embed_many([e.prompt for e in entries])
+                vectors = await embed_texts(self.embedder, [e.prompt for e in entries])
                 for entry, vector in zip(entries, vectors, strict=True):
                     entry.vector = vector
+        except (EmbeddingFailed, Overloaded) as exc:
+            # Before this batch's write: the earlier batches stay written, say from where not.
+            self._stop(
+                len(entries),
+                f"the embedding model failed on lines from {min(numbers)} on ({exc})",
+                "the embedding model answers again",
+            )
+            return
+        try:
             refused = await self.backend.put_many(entries)
         except BackendUnavailable as exc:
-            first = min(numbers)
-            self.report.not_attempted += len(entries)
-            self.report.error = (
-                f"the {self.backend.name} backend failed while writing lines from {first} on ({exc}); "
-                "nothing from those lines was written. Run the same import again when "
-                "/admin/stats shows backend_state ready: it is idempotent"
+            self._stop(
+                len(entries),
+                f"the {self.backend.name} backend failed while writing lines from {min(numbers)} on ({exc})",
+                "/admin/stats shows backend_state ready",
             )
-            log.warning("admin import stopped: %s", self.report.error)
             return
         for index, reason in refused.items():
             self.report.reject(numbers[index], reason)
         self.report.imported += len(entries) - len(refused)
+
+    def _stop(self, count: int, what: str, when: str) -> None:
+        """Record the failure that ends the import at this batch (nothing from it was written)."""
+        self.report.not_attempted += count
+        self.report.error = (
+            f"{what}; nothing from those lines was written. Run the same import again when {when}: "
+            "it is idempotent"
+        )
+        log.warning("admin import stopped: %s", self.report.error)

@@ -112,7 +112,7 @@ class ConfigWatcher:
                 fresh.revision_header,
                 self.path,
             )
-        skip = {*LIVE_KEYS, "source", "milvus_config"}
+        skip = {*LIVE_KEYS, "source", "milvus_config", "notes"}  # notes: advice, no setting
         pending = [
             f.name
             for f in fields(CacheSettings)

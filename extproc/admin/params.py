@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from extproc.cache.schema import EntryFilter
@@ -82,6 +82,36 @@ def number(
     if not math.isfinite(value) or not low <= value <= high:
         raise BadParameter(f"{name} must be {what} between {_plain(low)} and {_plain(high)}")
     return float(value)
+
+
+def integer(name: str, value: Any, low: int, high: int) -> int:
+    """``value`` checked as a JSON integer in [low, high] (not a bool, not 2.0)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise BadParameter(f"{name} must be an integer between {low} and {high}")
+    return value
+
+
+def query_params(pairs: Iterable[tuple[str, str]], known: Iterable[str]) -> dict[str, str]:
+    """The query parameters as a dict; :class:`BadParameter` for an unknown or repeated key.
+
+    A misspelt selector (``?modle=x``) would otherwise select nothing and so export everything,
+    and of a repeated one (``?model=a&model=b``) only the first would count.
+    """
+    allowed = tuple(known)
+    values: dict[str, str] = {}
+    repeated: set[str] = set()
+    for key, value in pairs:
+        if key in values:
+            repeated.add(key)
+        values[key] = value
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        names = ", ".join(map(repr, unknown))
+        raise BadParameter(f"unknown query parameter(s) {names}; known: {', '.join(allowed) or 'none'}")
+    if repeated:
+        names = ", ".join(sorted(repeated))
+        raise BadParameter(f"query parameter(s) {names} given more than once: give each once")
+    return values
 
 
 def _plain(x: float) -> str:

@@ -1,22 +1,27 @@
 """The export / import format: one JSON object per line, the same for every backend.
 
 A line holds an entry's identity (model, scope, fingerprint, prompt and the keys derived from
-them), the stored ``chat.completion``, its timestamps (unix seconds, ``expires_at`` 0 = never)
-and its embedding (float32 values, written with 9 significant digits so they read back
-exactly).  Import checks every line completely before anything is written.
+them), the stored answer (a ``chat.completion``, ``text_completion`` or ``response``, by the
+endpoint it was cached from), its timestamps (unix seconds, ``expires_at`` 0 = never) and its
+embedding (float32 values, written with 9 significant digits so they read back exactly).
+Import checks every line completely before anything is written; size limits are the target
+backend's (Milvus refuses, per entry, what its columns cannot hold; memory takes what it stored).
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from extproc.cache.schema import CacheEntry
 from extproc.errors import NotStorable
+from extproc.protocol.completions import validate_text_completion
 from extproc.protocol.openai import exact_key, normalize_text, partition_key, validate_completion
+from extproc.protocol.responses import validate_response
 
 FORMAT_VERSION = 1
 MAX_LINE_BYTES = 16 * 1024 * 1024
@@ -36,6 +41,12 @@ _FIELDS = frozenset(
     }
 )
 _UNIT_TOLERANCE = 1e-2
+_VALIDATORS: dict[str, Callable[[Any, int], dict[str, Any]]] = {
+    "chat.completion": validate_completion,
+    "text_completion": validate_text_completion,
+    "response": validate_response,
+}
+"""The storability check of each endpoint's answer, by its ``object`` (the processors' own)."""
 
 
 class LineError(ValueError):
@@ -44,33 +55,55 @@ class LineError(ValueError):
 
 def entry_to_line(entry: CacheEntry) -> str:
     """One export line (no trailing newline) for ``entry``."""
-    head = json.dumps(
-        {
-            "v": FORMAT_VERSION,
-            "model": entry.model,
-            "scope": entry.scope,
-            "fingerprint": entry.fingerprint,
-            "partition": entry.partition,
-            "exact_key": entry.exact_key,
-            "prompt": entry.prompt,
-            "response": entry.response,
-            "created_at": round(entry.created_at, 3),
-            "expires_at": round(entry.expires_at, 3),
-        },
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+    fields = {
+        "v": FORMAT_VERSION,
+        "model": entry.model,
+        "scope": entry.scope,
+        "fingerprint": entry.fingerprint,
+        "partition": entry.partition,
+        "exact_key": entry.exact_key,
+        "prompt": entry.prompt,
+        "response": entry.response,
+        "created_at": round(entry.created_at, 3),
+        "expires_at": round(entry.expires_at, 3),
+    }
+    head = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+    try:
+        head.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (a JSON "\ud800" the data plane cached): \u escapes keep it exact
+        # and the line valid UTF-8, so the export does not break off at this entry.
+        head = json.dumps(fields, ensure_ascii=True, separators=(",", ":"))
     vector = ",".join(map("{:.9g}".format, np.asarray(entry.vector, dtype=np.float32).tolist()))
     return f'{head[:-1]},"vector":[{vector}]}}'
 
 
-def _text(data: dict[str, Any], name: str, limit: int = 65_535) -> str:
+def _text(data: dict[str, Any], name: str) -> str:
+    # No length limit here: the target backend's (a line is at most MAX_LINE_BYTES anyway).
     value = data.get(name)
     if not isinstance(value, str) or not value:
         raise LineError(f"{name} must be a non-empty string")
-    if len(value.encode("utf-8", "surrogatepass")) > limit:
-        raise LineError(f"{name} is longer than {limit} bytes")
     return value
+
+
+def check_response(response: Any) -> None:
+    """Raise :class:`LineError` unless ``response`` is a complete answer the data plane would store.
+
+    The ``object`` picks the endpoint's check; an answer without one (an upstream that omits
+    it) is checked as a chat or text completion by the shape of its first choice.
+    """
+    kind = response.get("object") if isinstance(response, dict) else None
+    validator = _VALIDATORS.get(kind) if isinstance(kind, str) else None
+    choices = response.get("choices") if isinstance(response, dict) else None
+    if validator is None:
+        first = choices[0] if isinstance(choices, list) and choices else None
+        text = isinstance(first, dict) and "text" in first and "message" not in first
+        kind = "text_completion" if text else "chat.completion"
+        validator = _VALIDATORS[kind]
+    try:
+        validator(response, len(choices) if isinstance(choices, list) and choices else 1)
+    except NotStorable as exc:
+        raise LineError(f"response is not a complete {kind} ({exc.reason})") from None
 
 
 def _time(data: dict[str, Any], name: str) -> float:
@@ -120,9 +153,9 @@ def line_to_entry(
         raise LineError(f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(_FIELDS))}")
     if data.get("v", FORMAT_VERSION) != FORMAT_VERSION:
         raise LineError(f"format version {data.get('v')!r} is not supported; this server reads 1")
-    model = _text(data, "model", 512)
-    scope = _text(data, "scope", 512)
-    fingerprint = _text(data, "fingerprint", 64)
+    model = _text(data, "model")
+    scope = _text(data, "scope")
+    fingerprint = _text(data, "fingerprint")
     prompt = _text(data, "prompt")
     if normalize_text(prompt) != prompt:
         raise LineError("prompt is not normalized (whitespace runs and ends must be trimmed, Unicode NFC)")
@@ -133,11 +166,7 @@ def line_to_entry(
     if data.get("exact_key", key) != key:
         raise LineError("exact_key does not match H(model, scope, fingerprint, prompt): the line was altered")
     response = data.get("response")
-    try:
-        choices = response.get("choices") if isinstance(response, dict) else None
-        validate_completion(response, len(choices) if isinstance(choices, list) and choices else 1)
-    except NotStorable as exc:
-        raise LineError(f"response is not a complete chat.completion ({exc.reason})") from None
+    check_response(response)
     created_at = _time(data, "created_at")
     expires_at = _time(data, "expires_at") if "expires_at" in data else 0.0
     if 0 < expires_at <= now:

@@ -35,8 +35,10 @@ def default_url() -> str:
     """http:// + the local admin address (0.0.0.0 / :: are reached on loopback)."""
     address = os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
     host, _, port = address.rpartition(":")
-    if host in ("0.0.0.0", "::", "[::]", ""):
+    if host in ("0.0.0.0", ""):
         host = "127.0.0.1"
+    elif host in ("::", "[::]"):
+        host = "[::1]"  # an IPv6 listener takes IPv6 only (asyncio sets IPV6_V6ONLY)
     return f"http://{host}:{port}"
 
 
@@ -48,6 +50,27 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
 
 
+def _clean_token(token: str | None) -> str | None:
+    """The token without surrounding whitespace (a Secret file often ends in a newline); None if unset.
+
+    Never echoes the token: it is a secret.
+    """
+    if not token:
+        return None
+    clean = token.strip()
+    if not clean:
+        raise AdminError(
+            f"the admin token (--token or ${TOKEN_ENV}) is only whitespace; set the token the "
+            "processor was started with"
+        )
+    if not clean.isprintable():
+        raise AdminError(
+            f"the admin token (--token or ${TOKEN_ENV}) contains control characters (a line break?); "
+            "it cannot be sent in a header"
+        )
+    return clean
+
+
 class Client:
     """One admin API endpoint."""
 
@@ -55,9 +78,13 @@ class Client:
         parts = urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise AdminError(f"--url {url!r} must look like http://127.0.0.1:9191")
+        try:
+            port = parts.port
+        except ValueError as exc:  # a port that is not a number, or above 65535
+            raise AdminError(f"--url {url!r}: {exc}; it must look like http://127.0.0.1:9191") from exc
         self.url = f"{parts.scheme}://{parts.netloc}"
-        self.scheme, self.host, self.port = parts.scheme, parts.hostname, parts.port
-        self.token = token
+        self.scheme, self.host, self.port = parts.scheme, parts.hostname, port
+        self.token = _clean_token(token)
         self.timeout = timeout
 
     def connect(self) -> http.client.HTTPConnection:
@@ -184,14 +211,26 @@ def cmd_feedback(client: Client, args: argparse.Namespace) -> int:
 def cmd_export(client: Client, args: argparse.Namespace) -> int:
     """Stream every entry as JSON lines to stdout or a file."""
     query = urlencode(_selector(args))
-    response = client.send("GET", "/admin/export" + (f"?{query}" if query else ""), headers=client.headers())
-    if response.status != 200:
-        client.answer(response)
-    header = response.getheader("x-semantic-cache-entries")
-    total = int(header) if header and header.isdigit() else None
     target = Path(args.output) if args.output and args.output != "-" else None
     partial = target.with_name(target.name + ".partial") if target else None
-    out: IO[bytes] = partial.open("wb") if partial else sys.stdout.buffer
+    # The file is opened first: a wrong path is reported before the server starts streaming.
+    try:
+        out: IO[bytes] = partial.open("wb") if partial else sys.stdout.buffer
+    except OSError as exc:
+        raise AdminError(f"cannot write {partial}: {exc.strerror or exc}") from exc
+    try:
+        response = client.send(
+            "GET", "/admin/export" + (f"?{query}" if query else ""), headers=client.headers()
+        )
+        if response.status != 200:
+            client.answer(response)
+    except AdminError:
+        if partial:
+            out.close()
+            partial.unlink(missing_ok=True)  # nothing was exported
+        raise
+    header = response.getheader("x-semantic-cache-entries")
+    total = int(header) if header and header.isdigit() else None
     progress = Progress("export", args.quiet)
     count = 0
     try:
@@ -207,7 +246,10 @@ def cmd_export(client: Client, args: argparse.Namespace) -> int:
         if partial:
             out.close()
     if partial and target:
-        partial.replace(target)
+        try:
+            partial.replace(target)
+        except OSError as exc:
+            raise AdminError(f"cannot rename {partial} to {target}: {exc.strerror or exc}") from exc
     if not args.quiet:
         dest = target or "stdout"
         print(
@@ -225,20 +267,30 @@ def _chunks(source: IO[bytes], progress: Progress, counter: list[int]) -> Iterat
         yield chunk
 
 
+def _open(file: str) -> IO[bytes]:
+    """``file`` opened for reading; :class:`AdminError` saying why it cannot be."""
+    try:
+        return Path(file).open("rb")
+    except OSError as exc:
+        raise AdminError(f"cannot read {file}: {exc.strerror or exc}") from exc
+
+
 def cmd_import(client: Client, args: argparse.Namespace) -> int:
     """Send JSON lines from a file or stdin; print the report; exit 1 if any line was refused."""
-    stats = client.call("GET", "/admin/stats")
-    if stats.get("backend_state") != "ready":
-        raise AdminError(
-            f"the {stats.get('backend')} backend is not ready ({stats.get('backend_state')}: "
-            f"{stats.get('backend_detail')}); import when it is"
-        )
     progress = Progress("import (sent)", args.quiet)
     sent = [0]
     path = "/admin/import" + ("?reembed=1" if args.reembed else "")
     with contextlib.ExitStack() as stack:
-        stdin = args.file in (None, "-")
-        source: IO[bytes] = sys.stdin.buffer if stdin else stack.enter_context(Path(args.file).open("rb"))
+        # The file is opened first: a wrong path is reported before anything is asked of the server.
+        source: IO[bytes] = (
+            sys.stdin.buffer if args.file in (None, "-") else stack.enter_context(_open(args.file))
+        )
+        stats = client.call("GET", "/admin/stats")
+        if stats.get("backend_state") != "ready":
+            raise AdminError(
+                f"the {stats.get('backend')} backend is not ready ({stats.get('backend_state')}: "
+                f"{stats.get('backend_detail')}); import when it is"
+            )
         response = client.send(
             "POST",
             path,

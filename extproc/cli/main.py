@@ -88,8 +88,8 @@ async def _wait_port(host: str, port: int, timeout: float) -> bool:
 
 
 async def _run(settings: CacheSettings, envoy_log_level: str) -> int:
-    from extproc.admin.api import admin_preflight, start_admin
-    from extproc.app import build_server, start_management_logged
+    from extproc.admin.api import admin_preflight
+    from extproc.app import build_server, start_listeners
     from extproc.cli.demo_upstream import start_demo_upstream
 
     admin_preflight(settings)
@@ -107,11 +107,13 @@ async def _run(settings: CacheSettings, envoy_log_level: str) -> int:
     else:
         log.info("upstream %s", env["UPSTREAM_URL"])
     server = await build_server(settings)
-    port = await server.start(settings.server.grpc_address)
+    try:
+        port, admin = await start_listeners(server, settings)
+    except BaseException:
+        if demo is not None:
+            await demo.cleanup()
+        raise
     grpc_host = settings.server.grpc_address.rpartition(":")[0]
-    log.info("ext_proc gRPC listening on %s:%d", grpc_host, port)
-    await start_management_logged(server, settings.server.metrics_address)
-    admin = await start_admin(server.shared, settings)
     env.setdefault("EXTPROC_HOST", grpc_host)
     env.setdefault("SCOPE_HEADER", settings.scope_header.lower())
     env["EXTPROC_PORT"] = str(port)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from extproc.config.checks import KeySpec, check_section, int_range, one_of, positive
-from extproc.config.env import expand_env, read_yaml
+from extproc.config.env import EnvText, coerce_section, env_typed, expand_env, read_yaml
 from extproc.errors import ConfigError
 
 # Where the Helm chart mounts the `milvus-tls` Secret; looked at when tls.enabled has no file keys.
@@ -139,7 +139,7 @@ def _expand(raw: dict[str, Any], source: str, env: Mapping[str, str] | None) -> 
     rest = {k: v for k, v in auth.items() if k not in creds}
     out = expand_env({**raw, "connection": {**conn, "auth": rest}}, "", env)
     # With auth off the credentials are never used: an unset ${MILVUS_PASSWORD} is no error.
-    if out["connection"]["auth"].get("enabled") is True:
+    if _flag(out["connection"]["auth"].get("enabled")):
         for key, value in creds.items():
             try:
                 creds[key] = expand_env(value, f"connection.auth.{key}", env)
@@ -153,11 +153,31 @@ def _expand(raw: dict[str, Any], source: str, env: Mapping[str, str] | None) -> 
     return out
 
 
+def _flag(value: Any) -> bool:
+    """True for ``true``, or a ``${VAR}`` that spells true."""
+    if isinstance(value, EnvText):
+        try:
+            return env_typed(value, bool) is True
+        except ValueError:
+            return False  # reported by the section check
+    return value is True
+
+
+def _param(value: Any) -> Any:
+    """An index or search parameter: a ``${VAR}`` that spells a number is that number."""
+    if not isinstance(value, EnvText):
+        return value
+    try:
+        return env_typed(value, (int, float))
+    except ValueError:
+        return str(value)
+
+
 def _params(value: dict[str, Any], path: str, errors: list[str]) -> dict[str, Any]:
     bad = [k for k, v in value.items() if not isinstance(v, _PARAM_TYPES)]
     for key in bad:
         errors.append(f"{path}.{key}: must be a number or a string")
-    return {k: v for k, v in value.items() if k not in bad}
+    return {k: _param(v) for k, v in value.items() if k not in bad}
 
 
 def parse_milvus_config(raw: Any, source: str, env: Mapping[str, str] | None = None) -> MilvusSettings:
@@ -179,6 +199,7 @@ def parse_milvus_config(raw: Any, source: str, env: Mapping[str, str] | None = N
         value = raw.get(outer) if not inner else (raw.get(outer) or {}).get(inner)
         if value is None or not isinstance(value, dict):
             continue
+        value = coerce_section(value, spec, f"{source}: {name}", errors)
         sections[name] = check_section(value, spec, f"{source}: {name}", errors)
     get = lambda section, key, default: sections.get(section, {}).get(key, default)  # noqa: E731
     tls = sections.get("connection.tls", {})

@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from extproc.config.checks import is_secret
-from extproc.config.env import read_yaml
+from extproc.config.env import ENV_REF, read_yaml
 from extproc.config.milvus import MilvusSettings, tls_files
 from extproc.config.settings import ENV_OVERRIDES, CacheSettings, ServerSettings
 from extproc.config.verification import VerificationSettings
 from extproc.errors import ConfigError
 
-_NOT_SETTINGS = {"server", "verification", "milvus_config", "source"}
+_NOT_SETTINGS = {"server", "verification", "milvus_config", "source", "notes"}
+"""Fields that are no setting of the file (sections listed key by key, provenance, advice)."""
 
 
 def show(key: str, value: Any) -> str:
@@ -32,7 +33,11 @@ def show(key: str, value: Any) -> str:
 
 
 def _source(key_path: str, raw: Mapping[str, Any], env: Mapping[str, str]) -> str:
-    """``env VAR`` (an override), ``file`` (``file, ${VAR}`` when it names a variable) or ``default``."""
+    """``env VAR`` (an override), ``file`` (``file, ${VAR}`` when it names a variable) or ``default``.
+
+    For a secret only the variable names are shown: a ``${VAR:-default}`` default, or text
+    around the reference, may be the secret itself.
+    """
     for var, target in ENV_OVERRIDES.items():
         if target == key_path and env.get(var):
             return f"env {var}"
@@ -42,6 +47,9 @@ def _source(key_path: str, raw: Mapping[str, Any], env: Mapping[str, str]) -> st
             return "default"
         node = node[part]
     if isinstance(node, str) and "${" in node:
+        if is_secret(key_path):
+            names = ", ".join(f"${{{m.group(1)}}}" for m in ENV_REF.finditer(node))
+            return f"file, {names}" if names else "file"
         return f"file, {node.strip()}"
     return "file"
 

@@ -30,10 +30,17 @@ from extproc.config.checks import (
     revision,
     unit_interval,
 )
-from extproc.config.env import expand_env, read_yaml, resolve_relative
+from extproc.config.env import ENV_OVERRIDES as ENV_OVERRIDES  # re-exported: callers import it here
+from extproc.config.env import (
+    apply_env_overrides,
+    coerce_section,
+    expand_env,
+    read_yaml,
+    resolve_relative,
+)
 from extproc.config.milvus import MilvusSettings, load_milvus_config
-from extproc.config.policies import Policy, parse_policies
-from extproc.config.verification import VerificationSettings, parse_verification
+from extproc.config.policies import POLICY_KEYS, Policy, parse_policies
+from extproc.config.verification import VERIFICATION_KEYS, VerificationSettings, parse_verification
 from extproc.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -43,24 +50,12 @@ DEFAULT_MILVUS_CONFIG_PATH = "config/semantic-cache/milvus.yaml"
 """Where the chart mounts milvus.yaml and the repository keeps it (relative to the working dir)."""
 CONFIG_ENV = "SEMANTIC_CACHE_CONFIG"
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+MAX_COALESCE_WAIT_MS = 64_000
+"""The longest single-flight wait: a waiting stream asks Envoy for its wait plus 1 s, and Envoy
+ignores a request past its ``max_message_timeout`` (65 s in the shipped Envoy config)."""
 
 # Semantic-router cache keys that have no meaning here: accepted, with a warning.
 IGNORED_ROUTER_KEYS = frozenset({"use_hnsw", "hnsw_m", "hnsw_ef_construction", "max_memory_entries"})
-
-# Environment variables that override deployment / security settings of the file.
-ENV_OVERRIDES: dict[str, str] = {
-    "SEMANTIC_CACHE_GRPC_ADDRESS": "server.grpc_address",
-    "SEMANTIC_CACHE_METRICS_ADDRESS": "server.metrics_address",
-    "SEMANTIC_CACHE_SCOPE_MODE": "scope_mode",
-    "SEMANTIC_CACHE_SCOPE_HEADER": "scope_header",
-    "SEMANTIC_CACHE_ADMIN_ADDRESS": "server.admin_address",
-    "SEMANTIC_CACHE_REVISION": "revision",
-    "SEMANTIC_CACHE_REVISION_HEADER": "revision_header",
-    "SEMANTIC_CACHE_ADMIN_ALLOWED_HOSTS": "server.admin_allowed_hosts",
-    "SEMANTIC_CACHE_ADMIN_ALLOWED_ORIGINS": "server.admin_allowed_origins",
-}
-LIST_OVERRIDES = frozenset({"server.admin_allowed_hosts", "server.admin_allowed_origins"})
-"""Overrides whose variable holds a comma-separated list."""
 
 
 @dataclass(frozen=True)
@@ -202,7 +197,11 @@ _CACHE_KEYS: KeySpec = {
     "max_response_bytes": (int, "an integer (bytes)", int_range(1024)),
     "max_request_bytes": (int, "an integer (bytes)", int_range(1024)),
     "lookup_timeout_ms": (int, "an integer (milliseconds)", int_range(1)),
-    "coalesce_wait_ms": (int, "an integer (milliseconds, 0 = never wait)", int_range(0, 600_000)),
+    "coalesce_wait_ms": (
+        int,
+        "an integer (milliseconds, 0 = never wait)",
+        int_range(0, MAX_COALESCE_WAIT_MS),
+    ),
     "embedding_batch_size": (int, "an integer", int_range(1, 4096)),
     "embedding_threads": (int, "an integer (0 = library default)", int_range(0, 256)),
     "embedding_workers": (int, "an integer (0 = one per usable core)", int_range(0, 64)),
@@ -276,20 +275,26 @@ def parse_config(raw: Any, source: str = "<inline>", env: Mapping[str, str] | No
     if not isinstance(section, dict):
         raise ConfigError(f"semantic_cache: must be a mapping, got {type(section).__name__}")
     section = expand_env(section, "semantic_cache", env)
-    section = _apply_env_overrides(section, env)
+    section = apply_env_overrides(section, env)
 
     errors: list[str] = []
     for key in sorted(IGNORED_ROUTER_KEYS & section.keys()):
         log.warning("semantic_cache.%s is a semantic-router setting with no effect here; ignored", key)
     nested = ("server", "verification")
     cache_part = {k: v for k, v in section.items() if k not in IGNORED_ROUTER_KEYS and k not in nested}
+    cache_part = coerce_section(cache_part, _CACHE_KEYS, "semantic_cache", errors)
     values = check_section(cache_part, _CACHE_KEYS, "semantic_cache", errors)
     server_raw = section.get("server", {}) or {}
     if not isinstance(server_raw, dict):
-        errors.append("semantic_cache.server: must be a mapping")
+        errors.append(f"semantic_cache.server: must be a mapping, got {type(server_raw).__name__}")
         server_raw = {}
+    server_raw = coerce_section(server_raw, _SERVER_KEYS, "semantic_cache.server", errors)
     server_values = check_section(server_raw, _SERVER_KEYS, "semantic_cache.server", errors)
-    verification = parse_verification(section.get("verification"), env, errors)
+    verification_raw = section.get("verification")
+    if isinstance(verification_raw, dict):
+        prefix = "semantic_cache.verification"
+        verification_raw = coerce_section(verification_raw, VERIFICATION_KEYS, prefix, errors)
+    verification = parse_verification(verification_raw, env, errors)
     for key in ("admin_allowed_hosts", "admin_allowed_origins"):
         if key in server_values:
             server_values[key] = tuple(str(x).lower().rstrip("./") for x in server_values[key])
@@ -304,7 +309,13 @@ def parse_config(raw: Any, source: str = "<inline>", env: Mapping[str, str] | No
             )
         values["fingerprint_ignore_fields"] = tuple(ignore)
     if "policies" in values:
-        values["policies"] = parse_policies(values["policies"], errors)
+        policies = [
+            coerce_section(p, POLICY_KEYS, f"semantic_cache.policies[{i}]", errors)
+            if isinstance(p, dict)
+            else p
+            for i, p in enumerate(values["policies"])
+        ]
+        values["policies"] = parse_policies(policies, errors)
     if values.get("embedding_model") == "bert":
         values["embedding_model"] = DEFAULT_EMBEDDING_MODEL
     if errors:
@@ -368,23 +379,6 @@ def _notes(values: Mapping[str, Any]) -> tuple[str, ...]:
         'keep similarity_threshold low (0.8) so it costs no recall; verifier_model: "" restores the '
         "old behaviour (a cosine threshold and the rule guards)",
     )
-
-
-def _apply_env_overrides(section: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
-    section = dict(section)
-    for var, key_path in ENV_OVERRIDES.items():
-        value = env.get(var)
-        if not value:
-            continue
-        parsed: Any = value.replace(",", " ").split() if key_path in LIST_OVERRIDES else value
-        if "." in key_path:
-            outer, inner = key_path.split(".", 1)
-            nested = dict(section.get(outer) or {})
-            nested[inner] = parsed
-            section[outer] = nested
-        else:
-            section[key_path] = parsed
-    return section
 
 
 def with_overrides(settings: CacheSettings, **changes: Any) -> CacheSettings:

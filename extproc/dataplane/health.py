@@ -55,7 +55,7 @@ async def start_management(app: web.Application, address: str) -> tuple[web.AppR
     host, _, port = address.rpartition(":")
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, int(port))
+    site = web.TCPSite(runner, host.strip("[]"), int(port))  # "[::]:9190": IPv6, bracketed
     await site.start()
     server = site._server
     bound = server.sockets[0].getsockname()[1] if server is not None and server.sockets else int(port)

@@ -13,7 +13,9 @@ import pytest
 from extproc.admin.importer import ImportReport, read_lines
 from extproc.admin.transfer import MAX_LINE_BYTES, LineError, entry_to_line, line_to_entry
 from extproc.cache.schema import CacheEntry
+from extproc.protocol.completions import parse_json_text_completion
 from extproc.protocol.openai import exact_key, partition_key, with_revision
+from extproc.protocol.responses import parse_json_response
 
 DIM = 16
 
@@ -157,3 +159,86 @@ async def test_read_lines_numbers_blank_split_and_overlong_lines() -> None:
     got = [(n, line) async for n, line in read_lines(chunks(*body), report)]
     assert got == [(1, b'{"a":1}'), (3, b'{"b":2}'), (5, b'{"c":3}')]
     assert report.rejections == [{"line": 4, "reason": f"line longer than {MAX_LINE_BYTES} bytes"}]
+
+
+TEXT_COMPLETION = {
+    "id": "cmpl-1",
+    "object": "text_completion",
+    "created": 1,
+    "model": "m",
+    "choices": [{"index": 0, "text": " world", "logprobs": None, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3},
+}
+RESPONSE = {
+    "id": "resp_1",
+    "object": "response",
+    "created_at": 1,
+    "status": "completed",
+    "model": "m",
+    "output": [
+        {
+            "type": "message",
+            "id": "msg_1",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "hi", "annotations": []}],
+        }
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        parse_json_text_completion(json.dumps(TEXT_COMPLETION).encode()),
+        parse_json_response(json.dumps(RESPONSE).encode()),
+        # An upstream that leaves out "object": told apart by the answer's shape.
+        parse_json_text_completion(
+            json.dumps({k: v for k, v in TEXT_COMPLETION.items() if k != "object"}).encode()
+        ),
+    ],
+    ids=["text_completion", "response", "text_completion-without-object"],
+)
+def test_every_endpoints_stored_answer_reads_back(body: dict[str, Any]) -> None:
+    original = entry(response=body)
+    back = line_to_entry(entry_to_line(original), DIM, time.time())
+    assert back.response == body
+
+
+@pytest.mark.parametrize(
+    ("response", "reason"),
+    [
+        (
+            TEXT_COMPLETION | {"choices": [{"index": 0, "text": " wor", "finish_reason": "length"}]},
+            "response is not a complete text_completion (truncated)",
+        ),
+        (RESPONSE | {"status": "in_progress"}, "response is not a complete response (incomplete)"),
+        (RESPONSE | {"output": []}, "response is not a complete response (no_choices)"),
+    ],
+)
+def test_unstorable_answers_of_other_endpoints_are_refused(response: dict[str, Any], reason: str) -> None:
+    with pytest.raises(LineError) as info:
+        line_to_entry(entry_to_line(entry(response=response)), DIM, time.time())
+    assert reason in str(info.value)
+
+
+def test_sizes_are_left_to_the_backend() -> None:
+    # What the memory backend stores: a prompt up to max_request_bytes, a scope naming a 256-byte
+    # tenant header that is not UTF-8 (~525 bytes), a long model name; Milvus refuses per entry.
+    prompt = "Summarise this document: " + " ".join(["lorem ipsum dolor sit amet"] * 3000)
+    big = entry(prompt, scope="header-bytes:" + "ff" * 256, model="org/" + "m" * 600)
+    assert len(prompt.encode()) > 65_535
+    back = line_to_entry(entry_to_line(big), DIM, time.time())
+    assert (back.prompt, back.scope, back.model) == (big.prompt, big.scope, big.model)
+
+
+def test_a_lone_surrogate_exports_as_valid_utf8_and_reads_back() -> None:
+    # The data plane caches a JSON "\ud800" as it is; the export line must stay UTF-8.
+    odd = entry(
+        "a\ud800b",
+        response={"choices": [{"index": 0, "message": {"content": "x\udc00"}, "finish_reason": "stop"}]},
+    )
+    line = entry_to_line(odd)
+    line.encode("utf-8")
+    back = line_to_entry(line, DIM, time.time())
+    assert (back.prompt, back.response, back.exact_key) == (odd.prompt, odd.response, odd.exact_key)

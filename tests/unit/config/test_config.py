@@ -94,6 +94,10 @@ def test_other_router_sections_ignored_and_router_keys_warned(
             "semantic_cache:\n  volatile_detection: maybe\n",
             "semantic_cache.volatile_detection: must be true or false",
         ),
+        (  # Envoy refuses a longer stream timeout (max_message_timeout 65 s): followers would drop
+            "semantic_cache:\n  coalesce_wait_ms: 120000\n",
+            "semantic_cache.coalesce_wait_ms: must be an integer >= 0 and <= 64000, got 120000",
+        ),
         ("other: 1\n", "no semantic_cache: section"),
         ("semantic_cache: [1]\n", "semantic_cache: must be a mapping"),
         ("semantic_cache:\n  a: [\n", "config.yaml:3:1: not valid YAML: while parsing a flow node"),

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from extproc.admin.live_config import ConfigWatcher
 from extproc.config.checks import did_you_mean
 from extproc.config.report import settings_lines, show
 from extproc.config.settings import _CACHE_KEYS, load_config
@@ -84,3 +87,44 @@ def test_a_bad_password_value_is_not_echoed_in_the_error() -> None:
             {"connection": {"auth": {"enabled": True, "username": "u", "password": 731994}}}, "m"
         )
     assert "connection.auth.password: must be" in str(info.value) and "731994" not in str(info.value)
+
+
+def test_a_secret_source_names_only_its_variable(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        'semantic_cache:\n  scope_header: "${HDR:-x-org}"\n'
+        f'  verification:\n    entry_secret: "pre-${{ES:-{PLANTED}}}"\n'
+    )
+    lines = settings_lines(load_config(config, {}), {})
+    text = "\n".join(lines)
+    assert PLANTED not in text and "pre-" not in text
+    by_key = {line.split(":", 1)[0]: line for line in lines}
+    assert by_key["verification.entry_secret"].endswith("(file, ${ES})")
+    assert by_key["scope_header"].endswith("(file, ${HDR:-x-org})")  # not a secret: shown as written
+
+
+def test_the_entry_secret_variable_is_named_as_the_source(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("semantic_cache:\n  verification:\n    entry_secret: from-the-file\n")
+    env = {"SEMANTIC_CACHE_ENTRY_SECRET": PLANTED}
+    settings = load_config(config, env)
+    assert settings.verification.entry_secret == PLANTED
+    line = next(x for x in settings_lines(settings, env) if x.startswith("verification.entry_secret:"))
+    assert line.endswith("(env SEMANTIC_CACHE_ENTRY_SECRET)") and PLANTED not in line
+
+
+def test_notes_are_advice_not_a_setting(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("semantic_cache:\n  similarity_threshold: 0.85\n")
+    settings = load_config(config, {})
+    assert settings.notes  # the file is one the advice is about
+    assert not [line for line in settings_lines(settings, {}) if line.startswith("notes")]
+
+    # A live reload that adds min_confidence drops the note: only min_confidence changed.
+    shared = SimpleNamespace(settings=settings, config_error="")
+    watcher = ConfigWatcher(shared, str(config))  # type: ignore[arg-type]
+    config.write_text("semantic_cache:\n  similarity_threshold: 0.85\n  min_confidence: 0.8\n")
+    with caplog.at_level(logging.WARNING, logger="extproc.admin.live_config"):
+        watcher.apply(load_config(config, {}))
+    changed = [r.getMessage() for r in caplog.records if "restart the processor" in r.getMessage()]
+    assert changed == [f"{config} changed min_confidence: restart the processor to apply"]

@@ -1,0 +1,116 @@
+"""``semantic-cache admin``: the token as a Secret file holds it, and local mistakes as one-line errors."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from extproc.cli.main import main
+
+UNREACHABLE = "http://127.0.0.1:1"
+"""Nothing listens there: a command that fails before any request never notices."""
+
+
+@pytest.fixture
+def stats_server() -> Iterator[tuple[str, list[str]]]:
+    """An HTTP server answering every GET with ``{}``; yields its URL and the Authorization headers seen."""
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("authorization", ""))
+            body = json.dumps({}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_token_with_a_trailing_newline_is_sent_stripped(
+    stats_server: tuple[str, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, seen = stats_server
+    monkeypatch.setenv("SEMANTIC_CACHE_ADMIN_TOKEN", "s3cret\n")  # a Secret made from `echo s3cret > f`
+    assert main(["admin", "stats", "--url", url]) == 0
+    assert main(["admin", "stats", "--url", url, "--token", "  s3cret \r\n"]) == 0
+    assert seen == ["Bearer s3cret", "Bearer s3cret"]
+
+
+@pytest.mark.parametrize("token", [" ", "\n", "s3c\nret"])
+def test_a_blank_or_multiline_token_is_refused_without_echoing_it(
+    token: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["admin", "stats", "--url", UNREACHABLE, "--token", token]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("semantic-cache admin: the admin token") and "Traceback" not in err
+    assert "s3c" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["export", "-o", "/nonexistent/dir/x.jsonl"], "cannot write /nonexistent/dir/x.jsonl.partial"),
+        (["import", "/nonexistent/file.jsonl"], "cannot read /nonexistent/file.jsonl: No such file"),
+        (["import", "{tmp}"], "cannot read {tmp}: Is a directory"),
+    ],
+)
+def test_local_file_mistakes_are_one_line_errors(
+    argv: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(["admin", *argv, "--url", UNREACHABLE]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("semantic-cache admin: " + expected.replace("{tmp}", str(tmp_path)))
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_export_that_cannot_reach_the_server_leaves_no_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "x.jsonl"
+    assert main(["admin", "export", "-o", str(target), "--url", UNREACHABLE]) == 1
+    assert "cannot reach the admin API" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999", "http://127.0.0.1:port"])
+def test_a_bad_port_in_the_url_is_a_clear_error(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["admin", "stats", "--url", url]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"semantic-cache admin: --url '{url}': ") and "http://127.0.0.1:9191" in err
+
+
+@pytest.mark.parametrize(
+    ("address", "url"),
+    [
+        ("0.0.0.0:9191", "http://127.0.0.1:9191"),
+        (":::9191", "http://[::1]:9191"),  # the chart's IPv6 form: the listener takes IPv6 only
+        ("[::]:9191", "http://[::1]:9191"),
+        ("10.0.0.7:9191", "http://10.0.0.7:9191"),
+    ],
+)
+def test_the_default_url_reaches_the_local_admin_api(
+    address: str, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from extproc.cli.admin import ADDRESS_ENV, default_url
+
+    monkeypatch.setenv(ADDRESS_ENV, address)
+    assert default_url() == url
