@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shutil
@@ -51,8 +52,34 @@ _BLOCK = re.compile(r"^[ \t]*# @if (\w+)\n(.*?)^[ \t]*# @endif \1\n", re.M | re.
 
 
 def keep_blocks(text: str, values: Mapping[str, str]) -> str:
-    """Keep ``# @if NAME`` … ``# @endif NAME`` blocks whose NAME is "true"; drop the others."""
-    return _BLOCK.sub(lambda m: m.group(2) if values.get(m.group(1)) == "true" else "", text)
+    """Keep ``# @if NAME`` … ``# @endif NAME`` blocks whose NAME is "true"; drop the others.
+
+    Blocks may nest (with different names): a kept block's body is scanned again, as the chart's
+    renderer, which goes name by name over the whole text, does.
+    """
+    while True:
+        kept = _BLOCK.sub(lambda m: m.group(2) if values.get(m.group(1)) == "true" else "", text)
+        if kept == text:
+            return kept
+        text = kept
+
+
+def upstream_tls_env(host: str, port: str, tls: bool) -> dict[str, str]:
+    """UPSTREAM_AUTHORITY (the Host sent upstream) and UPSTREAM_SAN_TYPE (how its certificate names it).
+
+    The authority is what a client of the upstream URL would send: the port only when it is not
+    the scheme's default. A certificate names an IP address in an IP SAN, a host name in a DNS SAN.
+    """
+    try:
+        ipaddress.ip_address(host)
+        is_ip = True
+    except ValueError:
+        is_ip = False
+    shown = f"[{host}]" if ":" in host else host
+    return {
+        "UPSTREAM_AUTHORITY": shown if port == ("443" if tls else "80") else f"{shown}:{port}",
+        "UPSTREAM_SAN_TYPE": "IP_ADDRESS" if is_ip else "DNS",
+    }
 
 
 def render_envoy_config(env: Mapping[str, str] | None = None, template: Path | None = None) -> str:
@@ -60,6 +87,10 @@ def render_envoy_config(env: Mapping[str, str] | None = None, template: Path | N
     values = dict(os.environ if env is None else env)
     if "UPSTREAM_HOST" not in values:
         values.update(upstream_env(values.get("UPSTREAM_URL", "http://127.0.0.1:8000")))
+    tls = values.get("UPSTREAM_TLS") == "true"
+    for key, value in upstream_tls_env(values["UPSTREAM_HOST"], values["UPSTREAM_PORT"], tls).items():
+        values.setdefault(key, value)
+    values.setdefault("UPSTREAM_TLS_VERIFY", "true")  # verify an https upstream unless told not to
     values.setdefault("STRIP_SCOPE_HEADER", "true")  # secure by default (see the template)
     values.setdefault("SCOPE_HEADER", values.get("SEMANTIC_CACHE_SCOPE_HEADER", "x-tenant-id").lower())
     source = template or template_path()

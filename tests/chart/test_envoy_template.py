@@ -82,8 +82,21 @@ CHART_ENVOY_VARS = {
                 "EXTPROC_PORT": "50061",
             },
         ),
+        # Blocks nest (UPSTREAM_TLS_VERIFY inside UPSTREAM_TLS): both renderers drop the inner one
+        # alone, and derive the same Host and SAN type.
+        (
+            {"upstream": {"url": "https://10.0.0.7:8443", "tls": {"ca": {"configMapName": "llm-ca"}}}},
+            {
+                "UPSTREAM_URL": "https://10.0.0.7:8443",
+                "UPSTREAM_CA_FILE": "/etc/semantic-cache/upstream-ca/ca.crt",
+            },
+        ),
+        (
+            {"upstream": {"url": "https://llm.example.com:443", "tls": {"insecureSkipVerify": True}}},
+            {"UPSTREAM_URL": "https://llm.example.com:443", "UPSTREAM_TLS_VERIFY": "false"},
+        ),
     ],
-    ids=["defaults", "https-tracing", "custom-ports"],
+    ids=["defaults", "https-tracing", "custom-ports", "https-private-ca-ip", "https-insecure"],
 )
 def test_helm_envoy_config_equals_the_python_renderer(
     chart: Path, values: Doc, variables: dict[str, str]
@@ -104,15 +117,18 @@ def test_template_blocks_and_missing_variables_agree(chart_dir: Path, tmp_path: 
         + "  - name: extra\n    type: STATIC\n    connect_timeout: ${EXTRA_TIMEOUT:-2s}\n"
         + "  # @endif EXTRA_CLUSTER\n"
     )
-    for flag, timeout in (("true", "7s"), ("false", None)):
-        extra = {"EXTRA_CLUSTER": flag} | ({"EXTRA_TIMEOUT": timeout} if timeout else {})
+    # "" takes the default, as in a shell (and as the processor's own config reads ${VAR:-x})
+    for flag, timeout in (("true", "7s"), ("true", ""), ("false", None)):
+        extra = {"EXTRA_CLUSTER": flag} | ({"EXTRA_TIMEOUT": timeout} if timeout is not None else {})
         helm_text = render(copy_dir, {"envoy": {"templateVars": extra}}).data(
             f"{RELEASE}-envoy", "envoy.yaml"
         )
         python_text = render_envoy_config(CHART_ENVOY_VARS | extra, template)
         assert yaml.safe_load(helm_text) == yaml.safe_load(python_text)
-        names = [c["name"] for c in yaml.safe_load(helm_text)["static_resources"]["clusters"]]
-        assert ("extra" in names) is (flag == "true")
+        clusters = {c["name"]: c for c in yaml.safe_load(helm_text)["static_resources"]["clusters"]}
+        assert ("extra" in clusters) is (flag == "true")
+        if flag == "true":
+            assert clusters["extra"]["connect_timeout"] == (timeout or "2s")
     template.write_text(template.read_text() + "# ${REQUIRED_WITHOUT_DEFAULT}\n")
     with pytest.raises(helm.HelmRenderError, match="REQUIRED_WITHOUT_DEFAULT"):
         helm_render(copy_dir)

@@ -4,7 +4,9 @@ The Envoy config is rendered from files/envoy.yaml, the one template that
 extproc/cli/envoy.py's renderer in Helm; tests/chart/ checks both give the same config.
 
 "semantic-cache.envoyVars": the template variables, as JSON (include returns text).
-Like proxy.upstream_env(), UPSTREAM_HOST / UPSTREAM_PORT / UPSTREAM_TLS come from UPSTREAM_URL.
+Like proxy.upstream_env(), UPSTREAM_HOST / UPSTREAM_PORT / UPSTREAM_TLS come from UPSTREAM_URL, and
+like upstream_tls_env() UPSTREAM_AUTHORITY (the port only when not the scheme's default) and
+UPSTREAM_SAN_TYPE (IP_ADDRESS for an IPv4 / IPv6 literal, else DNS) from those.
 envoy.templateVars first, so the chart's own variables win (the admin API and the processor
 address stay on loopback whatever is passed there).
 */}}
@@ -19,6 +21,21 @@ address stay on loopback whatever is passed there).
 {{- $port := trimPrefix ":" (regexFind ":[0-9]+$" $u.host) -}}
 {{- $hostname = $hostname | trimPrefix "[" | trimSuffix "]" | lower -}}
 {{- $port = ternary (ternary "443" "80" $tls) (toString (atoi $port)) (eq $port "") -}}
+{{- $ipv4 := "^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])$" -}}
+{{- $isIP := or (regexMatch $ipv4 $hostname) (contains ":" $hostname) -}}
+{{- $shown := ternary (printf "[%s]" $hostname) $hostname (contains ":" $hostname) -}}
+{{- $authority := ternary $shown (printf "%s:%s" $shown $port) (eq $port (ternary "443" "80" $tls)) -}}
+{{- $upTls := .Values.upstream.tls -}}
+{{- if and $upTls.ca.secretName $upTls.ca.configMapName -}}
+{{- fail "upstream.tls.ca: set secretName or configMapName, not both" -}}
+{{- end -}}
+{{- if and $upTls.insecureSkipVerify (or $upTls.ca.secretName $upTls.ca.configMapName) -}}
+{{- fail "upstream.tls: insecureSkipVerify verifies nothing, so a CA (upstream.tls.ca) would be ignored: remove one of them" -}}
+{{- end -}}
+{{- $caFile := "/etc/ssl/certs/ca-certificates.crt" -}}
+{{- if or $upTls.ca.secretName $upTls.ca.configMapName -}}
+{{- $caFile = printf "%s/%s" (include "semantic-cache.upstreamCaDir" .) $upTls.ca.key -}}
+{{- end -}}
 {{- $vars := dict -}}
 {{- range $k, $v := .Values.envoy.templateVars -}}
 {{- $_ := set $vars $k (toString $v) -}}
@@ -29,6 +46,10 @@ address stay on loopback whatever is passed there).
   "UPSTREAM_HOST" $hostname
   "UPSTREAM_PORT" $port
   "UPSTREAM_TLS" (ternary "true" "false" $tls)
+  "UPSTREAM_AUTHORITY" $authority
+  "UPSTREAM_SAN_TYPE" (ternary "IP_ADDRESS" "DNS" $isIP)
+  "UPSTREAM_TLS_VERIFY" (ternary "false" "true" (eq (toString $upTls.insecureSkipVerify) "true"))
+  "UPSTREAM_CA_FILE" $caFile
   "ENVOY_LISTEN_ADDRESS" (.Values.envoy.listenAddress | toString)
   "ENVOY_LISTEN_PORT" (include "semantic-cache.num" .Values.envoy.port)
   "ENVOY_ADMIN_ADDRESS" "127.0.0.1"
@@ -49,12 +70,17 @@ address stay on loopback whatever is passed there).
 {{- merge $own $vars | toJson -}}
 {{- end -}}
 
+{{/* Where the Envoy container mounts upstream.tls.ca (a Secret or ConfigMap key). */}}
+{{- define "semantic-cache.upstreamCaDir" -}}
+/etc/semantic-cache/upstream-ca
+{{- end -}}
+
 {{/*
 "semantic-cache.envoyConfig": files/envoy.yaml with
   1. every "# @if NAME" ... "# @endif NAME" block kept when NAME is "true", dropped otherwise
      (proxy.keep_blocks; RE2 has no backreferences, so one regex per NAME found);
-  2. every ${NAME} / ${NAME:-default} replaced by the variable, else its default; a reference
-     with neither fails the render (proxy's substitute_env raises the same way).
+  2. every ${NAME} / ${NAME:-default} replaced by the variable, else (unset or empty, as in a
+     shell) its default; a reference with neither fails the render (substitute_env raises so too).
 */}}
 {{- define "semantic-cache.envoyConfig" -}}
 {{- $vars := include "semantic-cache.envoyVars" . | fromJson -}}
@@ -74,7 +100,8 @@ address stay on loopback whatever is passed there).
 {{- range $ref := regexFindAll "\\$\\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\\}" $text -1 | uniq -}}
 {{- $name := regexReplaceAll "^\\$\\{([A-Za-z_][A-Za-z0-9_]*).*$" $ref "${1}" -}}
 {{- $value := "" -}}
-{{- if hasKey $vars $name -}}
+{{- $set := and (hasKey $vars $name) (ne (get $vars $name | toString) "") -}}
+{{- if and (hasKey $vars $name) (or $set (not (contains ":-" $ref))) -}}
 {{- $value = get $vars $name | toString -}}
 {{- else if contains ":-" $ref -}}
 {{- $value = regexReplaceAll "^\\$\\{[A-Za-z_][A-Za-z0-9_]*:-(.*)\\}$" $ref "${1}" -}}

@@ -149,9 +149,17 @@ milvusClient.connection.host / port override all of them.
 {{- fail (printf "the bundled milvus chart names its Service %q, like this chart's Service: with a release name containing \"milvus\" set milvus.fullnameOverride (or fullnameOverride), or choose another release name" $milvusService) -}}
 {{- end -}}
 {{- end -}}
-{{- $needed := add .Values.drain.minSeconds .Values.drain.maxSeconds 10 -}}
+{{- /*
+The grace period covers, in turn: the processor's preStop, which waits for Envoy to exit (at most
+drain.minSeconds + drain.maxSeconds, see files/drain.sh); then, on SIGTERM, the processor's own
+shutdown, which finishes streams and pending stores for up to server.shutdown_grace_seconds (30 s
+by default, extproc/app.py serve); and 10 s for the polling steps and closing the backend.
+*/ -}}
+{{- $server := (.Values.cache.settings | default dict).server | default dict -}}
+{{- $processorGrace := ceil ($server.shutdown_grace_seconds | default 30) -}}
+{{- $needed := add .Values.drain.minSeconds .Values.drain.maxSeconds $processorGrace 10 -}}
 {{- if lt (int64 .Values.terminationGracePeriodSeconds) (int64 $needed) -}}
-{{- fail (printf "terminationGracePeriodSeconds (%s) must be at least drain.minSeconds + drain.maxSeconds + 10 (%s)" (include "semantic-cache.num" .Values.terminationGracePeriodSeconds) (include "semantic-cache.num" $needed)) -}}
+{{- fail (printf "terminationGracePeriodSeconds (%s) must be at least drain.minSeconds + drain.maxSeconds + the processor's cache.settings.server.shutdown_grace_seconds (%s) + 10 = %s" (include "semantic-cache.num" .Values.terminationGracePeriodSeconds) (include "semantic-cache.num" $processorGrace) (include "semantic-cache.num" $needed)) -}}
 {{- end -}}
 {{- end -}}
 
