@@ -8,7 +8,7 @@ says so, instead of a bare 500.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 import numpy as np
 
@@ -16,25 +16,21 @@ from extproc.embedding.batcher import Embedder
 from extproc.errors import EmbeddingFailed, SemanticCacheError
 
 
-def _failed(exc: Exception) -> EmbeddingFailed:
-    return EmbeddingFailed(f"{type(exc).__name__}: {exc}")
+async def _model_call(call: Awaitable[np.ndarray]) -> np.ndarray:
+    """Await ``call``; any exception the model raises becomes :class:`EmbeddingFailed`."""
+    try:
+        return await call
+    except SemanticCacheError:  # already says what went wrong (Overloaded, …)
+        raise
+    except Exception as exc:
+        raise EmbeddingFailed(f"{type(exc).__name__}: {exc}") from exc
 
 
 async def embed_one(embedder: Embedder, text: str) -> np.ndarray:
     """The embedding of ``text``; :class:`EmbeddingFailed` when the model raises."""
-    try:
-        return await embedder.embed(text)
-    except SemanticCacheError:  # already says what went wrong (Overloaded, …)
-        raise
-    except Exception as exc:
-        raise _failed(exc) from exc
+    return await _model_call(embedder.embed(text))
 
 
 async def embed_texts(embedder: Embedder, texts: Sequence[str]) -> np.ndarray:
     """The embeddings of ``texts``; :class:`EmbeddingFailed` when the model raises."""
-    try:
-        return await embedder.embed_many(texts)
-    except SemanticCacheError:  # already says what went wrong (Overloaded, …)
-        raise
-    except Exception as exc:
-        raise _failed(exc) from exc
+    return await _model_call(embedder.embed_many(texts))

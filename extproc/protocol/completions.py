@@ -3,7 +3,7 @@
 The same request identity as chat (model, normalized prompt, fingerprint of everything else)
 with the endpoint in the fingerprint, so a chat answer is never served as a text completion.
 Streams are ``text_completion`` chunks (``choices[].text``) ending with ``data: [DONE]``; they
-are read and replayed with the chat stream's rules (:mod:`extproc.protocol.stream`), so the legacy
+are read and replayed with the chat stream's rules (:mod:`.stream`, :mod:`.replay`), so the legacy
 ``logprobs`` (per-token lists, split and joined with the text) and vLLM's ``stop_reason`` survive
 a stream stored and served as JSON, and the reverse.
 """
@@ -14,11 +14,10 @@ import json
 import secrets
 import time
 from collections.abc import Iterable, Iterator
-from itertools import zip_longest
 from typing import Any
 
 from extproc.errors import NotCacheable, NotStorable
-from extproc.protocol.completion import is_error_payload, validate_choices
+from extproc.protocol.completion import validate_choices
 from extproc.protocol.openai import (
     ChatRequest,
     _hash,
@@ -27,18 +26,13 @@ from extproc.protocol.openai import (
     normalize_text,
     quotes_prompt,
 )
-from extproc.protocol.sse import DONE, dump_json, sse_data
-from extproc.protocol.stream import (
-    COMPLETION_FIELDS,
-    EVERY_CHUNK,
-    ZERO_USAGE,
-    StreamChoice,
+from extproc.protocol.replay import (
     content_with_logprobs,
-    joined,
-    merge_chunk,
-    stream_payloads,
+    render_chunks,
     text_pieces,
 )
+from extproc.protocol.sse import dump_json
+from extproc.protocol.stream import StreamChoice, assemble, fold_stream
 
 COMPLETIONS_PATH = "/v1/completions"
 
@@ -118,34 +112,9 @@ def _assemble_text_choice(choice: StreamChoice) -> dict[str, Any]:
 
 def parse_sse_text_completion(body: bytes, choices_expected: int = 1) -> dict[str, Any]:
     """Rebuild one ``text_completion`` from a complete stream of them (ending ``[DONE]``)."""
-    payloads = stream_payloads(body)
-    head: dict[str, Any] = {}
-    choices: dict[int, StreamChoice] = {}
-    try:
-        for payload in payloads:
-            chunk = json.loads(payload)
-            if is_error_payload(chunk):
-                raise NotStorable("error_body")
-            if not isinstance(chunk, dict):
-                raise NotStorable("unparseable")
-            parts = chunk.get("choices")
-            if isinstance(parts, list):
-                chunk = dict(chunk, choices=[_as_chat_choice(part) for part in parts])
-            merge_chunk(head, choices, chunk)
-    except (ValueError, RecursionError) as exc:  # not JSON, or nested deeper than we can merge
-        raise NotStorable("unparseable") from exc
-    completion: dict[str, Any] = {
-        "id": head.pop("id", ""),
-        "object": "text_completion",
-        "created": head.pop("created", 0),
-        "model": head.pop("model", ""),
-        "choices": [_assemble_text_choice(choices[i]) for i in sorted(choices)],
-    }
-    usage = head.pop("usage", None)
-    completion.update(head)
-    if usage is not None:
-        completion["usage"] = usage
-    return validate_text_completion(joined(completion), choices_expected)
+    head, choices = fold_stream(body, _as_chat_choice)
+    completion = assemble(head, choices, "text_completion", _assemble_text_choice)
+    return validate_text_completion(completion, choices_expected)
 
 
 def _fresh_id() -> str:
@@ -203,27 +172,6 @@ def render_text_sse(stored: dict[str, Any], include_usage: bool, piece_chars: in
     Pieces carry their share of the stored log probabilities, the finish chunk ``stop_reason``
     and the choice's other fields, as vLLM streams them; several choices are interleaved.
     """
-    base: dict[str, Any] = {
-        "id": _fresh_id(),
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": stored.get("model", ""),
-    }
-    for key in EVERY_CHUNK:
-        if key in stored:
-            base[key] = stored[key]
-    extra = {k: v for k, v in stored.items() if k not in COMPLETION_FIELDS and k not in EVERY_CHUNK}
-    choices = [c for c in stored.get("choices") or () if isinstance(c, dict)]
-    streams = [_text_choice_chunks(choice, position, piece_chars) for position, choice in enumerate(choices)]
-    parts: list[bytes] = []
-    for step in zip_longest(*streams):  # one entry per choice per step, as vLLM interleaves them
-        for entry in step:
-            if entry is not None:
-                chunk = dict(base, choices=[entry])
-                if not parts:
-                    chunk.update(extra)
-                parts.append(sse_data(chunk))
-    if include_usage:
-        parts.append(sse_data(dict(base, choices=[], usage=stored.get("usage") or ZERO_USAGE)))
-    parts.append(DONE)
-    return b"".join(parts)
+    return render_chunks(
+        stored, include_usage, "text_completion", _fresh_id(), _text_choice_chunks, piece_chars
+    )

@@ -1,8 +1,9 @@
 """OpenAI chat-completions formats: request parsing and request identity.
 
 Pure functions over bytes and dicts; nothing here knows about Envoy or the cache backend. The
-responses (the stored form, JSON and SSE) live in :mod:`extproc.protocol.completion` and
-:mod:`extproc.protocol.stream`; their public names are importable from here as well.
+responses (the stored form, JSON and SSE) live in :mod:`extproc.protocol.completion`,
+:mod:`extproc.protocol.stream` (read) and :mod:`extproc.protocol.replay`; their public names are
+importable from here as well.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from extproc.errors import NotCacheable
 from extproc.protocol.completion import parse_json_completion as parse_json_completion
 from extproc.protocol.completion import render_completion as render_completion
 from extproc.protocol.completion import validate_completion as validate_completion
+from extproc.protocol.replay import render_sse as render_sse
 from extproc.protocol.stream import parse_sse_completion as parse_sse_completion
-from extproc.protocol.stream import render_sse as render_sse
 
 CHAT_PATH = "/v1/chat/completions"
 MAX_MODEL_CHARS = 256

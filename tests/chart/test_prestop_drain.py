@@ -10,19 +10,19 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from extproc.cli.envoy import envoy_binary
 from tests.conftest import free_port
+from tests.support.json_handler import JsonHandler
 
 from .helpers import RELEASE, render
 
 
-class SlowUpstream(BaseHTTPRequestHandler):
+class SlowUpstream(JsonHandler):
     """An LLM stand-in that takes ``delay`` seconds to answer."""
 
     delay = 1.5
@@ -30,15 +30,7 @@ class SlowUpstream(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length", 0)))
         time.sleep(self.delay)
-        body = b'{"object": "chat.completion", "choices": []}'
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet."""
+        self.send_json({"object": "chat.completion", "choices": []})
 
 
 def http_status(url: str, data: bytes | None = None, timeout: float = 10) -> int:

@@ -20,7 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import helm_python as helm
@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from extproc.cli.envoy import envoy_command
+from tests.support.json_handler import JsonHandler
 
 from .helpers import RELEASE, Doc, Rendered, envoy_config, envoy_validate, render, validate_object
 
@@ -76,19 +77,11 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-class EchoHost(BaseHTTPRequestHandler):
+class EchoHost(JsonHandler):
     """Answers every GET with the Host header it received."""
 
     def do_GET(self) -> None:
-        body = json.dumps({"host": self.headers.get("host")}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.send_json({"host": self.headers.get("host")})
 
 
 @contextlib.contextmanager

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from extproc.cli.main import main
+from tests.support.json_handler import JsonHandler
 
 UNREACHABLE = "http://127.0.0.1:1"
 """Nothing listens there: a command that fails before any request never notices."""
@@ -21,18 +21,10 @@ def stats_server() -> Iterator[tuple[str, list[str]]]:
     """An HTTP server answering every GET with ``{}``; yields its URL and the Authorization headers seen."""
     seen: list[str] = []
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(JsonHandler):
         def do_GET(self) -> None:
             seen.append(self.headers.get("authorization", ""))
-            body = json.dumps({}).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
+            self.send_json({})
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
