@@ -179,3 +179,12 @@ def test_cross_encoder_probe_smoke(tmp_path: Path) -> None:
         assert 0 <= served["paraphrases"] <= totals["paraphrases"]
     # the shipped judge's counts are those docs/correctness.md gives for the three sets
     assert report["hand_sets"]["shipped"] == {"look-alikes": 0 + 0 + 2, "paraphrases": 85 + 32 + 20}
+
+
+def test_token_window_smoke() -> None:
+    stdout = bench_stdout("token_window", "--repeat", "3", timeout=300)
+    lines = stdout.splitlines()
+    assert lines[0].startswith("lone-query encode floor p50 ")
+    rows = [line.split() for line in lines[2:]]
+    assert [int(r[0]) for r in rows] == [100, 300, 1000, 2000, 4000, 20000]
+    assert [r[1] for r in rows] == ["True"] * 3 + ["False"] * 3  # 256 tokens: ~1,300 characters
