@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from extproc.embedding.base import EncodeFn, TokenWindow, WordVectors
+from extproc.embedding.cost import STALE, CostModel, WaitCorrection
 
 log = logging.getLogger(__name__)
 
@@ -59,64 +60,9 @@ KEEP_WORDS_CHARS = 300
 """Only texts up to this long are kept (their token vectors are ~1.5 KB per token)."""
 
 
-class CostModel:
-    """Seconds per forward pass as ``fixed + per_item * n``, fitted online to recent passes.
-
-    An exponentially weighted least-squares fit: recent passes count most, so the model follows
-    a machine that slows down (a noisy neighbour) or speeds up (a warmed cache).
-    """
-
-    def __init__(self, fixed: float = 0.005, per_item: float = 0.001, decay: float = 0.05) -> None:
-        self.fixed, self.per_item = fixed, per_item
-        self._decay = decay
-        self._w = self._n = self._t = self._nn = self._nt = 0.0
-
-    def observe(self, n: int, seconds: float) -> None:
-        """Fold in one pass of ``n`` texts that took ``seconds``."""
-        keep = 1.0 - self._decay
-        self._w = self._w * keep + 1.0
-        self._n = self._n * keep + n
-        self._t = self._t * keep + seconds
-        self._nn = self._nn * keep + n * n
-        self._nt = self._nt * keep + n * seconds
-        mean_n, mean_t = self._n / self._w, self._t / self._w
-        var = self._nn / self._w - mean_n * mean_n
-        if var > 0.25:  # batch sizes vary enough to separate the fixed cost from the per-text one
-            slope = (self._nt / self._w - mean_n * mean_t) / var
-            self.per_item = max(slope, 1e-5)
-            self.fixed = max(mean_t - self.per_item * mean_n, 0.0)
-        else:  # one size seen so far: scale the whole cost with n
-            self.per_item = max(mean_t / max(mean_n, 1.0) * 0.5, 1e-5)
-            self.fixed = max(mean_t - self.per_item * mean_n, 0.0)
-
-    def seconds(self, n: int) -> float:
-        """Predicted duration of a pass of ``n`` texts."""
-        return self.fixed + self.per_item * max(n, 1)
-
-
-class WaitCorrection:
-    """How far real lookup waits run past their predictions, learned from every lookup.
-
-    The queue model sees the passes it started, not the CPU they share with the event loop,
-    Envoy, or word-vector passes queued in the same executor; under a CPU crunch its waits come
-    out short, and a lookup admitted on such a prediction then waits out the whole latency
-    budget before it is shed.  Scaling the prediction by the recent ratio of real to predicted
-    waits (an exponentially weighted mean, clamped) makes admission shed at the door instead.
-    The mean rises faster than it falls: an optimistic prediction costs a request its budget, a
-    pessimistic one only a semantic lookup.
-    """
-
-    def __init__(self, up: float = 0.2, down: float = 0.1, low: float = 0.5, high: float = 10.0) -> None:
-        self.factor = 1.0
-        """Real wait / predicted wait, recently."""
-        self._up, self._down, self._low, self._high = up, down, low, high
-
-    def observe(self, predicted: float, waited: float) -> None:
-        """Fold in one lookup predicted to wait ``predicted`` seconds that waited ``waited``."""
-        if predicted <= 0:
-            return
-        ratio = min(self._high, max(self._low, waited / predicted))
-        self.factor += (self._up if ratio > self.factor else self._down) * (ratio - self.factor)
+PROBE_SECONDS = 1.0
+"""With a worker free and nothing queued, one lookup per this many seconds is admitted whatever
+the prediction says: its pass is what corrects a prediction that sheds every lookup."""
 
 
 OVERLAP_WEIGHT = 0.1
@@ -145,14 +91,27 @@ class _Queue:
         return len(self.pending) + len(self.deferred)
 
     def take(self, limit: int) -> list[tuple[str, asyncio.Future[Any]]]:
-        """The next batch: queued lookups first, stores only to fill it."""
-        batch = self.pending[:limit]
-        del self.pending[:limit]
-        if len(batch) < limit and self.deferred:
-            room = limit - len(batch)
-            batch += self.deferred[:room]
-            del self.deferred[:room]
-        return [(t, f) for t, f in batch if not f.done()]
+        """The next batch: queued lookups first, stores only to fill it (texts whose waiter gave
+        up are dropped on the way, so a run of them never hides the live ones behind)."""
+        batch = _take_live(self.pending, limit)
+        if len(batch) < limit:
+            batch += _take_live(self.deferred, limit - len(batch))
+        return batch
+
+
+def _take_live(
+    queue: list[tuple[str, asyncio.Future[Any]]], limit: int
+) -> list[tuple[str, asyncio.Future[Any]]]:
+    """Remove and return the first ``limit`` texts of ``queue`` still awaited (and the given-up
+    ones before them)."""
+    taken: list[tuple[str, asyncio.Future[Any]]] = []
+    i = 0
+    while i < len(queue) and len(taken) < limit:
+        if not queue[i][1].done():
+            taken.append(queue[i])
+        i += 1
+    del queue[:i]
+    return taken
 
 
 class Embedder:
@@ -191,6 +150,8 @@ class Embedder:
         """Real / predicted lookup waits: scales :meth:`expected_wait`."""
         self.overlap = 0.0
         """Recent share of passes that started beside another pass or a queue (a moving mean)."""
+        self._last_pass = time.perf_counter()
+        """When the last sentence pass ended (or the embedder started)."""
         self.batches = 0
         self.encoded = 0
         self.on_batch: Callable[[int], None] | None = None
@@ -224,6 +185,12 @@ class Embedder:
             # shed every lookup, and with no lookups nothing would ever correct it back.
             return self.cost.seconds(1)
         return self._queue_wait() * self.correction.factor
+
+    def probe_due(self) -> bool:
+        """True when a lookup should be admitted whatever the prediction: a worker is free,
+        nothing waits, and no sentence pass has run for :data:`PROBE_SECONDS` (a prediction
+        that sheds every lookup would otherwise never see a pass that corrects it)."""
+        return self._idle_worker() and time.perf_counter() - self._last_pass >= PROBE_SECONDS
 
     def _idle_worker(self) -> bool:
         """True when a worker is free and no text waits: a new lookup's pass starts at once."""
@@ -295,12 +262,16 @@ class Embedder:
         return encode
 
     async def embed_many(self, texts: Sequence[str]) -> np.ndarray:
-        """Embeddings of many texts in batches of ``max_batch`` (for tools, not the hot path)."""
+        """Embeddings of many texts, ``max_batch`` at a time, queued as stores are: behind every
+        lookup, and seen by :meth:`expected_wait` (an import into a serving process, eval)."""
         loop = asyncio.get_running_loop()
-        out = [
-            await loop.run_in_executor(self._executor, self._encode, texts[i : i + self.max_batch])
-            for i in range(0, len(texts), self.max_batch)
-        ]
+        queue, out = self._sentences, []
+        for i in range(0, len(texts), self.max_batch):
+            futures = [loop.create_future() for _ in texts[i : i + self.max_batch]]
+            queue.deferred.extend(zip(texts[i : i + self.max_batch], futures, strict=True))
+            while len(queue.running) < self.workers and len(queue):
+                self._start_pass(queue)
+            out.append(np.stack(await asyncio.gather(*futures)))
         return np.concatenate(out) if out else np.empty((0, self.dim), dtype=np.float32)
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -349,7 +320,12 @@ class Embedder:
                     f.set_exception(exc)
         else:
             if queue is self._sentences:
-                self.cost.observe(len(batch), time.perf_counter() - slot[1])
+                took, predicted = time.perf_counter() - slot[1], self.cost.seconds(len(batch))
+                if took * STALE < predicted:
+                    self.cost.restart(len(batch), took)
+                else:
+                    self.cost.observe(len(batch), took)
+                self._last_pass = time.perf_counter()
                 self.batches += 1
                 self.encoded += len(batch)
                 if self.on_batch is not None:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from extproc.embedding.base import TokenWindow, WordVectors, word_vectors
+from extproc.embedding.base import TokenWindow, WordVectors, read_heads, word_vectors
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ class OnnxEncoder:
         A batch is run as a few sub-batches of similar token counts: padding every text to the
         longest one of a micro-batch doubled the work per query on chat-length prompts.
         """
-        encodings = self.tokenizer.encode_batch(list(texts))
+        encodings = self.tokenizer.encode_batch(read_heads(self.window, texts))
         out = np.empty((len(encodings), self.dim), dtype=np.float32)
         for group in length_groups([len(e.ids) for e in encodings]):
             out[group] = self._run([encodings[i] for i in group])[0]
@@ -248,7 +248,7 @@ class OnnxEncoder:
     def with_words(self, texts: Sequence[str]) -> tuple[np.ndarray, list[Callable[[], WordVectors]]]:
         """:meth:`__call__` and, from the same forward pass, each text's word vectors (made when
         called: most lookups never need them, and a verifier that does is spared a second pass)."""
-        encodings = self.tokenizer.encode_batch(list(texts))
+        encodings = self.tokenizer.encode_batch(read_heads(self.window, texts))
         out = np.empty((len(encodings), self.dim), dtype=np.float32)
         later: list[Callable[[], WordVectors] | None] = [None] * len(encodings)
         for group in length_groups([len(e.ids) for e in encodings]):
@@ -262,7 +262,7 @@ class OnnxEncoder:
 
     def words(self, texts: Sequence[str]) -> list[WordVectors]:
         """Per-word contextual vectors (the token vectors the sentence vector pools), as torch gives."""
-        encodings = self.tokenizer.encode_batch(list(texts))
+        encodings = self.tokenizer.encode_batch(read_heads(self.window, texts))
         out: list[WordVectors | None] = [None] * len(encodings)
         for group in length_groups([len(e.ids) for e in encodings]):
             hidden = self._run([encodings[i] for i in group], "tokens")[0]

@@ -146,14 +146,19 @@ class WordVectorCache:
             return await asyncio.shield(pending)
         task = asyncio.ensure_future(self.embedder.embed_words(text))
         self._pending[text] = task
-        try:
-            vectors = await asyncio.shield(task)
-        finally:
-            self._pending.pop(text, None)
-        self._cache[text] = vectors
+        # Kept when it finishes even if every waiter gave up meanwhile (a lookup past its
+        # deadline): the pass ran anyway, and the next lookup meeting this prompt is spared it.
+        task.add_done_callback(lambda done: self._settle(text, done))
+        return await asyncio.shield(task)
+
+    def _settle(self, text: str, task: asyncio.Future[WordVectors]) -> None:
+        self._pending.pop(text, None)
+        if task.cancelled() or task.exception() is not None:
+            return
+        self._cache[text] = task.result()
+        self._cache.move_to_end(text)
         if len(self._cache) > self._size:
             self._cache.popitem(last=False)
-        return vectors
 
 
 class ContentGuard:

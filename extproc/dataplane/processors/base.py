@@ -7,6 +7,7 @@ reports the decision exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -61,6 +62,11 @@ class Processor:
                 return self.on_response_headers(m.header_dict(value.headers), value.end_of_stream)
             if phase == "response_body":
                 return self.on_response_body(value.body, value.end_of_stream)
+        except asyncio.CancelledError:
+            # The stream ended while this phase was deciding (the client left, or Envoy stopped
+            # waiting): nothing was decided, whatever the phase had noted so far ("miss").
+            self.decision.outcome, self.decision.reason = "bypass", ""
+            raise
         except Exception:  # a bug must never break the request: continue unchanged
             log.exception("processor error in %s; passing the request through", phase)
             self._mark_bypass("internal_error")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gzip
 import json
@@ -179,3 +180,33 @@ def test_any_upstream_body_ends_the_bookkeeping_exactly_once(body: bytes, stream
         assert len(decisions) == 1 and decisions[0].store
 
     asyncio.run(run())
+
+
+async def test_a_stream_that_ends_mid_lookup_is_undecided_not_a_miss() -> None:
+    """The client leaves while its prompt is being embedded: a bypass `stream_ended`, never a
+    miss (which would lower the hit ratio and claim a lookup that never finished)."""
+    import time
+
+    import numpy as np
+    from envoy_data_plane.envoy.service.ext_proc.v3 import HttpBody, ProcessingRequest
+
+    from extproc.embedding.batcher import Embedder
+    from tests.support.toy import DIM, toy_encode
+
+    def slow(texts: list[str]) -> np.ndarray:
+        time.sleep(0.5)
+        return toy_encode(texts)
+
+    shared, decisions, _ = make_shared()
+    shared.cache.embedder = Embedder(slow, DIM)
+    p = ChatCompletionsProcessor(shared)
+    p.on_request_headers(headers(CHAT), False)
+    body = ProcessingRequest(request_body=HttpBody(body=chat_body("v:1,0"), end_of_stream=True))
+    deciding = asyncio.create_task(p.handle(body))
+    await asyncio.sleep(0.1)
+    deciding.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await deciding
+    p.on_stream_closed()
+    assert (decisions[-1].outcome, decisions[-1].reason) == ("bypass", "")
+    shared.cache.embedder.close()

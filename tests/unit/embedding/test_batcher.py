@@ -13,7 +13,8 @@ import pytest
 
 from extproc.cache import MemoryBackend, SemanticCache
 from extproc.embedding.base import WordVectors
-from extproc.embedding.batcher import CostModel, Embedder, WaitCorrection
+from extproc.embedding.batcher import Embedder
+from extproc.embedding.cost import CostModel, WaitCorrection
 from extproc.errors import Overloaded
 from tests.support.toy import DIM, answer, query, toy_encode
 
@@ -232,4 +233,92 @@ async def test_one_worker_never_uses_a_solo_encoder() -> None:
     embedder = Embedder(Labelled("shared", log), DIM, workers=1, solo=Labelled("solo", log))
     await embedder.embed("alone")
     assert log == ["shared"]
+    embedder.close()
+
+
+def test_one_stalled_pass_does_not_set_the_fit() -> None:
+    """A 200 ms first pass (a scheduler stall, a cold page) against a 6 ms prior: it counts as
+    at most four times the prediction, and a few normal passes bring the fit back."""
+    model = CostModel()
+    model.observe(1, 0.2)
+    assert model.seconds(1) <= 4 * 0.006 + 1e-9
+    for _ in range(20):
+        model.observe(1, 0.004)
+    assert model.seconds(1) < 0.008
+
+
+async def test_a_fit_that_sheds_everything_is_corrected_by_a_probe() -> None:
+    """Taught 300 ms per pass (a crunch that is over), the cache would shed every semantic
+    lookup at a 50 ms budget, and with no pass nothing would correct it. A probe goes in once
+    the embedder has been idle for PROBE_SECONDS; its 20 ms pass restarts the fit."""
+    from extproc.embedding import batcher
+
+    encoder = SlowEncoder(fixed=0.02, per_item=0.0)
+    cache = SemanticCache(MemoryBackend(DIM, 100), Embedder(encoder, DIM, 4, 1), 0.9, 5, 60)
+    embedder = cache.embedder
+    embedder.cost.restart(1, 0.3)
+    assert embedder.expected_wait() > 0.05
+    with pytest.raises(Overloaded):
+        await cache.check(query("v:1,0"), max_wait=0.05)  # a pass ran just now (the start)
+    embedder._last_pass -= batcher.PROBE_SECONDS
+    assert embedder.probe_due()
+    probe = await cache.check(query("v:1,0"), max_wait=0.2)
+    assert probe.vector is not None
+    assert embedder.cost.seconds(1) < 0.05 and not embedder.probe_due()
+    assert (await cache.check(query("v:1,0.1"), max_wait=0.05)).vector is not None
+    embedder.close()
+
+
+async def test_texts_given_up_on_never_hide_the_live_ones_behind_them() -> None:
+    """A whole batch of abandoned lookups at the head of the queue: the live lookup and the
+    store behind them still get a pass (they used to wait for some unrelated text)."""
+    encoder = SlowEncoder(fixed=0.05)
+    embedder = Embedder(encoder, DIM, max_batch=4, workers=1)
+    busy = asyncio.create_task(embedder.embed("busy"))
+    await asyncio.sleep(0.01)
+    abandoned = [asyncio.create_task(embedder.embed(f"gone {i}")) for i in range(4)]
+    live = asyncio.create_task(embedder.embed("live lookup"))
+    store = asyncio.create_task(embedder.embed("a store", deferred=True))
+    await asyncio.sleep(0)
+    for task in abandoned:
+        task.cancel()
+    await asyncio.wait_for(asyncio.gather(busy, live, store), 2)
+    assert ["live lookup", "a store"] in encoder.batches
+    embedder.close()
+
+
+async def test_embed_many_queues_behind_lookups_and_keeps_the_order() -> None:
+    """An import's texts go as stores do: a lookup arriving meanwhile is in the next pass, and
+    the import's vectors come back in its order."""
+    encoder = SlowEncoder(fixed=0.02)
+    embedder = Embedder(encoder, DIM, max_batch=4, workers=1)
+    texts = [f"v:1,{i / 10}" for i in range(10)]
+    bulk = asyncio.create_task(embedder.embed_many(texts))
+    await asyncio.sleep(0.005)
+    lookup = asyncio.create_task(embedder.embed("a lookup"))
+    vectors = await bulk
+    await lookup
+    assert np.allclose(vectors, toy_encode(texts))
+    assert encoder.batches[1] == ["a lookup"]  # right after the pass that was running
+    embedder.close()
+
+
+async def test_word_vectors_a_lookup_gave_up_on_are_kept_for_the_next() -> None:
+    """A lookup past its deadline leaves its candidate's word-vector pass running: its result is
+    kept, so the next lookup meeting that candidate needs no pass of its own."""
+    from extproc.cache.guards.content import WordVectorCache
+
+    class SlowWords(WordsEncoder):
+        def words(self, texts: Sequence[str]) -> list[WordVectors]:
+            time.sleep(0.1)
+            return super().words(texts)
+
+    encoder = SlowWords()
+    embedder = Embedder(encoder, DIM)
+    words = WordVectorCache(embedder)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(words.get("a stored candidate"), 0.01)
+    await asyncio.sleep(0.3)
+    assert (await words.get("a stored candidate")).words == ("a", "stored", "candidate")
+    assert encoder.word_passes == [["a stored candidate"]]
     embedder.close()

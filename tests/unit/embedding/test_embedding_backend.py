@@ -165,3 +165,13 @@ def test_both_backends_know_the_window_they_read(torch_model: tuple[EncodeFn, in
         assert window.count(at_limit) == 256 and window.fits(at_limit)
         assert not window.fits(at_limit + " word")
     assert onnx_encode.window.count(long_a) == torch_encode.window.count(long_a)
+    # What the model reads of a long text is a shorter text with the same vector: the
+    # tokenizer (which reads a text whole before cutting it) is spared the rest.
+    huge = document * 400  # ~27,000 characters
+    head = onnx_encode.window.head(huge)
+    assert len(head) <= 2048 and huge.startswith(head)
+    whole = onnx_encode._run([onnx_encode.tokenizer.encode(huge)])[0]  # the text read whole, cut
+    assert float(onnx_encode([huge])[0] @ whole[0]) > 0.99999
+    assert float(torch_encode([huge])[0] @ whole[0]) > 0.999
+    short = "What is the capital of France?"
+    assert onnx_encode.window.head(short) is short
