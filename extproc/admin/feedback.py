@@ -2,7 +2,9 @@
 
 Body: ``{"entry": "<x-semantic-cache-entry of the hit>", "verdict": "wrong" | "right"}``.
 ``wrong`` deletes the entry; both are counted (``semantic_cache_feedback_total``). An id that
-this deployment did not issue, or whose entry is gone, is a 404 (the two are not told apart).
+this deployment did not issue, or whose entry is gone or was replaced by a newer answer under
+the same key (ids name one version), is a 404 (they are not told apart). Longer ``entry``
+values than MAX_ID_CHARS are no id (a 400).
 """
 
 from __future__ import annotations
@@ -12,10 +14,9 @@ from aiohttp import web
 from extproc.admin.guard import Handler
 from extproc.admin.params import parse_body
 from extproc.dataplane.shared import Shared
+from extproc.dataplane.verification.entry_ids import MAX_ID_CHARS
 
 VERDICTS = ("wrong", "right")
-MAX_ID_CHARS = 200
-"""Longer ``entry`` values are no id (ids are 97 characters)."""
 
 
 def _error(status: int, message: str) -> web.Response:

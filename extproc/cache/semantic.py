@@ -127,6 +127,10 @@ class SemanticCache:
                 confidence=1.0,
                 timings=timings,
             )
+        if vector is None and not await self.embedder.fits(query.prompt):
+            # Exact repeats only (see check_vector): no pass on the request's path for it; its
+            # store embeds it later, behind the lookups.
+            return LookupResult(timings=timings, rejections=[LONG_PROMPT])
         # The wait counts from here: the exact lookup is the backend's time (lookup_timeout_ms).
         deadline = None if max_wait is None else time.perf_counter() + max_wait
         if vector is None:
@@ -145,7 +149,9 @@ class SemanticCache:
         left = None if deadline is None else deadline - time.perf_counter()
         # Judging a candidate may need one more pass (the word vectors of a candidate not embedded
         # recently; the query's come with its own pass): part of the wait.
-        if left is not None and self.embedder.expected_wait() + self._judge_pass() > left:
+        # A probe goes in whatever the prediction: its pass is what corrects one that sheds all.
+        predicted = self.embedder.expected_wait() + self._judge_pass()
+        if left is not None and predicted > left and not self.embedder.probe_due():
             raise Overloaded(f"embedding backlog {self.embedder.backlog}")
         with timed(timings, "embed_ms"), tracer.start_as_current_span("semantic_cache.embed"):
             try:
@@ -315,8 +321,19 @@ class SemanticCache:
         """The live entry stored under ``exact_key`` (feedback and verification name entries so)."""
         return await self.backend.get_exact(exact_key, time.time())
 
-    async def forget(self, exact_key: str) -> bool:
-        """Delete the entry stored under ``exact_key`` (a wrong answer); True if one went."""
+    async def forget(self, exact_key: str, created_at: float | None = None) -> bool:
+        """Delete the entry stored under ``exact_key`` (a wrong answer); True if one went.
+
+        ``created_at``: only if it is still the entry created then (the one judged or named), never
+        a newer one stored under the key since."""
+        if created_at is not None:
+            conditional = getattr(self.backend, "delete_version", None)
+            if conditional is not None:
+                return bool(await conditional(exact_key, created_at))
+            # No conditional delete here: read, compare, delete (a store in between is lost).
+            current = await self.backend.get_exact(exact_key, time.time())
+            if current is None or round(current.created_at * 1000) != round(created_at * 1000):
+                return False
         delete = getattr(self.backend, "delete_ids", None)  # every backend has the bulk operations
         if delete is None:
             return False

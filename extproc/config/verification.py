@@ -54,7 +54,10 @@ class VerificationSettings:
 
     @property
     def active(self) -> bool:
-        """True when anything here needs the verifier (shadowing or the bound)."""
+        """True when anything here needs the verifier (shadowing or the bound).
+
+        A δ set only by a policy is not seen here (policies are resolved per request): the
+        evidence sync learns of it from the first decision under it."""
         return self.sample_rate > 0 or self.max_false_hit_rate > 0
 
 

@@ -192,6 +192,16 @@ class MemoryBackend:
             self._remove(label)
         return len(labels)
 
+    async def delete_version(self, exact_key: str, created_at: float) -> int:
+        """Delete the entry under ``exact_key`` only if it was created at ``created_at`` (to the
+        millisecond, as ids and Milvus rows keep it): a newer entry stored since stays."""
+        label = self._exact.get(exact_key)
+        entry = self._entries.get(label) if label is not None else None
+        if label is None or entry is None or round(entry.created_at * 1000) != round(created_at * 1000):
+            return 0
+        self._remove(label)
+        return 1
+
     async def put_many(self, entries: Sequence[CacheEntry]) -> dict[int, str]:
         """Store every entry (memory has no size limit per entry, so none is refused)."""
         for entry in entries:

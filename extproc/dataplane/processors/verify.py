@@ -97,7 +97,7 @@ class VerifiedHits:
                 trace.set_span_in_context(self._span),
             )
             self.decision.verifying = v.shadow(job)
-        return {ENTRY_HEADER: v.ids.issue(entry.partition, entry.exact_key)}
+        return {ENTRY_HEADER: v.ids.issue(entry.partition, entry.exact_key, entry.created_at)}
 
     def _learned(self, completion: dict[str, Any]) -> dict[str, Any]:
         """``completion``; an explored candidate's request has its upstream answer: compare them

@@ -1,4 +1,9 @@
-"""Do two answers to one request agree? Exact text when deterministic, else embedding similarity."""
+"""Do two answers agree? The same text, or embeddings at least ``answer_similarity`` apart.
+
+Only semantic hits are judged, and there the cached answer was given to *another* prompt (a
+paraphrase): even a deterministic request (temperature 0 and a seed) is not expected to get the
+same text, so text equality counts as agreement but its absence never as disagreement.
+"""
 
 from __future__ import annotations
 
@@ -11,33 +16,25 @@ from extproc.dataplane.freshness import answer_text
 from extproc.embedding.batcher import Embedder
 
 
-def deterministic(request: Mapping[str, Any]) -> bool:
-    """True for a request the upstream answers the same way twice: temperature 0 and a seed."""
-    temperature = request.get("temperature")
-    seed = request.get("seed")
-    number = isinstance(temperature, int | float) and not isinstance(temperature, bool)
-    return number and temperature == 0 and isinstance(seed, int) and not isinstance(seed, bool)
+def identical(cached: Mapping[str, Any], fresh: Mapping[str, Any]) -> bool:
+    """True when the two answers are the same text (they agree without an embedding)."""
+    return answer_text(cached).strip() == answer_text(fresh).strip()
 
 
 async def agree(
-    embedder: Embedder,
-    cached: Mapping[str, Any],
-    fresh: Mapping[str, Any],
-    threshold: float,
-    exact: bool = False,
+    embedder: Embedder, cached: Mapping[str, Any], fresh: Mapping[str, Any], threshold: float
 ) -> tuple[bool, float]:
     """(agreement, similarity) of the cached and the fresh answer.
 
-    ``exact``: the texts must be equal (similarity 1 or 0). Otherwise both texts are embedded by
-    the cache's model with the priority of stores (behind every queued lookup) and compared by
-    cosine similarity. Empty answers (tool calls only) agree only when both are empty.
+    The same text agrees (similarity 1); otherwise both texts are embedded by the cache's model
+    with the priority of stores (behind every queued lookup) and compared by cosine similarity.
+    Empty answers (tool calls only) agree only when both are empty.
     """
     a, b = answer_text(cached).strip(), answer_text(fresh).strip()
-    if exact or not a or not b:
-        same = a == b
-        return same, 1.0 if same else 0.0
     if a == b:
         return True, 1.0
+    if not a or not b:
+        return False, 0.0
     va = await embedder.embed(a, deferred=True)
     vb = await embedder.embed(b, deferred=True)
     norm = float(np.linalg.norm(va) * np.linalg.norm(vb)) or 1.0

@@ -11,7 +11,9 @@ process counts its own bins once, and each other process's once, however often i
 Documents are made under one *calibration* (the verifier's identity, or ``cosine``): a process
 with another verifier reads none of them, since its confidence bins mean something else.
 Sharing is best-effort bookkeeping: a failing backend leaves each process with its own evidence
-(as without sharing) and is retried at the next sync; it never touches a request.
+(as without sharing) and is retried at the next sync; it never touches a request. It runs while
+the evidence is in use: the section shadows or sets δ, or a request was decided under a δ (a
+policy may set one where the section sets none).
 """
 
 from __future__ import annotations
@@ -73,6 +75,9 @@ class EvidenceSync:
         self._written: tuple[int, float] | None = None
         """(outcomes learned, time) of the last write."""
         self._task: asyncio.Task[None] | None = None
+        self._bound_at: float | None = None
+        """Monotonic time of the last decision under a δ (a policy's counts: see :meth:`bounded`)."""
+        self._wake = asyncio.Event()
 
     @property
     def store(self) -> EvidenceStore | None:
@@ -82,6 +87,24 @@ class EvidenceSync:
             return backend
         return None
 
+    @property
+    def wanted(self) -> bool:
+        """True while the evidence is in use: the section shadows or sets δ, or a request was
+        decided under a δ (a policy's) within the last REFRESH_SECONDS."""
+        if self._settings().active:
+            return True
+        return self._bound_at is not None and time.monotonic() - self._bound_at < REFRESH_SECONDS
+
+    def bounded(self) -> None:
+        """A candidate was decided under a δ. A δ set only by a policy leaves the section
+        inactive, so this is what tells the sync the evidence is in use; the first such
+        decision syncs at once (a restarted process adopts the fleet's evidence without
+        waiting a period)."""
+        first = self._bound_at is None
+        self._bound_at = time.monotonic()
+        if first:
+            self._wake.set()
+
     def start(self) -> None:
         """Sync every SYNC_SECONDS in the background until :meth:`close`."""
         if self._task is None:
@@ -89,13 +112,15 @@ class EvidenceSync:
 
     async def _loop(self) -> None:
         while True:
-            if self._settings().active:
+            if self.wanted:
                 try:
                     await self.sync()
                 except Exception as exc:  # bookkeeping: never let one bad sync end the loop
                     self.problem = f"{type(exc).__name__}: {exc}"
                     log.warning("verification evidence sync failed: %s", self.problem)
-            await asyncio.sleep(SYNC_SECONDS)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), SYNC_SECONDS)
+            self._wake.clear()
 
     async def sync(self, now: float | None = None) -> bool:
         """Write this process's evidence if it moved, then adopt the others'; False on failure."""

@@ -12,8 +12,9 @@ Two estimates, from two kinds of outcome:
   serve, whose request went upstream and whose answer was then compared with the candidate's),
   this process's and those other processes shared (:mod:`.evidence`).
   An entry with outcomes of its own adds them to its bin's posterior (shrunk to at most
-  ``ENTRY_PRIOR_CAP`` observations). A candidate is served when the posterior's 99 % upper
-  quantile is ≤ δ. docs/verification.md says what that guarantees.
+  ``ENTRY_PRIOR_CAP`` observations); one with a wrong outcome of its own is never served. A
+  candidate is served when the posterior's 99 % upper quantile is ≤ δ. docs/verification.md says
+  what that guarantees.
 """
 
 from __future__ import annotations
@@ -214,7 +215,13 @@ class Outcomes:
         return a, b
 
     def upper(self, model: str, score: float, entry_id: str = "", similarity: float = 1.0) -> float:
-        """The upper bound (at ``level``) of P(wrong) for such a candidate."""
+        """The upper bound (at ``level``) of P(wrong) for such a candidate; 1 for an entry found
+        wrong before (one found wrong once is out, whatever its group's evidence)."""
+        own = self.entries.get(entry_id) if entry_id else None
+        if own is not None and own[0] > 0:
+            # Shrunk against its group, one wrong only lifts the bound to ~0.1: served again at
+            # δ ≥ 0.1 although this very entry is known to answer its look-alikes wrongly.
+            return 1.0
         return beta_upper(*self.posterior(model, score, entry_id, similarity), self.level)
 
     def export(self) -> list[list[str | float]]:

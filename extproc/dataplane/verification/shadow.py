@@ -9,11 +9,10 @@ sent through Envoy, the processor neither serves nor stores nor re-verifies them
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import random
 import time
-import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -28,36 +27,28 @@ from extproc.cache.schema import CacheEntry
 from extproc.cache.volatile import volatile_answer
 from extproc.config.verification import VerificationSettings
 from extproc.dataplane.freshness import answer_text
-from extproc.dataplane.verification.agreement import agree, deterministic
-from extproc.dataplane.verification.entry_ids import EntryIds
+from extproc.dataplane.verification.agreement import agree, identical
+from extproc.dataplane.verification.entry_ids import EntryIds, entry_ref
 from extproc.dataplane.verification.evidence import EvidenceSync
 from extproc.dataplane.verification.outcomes import Outcomes
+from extproc.dataplane.verification.request import (
+    ENTRY_HEADER,
+    FEEDBACK_HEADER,
+    INLINE_BYTES,
+    SHADOW_HEADER,
+    SIDE_EFFECTS,
+    Skip,
+    prepare,
+    shadow_headers,
+)
 from extproc.observability.metrics import Metrics
 from extproc.observability.tracing import tracer
-from extproc.protocol.encoding import GZIP, gunzip_bounded
 
 log = logging.getLogger(__name__)
 
-HEADER = "x-semantic-cache"
-"""The prefix of the cache's headers (``shared.HEADER``; not imported: ``Shared`` holds this component)."""
-Spawn = Callable[[Coroutine[Any, Any, None]], None]
+__all__ = ["ENTRY_HEADER", "FEEDBACK_HEADER", "SHADOW_HEADER", "Shadow", "Verification"]
 
-SHADOW_HEADER = f"{HEADER}-shadow"
-"""Marks a shadow request (the processor bypasses it: it also says no-cache, no-store)."""
-ENTRY_HEADER = f"{HEADER}-entry"
-"""The opaque id of the entry a hit served (and that feedback names)."""
-FEEDBACK_HEADER = f"{HEADER}-feedback"
-"""``wrong`` on a ``cache-control: no-cache`` retry: the entry named by ENTRY_HEADER was wrong."""
-DROPPED_HEADERS = frozenset(
-    {"host", "content-length", "content-encoding", "accept-encoding", "cache-control", "connection",
-     "transfer-encoding", "keep-alive", "te", "trailer", "upgrade", "expect"}
-)  # fmt: skip
-"""Client headers a shadow request does not repeat (the body is re-encoded, caching is refused;
-``x-envoy-*`` and ``x-semantic-cache-*`` are dropped too)."""
-SIDE_EFFECTS = ("tools", "functions", "tool_choice")
-"""Request fields that declare tools: the upstream may act on them, so never repeated."""
-MAX_SHADOW_BYTES = 4 * 1024 * 1024
-"""The largest request body (decompressed) a shadow request repeats."""
+Spawn = Callable[[Coroutine[Any, Any, None]], None]
 RESULTS = ("agree", "disagree", "error")
 OVERLOAD_WAIT = 1.0
 """Past this predicted embedding wait (s), answers are not embedded for a verdict: lookups first."""
@@ -132,7 +123,9 @@ class Verification:
             delta = self.settings.max_false_hit_rate
         if delta <= 0:
             return True
-        serve = self.outcomes.upper(model, score, entry.exact_key, similarity) <= delta
+        self.evidence.bounded()  # a policy's δ alone must keep the evidence shared too
+        own = entry_ref(entry.exact_key, entry.created_at)
+        serve = self.outcomes.upper(model, score, own, similarity) <= delta
         if self.metrics is not None:
             self.metrics.bound_decisions.labels("serve" if serve else "explore").inc()
         return serve
@@ -184,16 +177,20 @@ class Verification:
 
     async def _verify(self, job: Shadow, span: trace.Span) -> str:
         """Ask, judge, heal; the result (``agree`` | ``disagree`` | ``error``), or "" when skipped."""
-        request = self._request_body(job)
-        if request is None:
+        try:
+            body = await prepare(job.body, job.encoding)
+        except Skip as skip:
+            self._skip(skip.args[0])
             return ""
-        exact = deterministic(request)
-        fresh = await self._ask(job, request)
-        if self.cache.embedder.expected_wait() > OVERLOAD_WAIT and not exact:
+        fresh = await self._ask(job, body)
+        same_text = identical(job.entry.response, fresh)
+        if self.cache.embedder.expected_wait() > OVERLOAD_WAIT and not same_text:
             self._skip("overloaded")  # lookups first: never add embeddings to a long queue
             return "error"
+        # Judged by meaning even at temperature 0 with a seed: the cached answer was given to
+        # another prompt (only semantic hits are shadowed), so other words are no mistake.
         same, similarity = await agree(
-            self.cache.embedder, job.entry.response, fresh, self.settings.answer_similarity, exact
+            self.cache.embedder, job.entry.response, fresh, self.settings.answer_similarity
         )
         verdict = "agree" if same else "disagree"
         span.add_event(
@@ -201,80 +198,79 @@ class Verification:
             {
                 "semantic_cache.verdict": verdict,
                 "semantic_cache.answer_similarity": round(similarity, 4),
-                "semantic_cache.exact": exact,
+                "semantic_cache.exact": same_text,
             },
         )
-        self.outcomes.learn(job.query.model, job.entry.exact_key, job.score, not same, job.similarity)
+        own = entry_ref(job.entry.exact_key, job.entry.created_at)
+        self.outcomes.learn(job.query.model, own, job.score, not same, job.similarity)
         if not same:
-            await self._heal(job, fresh)
+            try:
+                await self._heal(job, fresh)
+            except Exception as exc:  # the verdict stands; its own wrong keeps it from the bound rule
+                log.warning("healing a wrong entry failed: %s: %s", type(exc).__name__, exc)
         return verdict
 
-    def _request_body(self, job: Shadow) -> dict[str, Any] | None:
-        """The request as JSON, non-streaming; None (skipped) when it declares tools."""
-        raw = job.body
-        if job.encoding in GZIP:
-            try:
-                inflated = gunzip_bounded(raw, MAX_SHADOW_BYTES)
-            except (EOFError, zlib.error):
-                inflated = None
-            if inflated is None:
-                self._skip("unreadable")
-                return None
-            raw = inflated
-        request = json.loads(raw)
-        if any(request.get(name) for name in SIDE_EFFECTS):
-            self._skip("side_effects")
-            return None
-        request["stream"] = False  # a stream is verified as one JSON answer
-        request.pop("stream_options", None)
-        return dict(request)
-
-    async def _ask(self, job: Shadow, request: dict[str, Any]) -> dict[str, Any]:
+    async def _ask(self, job: Shadow, body: bytes) -> dict[str, Any]:
         """Send the shadow request; the answer in the stored form (raises on any failure)."""
         s = self.settings
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=s.timeout_ms / 1000))
-        headers = {
-            k: v
-            for k, v in job.headers.items()
-            if not k.startswith((":", HEADER, "x-envoy-")) and k not in DROPPED_HEADERS
-        }
-        headers |= {
-            "content-type": "application/json",
-            "cache-control": "no-cache, no-store",
-            SHADOW_HEADER: "1",
-        }
         url = s.upstream_url.rstrip("/") + job.path
-        async with self._session.post(url, data=json.dumps(request).encode(), headers=headers) as response:
-            body = await response.read()
+        async with self._session.post(url, data=body, headers=shadow_headers(job.headers)) as response:
+            answer = await response.read()
             if not 200 <= response.status < 300:
                 raise RuntimeError(f"upstream answered {response.status}")
-        return job.parse(body, job.n)
+        if len(answer) > INLINE_BYTES:  # a long answer parses in a thread, as on the request path
+            return await asyncio.to_thread(job.parse, answer, job.n)
+        return job.parse(answer, job.n)
+
+    async def _delete_wrong(self, entry: CacheEntry, cause: str) -> bool:
+        """Delete ``entry``, found wrong, if it is still the one stored under its key (a newer
+        entry stored since is another answer, not judged); True if it went."""
+        deleted = await self.cache.forget(entry.exact_key, entry.created_at)
+        if deleted and self.metrics is not None:
+            self.metrics.deleted.labels("verification").inc()
+        # Its own wrong outcome stays recorded (under this version only): a replica that still
+        # sees it (Milvus consistency) does not serve it by the bound rule meanwhile.
+        log.info(
+            "%s: entry %s… disagreed and was %s",
+            cause,
+            entry.exact_key[:12],
+            "deleted" if deleted else "already gone or replaced",
+        )
+        return deleted
 
     async def _heal(self, job: Shadow, fresh: dict[str, Any]) -> None:
         """The served entry was wrong for this request: delete it; store the fresh answer instead."""
-        key = job.entry.exact_key
-        if await self.cache.forget(key) and self.metrics is not None:
-            self.metrics.deleted.labels("verification").inc()
-        self.outcomes.forget(key)
-        log.info("shadow verification: entry %s… disagreed and was deleted", key[:12])
+        await self._delete_wrong(job.entry, "shadow verification")
         # A dated answer ("as of today…") is not stored, as on the request path.
-        if self.settings.replace and not volatile_answer(answer_text(fresh)):
-            await self.cache.store(job.query, fresh, ttl_seconds=job.ttl_seconds)
+        if not self.settings.replace or volatile_answer(answer_text(fresh)):
+            return
+        vector = await self.cache.embedder.embed(job.query.prompt, deferred=True)
+        # The request was a semantic hit, so nothing was under its own key then: an entry there
+        # now was stored since (a refresh) and is not overwritten. On Milvus a store between
+        # this read and the write below can still be replaced (a window of one round trip).
+        if await self.cache.entry(job.query.exact_key) is None:
+            await self.cache.store(job.query, fresh, vector, ttl_seconds=job.ttl_seconds)
 
     async def _explored(
         self, model: str, candidate: CacheEntry, scores: tuple[float, float], fresh: dict[str, Any]
     ) -> None:
         result = "error"
-        if self.cache.embedder.expected_wait() > OVERLOAD_WAIT:
+        if self.cache.embedder.expected_wait() > OVERLOAD_WAIT and not identical(candidate.response, fresh):
             self._skip("overloaded")
             return
         try:
             same, _ = await agree(
                 self.cache.embedder, candidate.response, fresh, self.settings.answer_similarity
             )
-            self.outcomes.learn(model, candidate.exact_key, scores[0], not same, scores[1])
+            own = entry_ref(candidate.exact_key, candidate.created_at)
+            self.outcomes.learn(model, own, scores[0], not same, scores[1])
             result = "agree" if same else "disagree"
+            if not same:
+                # Healed like a shadowed hit. The explored request's own answer needs no store
+                # here: it went upstream as a miss and is stored under its key by the miss path.
+                await self._delete_wrong(candidate, "exploration")
         except Exception as exc:
             log.warning("learning from an explored candidate failed: %s: %s", type(exc).__name__, exc)
         if self.metrics is not None:
@@ -291,12 +287,13 @@ class Verification:
     async def feedback(self, entry_id: str, verdict: str, partition: str | None = None) -> bool:
         """Record a client's verdict on the entry ``entry_id`` names; ``wrong`` deletes it.
 
-        False when the id is not one this deployment issued for a live entry (or, with
-        ``partition``, one of that partition): the caller cannot tell which.
+        False when the id is not one this deployment issued for the live entry (or, with
+        ``partition``, one of that partition): the entry it named may be gone, or replaced by a
+        newer one under the same key (whose id differs). The caller cannot tell which.
         """
-        key = self.ids.exact_key(entry_id)
-        entry = await self.cache.entry(key) if key is not None else None
-        if entry is None or not self.ids.valid(entry_id, entry.partition):
+        named = self.ids.parse(entry_id)
+        entry = await self.cache.entry(named[0]) if named is not None else None
+        if entry is None or not self.ids.valid(entry_id, entry.partition, entry.created_at):
             return False
         if partition is not None and entry.partition != partition:
             return False
@@ -304,11 +301,11 @@ class Verification:
         if self.metrics is not None:
             self.metrics.feedback.labels(verdict).inc()
         if verdict == "wrong":
-            assert key is not None
-            if await self.cache.forget(key) and self.metrics is not None:
+            # Only that version: a newer entry stored since the read above stays.
+            if await self.cache.forget(entry.exact_key, entry.created_at) and self.metrics is not None:
                 self.metrics.deleted.labels("feedback").inc()
-            self.outcomes.forget(key)
-            log.info("feedback: entry %s… reported wrong and deleted", key[:12])
+            self.outcomes.forget(entry_ref(entry.exact_key, entry.created_at))
+            log.info("feedback: entry %s… reported wrong and deleted", entry.exact_key[:12])
         return True
 
     # --- reading -------------------------------------------------------------------------

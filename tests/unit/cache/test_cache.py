@@ -256,9 +256,12 @@ async def test_prompts_longer_than_the_model_reads_hit_only_on_exact_repeats() -
     cache.embedder = Embedder(encode, DIM)
     doc = "v:1,0 the quarterly report in six words"
     await cache.store(query(doc + " translate it"), answer("German text"))
+    passes = cache.embedder.encoded
     other = await cache.check(query(doc + " count its words"))
     assert other.entry is None and other.rejections == ["long_prompt"] and other.candidates == 0
-    assert other.vector is not None  # kept for the store
+    assert other.vector is None and cache.embedder.encoded == passes  # no pass on the request path
+    given = await cache.check_vector(query(doc + " count its words"), encode([doc])[0])
+    assert given.rejections == ["long_prompt"] and given.candidates == 0  # with a vector too
     head = await cache.check(query("v:1,0 the report"))  # fits, but the candidate does not
     assert head.entry is None and head.candidates == 1 and head.rejections == ["long_prompt"]
     repeat = await cache.check(query(doc + " translate it"))

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
 
+import numpy as np
 import pytest
 
 from extproc.cache import MemoryBackend, SemanticCache
+from extproc.cache.schema import CacheEntry
 from extproc.config.settings import parse_config
 from extproc.config.verification import VerificationSettings
+from extproc.dataplane.policy import request_settings
 from extproc.dataplane.verification import Verification
 from extproc.dataplane.verification.evidence import FORMAT, VERSION, owner_name
 from extproc.embedding.batcher import Embedder
@@ -133,6 +137,40 @@ async def test_sharing_turned_off() -> None:
     learn(a, 300)
     assert not await a.evidence.sync() and not await b.evidence.sync()
     assert not serves(b) and a.stats()["evidence"]["shared"] is False
+
+
+async def test_a_delta_set_only_by_a_policy_shares_the_evidence_too() -> None:
+    """The section is inactive (no sample_rate, no δ): the policy's δ is what uses the evidence."""
+    settings = parse_config(
+        {"semantic_cache": {"policies": [{"match": {"model": "m"}, "max_false_hit_rate": DELTA}]}}, env={}
+    )
+    assert not settings.verification.active
+    delta = request_settings(settings, "", "m")[0].verification.max_false_hit_rate
+    backend = MemoryBackend(DIM, 100)
+    a, b = (replica(backend, max_false_hit_rate=0.0) for _ in range(2))
+    candidate = CacheEntry("k", "m", "global", "f", "p", "e" * 64, "q", {}, np.zeros(DIM), time.time())
+    a.start()
+    b.start()
+    try:
+        learn(a, 300)
+        await asyncio.sleep(0.05)
+        assert await backend.load_evidence(0) == {}  # nothing uses it yet: nothing synced
+        assert a.allows("m", candidate, 0.995, 0.99, delta)
+        await until(lambda: bool(backend._evidence))  # the first bounded decision syncs at once
+        assert not b.allows("m", candidate, 0.995, 0.99, delta)  # explored: no evidence of its own
+        await until(lambda: b.evidence.processes == 1)
+        assert b.allows("m", candidate, 0.995, 0.99, delta) and serves(b)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def until(check: Any, timeout: float = 5.0) -> None:
+    """Wait until ``check()`` is true."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
 
 
 def test_owner_names_are_ascii_and_unique(monkeypatch: pytest.MonkeyPatch) -> None:

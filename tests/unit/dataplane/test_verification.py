@@ -13,7 +13,7 @@ from extproc.cache.schema import CacheEntry
 from extproc.config.settings import parse_config
 from extproc.config.verification import ENTRY_SECRET_ENV, VerificationSettings
 from extproc.dataplane.verification import EntryIds, Outcomes, Shadow, Verification
-from extproc.dataplane.verification.agreement import agree, deterministic
+from extproc.dataplane.verification.agreement import agree
 from extproc.dataplane.verification.outcomes import MAX_MODELS, beta_upper, bin_of, wilson_upper
 from extproc.embedding.batcher import Embedder
 from extproc.errors import ConfigError
@@ -59,6 +59,17 @@ def test_an_entry_with_outcomes_of_its_own() -> None:
     assert "bad" not in outcomes.entries
 
 
+def test_an_entry_found_wrong_once_is_out_whatever_its_group() -> None:
+    outcomes = Outcomes(prior_strength=10)
+    outcomes.learn("m", "bad", 0.995, wrong=True, similarity=0.995)
+    for i in range(300):
+        outcomes.learn("m", f"e{i}", 0.995, wrong=False, similarity=0.995)
+    assert outcomes.upper("m", 0.995, "", 0.995) < 0.05  # the group is served at δ = 0.05
+    for _ in range(50):  # nor do later agreements of its own bring it back
+        outcomes.learn("m", "bad", 0.995, wrong=False, similarity=0.995)
+    assert outcomes.upper("m", 0.995, "bad", 0.995) == 1.0  # > every δ (at most 0.5)
+
+
 def test_served_tally_and_the_model_cap() -> None:
     outcomes = Outcomes()
     for i in range(MAX_MODELS + 5):
@@ -72,36 +83,33 @@ def test_served_tally_and_the_model_cap() -> None:
     assert bin_of(0.3) == 0 and bin_of(0.999) == bin_of(1.0) and bin_of(0.95) < bin_of(0.97)
 
 
-def test_entry_ids_are_bound_to_the_partition_and_the_secret() -> None:
+def test_entry_ids_are_bound_to_the_partition_the_secret_and_the_version() -> None:
     ids = EntryIds("secret")
-    key = "a" * 64
-    token = ids.issue("partition-1", key)
-    assert EntryIds.exact_key(token) == key
-    assert ids.valid(token, "partition-1")
-    assert not ids.valid(token, "partition-2")
-    assert not EntryIds("other").valid(token, "partition-1")
-    assert not EntryIds().valid(EntryIds().issue("p", key), "p")  # random secrets differ
-    for bad in ("", "x", key, key + ".zz", token + "0"):
-        assert not ids.valid(bad, "partition-1")
+    key, created = "a" * 64, 1_700_000_000.1234
+    token = ids.issue("partition-1", key, created)
+    assert EntryIds.parse(token) == (key, 1_700_000_000_123) and len(token) == 111
+    assert ids.valid(token, "partition-1", created)
+    assert not ids.valid(token, "partition-2", created)
+    assert not ids.valid(token, "partition-1", created + 0.002)  # a newer entry under the key
+    assert not EntryIds("other").valid(token, "partition-1", created)
+    assert not EntryIds().valid(EntryIds().issue("p", key, created), "p", created)  # random secrets
+    moved = token.replace(".1700000000123.", ".1700000000124.")  # the time is under the tag too
+    assert not ids.valid(moved, "partition-1", created + 0.001)
+    for bad in ("", "x", key, key + ".zz", f"{key}.{token[-32:]}", token + "0", token.upper()):
+        assert not ids.valid(bad, "partition-1", created)
 
 
-def test_deterministic_requests() -> None:
-    assert deterministic({"temperature": 0, "seed": 7})
-    assert not deterministic({"temperature": 0})
-    assert not deterministic({"temperature": 0.2, "seed": 7})
-    assert not deterministic({"temperature": False, "seed": True})
-
-
-async def test_agreement_exact_and_by_embedding() -> None:
+async def test_agreement_by_the_same_text_or_embedding() -> None:
     embedder = Embedder(toy_encode, DIM)
     one = {"choices": [{"message": {"content": "Paris is the capital of France."}}]}
     same = {"choices": [{"message": {"content": "Paris is the capital of France."}}]}
     other = {"choices": [{"message": {"content": "Unplug the router and wait."}}]}
     assert await agree(embedder, one, same, 0.9) == (True, 1.0)
-    assert (await agree(embedder, one, other, 0.99))[0] is False
-    assert await agree(embedder, one, dict(other), 0.0, exact=True) == (False, 0.0)
+    vectors = toy_encode(["Paris is the capital of France.", "Unplug the router and wait."])
+    assert await agree(embedder, one, other, 0.99) == (False, pytest.approx(float(vectors[0] @ vectors[1])))
     empty = {"choices": [{"message": {"content": ""}}]}
     assert (await agree(embedder, empty, empty, 0.9))[0] is True
+    assert await agree(embedder, empty, one, 0.0) == (False, 0.0)  # tool calls only vs a text
 
 
 def make_verification(rng: float = 0.0, **settings: Any) -> tuple[Verification, list[Any]]:
@@ -145,10 +153,10 @@ async def test_feedback_needs_an_issued_id_of_a_live_entry() -> None:
     v, _ = make_verification()
     vector = np.ones(DIM, dtype=np.float32) / np.sqrt(DIM)
     query = CacheQuery("m", "global", "f", "hello there", "part", "b" * 64)
-    await v.cache.store(query, {"choices": []}, vector)
-    token = v.ids.issue("part", "b" * 64)
+    stored = await v.cache.store(query, {"choices": []}, vector)
+    token = v.ids.issue("part", "b" * 64, stored.created_at)
     assert not await v.feedback(token, "wrong", partition="another")
-    assert not await v.feedback(EntryIds("x").issue("part", "b" * 64), "wrong")
+    assert not await v.feedback(EntryIds("x").issue("part", "b" * 64, stored.created_at), "wrong")
     assert await v.feedback(token, "right")
     assert await v.cache.entry("b" * 64) is not None
     assert await v.feedback(token, "wrong", partition="part")
