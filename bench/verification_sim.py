@@ -58,6 +58,7 @@ from extproc.cli.evaluate import read_pairs
 from extproc.cli.train_verifier import SHARES
 from extproc.config.settings import CacheSettings
 from extproc.dataplane.verification import Outcomes
+from extproc.dataplane.verification.entry_ids import entry_ref
 from extproc.dataplane.verification.outcomes import BOUND_LEVEL, Z
 from extproc.embedding.batcher import Embedder
 from extproc.embedding.loader import load_sentence_model
@@ -242,12 +243,13 @@ async def simulate(
         score = lookup.confidence if lookup.confidence is not None else lookup.similarity
         similarity = lookup.similarity
         run.decided += semantic or "confidence" in lookup.rejections
-        upper = outcomes.upper(MODEL, score, entry.exact_key, similarity) if semantic and delta else 0.0
+        own = entry_ref(entry.exact_key, entry.created_at) if entry is not None else ""
+        upper = outcomes.upper(MODEL, score, own, similarity) if semantic and delta else 0.0
         if upper > delta and not (per_request and rng.random() < delta / upper):
             run.explored += 1  # the request goes upstream; its answer is compared with the candidate's
             wrong = wrong_answer(clusters, entry.response["cluster"], truth, judged)
             if wrong is not None:
-                outcomes.learn(MODEL, entry.exact_key, score, wrong, similarity)
+                outcomes.learn(MODEL, own, score, wrong, similarity)
             entry = None
         if entry is None:
             await cache.store(query, {"cluster": truth}, vectors[i], ttl_seconds=0)
@@ -266,11 +268,10 @@ async def simulate(
         window[1] += wrong
         if delta and rng.random() < sample_rate:
             run.verify_calls += 1  # shadow verification: one more upstream call
-            outcomes.learn(MODEL, entry.exact_key, score, wrong, similarity)
+            outcomes.learn(MODEL, own, score, wrong, similarity)
             if wrong:  # heal: the entry goes, the fresh answer takes its place
                 run.healed += 1
-                await cache.forget(entry.exact_key)
-                outcomes.forget(entry.exact_key)
+                await cache.forget(entry.exact_key, entry.created_at)
                 await cache.store(query, {"cluster": truth}, vectors[i], ttl_seconds=0)
     return run
 
