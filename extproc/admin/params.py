@@ -3,7 +3,8 @@
 A bad value is the caller's mistake and gets a 400 naming it; it must never reach Milvus, where
 a value it cannot parse fails the call (and, before data errors were told apart, opened the
 circuit breaker for every tenant).  So: JSON without NaN / Infinity, numbers finite and in
-range, text that is valid Unicode (no lone surrogates such as ``"\\ud800"``).
+range, text that is valid Unicode (no lone surrogates such as ``"\\ud800"``), and selectors
+without control characters (Milvus Lite cannot parse the ``\\u0001`` a filter would hold).
 """
 
 from __future__ import annotations
@@ -57,12 +58,15 @@ def is_text(value: str) -> bool:
     return True
 
 
-def text(name: str, value: Any, limit: int = MAX_SELECTOR_CHARS) -> str:
-    """``value`` checked as a string of valid text of at most ``limit`` characters."""
+def text(name: str, value: Any, limit: int = MAX_SELECTOR_CHARS, controls: bool = True) -> str:
+    """``value`` checked as a string of valid text of at most ``limit`` characters (``controls``:
+    C0 control characters U+0000-U+001F allowed, as a prompt's newlines are)."""
     if not isinstance(value, str):
         raise BadParameter(f"{name} must be a string")
     if not is_text(value):
         raise BadParameter(f"{name} must be valid Unicode text (it holds a lone surrogate such as \\ud800)")
+    if not controls and any(ch < " " for ch in value):
+        raise BadParameter(f"{name} must not hold control characters (U+0000 to U+001F)")
     if len(value) > limit:
         raise BadParameter(f"{name} must be at most {limit} characters")
     return value
@@ -124,7 +128,7 @@ def parse_selector(data: Mapping[str, Any], now: float, query: bool = False) -> 
     for name in TEXT_SELECTORS:
         value = data.get(name)
         if value is not None and value != "":
-            values[name] = text(name, value)
+            values[name] = text(name, value, controls=False)  # a selector becomes a Milvus filter
     older = data.get("older_than_seconds")
     if older is not None and older != "":
         seconds = number("older_than_seconds", older, 0, MAX_AGE_SECONDS, "a number of seconds", query)

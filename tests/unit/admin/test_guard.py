@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from extproc.admin.guard import RequestGuard, host_name, is_loopback
-from extproc.admin.params import MAX_AGE_SECONDS, BadParameter, number, parse_body, parse_selector
+from extproc.admin.params import MAX_AGE_SECONDS, BadParameter, number, parse_body, parse_selector, text
 
 
 def request(method: str = "GET", path: str = "/admin/stats", **headers: str) -> web.Request:
@@ -128,6 +128,16 @@ def test_selector_parameters_are_checked_before_any_backend() -> None:
         parse_selector({"older_than_seconds": "nan"}, now, query=True)
     with pytest.raises(BadParameter, match="between 0 and 1"):
         number("min_similarity", 1.5, 0, 1)
+
+
+@pytest.mark.parametrize("name", ["model", "scope", "fingerprint"])
+@pytest.mark.parametrize("value", ["a\x00b", "a\x01", "\x1f", "tab\there", "new\nline"])
+def test_a_selector_with_a_control_character_is_a_400_naming_it(name: str, value: str) -> None:
+    # Milvus Lite cannot parse the \u00XX a filter would hold (it opened the circuit breaker).
+    with pytest.raises(BadParameter, match=f"{name} must not hold control characters"):
+        parse_selector({name: value}, time.time())
+    assert parse_selector({name: "a\x7fb"}, time.time())  # DEL is not C0: Milvus parses it
+    assert text("prompt", "line one\nline two\tend", 100) == "line one\nline two\tend"  # prompts may
 
 
 def test_body_parsing_refuses_nan_and_infinity() -> None:

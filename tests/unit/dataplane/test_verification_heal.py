@@ -14,14 +14,12 @@ import random
 import threading
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import replace
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiohttp import web
 
 from extproc.cache import MemoryBackend, SemanticCache
-from extproc.cache.backends.milvus.bulk import MilvusBulkOps
 from extproc.cache.schema import CacheEntry
 from extproc.config.verification import VerificationSettings
 from extproc.dataplane.verification import Shadow, Verification
@@ -272,39 +270,3 @@ def test_a_shadow_body_is_the_request_made_non_streaming() -> None:
     assert json.loads(shadow_request.shadow_body(b'{"tools": []}', "")) == {"tools": [], "stream": False}
     with pytest.raises(shadow_request.Skip, match="unreadable"):
         shadow_request.shadow_body(b"not gzip", "gzip")
-
-
-async def test_milvus_deletes_only_the_version_named() -> None:
-    """One delete filtered on the id and the creation time (ms), as Milvus 2.3 filters read; when
-    it finds nothing (its query is of Bounded consistency), a Strong read decides."""
-
-    class Collection(MilvusBulkOps):
-        def __init__(self, deleted: int, visible: bool) -> None:
-            self.settings = SimpleNamespace(collection="cache", timeout=5.0)  # type: ignore[assignment]
-            self._slow = {}
-            self.deleted, self.visible = deleted, visible
-            self.calls: list[tuple[str, Any]] = []
-
-        async def _call(self, fn: Any, timeout: float) -> Any:
-            return fn(self)  # the "client" is this recorder
-
-        def delete(self, collection: str, filter: str = "", ids: Any = None, **_: Any) -> dict[str, int]:
-            self.calls.append(("delete", filter or ids))
-            return {"delete_count": self.deleted if filter else len(ids)}
-
-        def query(
-            self, collection: str, filter: str, consistency_level: str, **_: Any
-        ) -> list[dict[str, str]]:
-            self.calls.append((f"query {consistency_level}", filter))
-            return [{"id": P_KEY}] if self.visible else []
-
-    created = 1_796_607_669_886 / 1000  # as a row reads back: int64 ms / 1000
-    version = f'id in ["{P_KEY}"] and created_at == 1796607669886'
-    found = Collection(deleted=1, visible=True)
-    assert await found.delete_version(P_KEY, created) == 1 and found.calls == [("delete", version)]
-    replaced = Collection(deleted=0, visible=False)
-    assert await replaced.delete_version(P_KEY, created) == 0
-    assert replaced.calls == [("delete", version), ("query Strong", version)]
-    missed = Collection(deleted=0, visible=True)  # written moments ago: the Strong read sees it
-    assert await missed.delete_version(P_KEY, created) == 1
-    assert missed.calls == [("delete", version), ("query Strong", version), ("delete", [P_KEY])]

@@ -20,10 +20,13 @@ from typing import Any, TypeVar
 import numpy as np
 
 from extproc.cache.backends.breaker import CircuitBreaker
-from extproc.cache.backends.milvus.bulk import MilvusBulkOps
+from extproc.cache.backends.milvus.bulk import MilvusBulkOps, quote
 from extproc.cache.backends.milvus.client import create_collection, open_client
+from extproc.cache.backends.milvus.consistency import distinct
 from extproc.cache.backends.milvus.evidence import MilvusEvidenceOps
-from extproc.cache.backends.milvus.failures import auth_error, describe, is_data_error
+from extproc.cache.backends.milvus.failures import auth_error, describe, duplicate_rows, is_data_error
+from extproc.cache.backends.milvus.locks import KeyLocks
+from extproc.cache.backends.milvus.maintenance import MilvusMaintenance
 from extproc.cache.backends.milvus.rows import DEFAULT_LIMITS, NEVER, decode_response, entry_row
 from extproc.cache.backends.milvus.schema import SchemaProblem, check_schema, varchar_limits
 from extproc.cache.schema import CacheEntry, Candidate
@@ -53,7 +56,7 @@ def _vector(value: Any) -> np.ndarray | None:
     return None if value is None else np.asarray(value, dtype=np.float32)
 
 
-class MilvusBackend(MilvusBulkOps, MilvusEvidenceOps):
+class MilvusBackend(MilvusBulkOps, MilvusEvidenceOps, MilvusMaintenance):
     """Entries in a Milvus collection (a server, or embedded Milvus Lite for a file URI)."""
 
     name = "milvus"
@@ -81,6 +84,8 @@ class MilvusBackend(MilvusBulkOps, MilvusEvidenceOps):
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="milvus")
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = asyncio.Event()
+        self._writing = KeyLocks()
+        """Stores of one exact key take turns in this process (see :mod:`.locks`)."""
         # pymilvus retries a failing call up to 75 times (minutes) unless told otherwise: bound it.
         self._fast: dict[str, Any] = {"timeout": self.call_timeout, "retry_times": 1}
         self._slow: dict[str, Any] = {"timeout": settings.timeout, "retry_times": 3}
@@ -282,30 +287,48 @@ class MilvusBackend(MilvusBulkOps, MilvusEvidenceOps):
         flt = f'partition_key == "{partition}" and expires_at > {int(now * 1000)}'
         params = {"metric_type": s.metric_type, "params": dict(s.search_params)}
 
-        def run(client: Any) -> list[Any]:
-            return client.search(
+        def find(client: Any, fields: list[str]) -> list[tuple[dict[str, Any], float]]:
+            hits = client.search(
                 s.collection,
                 data=[vector.tolist()],
                 anns_field=s.vector_field,
                 limit=top_k,
                 filter=flt,
                 search_params=params,
-                output_fields=[*_OUTPUT, s.vector_field],  # the learned verifier reads both vectors
+                output_fields=fields,
                 consistency_level=s.consistency_level,
                 **self._fast,
-            )
+            )[0]
+            return [(dict(h["entity"]) | {"id": h["id"]}, float(h["distance"])) for h in hits]
 
-        hits = (await self._call(run, self.call_timeout))[0]
-        out = [
-            Candidate(
-                self._entry(h["entity"] | {"id": h["id"]}),
-                self._similarity(float(h["distance"])),
-                _vector(h["entity"].get(s.vector_field)),
-            )
-            for h in hits
-        ]
-        out.sort(key=lambda c: c.similarity, reverse=True)
-        return out
+        def run(client: Any) -> list[tuple[dict[str, Any], float]]:
+            try:  # the learned verifier reads both vectors
+                return find(client, [*_OUTPUT, s.vector_field])
+            except Exception as exc:
+                if not duplicate_rows(exc):
+                    raise
+            # Milvus 2.3 fetches output vectors by id after the search and fails when an id has
+            # two rows (docs/milvus.md#duplicate-rows): search without them, read them by id.
+            found = find(client, _OUTPUT)
+            if found:
+                ids = ", ".join(quote(key, "id") for key in dict.fromkeys(row["id"] for row, _ in found))
+                rows = client.query(
+                    s.collection,
+                    filter=f"id in [{ids}]",
+                    output_fields=["id", s.vector_field],
+                    consistency_level=s.consistency_level,
+                    **self._fast,
+                )
+                vectors = {r["id"]: r[s.vector_field] for r in rows}
+                for row, _ in found:
+                    row[s.vector_field] = vectors.get(row["id"])
+            return found
+
+        found = await self._call(run, self.call_timeout)
+        return distinct(  # both rows of a duplicated id can come back
+            Candidate(self._entry(row), self._similarity(distance), _vector(row.get(s.vector_field)))
+            for row, distance in found
+        )
 
     def _similarity(self, distance: float) -> float:
         # IP and COSINE on normalized vectors are cosine similarity; L2 is a squared distance:
@@ -327,7 +350,8 @@ class MilvusBackend(MilvusBulkOps, MilvusEvidenceOps):
             client.delete(collection, ids=[row["id"]], **self._slow)
             client.insert(collection, [row], **self._slow)
 
-        await self._call(write, timeout)
+        async with self._writing.hold([row["id"]]):
+            await self._call(write, timeout)
 
     async def record_hit(self, entry: CacheEntry) -> None:
         """Milvus entries are evicted oldest-first: hits change nothing."""
@@ -345,57 +369,3 @@ class MilvusBackend(MilvusBulkOps, MilvusEvidenceOps):
             **self._slow,
         )
         return int(rows[0]["count(*)"]) if rows else 0
-
-    # --- maintenance ---------------------------------------------------------------------
-
-    async def _sweep_loop(self) -> None:
-        while not self._closed.is_set():
-            with contextlib.suppress(TimeoutError):  # an interruptible sleep
-                await asyncio.wait_for(self._closed.wait(), self.settings.sweep_interval_seconds)
-            if self._closed.is_set():
-                return
-            if self.state != "ready":
-                continue
-            try:
-                await self.sweep(time.time())
-            except BackendUnavailable as exc:
-                log.debug("Milvus sweep skipped: %s", exc)
-
-    async def sweep(self, now: float) -> None:
-        """Delete expired entries, then the oldest ones beyond ``max_entries``."""
-        s = self.settings
-        expired = await self._call(
-            lambda c: c.delete(s.collection, filter=f"expires_at <= {int(now * 1000)}", **self._slow),
-            s.timeout,
-        )
-        self.expired += int(expired.get("delete_count", 0)) if isinstance(expired, dict) else 0
-        self.known_entries = await self.count()
-        excess = self.known_entries - self.max_entries
-        if excess <= 0:
-            return
-        cutoff = await self._call(lambda c: self._oldest_cutoff(c, excess), s.timeout * 4)
-        deleted = await self._call(
-            lambda c: c.delete(s.collection, filter=f"created_at < {cutoff}", **self._slow), s.timeout
-        )
-        n = int(deleted.get("delete_count", 0)) if isinstance(deleted, dict) else 0
-        self.evictions += n
-        log.info("Milvus cache over max_entries=%d: evicted %d oldest entries", self.max_entries, n)
-
-    def _oldest_cutoff(self, client: Any, excess: int) -> int:
-        """Smallest created_at (ms) with at least ``excess`` entries older than it (binary search)."""
-        s = self.settings
-        lo, hi = 0, int(time.time() * 1000) + 1
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            rows = client.query(
-                s.collection,
-                filter=f"created_at < {mid}",
-                output_fields=["count(*)"],
-                consistency_level="Strong",
-                **self._slow,
-            )
-            if int(rows[0]["count(*)"]) >= excess:
-                hi = mid
-            else:
-                lo = mid
-        return hi

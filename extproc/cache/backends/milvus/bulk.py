@@ -13,12 +13,21 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from extproc.cache.backends.milvus.consistency import (
+    STRONG,
+    count_rows,
+    distinct,
+    id_filters,
+    present_ids,
+    saw_delete,
+)
 from extproc.cache.backends.milvus.rows import milliseconds, utf8
 from extproc.cache.backends.milvus.schema import REQUIRED_FIELDS
 from extproc.cache.schema import CacheEntry, Candidate, EntryFilter
 from extproc.errors import DataRejected, EntryTooLarge
 
 if TYPE_CHECKING:
+    from extproc.cache.backends.milvus.locks import KeyLocks
     from extproc.config.milvus import MilvusSettings
 
 T = TypeVar("T")
@@ -26,16 +35,22 @@ FIELDS = list(REQUIRED_FIELDS)
 ALL_ROWS = 'id != ""'
 
 
-def quote(value: str) -> str:
-    """A Milvus expression string literal (double quotes, backslash escapes)."""
+def quote(value: str, name: str = "value") -> str:
+    """A Milvus expression string literal (double quotes, backslash escapes).
+
+    Raises :class:`DataRejected` for a C0 control character (U+0000-U+001F): JSON writes it as
+    ``\\u00XX``, an escape Milvus Lite's expression parser refuses, and no other is safe to use.
+    """
+    if any(ch < " " for ch in value):
+        raise DataRejected(f"{name} holds a control character (U+0000-U+001F); Milvus cannot select by it")
     return json.dumps(value, ensure_ascii=False)
 
 
 def expression(selector: EntryFilter, now: float | None = None) -> str:
     """The boolean expression selecting ``selector``'s entries (live ones only when ``now`` is given).
 
-    Values Milvus cannot parse (text that is not valid Unicode, a time beyond INT64) raise
-    :class:`DataRejected` here, before any call.
+    Values Milvus cannot parse (text that is not valid Unicode or holds a control character, a
+    time beyond INT64) raise :class:`DataRejected` here, before any call.
     """
     parts = []
     for name, value in (
@@ -45,7 +60,7 @@ def expression(selector: EntryFilter, now: float | None = None) -> str:
     ):
         if value is not None:
             utf8(name, value)
-            parts.append(f"{name} == {quote(value)}")
+            parts.append(f"{name} == {quote(value, name)}")
     if selector.created_before is not None:
         parts.append(f"created_at < {milliseconds('created_before', selector.created_before)}")
     if now is not None:
@@ -60,6 +75,7 @@ class MilvusBulkOps:
         settings: MilvusSettings
         dim: int
         _slow: dict[str, Any]
+        _writing: KeyLocks
 
         async def _call(self, fn: Callable[[Any], T], timeout: float) -> T: ...
 
@@ -135,29 +151,70 @@ class MilvusBulkOps:
                 consistency_level="Strong",
                 **self._slow,
             )[0]
-            return [
+            return distinct(
                 Candidate(self._entry(h["entity"] | {"id": h["id"]}), self._similarity(float(h["distance"])))
                 for h in hits
-            ]
+            )
 
-        found = await self._call(run, s.timeout)
-        found.sort(key=lambda c: c.similarity, reverse=True)
-        return found
+        return await self._call(run, s.timeout)
 
     async def delete_matching(self, selector: EntryFilter) -> int:
-        """Delete every selected entry (expired ones included) from the shared collection."""
+        """Delete every selected entry (expired ones included) from the shared collection; how
+        many rows there were (counted first: Milvus' own count is wrong, see :mod:`.consistency`)."""
         s = self.settings
         flt = expression(selector)
-        result = await self._call(lambda c: c.delete(s.collection, filter=flt, **self._slow), s.timeout * 4)
-        return int(result.get("delete_count", 0)) if isinstance(result, dict) else 0
+
+        def delete(client: Any) -> int:
+            n = count_rows(client, s.collection, flt, STRONG, **self._slow)
+            if n:
+                client.delete(s.collection, filter=flt, **self._slow)
+                saw_delete(client, s.collection, s.is_lite)
+            return n
+
+        return await self._call(delete, s.timeout * 4)
 
     async def delete_ids(self, ids: Sequence[str]) -> int:
-        """Delete entries by id (the exact key)."""
+        """Delete entries by id (the exact key); how many of them were there."""
         if not ids:
             return 0
         s = self.settings
-        result = await self._call(lambda c: c.delete(s.collection, ids=list(ids), **self._slow), s.timeout)
-        return int(result.get("delete_count", 0)) if isinstance(result, dict) else 0
+        keys = list(dict.fromkeys(ids))
+        for key in keys:
+            utf8("id", key)
+        filters = id_filters([quote(key, "id") for key in keys])
+
+        def delete(client: Any) -> int:
+            present = present_ids(client, s.collection, filters, **self._slow)
+            if present:
+                client.delete(s.collection, ids=present, **self._slow)
+                saw_delete(client, s.collection, s.is_lite)
+            return len(present)
+
+        return await self._call(delete, s.timeout * 2)
+
+    async def delete_version(self, exact_key: str, created_at: float) -> int:
+        """Delete the entry under ``exact_key`` only if it was created at ``created_at`` (ms): a
+        newer entry stored under the key since stays. 1 if it was there, else 0."""
+        s = self.settings
+        utf8("id", exact_key)
+        flt = f"id in [{quote(exact_key, 'id')}] and created_at == {milliseconds('created_at', created_at)}"
+
+        def there(client: Any) -> bool:
+            return bool(count_rows(client, s.collection, flt, STRONG, **self._slow))
+
+        def delete(client: Any) -> int:
+            if not there(client):
+                return 0
+            client.delete(s.collection, filter=flt, consistency_level="Strong", **self._slow)
+            if there(client):
+                # Milvus 2.3 finds the rows of a filtered delete with a Bounded-consistency query
+                # (it ignores the level asked for), which can miss a row written moments ago: it
+                # goes by id then (a store landing in that one round trip would go with it).
+                client.delete(s.collection, ids=[exact_key], **self._slow)
+            saw_delete(client, s.collection, s.is_lite)
+            return 1
+
+        return await self._call(delete, s.timeout * 2)
 
     async def put_many(self, entries: Sequence[CacheEntry]) -> dict[int, str]:
         """Write entries in one delete + one insert; entries Milvus cannot hold are refused."""
@@ -192,4 +249,5 @@ class MilvusBulkOps:
             client.delete(s.collection, ids=ids, **self._slow)
             client.insert(s.collection, rows, **self._slow)
 
-        await self._call(write, s.timeout * 2)
+        async with self._writing.hold(ids):
+            await self._call(write, s.timeout * 2)

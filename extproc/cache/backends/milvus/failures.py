@@ -19,8 +19,10 @@ DATA_MESSAGES = (
     "failed to create expr plan",
     "exceeds max length",
     "invalid parameter",
+    "unknown escape sequence",
 )
-"""Server messages of invalid input that Milvus 2.3 reports with the catch-all code 65535."""
+"""Server messages of invalid input that Milvus 2.3 reports with the catch-all code 65535 (and
+Milvus Lite's expression parser with code 6, e.g. for the ``\\u0001`` JSON writes for U+0001)."""
 DATA_EXCEPTIONS = frozenset(
     {
         "ParamError",
@@ -59,6 +61,11 @@ def is_data_error(exc: BaseException) -> bool:
         if type(error).__name__ == "MilvusException" and any(m in message for m in DATA_MESSAGES):
             return True
     return False
+
+
+def duplicate_rows(exc: BaseException) -> bool:
+    """True when a Milvus 2.3 search failed fetching its output by id because an id has two rows."""
+    return any("incomplete query result" in str(getattr(e, "message", "") or e) for e in _chain(exc))
 
 
 def auth_error(exc: BaseException) -> bool:

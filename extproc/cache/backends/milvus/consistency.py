@@ -1,0 +1,93 @@
+"""Reading what is really there: counts taken before deleting, snapshots, visible deletes, one row per id.
+
+Milvus' own delete counts cannot be trusted: Milvus Lite always answers 0, and a 2.3 server
+answers, for a delete by primary key, the number of keys it was given (deleting an id that does
+not exist "deletes" 1). So every delete counts the rows it is about to delete with a Strong
+query first and reports that. (A concurrent delete of the same rows can make two callers count
+them both; a store landing between the count and the delete is deleted uncounted.)
+
+Deletes return no timestamp on Milvus 2.3, so pymilvus' Session consistency does not wait for
+them: a lookup right after a delete could still find the row. After deleting, this process asks
+the server for a timestamp and makes it the collection's "last write", so its next Session reads
+wait until the delete is applied (other replicas see it within Milvus' staleness bound).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from extproc.cache.schema import Candidate
+
+log = logging.getLogger(__name__)
+
+STRONG: dict[str, Any] = {"consistency_level": "Strong"}
+"""Read everything written before the call."""
+QUERY_LIMIT = 16_384
+"""Milvus' largest query limit (limit + offset)."""
+ID_BATCH = 1_000
+"""Ids per ``id in [...]`` query."""
+
+
+def snapshot(client: Any, lite: bool) -> dict[str, Any]:
+    """Read arguments of one point in time: every read with them sees the same data.
+
+    Strong reads each wait for the server's time tick (~0.2 s on 2.3); reads at one allocated
+    timestamp wait once, so a sweep's few dozen counts take about a second, and agree with each
+    other although another replica deletes meanwhile. Milvus Lite (one process) reads Strong.
+    """
+    if lite:
+        return dict(STRONG)
+    try:
+        ts = client._get_connection().alloc_timestamp(timeout=10)
+    except Exception as exc:  # a server without AllocTimestamp: each read Strong instead
+        log.debug("Milvus AllocTimestamp failed (%s): reading Strong", exc)
+        return dict(STRONG)
+    return {"consistency_level": "Customized", "guarantee_timestamp": int(ts)}
+
+
+def saw_delete(client: Any, collection: str, lite: bool) -> None:
+    """Make this process' next Session reads of ``collection`` wait for the delete just made."""
+    if lite:
+        return  # Milvus Lite applies a delete before it returns
+    try:
+        ts = client._get_connection().alloc_timestamp(timeout=10)
+        from pymilvus.client import ts_utils
+
+        ts_utils.update_collection_ts(collection, int(ts))
+    except Exception as exc:  # only freshness is lost: the delete itself succeeded
+        log.debug("Milvus AllocTimestamp after a delete failed: %s", exc)
+
+
+def count_rows(client: Any, collection: str, flt: str, read: dict[str, Any], **call: Any) -> int:
+    """Rows matching ``flt`` (every duplicate row of an id counts)."""
+    rows = client.query(collection, filter=flt, output_fields=["count(*)"], **read, **call)
+    return int(rows[0]["count(*)"]) if rows else 0
+
+
+def id_filters(quoted: Sequence[str]) -> list[str]:
+    """``id in [...]`` filters of at most :data:`ID_BATCH` quoted ids each."""
+    return [f"id in [{', '.join(quoted[i : i + ID_BATCH])}]" for i in range(0, len(quoted), ID_BATCH)]
+
+
+def present_ids(client: Any, collection: str, filters: Iterable[str], **call: Any) -> list[str]:
+    """The distinct ids the ``filters`` find now (a Strong read), sorted."""
+    found: set[str] = set()
+    for flt in filters:
+        rows = client.query(collection, filter=flt, output_fields=["id"], limit=QUERY_LIMIT, **STRONG, **call)
+        found.update(str(r["id"]) for r in rows)
+    return sorted(found)
+
+
+def distinct(candidates: Iterable[Candidate]) -> list[Candidate]:
+    """One candidate per id (the most similar), most similar first.
+
+    Two replicas storing one key at once can leave two rows under it; a search then returns
+    both, and without this the duplicate would take the place of another candidate.
+    """
+    best: dict[str, Candidate] = {}
+    for c in candidates:
+        if c.entry.id not in best or c.similarity > best[c.entry.id].similarity:
+            best[c.entry.id] = c
+    return sorted(best.values(), key=lambda c: c.similarity, reverse=True)

@@ -1,0 +1,105 @@
+"""The Milvus backend's helpers for one row per key: per-key write locks, distinct candidates,
+filters that Milvus can parse, and telling a refused expression from a lost connection."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from extproc.cache.backends.milvus.bulk import expression, quote
+from extproc.cache.backends.milvus.consistency import distinct, id_filters
+from extproc.cache.backends.milvus.failures import duplicate_rows, is_data_error
+from extproc.cache.backends.milvus.locks import KeyLocks
+from extproc.cache.schema import CacheEntry, Candidate, EntryFilter
+from extproc.errors import DataRejected
+
+
+async def test_writes_of_one_key_take_turns_and_no_lock_outlives_its_users() -> None:
+    locks = KeyLocks()
+    inside: dict[str, int] = {}
+    most: dict[str, int] = {}
+
+    async def write(keys: list[str]) -> None:
+        async with locks.hold(keys):
+            for key in keys:
+                inside[key] = inside.get(key, 0) + 1
+                most[key] = max(most.get(key, 0), inside[key])
+            await asyncio.sleep(0.01)
+            for key in keys:
+                inside[key] -= 1
+
+    # Overlapping batches in opposite orders: sorted acquisition, so no deadlock.
+    await asyncio.wait_for(
+        asyncio.gather(*(write(["a", "b"]) for _ in range(5)), *(write(["b", "a", "c"]) for _ in range(5))), 5
+    )
+    assert most == {"a": 1, "b": 1, "c": 1}
+    assert len(locks) == 0
+
+    holder = asyncio.create_task(write(["x"]))
+    await asyncio.sleep(0)
+    waiter = asyncio.create_task(write(["x"]))
+    await asyncio.sleep(0)
+    waiter.cancel()  # a cancelled waiter gives its place back
+    await asyncio.gather(holder, waiter, return_exceptions=True)
+    assert len(locks) == 0
+
+
+def candidate(key: str, similarity: float) -> Candidate:
+    """A candidate for id ``key``."""
+    entry = CacheEntry(
+        id=key,
+        model="m",
+        scope="s",
+        fingerprint="f",
+        partition="p",
+        exact_key=key,
+        prompt=key,
+        response={},
+        vector=np.zeros(2, dtype=np.float32),
+        created_at=0.0,
+        expires_at=0.0,
+    )
+    return Candidate(entry, similarity)
+
+
+def test_distinct_keeps_the_best_row_of_each_id() -> None:
+    got = distinct([candidate("a", 0.5), candidate("b", 0.9), candidate("a", 0.95), candidate("c", 0.1)])
+    assert [(c.entry.id, c.similarity) for c in got] == [("a", 0.95), ("b", 0.9), ("c", 0.1)]
+
+
+@pytest.mark.parametrize("value", ["a\x00b", "a\x01", "\x1f", "tab\there", "line\nbreak"])
+def test_control_characters_never_reach_a_milvus_filter(value: str) -> None:
+    with pytest.raises(DataRejected, match="model holds a control character"):
+        expression(EntryFilter(model=value))
+    with pytest.raises(DataRejected, match="control character"):
+        quote(value)
+
+
+def test_other_text_is_quoted_as_json() -> None:
+    assert quote('a"b\\c\x7f\u00e9') == '"a\\"b\\\\c\x7f\u00e9"'
+    assert expression(EntryFilter(scope="t")) == 'scope == "t"'
+    assert id_filters(['"a"', '"b"']) == ['id in ["a", "b"]']
+
+
+class MilvusException(Exception):
+    """Stands in for pymilvus' (the failure classes go by class name, code and message)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def test_milvus_lites_refused_escape_is_a_data_error_not_a_connection_failure() -> None:
+    lite = MilvusException(6, 'unknown escape sequence \\u at column 12\n  model == "a\\u0000b"')
+    assert is_data_error(lite)
+    assert not is_data_error(MilvusException(2, "Fail connecting to server on localhost:19530"))
+
+
+def test_a_search_failing_on_a_duplicated_id_is_recognised() -> None:
+    failed = MilvusException(
+        65535, "incomplete query result, missing id 0e1f, len(searchIDs) = 5, len(queryIDs) = 4"
+    )
+    assert duplicate_rows(failed) and not is_data_error(failed)
+    assert not duplicate_rows(MilvusException(2, "Fail connecting to server"))
