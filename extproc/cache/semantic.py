@@ -127,15 +127,15 @@ class SemanticCache:
                 confidence=1.0,
                 timings=timings,
             )
-        if vector is None and not await self.embedder.fits(query.prompt):
+        if not await self.embedder.fits(query.prompt):
             # Exact repeats only (see check_vector): no pass on the request's path for it; its
             # store embeds it later, behind the lookups.
-            return LookupResult(timings=timings, rejections=[LONG_PROMPT])
+            return LookupResult(vector=vector, timings=timings, rejections=[LONG_PROMPT])
         # The wait counts from here: the exact lookup is the backend's time (lookup_timeout_ms).
         deadline = None if max_wait is None else time.perf_counter() + max_wait
         if vector is None:
             vector = await self._embed_within(query.prompt, deadline, timings)
-        result = await self.check_vector(
+        result = await self._nearest(
             query, vector, threshold, now, max_age, min_confidence, explain, deadline=deadline
         )
         result.timings.update(timings)
@@ -178,15 +178,32 @@ class SemanticCache:
         """The semantic half of :meth:`check`, for callers that already have the embedding;
         judging candidates past ``deadline`` (``perf_counter`` time) raises
         :class:`~extproc.errors.Overloaded` (its word-vector passes queue with the embeddings)."""
-        now = time.time() if now is None else now
-        limit = self.similarity_threshold if threshold is None else threshold
-        floor = self.min_confidence if min_confidence is None else min_confidence
-        timings: dict[str, float] = {}
         if not await self.embedder.fits(query.prompt):
             # Past the model's window the vector stands for the prompt's head alone: one long
             # document with another question after it embeds identically (cosine 1.0, and the
             # verifier, reading the same vectors, is sure). Such prompts hit on exact repeats only.
-            return LookupResult(vector=vector, timings=timings, rejections=[LONG_PROMPT])
+            return LookupResult(vector=vector, rejections=[LONG_PROMPT])
+        return await self._nearest(
+            query, vector, threshold, now, max_age, min_confidence, explain, deadline=deadline
+        )
+
+    async def _nearest(
+        self,
+        query: CacheQuery,
+        vector: np.ndarray,
+        threshold: float | None,
+        now: float | None,
+        max_age: float | None,
+        min_confidence: float | None,
+        explain: bool,
+        *,
+        deadline: float | None,
+    ) -> LookupResult:
+        """:meth:`check_vector` for a prompt known to fit the model's window."""
+        now = time.time() if now is None else now
+        limit = self.similarity_threshold if threshold is None else threshold
+        floor = self.min_confidence if min_confidence is None else min_confidence
+        timings: dict[str, float] = {}
         with timed(timings, "search_ms"), tracer.start_as_current_span("semantic_cache.lookup") as span:
             candidates = await self.backend.search(query.partition, vector, self.top_k, now)
             span.set_attribute("semantic_cache.candidates", len(candidates))

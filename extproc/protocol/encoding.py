@@ -11,6 +11,9 @@ import zlib
 
 GZIP = frozenset({"gzip", "x-gzip"})
 IDENTITY = frozenset({"", "identity"})
+INLINE_BYTES = 64 * 1024
+"""Bodies up to this size are parsed on the event loop; larger or compressed ones in a thread
+(parsing costs milliseconds per megabyte, and one event loop serves every stream)."""
 
 
 def gunzip_bounded(data: bytes, limit: int) -> bytes | None:

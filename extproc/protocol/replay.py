@@ -18,11 +18,11 @@ from typing import Any
 from extproc.protocol.completion import TEXT_FIELDS, fresh_id
 from extproc.protocol.sse import DONE, sse_data
 
-COMPLETION_FIELDS = frozenset({"id", "object", "created", "model", "choices", "usage"})
+_COMPLETION_FIELDS = frozenset({"id", "object", "created", "model", "choices", "usage"})
 """Fields every completion has; any other top-level field is the upstream's own and kept."""
-EVERY_CHUNK = ("service_tier", "system_fingerprint")
+_EVERY_CHUNK = ("service_tier", "system_fingerprint")
 """Completion fields repeated on every chunk, as OpenAI does; other extra fields go on the first."""
-ZERO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+_ZERO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 """The usage chunk of an answer stored without usage."""
 
 
@@ -168,10 +168,10 @@ def render_chunks(
         "created": int(time.time()),
         "model": stored.get("model", ""),
     }
-    for key in EVERY_CHUNK:
+    for key in _EVERY_CHUNK:
         if key in stored:
             base[key] = stored[key]
-    extra = {k: v for k, v in stored.items() if k not in COMPLETION_FIELDS and k not in EVERY_CHUNK}
+    extra = {k: v for k, v in stored.items() if k not in _COMPLETION_FIELDS and k not in _EVERY_CHUNK}
     choices = [c for c in stored.get("choices") or () if isinstance(c, dict)]
     streams = [choice_chunks(choice, position, piece_chars) for position, choice in enumerate(choices)]
     parts: list[bytes] = []
@@ -183,6 +183,6 @@ def render_chunks(
                     chunk.update(extra)
                 parts.append(sse_data(chunk))
     if include_usage:
-        parts.append(sse_data(dict(base, choices=[], usage=stored.get("usage") or ZERO_USAGE)))
+        parts.append(sse_data(dict(base, choices=[], usage=stored.get("usage") or _ZERO_USAGE)))
     parts.append(DONE)
     return b"".join(parts)

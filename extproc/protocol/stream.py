@@ -117,7 +117,7 @@ def _merge_choice(choices: dict[int, StreamChoice], raw: Any) -> None:
             _latest(choice.fields, key, value)
 
 
-def merge_chunk(head: dict[str, Any], choices: dict[int, StreamChoice], chunk: dict[str, Any]) -> None:
+def _merge_chunk(head: dict[str, Any], choices: dict[int, StreamChoice], chunk: dict[str, Any]) -> None:
     """Fold one stream chunk into the completion so far (``head``) and its ``choices``."""
     for key, value in chunk.items():
         if key == "choices":
@@ -136,14 +136,14 @@ def merge_chunk(head: dict[str, Any], choices: dict[int, StreamChoice], chunk: d
             _latest(head, key, value)
 
 
-def joined(value: Any) -> Any:
+def _joined(value: Any) -> Any:
     """``value`` with every :class:`_Parts` joined into its text."""
     if isinstance(value, _Parts):
         return "".join(value)
     if isinstance(value, dict):
-        return {k: joined(v) for k, v in value.items()}
+        return {k: _joined(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [joined(v) for v in value]
+        return [_joined(v) for v in value]
     return value
 
 
@@ -202,7 +202,7 @@ def fold_stream(
             parts = chunk.get("choices")
             if reshape is not None and isinstance(parts, list):
                 chunk = dict(chunk, choices=[reshape(part) for part in parts])
-            merge_chunk(head, choices, chunk)
+            _merge_chunk(head, choices, chunk)
     except (ValueError, RecursionError) as exc:  # not JSON, or nested deeper than we can merge
         raise NotStorable("unparseable") from exc
     return head, choices
@@ -227,7 +227,7 @@ def assemble(
     if usage is not None:
         completion["usage"] = usage
     try:
-        return joined(completion)
+        return _joined(completion)
     except RecursionError as exc:
         raise NotStorable("unparseable") from exc
 

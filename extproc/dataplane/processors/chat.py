@@ -31,7 +31,7 @@ from extproc.dataplane.shared import HEADER, Shared
 from extproc.errors import NotCacheable, NotStorable, OutcomeError
 from extproc.protocol import messages as m
 from extproc.protocol.completion import saved_tokens
-from extproc.protocol.encoding import GZIP, IDENTITY, gunzip_bounded
+from extproc.protocol.encoding import GZIP, IDENTITY, INLINE_BYTES, gunzip_bounded
 from extproc.protocol.openai import (
     ChatRequest,
     parse_chat_request,
@@ -42,9 +42,6 @@ from extproc.protocol.openai import (
 )
 
 log = logging.getLogger(__name__)
-
-INLINE_PARSE_BYTES = 64 * 1024
-"""Bodies up to this size are parsed on the event loop; larger or compressed ones in a thread."""
 
 
 class ChatCompletionsProcessor(RequestSettings, SingleFlight, VerifiedHits, Processor):
@@ -208,7 +205,7 @@ class ChatCompletionsProcessor(RequestSettings, SingleFlight, VerifiedHits, Proc
             raise NotCacheable("unsupported_encoding")
         if len(body) > self.settings.max_request_bytes:
             raise NotCacheable("request_too_large")
-        if encoding in IDENTITY and len(body) <= INLINE_PARSE_BYTES:
+        if encoding in IDENTITY and len(body) <= INLINE_BYTES:
             return self.parse_request(body, self.settings.fingerprint_ignore_fields)
         return await asyncio.to_thread(self._decode_and_parse, body)
 
@@ -351,7 +348,7 @@ class ChatCompletionsProcessor(RequestSettings, SingleFlight, VerifiedHits, Proc
         expected = self._request.n if self._request is not None else 1
         stream = "text/event-stream" in self._content_type
         gzipped = self._content_encoding == "gzip"
-        if not gzipped and len(body) <= INLINE_PARSE_BYTES:
+        if not gzipped and len(body) <= INLINE_BYTES:
             return self.parse_sse(body, expected) if stream else self.parse_json(body, expected)
 
         def decode_and_parse() -> dict[str, Any]:

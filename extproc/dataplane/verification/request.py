@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Mapping
 from typing import Any
 
-from extproc.protocol.encoding import GZIP, gunzip_bounded
+from extproc.protocol.encoding import GZIP, INLINE_BYTES, gunzip_bounded
 
 HEADER = "x-semantic-cache"
 """The prefix of the cache's headers (``shared.HEADER``; not imported: ``Shared`` holds this component)."""
@@ -34,10 +34,6 @@ SIDE_EFFECTS = ("tools", "functions", "tool_choice")
 """Request fields that declare tools: the upstream may act on them, so never repeated."""
 MAX_SHADOW_BYTES = 4 * 1024 * 1024
 """The largest request body (decompressed) a shadow request repeats."""
-INLINE_BYTES = 64 * 1024
-"""Bodies up to this size are prepared on the event loop; larger or compressed ones in a thread
-(the request path's ``INLINE_PARSE_BYTES``, mirrored: processors import this package, not the
-other way round)."""
 
 
 class Skip(Exception):

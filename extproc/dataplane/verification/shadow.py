@@ -34,7 +34,6 @@ from extproc.dataplane.verification.outcomes import Outcomes
 from extproc.dataplane.verification.request import (
     ENTRY_HEADER,
     FEEDBACK_HEADER,
-    INLINE_BYTES,
     SHADOW_HEADER,
     SIDE_EFFECTS,
     Skip,
@@ -43,6 +42,7 @@ from extproc.dataplane.verification.request import (
 )
 from extproc.observability.metrics import Metrics
 from extproc.observability.tracing import tracer
+from extproc.protocol.encoding import INLINE_BYTES
 
 log = logging.getLogger(__name__)
 

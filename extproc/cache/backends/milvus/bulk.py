@@ -16,6 +16,7 @@ import numpy as np
 from extproc.cache.backends.milvus.consistency import (
     STRONG,
     count_rows,
+    delete_counted,
     distinct,
     id_filters,
     present_ids,
@@ -165,9 +166,8 @@ class MilvusBulkOps:
         flt = expression(selector)
 
         def delete(client: Any) -> int:
-            n = count_rows(client, s.collection, flt, STRONG, **self._slow)
+            n = delete_counted(client, s.collection, flt, **self._slow)
             if n:
-                client.delete(s.collection, filter=flt, **self._slow)
                 saw_delete(client, s.collection, s.is_lite)
             return n
 

@@ -66,6 +66,14 @@ def count_rows(client: Any, collection: str, flt: str, read: dict[str, Any], **c
     return int(rows[0]["count(*)"]) if rows else 0
 
 
+def delete_counted(client: Any, collection: str, flt: str, **call: Any) -> int:
+    """Delete the rows matching ``flt``; how many there were (a Strong count just before)."""
+    n = count_rows(client, collection, flt, STRONG, **call)
+    if n:
+        client.delete(collection, filter=flt, **call)
+    return n
+
+
 def id_filters(quoted: Sequence[str]) -> list[str]:
     """``id in [...]`` filters of at most :data:`ID_BATCH` quoted ids each."""
     return [f"id in [{', '.join(quoted[i : i + ID_BATCH])}]" for i in range(0, len(quoted), ID_BATCH)]

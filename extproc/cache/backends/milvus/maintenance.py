@@ -24,6 +24,7 @@ from extproc.cache.backends.milvus.consistency import (
     QUERY_LIMIT,
     STRONG,
     count_rows,
+    delete_counted,
     id_filters,
     saw_delete,
     snapshot,
@@ -82,10 +83,8 @@ class MilvusMaintenance:
     def _expire(self, client: Any, now: float) -> int:
         """Delete the expired rows; how many there were (counted first: see :mod:`.consistency`)."""
         s = self.settings
-        flt = f"expires_at <= {int(now * 1000)}"
-        n = count_rows(client, s.collection, flt, STRONG, **self._slow)
+        n = delete_counted(client, s.collection, f"expires_at <= {int(now * 1000)}", **self._slow)
         if n:
-            client.delete(s.collection, filter=flt, **self._slow)
             saw_delete(client, s.collection, s.is_lite)
         return n
 
@@ -123,12 +122,7 @@ class MilvusMaintenance:
 
     def _delete_older(self, client: Any, stamp: int) -> int:
         """Delete every row created before ``stamp``; how many there were just before."""
-        s = self.settings
-        flt = f"created_at < {stamp}"
-        n = count_rows(client, s.collection, flt, STRONG, **self._slow)
-        if n:
-            client.delete(s.collection, filter=flt, **self._slow)
-        return n
+        return delete_counted(client, self.settings.collection, f"created_at < {stamp}", **self._slow)
 
     def _delete_ties(self, client: Any, stamp: int, room: int, read: dict[str, Any]) -> int:
         """Of the rows created at ``stamp``, delete all but ``room``: the smallest ids first."""
