@@ -6,7 +6,9 @@ See docs/verification.md. Off by default: ``sample_rate`` 0 sends nothing upstre
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from extproc.config.checks import KeySpec, check_section, int_range, optional_http_url, unit_interval
@@ -36,6 +38,10 @@ class VerificationSettings:
     """Shadow requests started per minute at most (the upstream-cost budget)."""
     timeout_ms: int = 60_000
     """How long a shadow request may take before it counts as result="error"."""
+    ca_file: str = ""
+    """PEM bundle an https ``upstream_url``'s certificate must chain to ("" = the system CAs)."""
+    insecure_skip_verify: bool = False
+    """Accept any certificate from an https ``upstream_url`` (a test server only)."""
     replace: bool = False
     """Also store the fresh answer for the request that hit a disagreeing entry (the entry is
     deleted either way; off, the next identical request is a miss and stores its own answer)."""
@@ -68,6 +74,8 @@ VERIFICATION_KEYS: KeySpec = {
     "max_concurrency": (int, "an integer", int_range(1, 1024)),
     "max_per_minute": (int, "an integer (0 = no shadow request)", int_range(0, 1_000_000)),
     "timeout_ms": (int, "an integer (milliseconds)", int_range(1, 3_600_000)),
+    "ca_file": (str, 'a path to a PEM file, or "" for the system CAs', None),
+    "insecure_skip_verify": (bool, "true or false", None),
     "replace": (bool, "true or false", None),
     "max_false_hit_rate": ((int, float), "a number (a rate)", false_hit_bound),
     "prior_strength": (
@@ -98,6 +106,36 @@ def parse_verification(raw: Any, env: dict[str, str] | Any, errors: list[str]) -
             "semantic_cache.verification.upstream_url: required when sample_rate > 0 (the LLM "
             'server shadow requests go to, e.g. "http://vllm:8000")'
         )
+    tls_problem = _tls_problem(values.get("ca_file", ""), values.get("insecure_skip_verify", False))
+    if tls_problem:
+        errors.append(f"semantic_cache.verification.{tls_problem}")
     if len(errors) > before:
         return VerificationSettings()
     return VerificationSettings(**values)
+
+
+def _tls_problem(ca_file: str, insecure: bool) -> str:
+    """Why ``ca_file`` / ``insecure_skip_verify`` cannot be used ("" when they can).
+
+    The CA file is loaded here, once, so a missing or unreadable bundle stops the start (and
+    ``check-config``) instead of failing every shadow request as result="error"."""
+    if not ca_file:
+        return ""
+    if insecure:
+        return "ca_file: set, and insecure_skip_verify: true ignores it; keep one of the two"
+    if not Path(ca_file).is_file():
+        return f"ca_file: {ca_file} does not exist (or is not a file)"
+    try:
+        ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        return f"ca_file: {ca_file} holds no usable PEM certificate ({exc})"
+    return ""
+
+
+def shadow_ssl(settings: VerificationSettings) -> ssl.SSLContext | bool:
+    """The TLS check of shadow requests: the CA file's, none, or the system CAs (True)."""
+    if settings.insecure_skip_verify:
+        return False
+    if settings.ca_file:
+        return ssl.create_default_context(cafile=settings.ca_file)
+    return True

@@ -242,7 +242,12 @@ def test_tls_values_render_the_mount_and_the_validation_context(chart: Path, tmp
         assert volume[kind].get("secretName", volume[kind].get("name")) == "llm-ca"
         mounts = {m["name"]: m["mountPath"] for m in r.container("envoy")["volumeMounts"]}
         assert mounts["upstream-ca"] == CA_DIR
-        assert "upstream-ca" not in {m["name"] for m in r.container("processor")["volumeMounts"]}
+        # The processor's shadow requests (verification) trust the same CA.
+        assert {m["name"]: m["mountPath"] for m in r.container("processor")["volumeMounts"]}[
+            "upstream-ca"
+        ] == CA_DIR
+        settings = yaml.safe_load(r.data("semantic-router-config", "config.yaml"))["semantic_cache"]
+        assert settings["verification"]["ca_file"] == f"{CA_DIR}/bundle.pem"
         routes = envoy_config(r)["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
         for route in routes["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]:
             if route["match"] != {"path": "/healthz"}:

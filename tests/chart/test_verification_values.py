@@ -44,3 +44,28 @@ def test_the_entry_secret_comes_from_a_secret(chart: Path) -> None:
     r = render(chart, {"admin": {"entrySecret": {"name": "entry-ids"}}})
     ref = r.env("processor")["SEMANTIC_CACHE_ENTRY_SECRET"]["secretKeyRef"]
     assert ref == {"name": "entry-ids", "key": "entry-secret"}
+
+
+def test_shadow_requests_trust_what_envoy_trusts(chart: Path) -> None:
+    """upstream.tls.ca reaches the processor (mounted, and named by verification.ca_file);
+    insecureSkipVerify covers shadows to upstream.url only, never a server named elsewhere."""
+    ca = {"upstream": {"url": "https://llm:8443", "tls": {"ca": {"secretName": "llm-ca"}}}}
+    assert "ca_file" not in verification_of(chart) and "ca_file" not in verification_of(
+        chart, {"upstream": ca["upstream"] | {"tls": {}}}
+    )
+    r = render(chart, ca)
+    assert verification_of(chart, ca)["ca_file"] == "/etc/semantic-cache/upstream-ca/ca.crt"
+    mounts = {m["name"]: m for m in r.container("processor")["volumeMounts"]}
+    assert mounts["upstream-ca"]["mountPath"] == "/etc/semantic-cache/upstream-ca"
+    volumes = {v["name"]: v for v in r.pod["spec"]["volumes"]}
+    assert volumes["upstream-ca"]["secret"]["secretName"] == "llm-ca"
+    own_ca = {"cache": {"settings": {"verification": {"ca_file": "/etc/own/ca.pem"}}}}
+    assert verification_of(chart, ca | own_ca)["ca_file"] == "/etc/own/ca.pem"
+
+    insecure = {"upstream": {"url": "https://llm:8443", "tls": {"insecureSkipVerify": True}}}
+    assert verification_of(chart, insecure)["insecure_skip_verify"] is True
+    elsewhere = {"cache": {"settings": {"verification": {"upstream_url": "https://other:8443"}}}}
+    assert "insecure_skip_verify" not in verification_of(chart, insecure | elsewhere)
+    assert "upstream-ca" not in {
+        m["name"] for m in render(chart, insecure).container("processor")["volumeMounts"]
+    }

@@ -14,6 +14,8 @@ import zlib
 from collections.abc import Mapping
 from typing import Any
 
+from opentelemetry import propagate
+
 from extproc.protocol.encoding import GZIP, INLINE_BYTES, gunzip_bounded
 
 HEADER = "x-semantic-cache"
@@ -30,6 +32,14 @@ DROPPED_HEADERS = frozenset(
 )  # fmt: skip
 """Client headers a shadow request does not repeat (the body is re-encoded, caching is refused;
 ``x-envoy-*`` and ``x-semantic-cache-*`` are dropped too)."""
+REQUEST_IDENTITY_HEADERS = frozenset(
+    {"x-request-id", "traceparent", "tracestate", "baggage", "b3", "x-b3-traceid", "x-b3-spanid",
+     "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags", "x-ot-span-context", "uber-trace-id",
+     "x-cloud-trace-context", "x-amzn-trace-id", "sw8", "grpc-trace-bin"}
+)  # fmt: skip
+"""Headers naming the client's request or its trace: a shadow is another request, so it carries
+the verification span's ``traceparent`` instead (the upstream's logs and spans of the two calls
+stay apart, and its spans join the trace under ``semantic_cache.verify``)."""
 SIDE_EFFECTS = ("tools", "functions", "tool_choice")
 """Request fields that declare tools: the upstream may act on them, so never repeated."""
 MAX_SHADOW_BYTES = 4 * 1024 * 1024
@@ -124,14 +134,19 @@ async def prepare(body: bytes, encoding: str) -> bytes:
 
 
 def shadow_headers(client: Mapping[str, str]) -> dict[str, str]:
-    """The client's headers a shadow request repeats, plus its own marks."""
+    """The client's headers a shadow request repeats, plus its own marks and the current span's
+    trace context (call it inside the verification span)."""
     headers = {
         k: v
         for k, v in client.items()
-        if not k.startswith((":", HEADER, "x-envoy-")) and k not in DROPPED_HEADERS
+        if not k.startswith((":", HEADER, "x-envoy-"))
+        and k not in DROPPED_HEADERS
+        and k not in REQUEST_IDENTITY_HEADERS
     }
-    return headers | {
+    headers |= {
         "content-type": "application/json",
         "cache-control": "no-cache, no-store",
         SHADOW_HEADER: "1",
     }
+    propagate.inject(headers)
+    return headers

@@ -25,7 +25,7 @@ from opentelemetry.context import Context
 from extproc.cache import CacheQuery, SemanticCache
 from extproc.cache.schema import CacheEntry
 from extproc.cache.volatile import volatile_answer
-from extproc.config.verification import VerificationSettings
+from extproc.config.verification import VerificationSettings, shadow_ssl
 from extproc.dataplane.freshness import answer_text
 from extproc.dataplane.verification.agreement import agree, identical
 from extproc.dataplane.verification.entry_ids import EntryIds, entry_ref
@@ -214,7 +214,10 @@ class Verification:
         """Send the shadow request; the answer in the stored form (raises on any failure)."""
         s = self.settings
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=s.timeout_ms / 1000))
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=shadow_ssl(s)),
+                timeout=aiohttp.ClientTimeout(total=s.timeout_ms / 1000),
+            )
         url = s.upstream_url.rstrip("/") + job.path
         async with self._session.post(url, data=body, headers=shadow_headers(job.headers)) as response:
             answer = await response.read()
