@@ -70,6 +70,7 @@ def parse_policies(raw: Any, errors: list[str]) -> tuple[Policy, ...]:
         return ()
     out: list[Policy] = []
     names: set[str] = set()
+    written = {item["name"] for item in raw if isinstance(item, dict) and isinstance(item.get("name"), str)}
     for i, item in enumerate(raw):
         path = f"semantic_cache.policies[{i}]"
         if not isinstance(item, dict):
@@ -79,7 +80,7 @@ def parse_policies(raw: Any, errors: list[str]) -> tuple[Policy, ...]:
             continue
         before = len(errors)
         model, route = _matchers(item.get("match"), path, errors)
-        name = item.get("name", f"policy{i}")
+        name = item["name"] if "name" in item else _default_name(i, written)
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             errors.append(f"{path}.name: must be 1-64 letters, digits or _.:-, got {name!r}")
         elif name in names:
@@ -94,6 +95,15 @@ def parse_policies(raw: Any, errors: list[str]) -> tuple[Policy, ...]:
     return tuple(out)
 
 
+def _default_name(index: int, written: set[str]) -> str:
+    """``policy<index>``, unless a policy is named so in the file: then ``policy<index>.2``…"""
+    name, n = f"policy{index}", 1
+    while name in written:
+        n += 1
+        name = f"policy{index}.{n}"
+    return name
+
+
 def _matchers(match: Any, path: str, errors: list[str]) -> tuple[str | None, str | None]:
     if not isinstance(match, dict) or not match:
         errors.append(f"{path}.match: required, a mapping with model (a glob) and/or route (a name)")
@@ -103,9 +113,9 @@ def _matchers(match: Any, path: str, errors: list[str]) -> tuple[str | None, str
     found: dict[str, str | None] = {"model": None, "route": None}
     for key in ("model", "route"):
         value = match.get(key)
-        if value is None:
+        if key not in match:
             continue
-        if not isinstance(value, str) or not value.strip():
+        if not isinstance(value, str) or not value.strip():  # `model:` left empty is null
             errors.append(f"{path}.match.{key}: must be a non-empty string, got {value!r}")
         elif key == "route" and not _NAME.fullmatch(value):
             errors.append(f"{path}.match.route: must be 1-64 letters, digits or _.:-, got {value!r}")
@@ -119,14 +129,17 @@ def find_policy(policies: tuple[Policy, ...], route: str, model: str | None) -> 
     return next((p for p in policies if p.matches(route, model)), None)
 
 
-def may_enable(policies: tuple[Policy, ...], route: str) -> bool:
-    """True when a model policy of this route turns caching on (the model is not known yet)."""
-    return any(
-        p.model is not None
-        and (p.route is None or p.route == route)
-        and dict(p.overrides).get("enabled") is True
-        for p in policies
-    )
+def route_policies(policies: tuple[Policy, ...], route: str) -> tuple[Policy | None, ...]:
+    """Every policy a request on ``route`` may fall under once its model is known, in order: the
+    route's model policies up to its first model-free one, then that one (None: the defaults)."""
+    out: list[Policy | None] = []
+    for p in policies:
+        if p.route is None or p.route == route:
+            out.append(p)
+            if p.model is None:
+                return tuple(out)
+    out.append(None)
+    return tuple(out)
 
 
 _APPLIED: dict[tuple[int, str], tuple[Any, Any]] = {}

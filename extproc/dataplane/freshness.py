@@ -16,6 +16,7 @@ from typing import Any
 
 TTL_HEADER = "x-semantic-cache-ttl"
 _SECONDS = re.compile(r"\d{1,10}")
+_DIGITS = re.compile(r"[0-9]+")
 
 
 @dataclass
@@ -68,8 +69,9 @@ def answer_text(completion: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def parse_freshness(cache_control: str, ttl: str, max_ttl_seconds: int) -> Freshness:
-    """The limits a request asks for; malformed directives are ignored (RFC 9111 §5.2)."""
+def parse_freshness(cache_control: str) -> Freshness:
+    """The limits a request's ``cache-control`` asks for; malformed directives are ignored
+    (RFC 9111 §5.2). The TTL it asks for depends on its policy: :func:`requested_ttl`."""
     fresh = Freshness()
     for directive in cache_control.split(","):
         name, _, value = directive.strip().partition("=")
@@ -82,7 +84,14 @@ def parse_freshness(cache_control: str, ttl: str, max_ttl_seconds: int) -> Fresh
             value = value.strip().strip('"')
             if _SECONDS.fullmatch(value):
                 fresh.limit_age(int(value))  # repeated: the strictest wins
-    ttl = ttl.strip()
-    if max_ttl_seconds > 0 and _SECONDS.fullmatch(ttl) and int(ttl) > 0:
-        fresh.ttl = min(int(ttl), max_ttl_seconds)
     return fresh
+
+
+def requested_ttl(header: str, max_ttl_seconds: int) -> int | None:
+    """Seconds ``x-semantic-cache-ttl`` asks to keep the answer, at most ``max_ttl_seconds``
+    (None: the configured ``ttl_seconds``; also when ``max_ttl_seconds`` is 0 or the value is
+    not a positive integer). A value too long to read is more than any limit: the limit."""
+    header = header.strip()
+    if max_ttl_seconds <= 0 or not _DIGITS.fullmatch(header) or not header.strip("0"):
+        return None
+    return max_ttl_seconds if len(header) > 12 else min(int(header), max_ttl_seconds)

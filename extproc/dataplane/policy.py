@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from extproc.config.policies import ROUTE_METADATA, find_policy, may_enable, with_policy
+from extproc.config.policies import ROUTE_METADATA, find_policy, route_policies, with_policy
 from extproc.config.settings import CacheSettings
 
 
@@ -17,10 +17,13 @@ def route_name(metadata: Iterable[tuple[str, Any]] | None) -> str:
     return ""
 
 
-def route_settings(settings: CacheSettings, route: str) -> tuple[CacheSettings, bool]:
-    """(settings of the route's first model-free policy, whether a model policy may still enable it)."""
-    policy = find_policy(settings.policies, route, None)
-    return with_policy(settings, policy), may_enable(settings.policies, route)
+def route_settings(settings: CacheSettings, route: str) -> list[tuple[CacheSettings, str]]:
+    """Every (settings, policy name or "") a request on ``route`` may run under once its model
+    is known; the last applies to a model no model policy names."""
+    return [
+        (with_policy(settings, p), p.name if p is not None else "")
+        for p in route_policies(settings.policies, route)
+    ]
 
 
 def request_settings(settings: CacheSettings, route: str, model: str) -> tuple[CacheSettings, str]:

@@ -20,7 +20,7 @@ from extproc.cache.guards.scripts import mostly_non_latin
 from extproc.cache.volatile import volatile_answer, volatile_prompt
 from extproc.dataplane.admission import embedding_budget
 from extproc.dataplane.decision import lookup_failure_reason, reason_header
-from extproc.dataplane.freshness import TTL_HEADER, Freshness, answer_text, parse_freshness
+from extproc.dataplane.freshness import Freshness, answer_text, parse_freshness
 from extproc.dataplane.identity import cache_query, canonical_query
 from extproc.dataplane.policy import route_name, route_settings
 from extproc.dataplane.processors.base import Processor, Send
@@ -94,21 +94,20 @@ class ChatCompletionsProcessor(RequestSettings, SingleFlight, VerifiedHits, Proc
             return self._pass_through("not_chat")
         self._query_string = canonical_query(headers.get(":path", ""))
         self._headers = headers
-        self.settings, model_may_enable = route_settings(self.shared.settings, self._route)
-        if not self.settings.enabled and not model_may_enable:
-            return self._bypass("disabled")
+        # The model is in the body: bypass here only when every policy the request may fall
+        # under says so (the same reason); the policy itself is applied once the model is known.
+        possible = route_settings(self.shared.settings, self._route)
+        self.settings = possible[-1][0]
+        reasons = {self._policy_bypass(settings, headers) for settings, _ in possible}
+        if len(reasons) == 1 and (reason := reasons.pop()):
+            self.decision.policy = possible[0][1] if len(possible) == 1 else ""
+            return self._bypass(reason)
         if end_of_stream:
             return self._bypass("no_body")
-        self._fresh = parse_freshness(
-            headers.get("cache-control", ""), headers.get(TTL_HEADER, ""), self.settings.max_ttl_seconds
-        )
+        self._fresh = parse_freshness(headers.get("cache-control", ""))
         self._no_cache, self._no_store = self._fresh.no_cache, self._fresh.no_store
         if self._no_cache and self._no_store:
             return self._bypass("no_cache_no_store")
-        scope = self._scope_of(headers)
-        if scope is None:
-            return self._bypass("no_scope")
-        self._scope = scope
         revision_header = self.settings.revision_header.lower()
         revision = headers.get(revision_header, "").strip() if revision_header else ""
         self._revision = revision or self.settings.revision

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from extproc.dataplane.freshness import Freshness
+from extproc.dataplane.freshness import TTL_HEADER, Freshness, requested_ttl
 from extproc.dataplane.policy import request_settings
 from extproc.dataplane.shared import MAX_SCOPE_CHARS
 from extproc.protocol.openai import scope_from_authorization, scope_from_header
@@ -44,26 +44,32 @@ class RequestSettings:
 
         def _skip_store(self, reason: str) -> None: ...
 
-    def _scope_of(self, headers: dict[str, str]) -> str | None:
-        """The request's scope under the current settings' ``scope_mode`` (None: it has none)."""
-        mode = self.settings.scope_mode
+    def _scope_of(self, headers: dict[str, str], settings: CacheSettings | None = None) -> str | None:
+        """The request's scope under ``settings`` (the current ones by default); None: it has none."""
+        settings = settings or self.settings
+        mode = settings.scope_mode
         if mode == "header":
-            return scope_from_header(headers.get(self.settings.scope_header.lower(), ""), MAX_SCOPE_CHARS)
+            return scope_from_header(headers.get(settings.scope_header.lower(), ""), MAX_SCOPE_CHARS)
         if mode == "authorization":
             return scope_from_authorization(headers.get("authorization"))
         return "global"
 
+    def _policy_bypass(self, settings: CacheSettings, headers: dict[str, str]) -> str:
+        """Why a request under ``settings`` bypasses the cache ("disabled", "no_scope"), or ""."""
+        if not settings.enabled:
+            return "disabled"
+        return "no_scope" if self._scope_of(headers, settings) is None else ""
+
     def _apply_policy(self, model: str) -> bool:
         """Settings of the policy this model and route fall under; False when it bypasses."""
         self.settings, self.decision.policy = request_settings(self.shared.settings, self._route, model)
-        if not self.settings.enabled:
-            self._mark_bypass("disabled")
+        reason = self._policy_bypass(self.settings, self._headers)  # it may scope by another mode
+        if reason:
+            self._mark_bypass(reason)
             return False
-        scope = self._scope_of(self._headers)  # the policy may scope by another mode
-        if scope is None:
-            self._mark_bypass("no_scope")
-            return False
-        self._scope = scope
+        self._scope = self._scope_of(self._headers) or ""
+        # The TTL a client asks for is capped by the policy's max_ttl_seconds, known only now.
+        self._fresh.ttl = requested_ttl(self._headers.get(TTL_HEADER, ""), self.settings.max_ttl_seconds)
         return True
 
     def _threshold(self) -> float | None:

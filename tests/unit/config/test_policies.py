@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from extproc.config.policies import find_policy, may_enable, with_policy
+from extproc.config.policies import find_policy, route_policies, with_policy
 from extproc.config.settings import CacheSettings, parse_config
 from extproc.dataplane.policy import request_settings, route_name, route_settings
 from extproc.errors import ConfigError
@@ -39,14 +39,25 @@ def test_first_match_wins_and_the_rest_comes_from_the_defaults() -> None:
 
 def test_route_phase_knows_no_model() -> None:
     s = settings(
-        {"match": {"route": "internal"}, "enabled": False},
-        {"match": {"route": "internal", "model": "vip-*"}, "enabled": True},
+        {"name": "vip", "match": {"route": "internal", "model": "vip-*"}, "enabled": True},
+        {"name": "off", "match": {"route": "internal"}, "enabled": False},
+        {"name": "later", "match": {"model": "vip-*"}, "ttl_seconds": 5},
         enabled=True,
     )
-    off, maybe = route_settings(s, "internal")
-    assert not off.enabled and maybe  # a vip-* model may still turn it on
-    assert may_enable(s.policies, "internal") and not may_enable(s.policies, "chat")
-    assert route_settings(s, "chat") == (s, False)
+    vip, off, later = s.policies
+    assert route_policies(s.policies, "internal") == (vip, off)  # a vip-* model may turn it on
+    assert route_policies(s.policies, "chat") == (later, None)  # the defaults for other models
+    (on, vip_name), (disabled, off_name) = route_settings(s, "internal")
+    assert on.enabled and not disabled.enabled and (vip_name, off_name) == ("vip", "off")
+    assert route_settings(s, "chat")[-1] == (s, "")
+
+
+def test_default_names_never_clash_with_written_ones() -> None:
+    s = settings(
+        {"name": "policy1", "match": {"model": "a"}, "ttl_seconds": 5},
+        {"match": {"model": "b"}, "ttl_seconds": 5},
+    )
+    assert [p.name for p in s.policies] == ["policy1", "policy1.2"]
 
 
 def test_route_name_from_grpc_metadata() -> None:
@@ -67,6 +78,10 @@ def test_route_name_from_grpc_metadata() -> None:
         (
             [{"match": {"model": ""}, "ttl_seconds": 5}],
             "semantic_cache.policies[0].match.model: must be a non-empty",
+        ),
+        (  # `match: {model: }`: left empty, YAML reads null; it would match every model
+            [{"match": {"model": None}, "scope_mode": "global"}],
+            "semantic_cache.policies[0].match.model: must be a non-empty string, got None",
         ),
         (
             [{"match": {"route": "a b"}, "ttl_seconds": 5}],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from extproc.dataplane.freshness import Freshness, answer_text, parse_freshness
+from extproc.dataplane.freshness import Freshness, answer_text, parse_freshness, requested_ttl
 from tests.support.toy import answer, make_cache, query
 
 
@@ -21,7 +21,7 @@ from tests.support.toy import answer, make_cache, query
     ],
 )
 def test_cache_control(header: str, no_cache: bool, no_store: bool, max_age: int | None) -> None:
-    fresh = parse_freshness(header, "", 86400)
+    fresh = parse_freshness(header)
     assert (fresh.no_cache, fresh.no_store, fresh.max_age) == (no_cache, no_store, max_age)
 
 
@@ -33,10 +33,15 @@ def test_cache_control(header: str, no_cache: bool, no_store: bool, max_age: int
         ("600", 0, None),
         ("0", 86400, None),
         ("1.5", 86400, None),
+        ("000", 86400, None),
+        (" 30 ", 86400, 30),
+        ("10000000000", 86400, 86400),  # more than any limit is the limit, not "no value"
+        ("9" * 5000, 86400, 86400),  # past int()'s digit limit: no error
+        ("\u0663", 86400, None),  # an Arabic-Indic 3: not an HTTP number
     ],
 )
 def test_ttl_header_is_clamped(value: str, max_ttl: int, ttl: int | None) -> None:
-    assert parse_freshness("", value, max_ttl).ttl == ttl
+    assert requested_ttl(value, max_ttl) == ttl
 
 
 def test_volatile_limits() -> None:
