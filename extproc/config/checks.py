@@ -30,6 +30,13 @@ def int_range(lo: int, hi: int | None = None) -> Check:
     return check
 
 
+MAX_SECONDS = 10**10
+"""The longest lifetime a setting may give (317 years): one every backend stores (Milvus keeps
+expiry times as int64 milliseconds)."""
+seconds = int_range(0, MAX_SECONDS)
+"""A check for a lifetime in seconds: 0 (a meaning of its own) up to MAX_SECONDS."""
+
+
 def unit_interval(v: Any) -> str | None:
     """A check that a number lies in [0, 1]."""
     return None if 0.0 <= v <= 1.0 else "must be a number between 0 and 1 (e.g. 0.9)"

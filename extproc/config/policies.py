@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from typing import Any, TypeVar
 
-from extproc.config.checks import KeySpec, check_section, int_range, one_of, unit_interval
+from extproc.config.checks import KeySpec, check_section, int_range, one_of, seconds, unit_interval
 from extproc.config.verification import false_hit_bound
 
 ROUTE_METADATA = "x-semantic-cache-route"
@@ -24,10 +24,10 @@ POLICY_KEYS: KeySpec = {
     "enabled": (bool, "true or false", None),
     "similarity_threshold": ((int, float), "a number", unit_interval),
     "min_confidence": ((int, float), "a number (a probability)", unit_interval),
-    "ttl_seconds": (int, "an integer (seconds, 0 = never expire)", int_range(0)),
-    "max_ttl_seconds": (int, "an integer (seconds, 0 = ignore x-semantic-cache-ttl)", int_range(0)),
+    "ttl_seconds": (int, "an integer (seconds, 0 = never expire)", seconds),
+    "max_ttl_seconds": (int, "an integer (seconds, 0 = ignore x-semantic-cache-ttl)", seconds),
     "volatile_detection": (bool, "true or false", None),
-    "volatile_ttl_seconds": (int, "an integer (seconds, 0 = never cache them)", int_range(0)),
+    "volatile_ttl_seconds": (int, "an integer (seconds, 0 = never cache them)", seconds),
     "scope_mode": (str, "a string", one_of("global", "header", "authorization")),
     "max_response_bytes": (int, "an integer (bytes)", int_range(1024)),
     "max_false_hit_rate": ((int, float), "a number (a rate)", false_hit_bound),

@@ -28,6 +28,7 @@ from extproc.config.checks import (
     origins,
     positive,
     revision,
+    seconds,
     unit_interval,
 )
 from extproc.config.env import ENV_OVERRIDES as ENV_OVERRIDES  # re-exported: callers import it here
@@ -184,11 +185,11 @@ _CACHE_KEYS: KeySpec = {
     "backend_config_path": (str, "a file path", None),
     "similarity_threshold": ((int, float), "a number", unit_interval),
     "max_entries": (int, "an integer", int_range(1)),
-    "ttl_seconds": (int, "an integer (seconds, 0 = never expire)", int_range(0)),
+    "ttl_seconds": (int, "an integer (seconds, 0 = never expire)", seconds),
     "eviction_policy": (str, "a string", one_of("fifo", "lru", "lfu")),
-    "max_ttl_seconds": (int, "an integer (seconds, 0 = ignore x-semantic-cache-ttl)", int_range(0)),
+    "max_ttl_seconds": (int, "an integer (seconds, 0 = ignore x-semantic-cache-ttl)", seconds),
     "volatile_detection": (bool, "true or false", None),
-    "volatile_ttl_seconds": (int, "an integer (seconds, 0 = never cache them)", int_range(0)),
+    "volatile_ttl_seconds": (int, "an integer (seconds, 0 = never cache them)", seconds),
     "embedding_model": (str, "a model name or a local path", None),
     "top_k": (int, "an integer", int_range(1, 1000)),
     "scope_mode": (str, "a string", one_of("global", "header", "authorization")),

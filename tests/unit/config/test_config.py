@@ -57,6 +57,10 @@ def test_other_router_sections_ignored_and_router_keys_warned(
             "semantic_cache.similarity_threshold: must be a number",
         ),
         ("semantic_cache:\n  max_entries: -1\n", "semantic_cache.max_entries: must be an integer >= 1"),
+        (
+            "semantic_cache:\n  max_ttl_seconds: 31536000000\n",
+            "semantic_cache.max_ttl_seconds: must be an integer >= 0 and <= 10000000000",
+        ),
         ("semantic_cache:\n  max_entries: true\n", "semantic_cache.max_entries: must be an integer"),
         (
             "semantic_cache:\n  eviction_policy: random\n",
@@ -84,7 +88,7 @@ def test_other_router_sections_ignored_and_router_keys_warned(
         ("semantic_cache:\n  fingerprint_ignore_fields: [model]\n", "model and messages are always part"),
         (
             "semantic_cache:\n  max_ttl_seconds: -5\n",
-            "semantic_cache.max_ttl_seconds: must be an integer >= 0, got -5",
+            "semantic_cache.max_ttl_seconds: must be an integer >= 0 and <= 10000000000, got -5",
         ),
         (
             "semantic_cache:\n  volatile_ttl_seconds: 1.5\n",

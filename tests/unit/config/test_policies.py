@@ -79,6 +79,10 @@ def test_route_name_from_grpc_metadata() -> None:
             [{"match": {"model": ""}, "ttl_seconds": 5}],
             "semantic_cache.policies[0].match.model: must be a non-empty",
         ),
+        (  # Milvus keeps expiry as int64 milliseconds: every store would be refused
+            [{"match": {"model": "a"}, "ttl_seconds": 10**16}],
+            "semantic_cache.policies[0].ttl_seconds: must be an integer >= 0 and <= 10000000000",
+        ),
         (  # `match: {model: }`: left empty, YAML reads null; it would match every model
             [{"match": {"model": None}, "scope_mode": "global"}],
             "semantic_cache.policies[0].match.model: must be a non-empty string, got None",
