@@ -213,7 +213,7 @@ class SemanticCache:
         if candidates:
             result.best_similarity = candidates[0].similarity
         for candidate in candidates:
-            if candidate.similarity < limit:
+            if not candidate.similarity >= limit:  # NaN too: a broken vector is never a match
                 break
             entry = candidate.entry
             if entry.partition != query.partition:

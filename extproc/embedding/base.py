@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,28 @@ PREFIX_TOKENS_PER_CHAR = 8
 it; only a text that fits in so many characters' prefix yet is longer needs a full count."""
 INLINE_COUNT_CHARS = 8192
 """Longer texts are counted on a worker thread (tokenizing costs ~0.3 ms per KB)."""
+SPARSE_CHARS_PER_TOKEN = 64
+"""A text longer than this many characters per allowed token is never counted whole: it is past
+the window (only whitespace or markup holds so few tokens), and counting stays bounded (a 1 MB
+indented text took 377 ms to count)."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def encodable(text: str) -> str:
+    """``text`` with any lone surrogate (JSON allows "\\ud800") replaced by U+FFFD.
+
+    Tokenizers and HTTP bodies refuse it, and one such text failed every text of its batch."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+    return text
+
+
+class TextRefused(RuntimeError):
+    """The model could not encode this one text (the others of its pass were encoded)."""
 
 
 @dataclass(frozen=True)
@@ -79,21 +102,30 @@ class TokenWindow:
         prefix = text[: self.max_tokens * PREFIX_TOKENS_PER_CHAR]
         if self.count(prefix) > self.max_tokens:
             return False  # a prefix's words are already past the window
-        return len(prefix) == len(text) or self.count(text) <= self.max_tokens
+        if len(prefix) == len(text):
+            return True
+        return len(text) <= self.sparse_chars and self.count(text) <= self.max_tokens
+
+    @property
+    def sparse_chars(self) -> int:
+        """The longest text ever counted whole (see SPARSE_CHARS_PER_TOKEN)."""
+        return self.max_tokens * SPARSE_CHARS_PER_TOKEN
 
     def head(self, text: str) -> str:
         """The part of ``text`` the model reads, as text: a prefix ending at a space when that
         prefix already runs past the window (the model reads the same tokens from it, and the
         tokenizer, which reads a whole text before cutting it, is spared the rest: a 1 MB prompt
-        took 150 times a short one's pass), else ``text`` itself. Blocking."""
+        took 150 times a short one's pass), else ``text`` itself up to ``sparse_chars``. Blocking."""
         limit = self.max_tokens * PREFIX_TOKENS_PER_CHAR
         if len(text) <= limit:
             return text
         # At a space every tokenizer in use ends a word: the prefix's tokens begin the text's.
         cut = max(text.rfind(" ", 0, limit), text.rfind("\n", 0, limit))
-        if cut <= 0 or self.count(text[:cut]) <= self.max_tokens:
-            return text
-        return text[:cut]
+        if cut > 0 and self.count(text[:cut]) > self.max_tokens:
+            return text[:cut]
+        # Sparse: the model may read past the prefix. A text longer than sparse_chars does not
+        # fit (exact repeats only), so reading its first sparse_chars is as good as the whole.
+        return text[: self.sparse_chars]
 
     def must_count_off_loop(self, text: str) -> bool:
         """True when :meth:`fits` may tokenize more than a few KB (run it on a thread)."""

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from extproc.embedding.base import EncodeFn, TokenWindow, WordVectors
+from extproc.embedding.base import EncodeFn, TextRefused, TokenWindow, WordVectors, encodable
 from extproc.embedding.cost import STALE, CostModel, WaitCorrection
 
 log = logging.getLogger(__name__)
@@ -168,9 +168,14 @@ class Embedder:
         window = self.window
         if window is None:
             return True
-        if window.must_count_off_loop(text):
-            return await asyncio.to_thread(window.fits, text)
-        return window.fits(text)
+        text = encodable(text)
+        try:
+            if window.must_count_off_loop(text):
+                return await asyncio.to_thread(window.fits, text)
+            return window.fits(text)
+        except Exception:  # what the model reads of it is unknown: never a semantic match
+            log.warning("counting a prompt's tokens failed; it hits on exact repeats only", exc_info=True)
+            return False
 
     @property
     def backlog(self) -> int:
@@ -215,6 +220,7 @@ class Embedder:
 
         ``deferred`` (stores) waits behind every queued lookup.
         """
+        text = encodable(text)
         if deferred:
             stored: np.ndarray = await self._submit(self._sentences, text, deferred)
             return stored
@@ -234,6 +240,7 @@ class Embedder:
                 "this embedding model gives no word vectors; disable guard_content or use a "
                 "sentence-transformers model with a fast (BERT-style) tokenizer"
             )
+        text = encodable(text)
         with self._kept_lock:
             kept = self._kept.pop(text, None)
         if kept is not None:
@@ -266,6 +273,7 @@ class Embedder:
         lookup, and seen by :meth:`expected_wait` (an import into a serving process, eval)."""
         loop = asyncio.get_running_loop()
         queue, out = self._sentences, []
+        texts = [encodable(t) for t in texts]
         for i in range(0, len(texts), self.max_batch):
             futures = [loop.create_future() for _ in texts[i : i + self.max_batch]]
             queue.deferred.extend(zip(texts[i : i + self.max_batch], futures, strict=True))
@@ -314,10 +322,11 @@ class Embedder:
         loop = asyncio.get_running_loop()
         try:
             results = await loop.run_in_executor(self._executor, fn, [t for t, _ in batch])
+        except asyncio.CancelledError:  # close(): the workers stopped; nobody waits for ever
+            _fail(batch, RuntimeError("the embedding workers stopped"))
+            raise
         except Exception as exc:  # every waiter of the batch gets the error
-            for _, f in batch:
-                if not f.done():
-                    f.set_exception(exc)
+            _fail(batch, exc)
         else:
             if queue is self._sentences:
                 took, predicted = time.perf_counter() - slot[1], self.cost.seconds(len(batch))
@@ -331,7 +340,11 @@ class Embedder:
                 if self.on_batch is not None:
                     self.on_batch(len(batch))
             for (_, f), r in zip(batch, results, strict=True):
-                if not f.done():
+                if f.done():
+                    continue
+                if queue is self._sentences and not np.isfinite(r).all():
+                    f.set_exception(TextRefused("the embedding model could not encode this text"))
+                else:
                     f.set_result(r)
         finally:
             queue.running.remove(slot)
@@ -339,5 +352,12 @@ class Embedder:
                 self._start_pass(queue)
 
     def close(self) -> None:
-        """Stop the worker threads."""
+        """Stop the worker threads (what waits for a pass gets an error)."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _fail(batch: list[tuple[str, asyncio.Future[Any]]], exc: BaseException) -> None:
+    """Give every waiter of ``batch`` still waiting the error ``exc``."""
+    for _, f in batch:
+        if not f.done():
+            f.set_exception(exc)

@@ -10,9 +10,11 @@ has no word vectors: the content guard decides on stems alone (docs/embeddings.m
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -26,10 +28,17 @@ log = logging.getLogger(__name__)
 
 API_KEY_ENV = "SEMANTIC_CACHE_EMBEDDING_API_KEY"
 _RETRYABLE = {408, 429, 500, 502, 503, 504}
+"""Answers another attempt may change (501, 505… will not)."""
+_REFUSED = {400, 413, 422}
+"""Answers refusing the input itself (vLLM and TEI past the model's context)."""
 
 
 class RemoteEmbeddingError(RuntimeError):
     """The endpoint failed every attempt, or answered something that is not embeddings."""
+
+
+class InputRefused(RemoteEmbeddingError):
+    """The endpoint refused the texts asked (not the request as such): some may be fine alone."""
 
 
 class RemoteEncoder:
@@ -61,13 +70,34 @@ class RemoteEncoder:
             self._headers["authorization"] = f"Bearer {api_key}"
         self.timeout, self.retries, self.budget = timeout, retries, budget
         self._local = threading.local()
+        self.dim: int | None = None
+        """The dimension :meth:`probe` found; every later answer must have it."""
         self.requests = 0
         self.failures = 0
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit vectors of ``texts``, one request (retried within the budget)."""
+        """Unit vectors of ``texts``, one request (retried within the budget).
+
+        When the server refuses the input (400, 413, 422: a text past its context, say), the
+        texts are asked in halves, so that only the refused ones fail: each gets a row of NaN,
+        which the batcher turns into an error for its caller alone."""
         deadline = time.monotonic() + self.budget
-        payload = json.dumps({"model": self.model, "input": list(texts)}).encode()
+        return self._encode(list(texts), deadline)
+
+    def _encode(self, texts: list[str], deadline: float) -> np.ndarray:
+        try:
+            return self._ask(texts, deadline)
+        except InputRefused:
+            if self.dim is None:  # the probe: nothing to fill a refused row with
+                raise
+            if len(texts) == 1:
+                return np.full((1, self.dim), np.nan, dtype=np.float32)
+        half = len(texts) // 2
+        return np.concatenate([self._encode(texts[:half], deadline), self._encode(texts[half:], deadline)])
+
+    def _ask(self, texts: list[str], deadline: float) -> np.ndarray:
+        """One request for ``texts``, retried within ``deadline``."""
+        payload = json.dumps({"model": self.model, "input": texts}).encode()
         error: Exception | None = None
         tried = 0
         for attempt in range(self.retries + 1):
@@ -81,18 +111,20 @@ class RemoteEncoder:
                 error = exc.__cause__ or exc
                 self.failures += 1
                 self._drop_connection()
-                time.sleep(min(0.05 * 2**attempt, max(0.0, deadline - time.monotonic() - 0.01)))
+                if attempt < self.retries:
+                    time.sleep(min(0.05 * 2**attempt, max(0.0, deadline - time.monotonic() - 0.01)))
         raise RemoteEmbeddingError(f"{self.url}: no embeddings after {tried} attempt(s): {error!r}")
 
     def probe(self) -> int:
         """The endpoint's dimension, from one real request (at start: a failure stops the process)."""
         try:
-            return int(self(["dimension probe"]).shape[1])
+            self.dim = int(self(["dimension probe"]).shape[1])
         except RemoteEmbeddingError as exc:
             raise ConfigError(
                 f"embedding_endpoint {self.url} (model {self.model!r}) did not answer at start: {exc}. "
                 f"Check the URL, embedding_endpoint_model and ${API_KEY_ENV}"
             ) from exc
+        return self.dim
 
     def _post(self, payload: bytes, timeout: float) -> bytes:
         conn = getattr(self._local, "conn", None)
@@ -104,34 +136,78 @@ class RemoteEncoder:
         if conn.sock is not None:
             conn.sock.settimeout(timeout)
         self.requests += 1
+        # A socket timeout bounds each read, not the answer: a server trickling a byte at a
+        # time would hold this worker for ever. The watchdog ends the attempt at ``timeout``.
+        cut = threading.Event()
+        watchdog = threading.Timer(timeout, _cut, (conn, cut))
+        watchdog.start()
+        late = RemoteEmbeddingError(f"no complete answer within {timeout:.3f} s")
         try:
             conn.request("POST", self._path, body=payload, headers=self._headers)
             response = conn.getresponse()
             body = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            raise _Retryable from exc
+        except Exception as exc:  # the watchdog's close fails a read in many ways
+            if cut.is_set():
+                raise _Retryable from late
+            if isinstance(exc, OSError | http.client.HTTPException):
+                raise _Retryable from exc
+            raise
+        finally:
+            watchdog.cancel()
+        if cut.is_set():  # read up to the close the watchdog made: a part of the answer at most
+            raise _Retryable from late
         if response.status in _RETRYABLE:
             raise _Retryable from RemoteEmbeddingError(f"HTTP {response.status}")
         if response.status != 200:
-            raise RemoteEmbeddingError(f"{self.url}: HTTP {response.status}: {body[:200]!r}")
+            kind = InputRefused if response.status in _REFUSED else RemoteEmbeddingError
+            raise kind(f"{self.url}: HTTP {response.status}: {body[:200]!r}")
         return body
 
     def _decode(self, body: bytes, n: int) -> np.ndarray:
+        """The unit vectors of an answer; anything that is not n finite vectors of the
+        endpoint's dimension, one per input, is an error (never a vector served from)."""
         try:
             data = json.loads(body)["data"]
-            rows = sorted(data, key=lambda d: d["index"])
-            vectors = np.asarray([row["embedding"] for row in rows], dtype=np.float32)
+            index = [row["index"] for row in data]
+            vectors = np.asarray([row["embedding"] for row in data], dtype=np.float64)
         except (ValueError, KeyError, TypeError) as exc:
             raise RemoteEmbeddingError(f"{self.url}: not an embeddings response: {body[:200]!r}") from exc
         if vectors.ndim != 2 or len(vectors) != n:
             raise RemoteEmbeddingError(f"{self.url}: {len(vectors)} embeddings for {n} inputs")
-        return vectors / (np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-12)
+        first = min(index, default=0)  # 0-based as OpenAI's; some servers count from 1
+        if (
+            any(type(i) is not int for i in index)
+            or sorted(index) != list(range(first, first + n))
+            or first > 1
+        ):
+            raise RemoteEmbeddingError(
+                f"{self.url}: the answer's indexes are not one per input: {index[:20]}"
+            )
+        vectors = vectors[np.argsort(index)]
+        if self.dim is not None and vectors.shape[1] != self.dim:
+            raise RemoteEmbeddingError(
+                f"{self.url}: {vectors.shape[1]}-dimensional embeddings, {self.dim} at start"
+            )
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        if vectors.shape[1] == 0 or not np.isfinite(vectors).all() or not (norms > 0).all():
+            raise RemoteEmbeddingError(f"{self.url}: empty, zero or non-finite embeddings")
+        return (vectors / norms).astype(np.float32)
 
     def _drop_connection(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+def _cut(conn: http.client.HTTPConnection, cut: threading.Event) -> None:
+    """End a connection's attempt from the watchdog: a read blocked on it returns at once."""
+    cut.set()
+    sock = conn.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
 
 
 class _Retryable(Exception):

@@ -2,12 +2,16 @@
 
 Serves whatever model it is given (the bundled MiniLM in the integration tests). Faults are
 injected on request: ``fail_next`` answers that many requests with HTTP 503, ``delay`` holds
-each answer; ``api_key`` set means a missing or wrong bearer token gets 401.
+each answer, ``max_chars`` refuses (HTTP 400, as vLLM past its context) a request with a longer
+input, ``mangle`` rewrites the answer's rows, ``trickle`` sends the answer a byte at a time with
+that many seconds between bytes; ``api_key`` set means a missing or wrong bearer token gets 401.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +28,9 @@ class EmbedServer:
     api_key: str = ""
     fail_next: int = 0
     delay: float = 0.0
+    max_chars: int = 0
+    mangle: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None
+    trickle: float = 0.0
     batches: list[int] = field(default_factory=list)
     """Inputs per request answered."""
     models: list[str] = field(default_factory=list)
@@ -46,12 +53,26 @@ class EmbedServer:
             await asyncio.sleep(self.delay)
         body: dict[str, Any] = await request.json()
         texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        if self.max_chars and any(len(t) > self.max_chars for t in texts):
+            return web.json_response({"error": {"message": "input past the context"}}, status=400)
         vectors = await asyncio.to_thread(self.encode, texts)
         self.batches.append(len(texts))
         self.models.append(str(body.get("model")))
         data = [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)]
         data.reverse()  # servers may answer out of order: the index says which is which
-        return web.json_response({"object": "list", "data": data, "model": body.get("model")})
+        if self.mangle is not None:
+            data = self.mangle(data)
+        answer = {"object": "list", "data": data, "model": body.get("model")}
+        if not self.trickle:
+            return web.json_response(answer)
+        payload = json.dumps(answer).encode()
+        response = web.StreamResponse(headers={"content-type": "application/json"})
+        response.content_length = len(payload)
+        await response.prepare(request)
+        for i in range(len(payload)):
+            await response.write(payload[i : i + 1])
+            await asyncio.sleep(self.trickle)
+        return response
 
     async def start(self) -> EmbedServer:
         """Listen on a free loopback port."""

@@ -10,6 +10,7 @@ import pytest
 
 from extproc.cache.backends.eviction import LfuPolicy, LruPolicy, make_policy
 from extproc.cache.backends.vector_index import VectorIndex
+from extproc.cache.schema import Candidate
 from extproc.embedding.batcher import Embedder
 from tests.support.toy import DIM, RejectContaining, answer, make_cache, query, toy_encode
 
@@ -269,3 +270,17 @@ async def test_prompts_longer_than_the_model_reads_hit_only_on_exact_repeats() -
     await cache.store(query("v:1,0 short"), answer("short"))
     short = await cache.check(query("v:1,0 brief"))
     assert short.match == "semantic" and short.entry is not None and short.entry.prompt == "v:1,0 short"
+
+
+async def test_a_nan_similarity_is_never_a_match() -> None:
+    """`nan < threshold` is False: a broken vector passed the threshold test and was served."""
+    cache = make_cache(threshold=0.9)
+    stored = await cache.store(query("v:1,0"), answer("stored"))
+    backend = cache.backend
+
+    async def broken_search(*args: object, **kwargs: object) -> list[Candidate]:
+        return [Candidate(stored, float("nan"))]
+
+    backend.search = broken_search  # type: ignore[method-assign]
+    result = await cache.check(query("v:0,1"))
+    assert result.entry is None

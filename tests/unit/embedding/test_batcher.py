@@ -322,3 +322,28 @@ async def test_word_vectors_a_lookup_gave_up_on_are_kept_for_the_next() -> None:
     assert (await words.get("a stored candidate")).words == ("a", "stored", "candidate")
     assert encoder.word_passes == [["a stored candidate"]]
     embedder.close()
+
+
+async def test_closing_answers_every_waiter() -> None:
+    """close() cancels the passes waiting for a worker thread (here a word-vector pass queued
+    behind a sentence pass): their callers get an error instead of waiting for ever."""
+    gate = threading.Event()
+
+    class Slow:
+        def __call__(self, texts: Sequence[str]) -> np.ndarray:
+            gate.wait(5)
+            return toy_encode(texts)
+
+        def words(self, texts: Sequence[str]) -> list[WordVectors]:
+            return [WordVectors((), np.zeros((0, DIM), np.float32)) for _ in texts]
+
+    embedder = Embedder(Slow(), DIM, max_batch=8, workers=1)
+    sentence = asyncio.ensure_future(embedder.embed("v:1,0"))
+    await asyncio.sleep(0.05)  # its pass holds the only worker thread
+    words = asyncio.ensure_future(embedder.embed_words("v:0,1"))  # its pass waits for the thread
+    await asyncio.sleep(0.05)
+    embedder.close()
+    gate.set()
+    assert (await asyncio.wait_for(sentence, 5)).shape == (DIM,)
+    with pytest.raises(RuntimeError, match="workers stopped"):
+        await asyncio.wait_for(words, 5)

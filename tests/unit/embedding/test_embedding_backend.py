@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from extproc.config.settings import parse_config
 from extproc.embedding import loader
 from extproc.embedding import onnx_backend as embedding_onnx
 from extproc.embedding.base import EncodeFn, resolve_model_path
+from extproc.embedding.batcher import Embedder
 from extproc.embedding.loader import load_sentence_model
 from extproc.errors import ConfigError
 
@@ -175,3 +177,18 @@ def test_both_backends_know_the_window_they_read(torch_model: tuple[EncodeFn, in
     assert float(torch_encode([huge])[0] @ whole[0]) > 0.999
     short = "What is the capital of France?"
     assert onnx_encode.window.head(short) is short
+
+
+async def test_a_lone_surrogate_fails_no_batch(torch_model: tuple[EncodeFn, int]) -> None:
+    """JSON lets a prompt carry "\\ud800"; both tokenizers refuse it, and a pass holding it failed
+    every lookup and store batched with it. It is read as U+FFFD: every text gets its vector."""
+    onnx_encode, dim = load_sentence_model("all-MiniLM-L6-v2", backend="onnx")
+    torch_encode, _ = torch_model
+    texts = ["What is the capital of France?", "bad \ud800 text " + "word " * 60, "How tall is Everest?"]
+    for encode in (onnx_encode, torch_encode):
+        embedder = Embedder(encode, dim, max_batch=8, workers=1)
+        vectors = await asyncio.gather(*(embedder.embed(t) for t in texts))
+        assert np.allclose(vectors[0], encode(texts[:1])[0], atol=1e-5)
+        assert np.allclose(vectors[1], encode(["bad \ufffd text " + "word " * 60])[0], atol=1e-5)
+        assert await embedder.fits(texts[1])  # counted as read, not an error
+        embedder.close()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Any
 
 import numpy as np
 import pytest
 
 from extproc.config.settings import parse_config
+from extproc.embedding.base import TextRefused
 from extproc.embedding.batcher import Embedder
 from extproc.embedding.remote import RemoteEmbeddingError, RemoteEncoder
 from extproc.errors import ConfigError
@@ -79,3 +82,59 @@ def test_settings_are_checked(key: str, value: object, expected: str) -> None:
     with pytest.raises(ConfigError, match="semantic_cache." + key) as info:
         parse_config({"semantic_cache": {key: value}})
     assert expected in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("mangle", "expected"),
+    [
+        (lambda rows: [r | {"embedding": [float("nan")] * DIM} for r in rows], "non-finite"),
+        (lambda rows: [r | {"embedding": [float("inf")] * DIM} for r in rows], "non-finite"),
+        (lambda rows: [r | {"embedding": [0.0] * DIM} for r in rows], "zero"),
+        (lambda rows: [r | {"index": 0} for r in rows], "not one per input"),  # rows would swap prompts
+        (lambda rows: [r | {"index": i + 5} for i, r in enumerate(rows)], "not one per input"),
+        (lambda rows: [r | {"embedding": r["embedding"] + [0.5]} for r in rows], "9-dimensional"),
+    ],
+)
+async def test_an_answer_that_is_not_one_vector_per_input_is_refused(mangle: Any, expected: str) -> None:
+    """Never a vector served from: a NaN similarity passed every threshold test, and duplicate
+    indexes gave one prompt another's vector (both served wrong answers)."""
+    server = await EmbedServer(toy_encode).start()
+    try:
+        encoder = RemoteEncoder(server.url, "toy")
+        assert await asyncio.to_thread(encoder.probe) == DIM
+        server.mangle = mangle
+        with pytest.raises(RemoteEmbeddingError, match=expected):
+            await asyncio.to_thread(encoder, ["v:1,0", "v:0,1"])
+    finally:
+        await server.stop()
+
+
+async def test_a_trickling_answer_ends_with_the_budget() -> None:
+    """A socket timeout bounds each read, and a server sending a byte every 50 ms never trips it."""
+    server = await EmbedServer(toy_encode, trickle=0.05).start()
+    try:
+        encoder = RemoteEncoder(server.url, "toy", timeout=0.3, retries=2, budget=0.6)
+        started = time.monotonic()
+        with pytest.raises(RemoteEmbeddingError, match="no complete answer within"):
+            await asyncio.to_thread(encoder, ["v:1,0"])
+        assert time.monotonic() - started < 3  # the answer would take ~10 s
+    finally:
+        await server.stop()
+
+
+async def test_a_text_the_server_refuses_fails_its_own_caller_only() -> None:
+    """vLLM and TEI refuse a batch with one input past the context (400): the others of the pass
+    are asked again without it, and only its caller gets an error."""
+    server = await EmbedServer(toy_encode, max_chars=100).start()
+    try:
+        encoder = RemoteEncoder(server.url, "toy")
+        await asyncio.to_thread(encoder.probe)
+        embedder = Embedder(encoder, DIM, max_batch=8, workers=1)
+        texts = [f"v:1,{i}" for i in range(6)] + ["x" * 500]
+        results = await asyncio.gather(*(embedder.embed(t) for t in texts), return_exceptions=True)
+        assert all(isinstance(r, np.ndarray) for r in results[:6])
+        assert np.allclose(np.stack(results[:6]), toy_encode(texts[:6]), atol=1e-6)  # type: ignore[arg-type]
+        assert isinstance(results[6], TextRefused)
+        embedder.close()
+    finally:
+        await server.stop()

@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 
-from extproc.embedding.base import INLINE_COUNT_CHARS, TokenWindow
+from extproc.embedding.base import INLINE_COUNT_CHARS, SPARSE_CHARS_PER_TOKEN, TokenWindow
 from extproc.embedding.batcher import Embedder
 
 
@@ -68,3 +68,16 @@ def test_the_embedder_counts_long_texts_off_the_event_loop() -> None:
         embedder.close()
     assert short and not long and unknown
     assert counter.threads[0] == "MainThread" and counter.threads[-1] != "MainThread"
+
+
+def test_a_sparse_text_past_the_bound_is_never_counted_whole() -> None:
+    """1 MB of indentation holds few tokens per prefix; counting it whole took 377 ms. Longer
+    than SPARSE_CHARS_PER_TOKEN characters a token, it is past the window uncounted, and what
+    the model is given of it stops there too."""
+    counter = Counting()
+    window = TokenWindow(64, counter)
+    sparse = ("a" + " " * 1000) * 1000
+    assert not window.fits(sparse) and counter.asked == [512]
+    assert window.head(sparse) == sparse[: 64 * SPARSE_CHARS_PER_TOKEN]
+    within = "a" + " " * (64 * SPARSE_CHARS_PER_TOKEN - 2) + "b"
+    assert window.fits(within) and window.head(within) == within
