@@ -19,9 +19,10 @@ measures how many ordinary questions (QQP) it refuses.
 
 from __future__ import annotations
 
+import calendar
 import re
 import time
-from collections.abc import Iterable
+from functools import lru_cache
 
 from extproc.cache.guards.dates import TODAY_AS_ERA
 
@@ -65,7 +66,30 @@ _QUOTE = re.compile(
     r"\s+(?:of|for|in|at|like)\b",
     re.IGNORECASE,
 )
+# "what's the Bitcoin price?": the same question with the asset before the price.
+_QUOTE_NAMED = re.compile(
+    r"\b(?:what(?:'s| is| are)|how much is|how much are)\s+(?:the\s+)?(?:current\s+)?"
+    r"(?:[\w.&-]+\s+){1,2}(?:price|prices|exchange rate)\s*[?.!]*\s*$",
+    re.IGNORECASE,
+)
+# Asking the clock, the calendar or the sky right now: "what time is it in Tokyo?", "what day
+# of the week is it?", "what's the date?", "is it raining in Seattle?".
+_NOW_QUESTION = re.compile(
+    r"\bwhat\s+(?:time|day|date|year|month)(?:\s+of\s+the\s+(?:week|month|year))?\s+is\s+it\b|"
+    r"\bwhat(?:'s|\s+is)\s+(?:the\s+(?:current\s+)?|current\s+)(?:date|time)"
+    r"(?:\s+(?:now|today|right\s+now|in\s+\w+(?:\s+\w+)?))?\s*[?.!]*\s*$",
+    re.IGNORECASE,
+)
+_WEATHER_NOW = re.compile(
+    r"\bis\s+it\s+(?:raining|snowing|pouring|storming|hailing)\b|"
+    r"\bwhat\s+will\s+the\s+(?:weather|temperature|forecast)\s+be\b",
+    re.IGNORECASE,
+)
 _DATED_YEAR = re.compile(r"\b(?:1[5-9]\d\d|20\d\d)\b")
+SCAN_CHARS = 4096
+"""A longer prompt is read at its head and tail only, where a question is asked around a pasted
+document (a relative date deep inside one is the document's): the check stays a few ms on the
+event loop (1 MB took 345 ms)."""
 
 # The answer says it is dated.
 _ANSWER_DATED = re.compile(
@@ -77,27 +101,61 @@ _ANSWER_DATED = re.compile(
 )
 
 
-def volatile_prompt(text: str) -> str:
-    """Why ``text`` asks about what changes with time (``relative_time``, ``moving_value``), or ""."""
-    if _RELATIVE.search(TODAY_AS_ERA.sub(" ", text)):
+def volatile_prompt(text: str, *earlier: str) -> str:
+    """Why ``text`` asks about what changes with time (``relative_time``, ``moving_value``), or "".
+
+    ``earlier``: the user turns before it; a follow-up of a time-sensitive question ("And in
+    London?" after "What's the weather in Paris today?") is time-sensitive too."""
+    for turn in (text, *reversed(earlier)):
+        reason = _volatile(turn)
+        if reason:
+            return reason
+    return ""
+
+
+def _volatile(text: str) -> str:
+    if len(text) > 2 * SCAN_CHARS:
+        text = text[:SCAN_CHARS] + "\n" + text[-SCAN_CHARS:]
+    if _RELATIVE.search(TODAY_AS_ERA.sub(" ", text)) or _NOW_QUESTION.search(text):
         return "relative_time"
-    if _PRESENT_MOVING.search(text):
+    if _PRESENT_MOVING.search(text) or _WEATHER_NOW.search(text):
         return "moving_value"
-    quote = _QUOTE.search(text)
+    quote = _QUOTE.search(text) or _QUOTE_NAMED.search(text)
     if quote and not _DATED_YEAR.search(text):  # "price of gold in 1980" is history, not a quote
         return "moving_value"
     return ""
 
 
-def _today_forms(now: float) -> Iterable[str]:
-    """Today's date as answers write it (ISO, "November 27, 2026", "27 November 2026", "27/11/2026")."""
-    t = time.gmtime(now)
-    month = time.strftime("%B", t)
-    yield time.strftime("%Y-%m-%d", t)
-    yield f"{month} {t.tm_mday}, {t.tm_year}"
-    yield f"{t.tm_mday} {month} {t.tm_year}"
-    yield f"{t.tm_mon:02d}/{t.tm_mday:02d}/{t.tm_year}"
-    yield f"{t.tm_mday:02d}/{t.tm_mon:02d}/{t.tm_year}"
+# English names whatever the process's locale (calendar's follow it).
+_MONTH_NAMES = (
+    "January", "February", "March", "April", "May", "June",
+    "July", "August", "September", "October", "November", "December",
+)  # fmt: skip
+_WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+@lru_cache(maxsize=8)
+def _date_pattern(year: int, month: int, day: int) -> re.Pattern[str]:
+    """The ways answers write this date: "2026-12-07", "December 7th, 2026", "Dec. 7, 2026",
+    "7 December 2026", "Monday, December 7", "12/7/2026", "07.12.2026"…
+
+    A day and month without the year count only after the date's own weekday ("Happy Monday,
+    December 7!"): "December 7, 1941" is another December 7."""
+    weekday = _WEEKDAY_NAMES[calendar.weekday(year, month, day)]
+    full = _MONTH_NAMES[month - 1]
+    short = full[:3]
+    months = "|".join(dict.fromkeys((full, short + r"\.?", r"Sept\.?" if month == 9 else short)))
+    d = rf"0?{day}(?:st|nd|rd|th)?"
+    m, y = rf"(?:{months})", str(year)
+    forms = (
+        rf"{y}[-/]{month:02d}[-/]{day:02d}",
+        rf"{m}\s+{d},?\s+{y}",
+        rf"{d}\s+(?:of\s+)?{m},?\s+{y}",
+        rf"{weekday},?\s+(?:{m}\s+{d}|(?:the\s+)?{d}\s+(?:of\s+)?{m})",
+        rf"0?{month}/0?{day}/{y}",
+        rf"0?{day}[/.]0?{month}[/.]{y}",
+    )
+    return re.compile(r"(?<![\w/.-])(?:" + "|".join(forms) + r")(?![\w/-]|\.\d)", re.IGNORECASE)
 
 
 def volatile_answer(text: str, now: float | None = None) -> str:
@@ -105,9 +163,13 @@ def volatile_answer(text: str, now: float | None = None) -> str:
     if _ANSWER_DATED.search(text):
         return "dated_answer"
     now = time.time() if now is None else now
-    lowered = text.lower()
     # Yesterday and tomorrow too: the upstream's clock and zone need not be ours.
-    for day in (now - 86400, now, now + 86400):
-        if any(form.lower() in lowered for form in _today_forms(day)):
+    lowered = text.lower()
+    for moment in (now - 86400, now, now + 86400):
+        t = time.gmtime(moment)
+        # Every form holds the year or the weekday: a substring test spares most answers the regex.
+        if str(t.tm_year) not in text and _WEEKDAY_NAMES[t.tm_wday].lower() not in lowered:
+            continue
+        if _date_pattern(t.tm_year, t.tm_mon, t.tm_mday).search(text):
             return "dated_answer"
     return ""

@@ -45,6 +45,13 @@ class ChatRequest:
     quotes_prompt: bool = False
     """The answer quotes the prompt itself (``echo``, vLLM's ``prompt_logprobs``): a paraphrase's
     stored answer would quote another prompt, so only exact repeats may be served."""
+    earlier: tuple[str, ...] = ()
+    """The text of the user turns before the last one (at most EARLIER_TURNS, the latest last):
+    a follow-up ("And in London?") is as time-sensitive as the question it follows."""
+
+
+EARLIER_TURNS = 4
+"""Earlier user turns kept in :attr:`ChatRequest.earlier`."""
 
 
 def normalize_text(text: str) -> str:
@@ -140,6 +147,7 @@ def parse_chat_request(
     except (ValueError, RecursionError) as exc:  # e.g. lone surrogates, absurd nesting
         raise NotCacheable("bad_json") from exc
     stream_options = data.get("stream_options")
+    earlier = [m.get("content") for m in messages[:last_user] if m.get("role") == "user"]
     return ChatRequest(
         model=model,
         prompt=prompt,
@@ -148,7 +156,16 @@ def parse_chat_request(
         include_usage=isinstance(stream_options, dict) and stream_options.get("include_usage") is True,
         n=data["n"] if isinstance(data.get("n"), int) and data["n"] > 0 else 1,
         quotes_prompt=quotes_prompt(data),
+        earlier=tuple(_text_of(content) for content in earlier[-EARLIER_TURNS:]),
     )
+
+
+def _text_of(content: Any) -> str:
+    """The text parts of a message's content ("" when it has none)."""
+    try:
+        return _split_content(content)[0]
+    except NotCacheable:
+        return ""
 
 
 def quotes_prompt(data: dict[str, Any]) -> bool:

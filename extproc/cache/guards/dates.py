@@ -34,13 +34,14 @@ _RELATIVE = re.compile(
 # at work", "a next year"; after "the" only a day is ("the next day", but "in the past week").
 _NOT_CALENDAR = frozenset(["a", "an", "my", "your", "his", "her", "our", "their", "its"])
 TODAY_AS_ERA = re.compile(
-    r"\b(?:in|of|world|society|people|alive|exist|exists|even|still|relevant|useful)\s+today\b|"
+    r"\b(?:in|of|world|society|people|alive|exist|exists|even|still|relevant|useful)\s+today\b(?!['’]s)|"
     r"\btoday(?:'s|’s)\s+(?:world|society|generation|youth|kids|children|parents|era|age|times|"
     r"culture|economy|education)\b",
     re.IGNORECASE,
 )
 """"today" as "nowadays": the era, not the date ("in today's world", "still alive today"); also
-what the time-sensitive prompt check (:mod:`extproc.cache.volatile`) leaves out."""
+what the time-sensitive prompt check (:mod:`extproc.cache.volatile`) leaves out. "In today's
+game" is the date: "today's" is the era only before one of the nouns listed."""
 
 
 @lru_cache(maxsize=8192)

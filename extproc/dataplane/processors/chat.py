@@ -140,7 +140,7 @@ class ChatCompletionsProcessor(RequestSettings, SingleFlight, VerifiedHits, Proc
         self.decision.outcome = "miss"
         self._storing = not self._no_store
         asked_no_cache = self._no_cache
-        self._check_volatile(volatile_prompt(chat.prompt))
+        self._check_volatile(volatile_prompt(chat.prompt, *chat.earlier))
         if self._no_cache:
             self._client_feedback(query)
             self.decision.reason = "no_cache" if asked_no_cache else "volatile"

@@ -40,6 +40,15 @@ def test_prompt_is_last_user_message_normalized() -> None:
     )
     assert req.prompt == "What is this?"
     assert req.model == "m"
+    assert req.earlier == ("first",)  # the turns before it (their time words count too)
+
+
+def test_earlier_user_turns_are_the_latest_few_texts() -> None:
+    turns: list[dict[str, Any]] = [{"role": "user", "content": f"turn {i}"} for i in range(6)]
+    turns[4] = {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url"}]}
+    turns[3] = {"role": "user", "content": 7}  # not text: no words to read, not an error
+    req = parse_chat_request(body(messages=[*turns, {"role": "user", "content": "now?"}]))
+    assert req.earlier == ("turn 2", "", "a", "turn 5")
 
 
 def test_normalization_keeps_whitespace_that_can_be_meaning() -> None:
