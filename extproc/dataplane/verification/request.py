@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Mapping
 from typing import Any
 
-from opentelemetry import propagate
+from opentelemetry import propagate, trace
 
 from extproc.protocol.encoding import GZIP, INLINE_BYTES, gunzip_bounded
 
@@ -38,8 +38,9 @@ REQUEST_IDENTITY_HEADERS = frozenset(
      "x-cloud-trace-context", "x-amzn-trace-id", "sw8", "grpc-trace-bin"}
 )  # fmt: skip
 """Headers naming the client's request or its trace: a shadow is another request, so it carries
-the verification span's ``traceparent`` instead (the upstream's logs and spans of the two calls
-stay apart, and its spans join the trace under ``semantic_cache.verify``)."""
+the verification span's ``traceparent`` instead, when tracing records it (the upstream's logs
+and spans of the two calls stay apart, and its spans join the trace under
+``semantic_cache.verify``); with tracing off, none."""
 SIDE_EFFECTS = ("tools", "functions", "tool_choice")
 """Request fields that declare tools: the upstream may act on them, so never repeated."""
 MAX_SHADOW_BYTES = 4 * 1024 * 1024
@@ -135,7 +136,7 @@ async def prepare(body: bytes, encoding: str) -> bytes:
 
 def shadow_headers(client: Mapping[str, str]) -> dict[str, str]:
     """The client's headers a shadow request repeats, plus its own marks and the current span's
-    trace context (call it inside the verification span)."""
+    trace context when it is recorded (call it inside the verification span)."""
     headers = {
         k: v
         for k, v in client.items()
@@ -148,5 +149,6 @@ def shadow_headers(client: Mapping[str, str]) -> dict[str, str]:
         "cache-control": "no-cache, no-store",
         SHADOW_HEADER: "1",
     }
-    propagate.inject(headers)
+    if trace.get_current_span().is_recording():  # tracing off: no trace of its own to name
+        propagate.inject(headers)
     return headers

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from extproc.config.settings import parse_config
+from extproc.dataplane.verification import shadow
 from extproc.errors import ConfigError
 from tests.support.certs import make_certs
 from tests.support.shadow import P_KEY, Harness, P, serve_upstream
@@ -73,9 +75,15 @@ def test_the_ca_file_is_checked_at_start(pki: dict[str, Path], tmp_path: Path) -
             check(**section)
 
 
-async def test_a_shadow_is_its_own_request_in_the_clients_trace() -> None:
+@pytest.mark.parametrize("traced", [True, False])
+async def test_a_shadow_is_its_own_request_in_the_clients_trace(
+    traced: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The client's request id and trace headers are not repeated: the upstream sees the
-    verification span's trace context (a child of the client's trace), other headers as sent."""
+    verification span's trace context (a child of the client's trace) when tracing is on, no
+    trace context when it is off; other headers as sent."""
+    if traced:
+        monkeypatch.setattr(shadow, "tracer", TracerProvider().get_tracer("test"))
     parent = SpanContext(0x1234, 0x5678, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
     client = {
         "authorization": "Bearer k",
@@ -95,4 +103,8 @@ async def test_a_shadow_is_its_own_request_in_the_clients_trace() -> None:
     sent = state.headers[0]
     assert sent["authorization"] == "Bearer k" and sent["x-semantic-cache-shadow"] == "1"
     assert "x-request-id" not in sent and "x-b3-traceid" not in sent and "tracestate" not in sent
-    assert sent["traceparent"].split("-")[1] == f"{0x1234:032x}"  # the client's trace, our span
+    if traced:  # the client's trace, the verification span's id
+        _, trace_id, span_id, _ = sent["traceparent"].split("-")
+        assert trace_id == f"{0x1234:032x}" and span_id != f"{0x5678:016x}"
+    else:
+        assert "traceparent" not in sent
