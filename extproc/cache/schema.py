@@ -88,6 +88,13 @@ class LookupResult:
         """True when an entry was found."""
         return self.entry is not None
 
+    def reject(self, candidate: Candidate, *reasons: str) -> None:
+        """Note that ``candidate`` was passed over for ``reasons`` (the first such names the
+        similarity and prompt reported)."""
+        if not self.rejections:
+            self.rejected_similarity, self.rejected_prompt = candidate.similarity, candidate.entry.prompt
+        self.rejections.extend(reasons)
+
 
 class CacheBackend(Protocol):
     """Where entries live.  Backends never parse HTTP and never compute embeddings."""

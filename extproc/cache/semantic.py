@@ -219,10 +219,10 @@ class SemanticCache:
             if entry.partition != query.partition:
                 continue  # defence in depth: backends already filter by partition
             if too_old(entry, now, max_age):
-                result.rejections.append("max_age")
+                result.reject(candidate, "max_age")
                 continue
             if not await self.embedder.fits(entry.prompt):
-                result.rejections.append(LONG_PROMPT)  # its vector is its head's (above)
+                result.reject(candidate, LONG_PROMPT)  # its vector is its head's (above)
                 continue
             judging = self.judge(
                 query.prompt,
@@ -234,16 +234,12 @@ class SemanticCache:
             with timed(timings, "verify_ms"):
                 rejected, confidence = await _within(judging, deadline, self.embedder)
             if rejected:
-                if not result.rejections:
-                    result.rejected_similarity, result.rejected_prompt = candidate.similarity, entry.prompt
-                result.rejections.extend(rejected)
+                result.reject(candidate, *rejected)
                 continue
             if explain:
                 result.scored.append((entry, candidate.similarity, confidence))
             if confidence is not None and confidence < floor:
-                if not result.rejections:
-                    result.rejected_similarity, result.rejected_prompt = candidate.similarity, entry.prompt
-                result.rejections.append("confidence")
+                result.reject(candidate, "confidence")
                 continue
             if result.entry is None:
                 await self.backend.record_hit(entry)

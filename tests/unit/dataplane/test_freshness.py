@@ -72,6 +72,7 @@ async def test_max_age_skips_older_entries_and_ttl_is_per_entry(monkeypatch: pyt
     assert old.entry is None and old.rejections == ["max_age"]
     near = await cache.check(query("v:1,0.2"), max_age=60)
     assert near.entry is None and "max_age" in near.rejections
+    assert near.rejected_similarity == pytest.approx(0.9806, abs=1e-3)  # "rejected: max_age 0.9806"
     assert (await cache.check(query("v:1,0.2"))).match == "semantic"
     forever = await cache.store(query("v:0,1"), answer("b"), ttl_seconds=0)
     assert forever.expires_at == 0.0 and forever.created_at == later
