@@ -17,7 +17,7 @@ from extproc.dataplane.decision import DecisionLog
 from extproc.dataplane.server import BackgroundTasks, ExtProcServer
 from extproc.dataplane.shared import Shared
 from extproc.dataplane.verification import Verification
-from extproc.embedding.base import EncodeFn
+from extproc.embedding.base import EncodeFn, model_dimension, resolve_model_path
 from extproc.embedding.batcher import Embedder
 from extproc.embedding.loader import load_sentence_model, plan_workers, workers_for
 from extproc.embedding.onnx_backend import usable_cores
@@ -40,6 +40,12 @@ def make_backend(settings: CacheSettings, dim: int) -> CacheBackend:
         return MemoryBackend(dim, settings.max_entries, settings.eviction_policy)
     from extproc.cache.backends.milvus import MilvusBackend
 
+    check_dimension(settings, dim)
+    return MilvusBackend(settings.milvus(), dim, settings.max_entries)
+
+
+def check_dimension(settings: CacheSettings, dim: int) -> None:
+    """Refuse a Milvus collection configured for another dimension than the model's."""
     milvus = settings.milvus()
     if milvus.dimension != dim:
         raise ConfigError(
@@ -47,7 +53,23 @@ def make_backend(settings: CacheSettings, dim: int) -> CacheBackend:
             f"but the embedding model {embedding_source(settings)} produces {dim}-dimensional vectors; "
             f"set it to {dim}"
         )
-    return MilvusBackend(milvus, dim, settings.max_entries)
+
+
+def check_startable(settings: CacheSettings) -> list[str]:
+    """The start's own refusals that need no model loaded and no connection (``check-config``
+    runs them): raises :class:`ConfigError`; returns what only the start can check."""
+    from extproc.admin.api import check_admin_address
+    from extproc.admin.contract import TOKEN_ENV
+
+    check_admin_address(settings.server.admin_address, os.environ.get(TOKEN_ENV))
+    if settings.embedding_endpoint:
+        return [f"the endpoint's dimension is checked at start ({embedding_source(settings)})"]
+    dim = model_dimension(resolve_model_path(settings.embedding_model))
+    if dim is None:
+        return [f"the dimension of {settings.embedding_model} is checked when it loads at start"]
+    if settings.backend_type == "milvus":
+        check_dimension(settings, dim)
+    return []
 
 
 def embedding_source(settings: CacheSettings) -> str:

@@ -42,10 +42,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"{file}: OK (a Milvus client file, milvus.yaml)")
         lines = milvus_lines(milvus)
     else:
+        from extproc.app import check_startable
+
         settings = load_config(file)
+        at_start = check_startable(settings)  # what serve would refuse before listening
         print(f"{settings.source}: OK; effective settings (source: default, file, or env VAR):")
         lines = settings_lines(settings)
-        for note in settings.notes:
+        for note in (*settings.notes, *at_start):
             print(f"note: {note}")
     for line in lines:
         print(f"  {line}")
@@ -406,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `check-config | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     finally:
         shutdown_tracing()
 

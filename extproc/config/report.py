@@ -15,7 +15,7 @@ from extproc.config.settings import ENV_OVERRIDES, CacheSettings, ServerSettings
 from extproc.config.verification import VerificationSettings
 from extproc.errors import ConfigError
 
-_NOT_SETTINGS = {"server", "verification", "milvus_config", "source", "notes"}
+_NOT_SETTINGS = {"server", "verification", "milvus_config", "source", "notes", "policies"}
 """Fields that are no setting of the file (sections listed key by key, provenance, advice)."""
 
 
@@ -72,6 +72,12 @@ def settings_lines(settings: CacheSettings, env: Mapping[str, str] | None = None
         rows.append((key, show(key, getattr(settings.verification, f.name)), _source(key, raw, env)))
     width = max(len(k) + len(v) for k, v, _ in rows) + 4
     lines = [f"{k}: {v}".ljust(width) + f"({src})" for k, v, src in rows]
+    lines.append(f"policies: {len(settings.policies)}".ljust(width) + f"({_source('policies', raw, env)})")
+    for policy in settings.policies:  # in match order: the first that matches applies
+        described = policy.describe()
+        match = ", ".join(f"{k} {v}" for k, v in described["match"].items())
+        changes = ", ".join(f"{k} {show(k, v)}" for k, v in described["settings"].items())
+        lines.append(f"  {policy.name}: {match} -> {changes}")
     if settings.milvus_config is not None:
         lines.append(f"milvus ({settings.backend_config_path}):")
         lines += ["  " + line for line in milvus_lines(settings.milvus_config)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,11 +32,40 @@ def resolve_model_path(name: str) -> Path:
     path = Path(name).expanduser()
     if path.is_dir():
         return path
-    raise ValueError(
+    raise ConfigError(
         f"embedding_model {name!r} is neither {DEFAULT_EMBEDDING_MODEL!r} (the packaged default) "
         "nor an existing local model folder. Models are never downloaded at run time: "
         "give a path to a sentence-transformers model folder"
     )
+
+
+_POOLING_MODES = (
+    "pooling_mode_cls_token",
+    "pooling_mode_mean_tokens",
+    "pooling_mode_max_tokens",
+    "pooling_mode_mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens",
+    "pooling_mode_lasttoken",
+)
+
+
+def model_dimension(path: Path) -> int | None:
+    """The dimension a sentence-transformers model folder produces, read from its module configs
+    without loading weights (None when they do not say: known once the model loads)."""
+    try:
+        modules = json.loads((path / "modules.json").read_text(encoding="utf-8"))
+        dim: int | None = None
+        for module in modules:
+            kind, config = str(module.get("type", "")), path / str(module.get("path", "")) / "config.json"
+            if kind.endswith(".Pooling"):
+                pooling = json.loads(config.read_text(encoding="utf-8"))
+                modes = sum(bool(pooling.get(mode)) for mode in _POOLING_MODES)
+                dim = int(pooling["word_embedding_dimension"]) * max(1, modes)
+            elif kind.endswith(".Dense"):
+                dim = int(json.loads(config.read_text(encoding="utf-8"))["out_features"])
+        return dim
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 @dataclass(frozen=True)

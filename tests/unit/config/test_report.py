@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from types import SimpleNamespace
@@ -128,3 +129,76 @@ def test_notes_are_advice_not_a_setting(tmp_path: Path, caplog: pytest.LogCaptur
         watcher.apply(load_config(config, {}))
     changed = [r.getMessage() for r in caplog.records if "restart the processor" in r.getMessage()]
     assert changed == [f"{config} changed min_confidence: restart the processor to apply"]
+
+
+def test_policies_are_listed_one_line_each(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "semantic_cache:\n  policies:\n"
+        "    - {name: code, match: {model: 'codellama-*'}, ttl_seconds: 86400}\n"
+        "    - {match: {route: classify}, enabled: false}\n"
+    )
+    lines = settings_lines(load_config(config, {}), {})
+    at = lines.index(next(line for line in lines if line.startswith("policies: 2")))
+    assert lines[at + 1 : at + 3] == [
+        "  code: model codellama-* -> ttl_seconds 86400",
+        "  policy1: route classify -> enabled false",
+    ]
+    assert max(len(line) for line in lines) < 120  # no repr widening every line
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "env", "message"),
+    [
+        (
+            'semantic_cache:\n  backend_type: milvus\n  backend_config_path: "milvus.yaml"\n',
+            {},
+            "collection.vector_field.dimension is 768 but the embedding model all-MiniLM-L6-v2 produces 384",
+        ),
+        ('semantic_cache:\n  embedding_model: "/nonexistent/model"\n', {}, "neither 'all-MiniLM-L6-v2'"),
+        ("semantic_cache: {}\n", {"SEMANTIC_CACHE_ADMIN_ADDRESS": "0.0.0.0:9191"}, "without a token"),
+    ],
+)
+def test_check_config_refuses_what_the_start_refuses(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    yaml_text: str,
+    env: dict[str, str],
+    message: str,
+) -> None:
+    """Checked before a restart, a config must not pass here and then stop the processor."""
+    from extproc.cli.main import main
+
+    (tmp_path / "milvus.yaml").write_text("collection:\n  vector_field:\n    dimension: 768\n")
+    (tmp_path / "config.yaml").write_text(yaml_text)
+    monkeypatch.delenv("SEMANTIC_CACHE_ADMIN_TOKEN", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert main(["--log-level", "error", "check-config", str(tmp_path / "config.yaml")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_model_folder_tells_its_dimension(tmp_path: Path) -> None:
+    from extproc.embedding.base import model_dimension, resolve_model_path
+
+    assert model_dimension(resolve_model_path("all-MiniLM-L6-v2")) == 384
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "2_Dense").mkdir()
+    modules = [
+        {"path": "", "type": "sentence_transformers.models.Transformer"},
+        {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    (tmp_path / "modules.json").write_text(json.dumps(modules))
+    pooling = {
+        "word_embedding_dimension": 768,
+        "pooling_mode_mean_tokens": True,
+        "pooling_mode_max_tokens": True,
+    }
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    assert model_dimension(tmp_path) == 1536  # two pooling modes, concatenated
+    modules.append({"path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+    (tmp_path / "modules.json").write_text(json.dumps(modules))
+    (tmp_path / "2_Dense" / "config.json").write_text('{"in_features": 1536, "out_features": 256}')
+    assert model_dimension(tmp_path) == 256
+    assert model_dimension(tmp_path / "missing") is None
