@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +55,31 @@ _OUTPUT = [
 def _vector(value: Any) -> np.ndarray | None:
     """A stored vector from a search result (None when the server sent none back)."""
     return None if value is None else np.asarray(value, dtype=np.float32)
+
+
+def in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
+    """``fn()`` on a thread of its own that never holds the process's exit (a daemon)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():  # given up on (the backend closed)
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def run() -> None:
+        try:
+            result, error = fn(), None
+        except BaseException as exc:  # handed to the awaiting task
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="milvus-connect", daemon=True).start()
+    return future
 
 
 class MilvusBackend(MilvusBulkOps, MilvusEvidenceOps, MilvusMaintenance):
@@ -134,7 +160,9 @@ class MilvusBackend(MilvusBulkOps, MilvusEvidenceOps, MilvusMaintenance):
         s = self.settings
         while not self._closed.is_set():
             try:
-                info = await asyncio.get_running_loop().run_in_executor(self._executor, self._connect)
+                # Not on the executor: a connect waits up to connection.timeout (60 s) for a server
+                # that does not answer, and the interpreter joins executor threads at exit.
+                info = await in_daemon_thread(self._connect)
             except Exception as exc:  # connection, auth or schema problem: stay up as pass-through
                 reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
                 if isinstance(exc, SchemaProblem):
