@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from extproc.errors import OutcomeError
 from extproc.observability.metrics import Metrics
-from extproc.observability.record import bypass_reason
+from extproc.observability.record import bypass_reason, miss_reason
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,12 @@ def lookup_failure_reason(exc: BaseException) -> str:
 
 
 def reason_header(d: Decision) -> str | None:
-    """``x-semantic-cache-reason``: why a bypass, or which guard turned a candidate down (no text)."""
+    """``x-semantic-cache-reason``: why a bypass, why a miss looked nothing up, or which guard
+    turned a candidate down (no text)."""
     if d.outcome == "bypass":
         return bypass_reason(d.reason)
+    if miss_reason(d):  # looked nothing up: the client's no-cache, a time-sensitive prompt
+        return d.reason
     if d.outcome == "miss" and d.rejected_by:
         guards = ", ".join(dict.fromkeys(d.rejected_by))
         return f"rejected: {guards} {d.rejected_similarity:.4f}"

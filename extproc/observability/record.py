@@ -21,7 +21,6 @@ BYPASS_REASONS: dict[str, str] = {
     "empty_prompt": "the last user message is empty after normalization",
     "unsupported_prompt": "/v1/completions with a prompt of token ids or several prompts",
     "stateful": "/v1/responses that keeps state (store, previous_response_id, conversation, background)",
-    "volatile": "a time-sensitive prompt (today, latest, current price…) with volatile_ttl_seconds unset",
     "backend_unavailable": "the backend is not connected, its breaker is open or its schema is wrong",
     "backend_error": "a backend call failed",
     "lookup_timeout": "the lookup took longer than lookup_timeout_ms",
@@ -42,6 +41,10 @@ def hit_ratio(hits: float, misses: float) -> float | None:
     """
     looked_up = hits + misses
     return round(hits / looked_up, 4) if looked_up else None
+
+
+MISS_REASONS = ("no_cache", "volatile")
+"""Why a miss looked nothing up: the client's ``no-cache``, a time-sensitive prompt."""
 
 
 def bypass_reason(reason: str) -> str:
@@ -94,3 +97,8 @@ class BackendLike(Protocol):
     def status(self) -> tuple[str, str]:
         """(state, detail): ``ready`` or why the backend bypasses."""
         ...
+
+
+def miss_reason(d: DecisionRecord) -> str:
+    """A miss's reason when it looked nothing up (one of MISS_REASONS), else ""."""
+    return d.reason if d.outcome == "miss" and d.reason in MISS_REASONS else ""

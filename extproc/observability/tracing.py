@@ -39,7 +39,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 
 from extproc.errors import ConfigError
-from extproc.observability.record import DecisionRecord, bypass_reason
+from extproc.observability.record import DecisionRecord, bypass_reason, miss_reason
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def span_attributes(d: DecisionRecord, backend: str, threshold: float) -> dict[s
     optional: dict[str, Any] = {
         "semantic_cache.match": d.match,
         "semantic_cache.model": d.model[:256],
-        "semantic_cache.bypass_reason": bypass_reason(d.reason) if d.outcome == "bypass" else "",
+        "semantic_cache.bypass_reason": bypass_reason(d.reason) if d.outcome == "bypass" else miss_reason(d),
         "semantic_cache.store": d.store,
         "semantic_cache.partition": d.partition,
         "semantic_cache.rejected_by": ",".join(d.rejected_by),

@@ -59,3 +59,17 @@ def test_reason_header() -> None:
     assert reason_header(guarded) == "rejected: opposites, numbers 0.9313"
     assert reason_header(Decision(outcome="miss")) is None
     assert reason_header(Decision(outcome="hit", match="exact")) is None
+
+
+def test_a_miss_that_looked_nothing_up_says_why() -> None:
+    from extproc.observability.tracing import span_attributes
+
+    for reason in ("no_cache", "volatile"):
+        d = Decision(outcome="miss", reason=reason)
+        assert reason_header(d) == reason
+        assert span_attributes(d, "memory", 0.8)["semantic_cache.bypass_reason"] == reason
+        assert reason not in BYPASS_REASONS  # never a bypass
+    plain = Decision(outcome="miss")
+    assert reason_header(plain) is None and "semantic_cache.bypass_reason" not in span_attributes(
+        plain, "m", 0.8
+    )
