@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -102,15 +103,19 @@ class ConfigWatcher:
         current = self.shared.settings
         set_enabled(self.shared, fresh.enabled, str(self.path))
         if (fresh.revision, fresh.revision_header) != (current.revision, current.revision_header):
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             self.shared.settings = replace(
                 self.shared.settings, revision=fresh.revision, revision_header=fresh.revision_header
             )
             log.warning(
-                "model revision is now %r (header %r) from %s: answers of other revisions are no longer "
-                "served; remove them with: semantic-cache admin invalidate --model NAME --apply",
+                "model revision is now %r (header %r) from %s at %s: answers of other revisions are "
+                "no longer served; remove those stored before now with: semantic-cache admin invalidate "
+                "--model NAME --older-than <seconds since %s> --apply",
                 fresh.revision,
                 fresh.revision_header,
                 self.path,
+                now,
+                now,
             )
         skip = {*LIVE_KEYS, "source", "milvus_config", "notes"}  # notes: advice, no setting
         pending = [
