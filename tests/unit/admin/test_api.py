@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -209,6 +210,7 @@ async def test_invalidate_checks_nearest_options_and_needs_a_prompt_for_them(
 
 async def test_a_client_leaving_mid_export_is_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
     """An operator's ^C during a big export: the handler notes it, no traceback, the API serves on."""
+    caplog.set_level(logging.WARNING)  # whatever level an earlier test's CLI run left on the root
     cache = make_cache(max_entries=5000)
     big = "x" * 4000
     for i in range(2000):
