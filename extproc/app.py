@@ -41,7 +41,7 @@ def make_backend(settings: CacheSettings, dim: int) -> CacheBackend:
     from extproc.cache.backends.milvus import MilvusBackend
 
     check_dimension(settings, dim)
-    return MilvusBackend(settings.milvus(), dim, settings.max_entries)
+    return MilvusBackend(settings.milvus(), dim, settings.max_entries, embedding=settings.embedding_identity)
 
 
 def check_dimension(settings: CacheSettings, dim: int) -> None:

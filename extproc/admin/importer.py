@@ -103,11 +103,20 @@ async def read_lines(chunks: AsyncIterator[bytes], report: ImportReport) -> Asyn
 class Importer:
     """Imports one request body into a backend."""
 
-    def __init__(self, backend: BulkBackend, embedder: Embedder, reembed: bool, ttl_seconds: int = 0) -> None:
+    def __init__(
+        self,
+        backend: BulkBackend,
+        embedder: Embedder,
+        reembed: bool,
+        ttl_seconds: int = 0,
+        embedding: str = "",
+    ) -> None:
         self.backend = backend
         self.embedder = embedder
         self.reembed = reembed
         self.ttl_seconds = ttl_seconds
+        self.embedding = embedding
+        """The embedding model of this cache (lines of another are refused without reembed)."""
         self.report = ImportReport()
 
     async def run(self, chunks: AsyncIterator[bytes]) -> ImportReport:
@@ -130,13 +139,13 @@ class Importer:
 
     async def _write(self, batch: list[tuple[int, bytes]]) -> None:
         now = time.time()
-        dim, reembed, ttl = self.backend.dim, self.reembed, self.ttl_seconds
+        dim, reembed, ttl, embedding = self.backend.dim, self.reembed, self.ttl_seconds, self.embedding
 
         def parse() -> list[tuple[int, CacheEntry | str]]:
             out: list[tuple[int, CacheEntry | str]] = []
             for number, line in batch:
                 try:
-                    out.append((number, line_to_entry(line, dim, now, reembed, ttl)))
+                    out.append((number, line_to_entry(line, dim, now, reembed, ttl, embedding)))
                 except LineError as exc:
                     out.append((number, str(exc)))
             return out

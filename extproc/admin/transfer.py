@@ -38,6 +38,7 @@ _FIELDS = frozenset(
         "created_at",
         "expires_at",
         "vector",
+        "embedding",
     }
 )
 _UNIT_TOLERANCE = 1e-2
@@ -53,9 +54,10 @@ class LineError(ValueError):
     """A line that cannot be imported; the message is the reason reported to the operator."""
 
 
-def entry_to_line(entry: CacheEntry) -> str:
-    """One export line (no trailing newline) for ``entry``."""
-    fields = {
+def entry_to_line(entry: CacheEntry, embedding: str = "") -> str:
+    """One export line (no trailing newline) for ``entry``, whose vector came from the embedding
+    model ``embedding`` (named in the line when given)."""
+    fields: dict[str, Any] = {
         "v": FORMAT_VERSION,
         "model": entry.model,
         "scope": entry.scope,
@@ -67,6 +69,8 @@ def entry_to_line(entry: CacheEntry) -> str:
         "created_at": round(entry.created_at, 3),
         "expires_at": round(entry.expires_at, 3),
     }
+    if embedding:
+        fields["embedding"] = embedding
     head = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
     try:
         head.encode("utf-8")
@@ -134,9 +138,12 @@ def _vector(value: Any, dim: int) -> np.ndarray:
 
 
 def line_to_entry(
-    text: str | bytes, dim: int, now: float, reembed: bool = False, ttl_seconds: int = 0
+    text: str | bytes, dim: int, now: float, reembed: bool = False, ttl_seconds: int = 0, embedding: str = ""
 ) -> CacheEntry:
     """Parse and check one line; raise :class:`LineError` with the reason.
+
+    ``embedding``: the model this cache embeds with; a line whose vector another model made
+    (its ``embedding`` field, when it has one) is refused unless ``reembed``.
 
     With ``reembed`` the line's vector is ignored (the caller embeds the prompt) and the entry
     comes back with an empty vector.  With ``ttl_seconds`` > 0 (the cache's TTL) the entry
@@ -153,6 +160,12 @@ def line_to_entry(
         raise LineError(f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(_FIELDS))}")
     if data.get("v", FORMAT_VERSION) != FORMAT_VERSION:
         raise LineError(f"format version {data.get('v')!r} is not supported; this server reads 1")
+    source = data.get("embedding", embedding)
+    if not reembed and embedding and source != embedding:
+        raise LineError(
+            f"the vector comes from the embedding model {source!r}, this cache embeds with "
+            f"{embedding!r}: import with --reembed to embed the prompts again"
+        )
     model = _text(data, "model")
     scope = _text(data, "scope")
     fingerprint = _text(data, "fingerprint")

@@ -47,9 +47,12 @@ def export_handler(shared: Shared) -> Handler:
         await response.prepare(request)
         written = 0
         started = time.monotonic()
+        embedding = shared.settings.embedding_identity
         try:
             async for batch in backend.entries(selector, now):
-                text = await asyncio.to_thread(lambda b=batch: "".join(entry_to_line(e) + "\n" for e in b))
+                text = await asyncio.to_thread(
+                    lambda b=batch: "".join(entry_to_line(e, embedding) + "\n" for e in b)
+                )
                 await response.write(text.encode("utf-8"))
                 written += len(batch)
         except BackendUnavailable as exc:
@@ -81,7 +84,8 @@ def import_handler(shared: Shared) -> Handler:
             message = f"the {backend.name} backend cannot take an import ({state}: {detail})"
             return web.json_response({"error": message}, status=503)
         cache = shared.cache
-        importer = Importer(backend, cache.embedder, reembed in _YES, cache.ttl_seconds)
+        embedding = shared.settings.embedding_identity
+        importer = Importer(backend, cache.embedder, reembed in _YES, cache.ttl_seconds, embedding)
         report = await importer.run(request.content.iter_any())
         log.info(
             "admin API: import of %d lines: %d imported, %d rejected%s",

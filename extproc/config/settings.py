@@ -160,6 +160,18 @@ class CacheSettings:
     notes: tuple[str, ...] = ()
     """Advice about the file (keys whose meaning changed), printed by check-config and logged."""
 
+    @property
+    def embedding_identity(self) -> str:
+        """The embedding model as stored vectors record it: its name (a served model's, or a
+        local folder's), never where it is reached, so moving it or renaming a host changes
+        nothing ("BAAI/bge-small-en-v1.5" served and a local "bge-small-en-v1.5" are one)."""
+        name = self.embedding_model
+        if self.embedding_endpoint and self.embedding_endpoint_model:
+            name = self.embedding_endpoint_model
+        if name == "bert":  # the packaged default's old alias
+            return DEFAULT_EMBEDDING_MODEL
+        return name.rstrip("/").rsplit("/", 1)[-1] or name
+
     def milvus(self) -> MilvusSettings:
         """The validated Milvus client settings from ``backend_config_path``."""
         if self.milvus_config is not None:

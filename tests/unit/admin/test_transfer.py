@@ -131,6 +131,18 @@ def test_reembed_accepts_any_vector() -> None:
         line_to_entry(line, DIM, time.time())
 
 
+def test_a_line_names_the_model_its_vector_came_from() -> None:
+    """Another model of the same dimension: the vector fits, and means nothing here."""
+    line = entry_to_line(entry(), "bge-small-en-v1.5")
+    assert json.loads(line)["embedding"] == "bge-small-en-v1.5"
+    assert line_to_entry(line, DIM, time.time(), embedding="bge-small-en-v1.5").vector.size == DIM
+    with pytest.raises(LineError, match=r"from the embedding model 'bge-small-en-v1\.5'.*--reembed"):
+        line_to_entry(line, DIM, time.time(), embedding="all-MiniLM-L6-v2")
+    assert line_to_entry(line, DIM, time.time(), reembed=True, embedding="all-MiniLM-L6-v2").vector.size == 0
+    unnamed = entry_to_line(entry())  # an export of an earlier version: taken as this model's
+    assert line_to_entry(unnamed, DIM, time.time(), embedding="all-MiniLM-L6-v2").vector.size == DIM
+
+
 def test_import_never_outlives_the_caches_ttl() -> None:
     now = time.time()
     forever = entry_to_line(entry(expires_at=0.0))  # the issue's planted "expires_at: 0"

@@ -245,3 +245,24 @@ def test_the_shipped_config_file_names_every_key() -> None:
     named = set(re.findall(r"^\s*#?\s*([a-z_]+):", text, re.M))
     wanted = (set(_CACHE_KEYS) | set(_SERVER_KEYS) | set(VERIFICATION_KEYS)) - {"policies"}
     assert wanted <= named, sorted(wanted - named)
+
+
+@pytest.mark.parametrize(
+    ("settings", "identity"),
+    [
+        ({}, "all-MiniLM-L6-v2"),
+        ({"embedding_model": "sentence-transformers/all-MiniLM-L6-v2"}, "all-MiniLM-L6-v2"),
+        ({"embedding_model": "bert"}, "all-MiniLM-L6-v2"),
+        ({"embedding_model": "/models/bge-small-en-v1.5/"}, "bge-small-en-v1.5"),
+        (
+            {
+                "embedding_endpoint": "http://embed:8000/v1/embeddings",
+                "embedding_endpoint_model": "BAAI/bge-small-en-v1.5",
+            },
+            "bge-small-en-v1.5",
+        ),
+    ],
+)
+def test_the_embedding_model_is_named_not_located(settings: dict[str, str], identity: str) -> None:
+    """What a collection and an export record: moving a folder or renaming a host changes nothing."""
+    assert parse_config({"semantic_cache": settings}).embedding_identity == identity

@@ -88,10 +88,17 @@ class MilvusBackend(MilvusBulkOps, MilvusEvidenceOps, MilvusMaintenance):
     name = "milvus"
 
     def __init__(
-        self, settings: MilvusSettings, dim: int, max_entries: int, call_timeout: float | None = None
+        self,
+        settings: MilvusSettings,
+        dim: int,
+        max_entries: int,
+        call_timeout: float | None = None,
+        embedding: str = "",
     ) -> None:
         self.settings = settings
         self.dim = dim
+        self.embedding = embedding
+        """The embedding model's identity: recorded in a collection created here, checked in one found."""
         self.max_entries = max_entries
         self.call_timeout = call_timeout or settings.search_timeout_ms / 1000
         self.breaker = CircuitBreaker()
@@ -197,10 +204,10 @@ class MilvusBackend(MilvusBulkOps, MilvusEvidenceOps, MilvusMaintenance):
                         f"collection {s.collection!r} does not exist and development.auto_create_collection "
                         "is false; create it with: semantic-cache create-collection --config FILE",
                     )
-                create_collection(client, s, self.dim)
+                create_collection(client, s, self.dim, self.embedding)
                 created = True
             description = client.describe_collection(s.collection)
-            problems = check_schema(description, s, self.dim)
+            problems = check_schema(description, s, self.dim, self.embedding)
             if problems:
                 raise SchemaProblem(
                     "schema_mismatch",

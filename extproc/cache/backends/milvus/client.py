@@ -118,9 +118,10 @@ def tls_kwargs(files: TlsFiles) -> dict[str, Any]:
     return {"secure": True, "server_pem_path": files.ca or ""}
 
 
-def create_collection(client: Any, settings: MilvusSettings, dim: int) -> None:
-    """Create the collection with its one vector index (never drops an existing one)."""
-    schema, index = build_schema(client, settings, dim)
+def create_collection(client: Any, settings: MilvusSettings, dim: int, embedding: str = "") -> None:
+    """Create the collection with its one vector index (never drops an existing one); its vector
+    field records the embedding model ``embedding``."""
+    schema, index = build_schema(client, settings, dim, embedding)
     client.create_collection(
         settings.collection,
         schema=schema,

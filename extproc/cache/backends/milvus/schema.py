@@ -21,8 +21,12 @@ REQUIRED_FIELDS: dict[str, tuple[str, int | None]] = {
 }
 
 
-def build_schema(client: Any, s: MilvusSettings, dim: int) -> tuple[Any, Any]:
-    """(schema, index params) for a new collection."""
+EMBEDDING_MARK = "embedding model: "
+"""How the vector field's description names the model its vectors came from."""
+
+
+def build_schema(client: Any, s: MilvusSettings, dim: int, embedding: str = "") -> tuple[Any, Any]:
+    """(schema, index params) for a new collection; its vector field names ``embedding``."""
     from pymilvus import DataType, MilvusClient
 
     schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False, description=s.description)
@@ -37,7 +41,8 @@ def build_schema(client: Any, s: MilvusSettings, dim: int) -> tuple[Any, Any]:
             is_partition_key=name == "partition_key",
             **kwargs,
         )
-    schema.add_field(s.vector_field, DataType.FLOAT_VECTOR, dim=dim)
+    described = {"description": (EMBEDDING_MARK + embedding)[:512]} if embedding else {}
+    schema.add_field(s.vector_field, DataType.FLOAT_VECTOR, dim=dim, **described)
     index = client.prepare_index_params()
     index.add_index(
         field_name=s.vector_field,
@@ -48,8 +53,12 @@ def build_schema(client: Any, s: MilvusSettings, dim: int) -> tuple[Any, Any]:
     return schema, index
 
 
-def check_schema(description: dict[str, Any], s: MilvusSettings, dim: int) -> list[str]:
-    """Problems that make an existing collection unusable (empty when it fits)."""
+def check_schema(description: dict[str, Any], s: MilvusSettings, dim: int, embedding: str = "") -> list[str]:
+    """Problems that make an existing collection unusable (empty when it fits).
+
+    ``embedding``: the model this process embeds with; a collection whose vector field names
+    another holds vectors of another space (same dimension or not): a search there compares
+    unrelated vectors. A collection that names none (made before it was recorded) is taken."""
     fields = {f["name"]: f for f in description.get("fields", [])}
     problems: list[str] = []
     for name, (kind, _) in REQUIRED_FIELDS.items():
@@ -72,6 +81,13 @@ def check_schema(description: dict[str, Any], s: MilvusSettings, dim: int) -> li
         if have != dim:
             problems.append(
                 f"vector field {s.vector_field} has dimension {have}, the embedding model produces {dim}"
+            )
+        recorded = str(vector.get("description") or "")
+        if embedding and recorded.startswith(EMBEDDING_MARK) and recorded[len(EMBEDDING_MARK) :] != embedding:
+            problems.append(
+                f"its vectors come from the embedding model {recorded[len(EMBEDDING_MARK) :]!r}, this "
+                f"process embeds with {embedding!r} (to keep the answers: admin export, then admin import "
+                "--reembed into the new collection)"
             )
     return problems
 
