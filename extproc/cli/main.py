@@ -228,7 +228,7 @@ def cmd_train_verifier(args: argparse.Namespace) -> int:
         Path(args.cache_dir) if args.cache_dir else None,
         Path(args.split_dir) if args.split_dir else None,
         source=Path(args.pairs).name,
-        embedding_model=settings.embedding_model,
+        embedding_model=settings.embedding_identity,
         with_embeddings=not args.text_only,
         extra=extra,
         extra_weight=args.extra_weight,

@@ -59,6 +59,13 @@ ignores a request past its ``max_message_timeout`` (65 s in the shipped Envoy co
 IGNORED_ROUTER_KEYS = frozenset({"use_hnsw", "hnsw_m", "hnsw_ef_construction", "max_memory_entries"})
 
 
+def model_name(name: str) -> str:
+    """An embedding model's name without where it is: the last part of a path or a hub id."""
+    if name == "bert":  # the packaged default's old alias
+        return DEFAULT_EMBEDDING_MODEL
+    return name.rstrip("/").rsplit("/", 1)[-1] or name
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """Where and how the gRPC processor listens."""
@@ -168,9 +175,7 @@ class CacheSettings:
         name = self.embedding_model
         if self.embedding_endpoint and self.embedding_endpoint_model:
             name = self.embedding_endpoint_model
-        if name == "bert":  # the packaged default's old alias
-            return DEFAULT_EMBEDDING_MODEL
-        return name.rstrip("/").rsplit("/", 1)[-1] or name
+        return model_name(name)
 
     def milvus(self) -> MilvusSettings:
         """The validated Milvus client settings from ``backend_config_path``."""

@@ -19,6 +19,7 @@ from extproc.cache.guards.direction import DirectionGuard
 from extproc.cache.guards.learned import BUILTIN, ConfidenceScorer, load_model
 from extproc.cache.guards.rules import NegationGuard, NumbersGuard, OppositesGuard, UnitsGuard
 from extproc.cache.guards.verifier import CrossEncoderVerifier, load_verifier_factory
+from extproc.config.settings import model_name
 from extproc.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -101,29 +102,32 @@ def build_scorer(settings: CacheSettings, embedder: Embedder, guards: list[Guard
     if words is None and embedder.has_words:
         words = WordVectorCache(embedder)
     model = load_model(settings.verifier_model, settings.source)
-    other = model.embedding_dim != embedder.dim or model.embedding_model != settings.embedding_model
+    # The model that makes the vectors, wherever it runs (a remote endpoint serves its own).
+    serving = settings.embedding_identity
+    same_model = model_name(model.embedding_model) == serving
+    other = model.embedding_dim != embedder.dim or not same_model
     if settings.verifier_model == BUILTIN and model.embedding_dim and other:
         # its embedding weights mean nothing for another model's vectors: the text features alone
         log.info(
             "verifier: the built-in model reads %s embeddings, the cache uses %s: using the built-in "
             "model of the text features alone (train one on your pairs with semantic-cache train-verifier)",
             model.embedding_model,
-            settings.embedding_model,
+            serving,
         )
         model = load_model(BUILTIN, text_only=True)
     if model.embedding_dim and model.embedding_dim != embedder.dim:
         raise ConfigError(
             f"semantic_cache.verifier_model {settings.verifier_model!r} reads {model.embedding_dim}-d "
-            f"embeddings ({model.embedding_model or 'unknown model'}); {settings.embedding_model} gives "
+            f"embeddings ({model.embedding_model or 'unknown model'}); {serving} gives "
             f"{embedder.dim}: retrain it with semantic-cache train-verifier, or point verifier_model at a "
             "model trained on this one"
         )
-    if model.embedding_dim and model.embedding_model and model.embedding_model != settings.embedding_model:
+    if model.embedding_dim and model.embedding_model and not same_model:
         log.warning(
             "verifier_model %r was trained on %s embeddings, the cache uses %s: its confidence is only "
             "right if they are the same model",
             settings.verifier_model,
             model.embedding_model,
-            settings.embedding_model,
+            serving,
         )
     return ConfidenceScorer(model, words, embedder.embed)

@@ -528,6 +528,22 @@ def test_the_builtin_verifier_falls_back_to_its_text_model_for_another_embedding
     embedder.close()
 
 
+def test_the_builtin_verifier_knows_the_model_a_remote_endpoint_serves() -> None:
+    """embedding_model stays at its default with an endpoint: the vectors are the served
+    model's (bge here, 384-d as MiniLM), and MiniLM's embedding weights mean nothing for them."""
+    from extproc.cache.guards import build_scorer
+
+    embedder = Embedder(lambda texts: np.ones((len(texts), 384), np.float32) / 384**0.5, 384)
+    endpoint = {"embedding_endpoint": "http://embed:8000/v1/embeddings"}
+    bge = CacheSettings(**endpoint, embedding_endpoint_model="BAAI/bge-small-en-v1.5")
+    scorer = build_scorer(bge, embedder, [])
+    assert scorer is not None and scorer.model.embedding_dim == 0  # the text features alone
+    minilm = CacheSettings(**endpoint, embedding_endpoint_model="sentence-transformers/all-MiniLM-L6-v2")
+    scorer = build_scorer(minilm, embedder, [])
+    assert scorer is not None and scorer.model.embedding_dim == 384  # the same model, served
+    embedder.close()
+
+
 @pytest.mark.parametrize(
     ("yaml_text", "expected"),
     [
