@@ -106,8 +106,14 @@ async def make_cache(settings: CacheSettings, model: tuple[EncodeFn, int] | None
         workers = settings.embedding_workers or REMOTE_WORKERS
     if model is None:
         started = time.perf_counter()
+        # torch, if ONNX cannot be used, runs one pass at a time: on every core unless told.
+        fallback_threads = settings.embedding_threads or usable_cores()
         model = await asyncio.to_thread(
-            load_sentence_model, settings.embedding_model, threads, settings.embedding_backend
+            load_sentence_model,
+            settings.embedding_model,
+            threads,
+            settings.embedding_backend,
+            fallback_threads,
         )
         log.info("model ready in %.2fs", time.perf_counter() - started)
     encode, dim = model

@@ -14,12 +14,16 @@ from extproc.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def load_sentence_model(name: str, threads: int = 0, backend: str = "auto") -> tuple[EncodeFn, int]:
+def load_sentence_model(
+    name: str, threads: int = 0, backend: str = "auto", fallback_threads: int = 0
+) -> tuple[EncodeFn, int]:
     """Load a sentence-transformers model offline; return (encode function, dimension).
 
     ``backend`` is ``onnx`` (ONNX Runtime, exported once from the local model folder), ``torch``,
     or ``auto`` (ONNX when it can be used: a single query encodes about twice as fast on CPU;
-    see bench/README.md).  When ONNX cannot be used the model runs on torch, with a log line why.
+    see bench/README.md).  When ONNX cannot be used the model runs on torch, with a log line why,
+    on ``fallback_threads`` threads when given (``threads`` was planned for ONNX's passes side by
+    side; torch runs one pass at a time).
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -39,6 +43,7 @@ def load_sentence_model(name: str, threads: int = 0, backend: str = "auto") -> t
                     f"not installed to run the model instead. {INSTALL_HINT}"
                 ) from exc
             log.warning("ONNX embedding backend unavailable (%s); falling back to torch", exc)
+            threads = fallback_threads or threads
         else:
             encode.warm()
             log.info(

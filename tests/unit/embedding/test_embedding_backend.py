@@ -74,8 +74,12 @@ def test_falls_back_to_torch_when_onnx_cannot_be_used(
     blocker.write_text("")
     monkeypatch.setattr(embedding_onnx, "cache_roots", lambda: [blocker / "cache"])
     with caplog.at_level(logging.WARNING, logger="extproc.embedding"):
-        encode, dim = load_sentence_model("all-MiniLM-L6-v2", backend="auto")
+        # threads 1 was planned for ONNX passes side by side; torch runs one pass at a time
+        encode, dim = load_sentence_model("all-MiniLM-L6-v2", 1, "auto", fallback_threads=2)
     assert not isinstance(encode, embedding_onnx.OnnxEncoder)
+    import torch
+
+    assert torch.get_num_threads() == 2
     assert dim == 384 and encode(["hello"]).shape == (1, 384)
     assert any("falling back to torch" in r.getMessage() for r in caplog.records)
 
