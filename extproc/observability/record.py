@@ -19,6 +19,8 @@ BYPASS_REASONS: dict[str, str] = {
     "model_too_long": "model is longer than the partition key allows",
     "no_user_message": "no user message to look up",
     "empty_prompt": "the last user message is empty after normalization",
+    "unsupported_value": "stream / stream_options that servers read differently (stream: 1, stream_options "
+    "without include_usage or without stream: true, continuous_usage_stats)",
     "unsupported_prompt": "/v1/completions with a prompt of token ids or several prompts",
     "stateful": "/v1/responses that keeps state (store, previous_response_id, conversation, background)",
     "backend_unavailable": "the backend is not connected, its breaker is open or its schema is wrong",

@@ -135,8 +135,14 @@ def validate_choices(
 
 
 def validate_completion(completion: Any, choices_expected: int = 1) -> dict[str, Any]:
-    """Check that a parsed ``chat.completion`` is complete and safe to serve again."""
-    return validate_choices(completion, choices_expected, lambda c: isinstance(c.get("message"), dict))
+    """Check that a parsed ``chat.completion`` is complete and safe to serve again.
+
+    An audio answer names audio the server keeps for an hour (``audio.id``, ``expires_at``):
+    served later, it points at audio that is gone."""
+    validate_choices(completion, choices_expected, lambda c: isinstance(c.get("message"), dict))
+    if any(c["message"].get("audio") is not None for c in completion["choices"]):
+        raise NotStorable("audio")
+    return completion
 
 
 def parse_json_completion(body: bytes, choices_expected: int = 1) -> dict[str, Any]:

@@ -25,6 +25,8 @@ from extproc.protocol.openai import (
     load_request,
     normalize_text,
     quotes_prompt,
+    raw_prompt_identity,
+    streaming,
 )
 from extproc.protocol.replay import (
     content_with_logprobs,
@@ -50,21 +52,25 @@ def parse_completions_request(
     text = normalize_text(prompt)
     if not text:
         raise NotCacheable("empty_prompt")
+    stream, include_usage = streaming(data)
+    quoted = quotes_prompt(data)
     ignored = set(ignore_fields)
     identity = {k: v for k, v in data.items() if k not in ignored and k not in ("model", "prompt")}
+    raw = raw_prompt_identity(prompt, text, quoted)
+    if raw:  # the answer goes on from the prompt's last character (or quotes it whole)
+        identity["$raw_prompt"] = raw
     try:
         canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     except (ValueError, RecursionError) as exc:
         raise NotCacheable("bad_json") from exc
-    options = data.get("stream_options")
     return ChatRequest(
         model=model,
         prompt=text,
         fingerprint=_hash("completions", canonical),
-        stream=data.get("stream") is True,
-        include_usage=isinstance(options, dict) and options.get("include_usage") is True,
+        stream=stream,
+        include_usage=include_usage,
         n=data["n"] if isinstance(data.get("n"), int) and data["n"] > 0 else 1,
-        quotes_prompt=quotes_prompt(data),
+        quotes_prompt=quoted,
     )
 
 

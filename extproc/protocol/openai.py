@@ -135,8 +135,12 @@ def parse_chat_request(
     if not prompt:
         raise NotCacheable("empty_prompt")
 
+    stream, include_usage = streaming(data)
+    quoted = quotes_prompt(data)
     ignored = set(ignore_fields)
     identity = {k: v for k, v in data.items() if k not in ignored and k != "model"}
+    if quoted and (raw := raw_prompt_identity(text, prompt, quoted)):
+        identity["$raw_prompt"] = raw  # the answer quotes the text as sent
     msgs = list(messages)
     placeholder = {k: v for k, v in messages[last_user].items() if k != "content"}
     placeholder["content"] = {"$last_user_text": True, "rest": rest}
@@ -146,16 +150,15 @@ def parse_chat_request(
         canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     except (ValueError, RecursionError) as exc:  # e.g. lone surrogates, absurd nesting
         raise NotCacheable("bad_json") from exc
-    stream_options = data.get("stream_options")
     earlier = [m.get("content") for m in messages[:last_user] if m.get("role") == "user"]
     return ChatRequest(
         model=model,
         prompt=prompt,
         fingerprint=_hash(canonical),
-        stream=data.get("stream") is True,
-        include_usage=isinstance(stream_options, dict) and stream_options.get("include_usage") is True,
+        stream=stream,
+        include_usage=include_usage,
         n=data["n"] if isinstance(data.get("n"), int) and data["n"] > 0 else 1,
-        quotes_prompt=quotes_prompt(data),
+        quotes_prompt=quoted,
         earlier=tuple(_text_of(content) for content in earlier[-EARLIER_TURNS:]),
     )
 
@@ -170,9 +173,47 @@ def _text_of(content: Any) -> str:
 
 def quotes_prompt(data: dict[str, Any]) -> bool:
     """True when a request's answer repeats its prompt: ``echo`` (vLLM's chat and the legacy
-    completions) or ``prompt_logprobs`` (vLLM: the prompt's tokens with their log-probabilities)."""
-    logprobs = data.get("prompt_logprobs")
-    return data.get("echo") is True or (logprobs is not None and logprobs is not False)  # 0 asks too
+    completions), ``prompt_logprobs`` (the prompt's tokens with their log-probabilities) or
+    ``return_token_ids`` (vLLM: the prompt's token ids). Anything but absent, null or false
+    asks: servers read ``1`` and ``"yes"`` as true (0 asks ``prompt_logprobs`` too)."""
+    values = (data.get(k) for k in ("echo", "prompt_logprobs", "return_token_ids"))
+    return any(v is not None and v is not False for v in values)  # `0 == False`: compare identity
+
+
+def streaming(data: dict[str, Any]) -> tuple[bool, bool]:
+    """(stream, include_usage) of a request, or :class:`NotCacheable` (``unsupported_value``) when
+    servers read them differently: ``stream: 1`` streams on vLLM (lax booleans), a
+    ``stream_options`` without ``stream: true`` is a 400, one without ``include_usage`` sends usage
+    on vLLM and none on OpenAI, and ``continuous_usage_stats`` (usage in every chunk) is not
+    replayed."""
+    stream, options = data.get("stream"), data.get("stream_options")
+    if stream is not None and not isinstance(stream, bool):
+        raise NotCacheable("unsupported_value")
+    if options is None:
+        return stream is True, False
+    if stream is not True or not isinstance(options, dict):
+        raise NotCacheable("unsupported_value")
+    usage = options.get("include_usage")
+    if not isinstance(usage, bool) or options.get("continuous_usage_stats") not in (None, False):
+        raise NotCacheable("unsupported_value")
+    return True, usage
+
+
+def raw_prompt_identity(raw: str, prompt: str, quoted: bool) -> dict[str, Any] | None:
+    """What normalizing took from a prompt that its answer still reads, for the fingerprint:
+    the whole raw text when the answer quotes it (``echo``), else the whitespace at its ends and
+    whether it had CR line ends or another Unicode form (a continuation, /v1/completions, goes on
+    from the last character). None when normalizing changed nothing."""
+    if raw == prompt:
+        return None
+    if quoted:
+        return {"raw": _hash(raw)}
+    return {
+        "lead": raw[: len(raw) - len(raw.lstrip())],
+        "trail": raw[len(raw.rstrip()) :],
+        "cr": "\r" in raw,
+        "nfc": unicodedata.normalize("NFC", raw) != raw,
+    }
 
 
 def exact_key(model: str, scope: str, fingerprint: str, prompt: str) -> str:

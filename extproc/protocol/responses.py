@@ -65,7 +65,10 @@ def parse_responses_request(
         canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     except (ValueError, RecursionError) as exc:
         raise NotCacheable("bad_json") from exc
-    return ChatRequest(model, prompt, _hash("responses", canonical), data.get("stream") is True, False)
+    stream = data.get("stream")
+    if stream is not None and not isinstance(stream, bool):  # vLLM streams on 1 or "true"
+        raise NotCacheable("unsupported_value")
+    return ChatRequest(model, prompt, _hash("responses", canonical), stream is True, False)
 
 
 def _as_chat_content(content: Any) -> Any:
@@ -132,7 +135,11 @@ def render_response(stored: dict[str, Any]) -> bytes:
 
 
 def _fresh(stored: dict[str, Any]) -> dict[str, Any]:
-    return dict(stored, id="resp_" + secrets.token_hex(24), created_at=int(time.time()))
+    now = int(time.time())
+    fresh = dict(stored, id="resp_" + secrets.token_hex(24), created_at=now)
+    if stored.get("completed_at") is not None:  # never completed before it was created
+        fresh["completed_at"] = now
+    return fresh
 
 
 def render_response_sse(stored: dict[str, Any], include_usage: bool = False, piece_chars: int = 64) -> bytes:
@@ -140,6 +147,8 @@ def render_response_sse(stored: dict[str, Any], include_usage: bool = False, pie
     final = _fresh(stored)
     events: list[dict[str, Any]] = []
     started = dict(final, status="in_progress", output=[], usage=None)
+    if "completed_at" in started:
+        started["completed_at"] = None
     events += [
         {"type": "response.created", "response": started},
         {"type": "response.in_progress", "response": started},
@@ -180,11 +189,10 @@ def _item_events(index: int, item: dict[str, Any], piece_chars: int) -> list[dic
         empty = dict(part, text="") if part.get("type") == "output_text" else part
         events.append({"type": "response.content_part.added", **at, "part": empty})
         for start in range(0, len(text), piece_chars):
-            events.append(
-                {"type": "response.output_text.delta", **at, "delta": text[start : start + piece_chars]}
-            )
+            delta = text[start : start + piece_chars]
+            events.append({"type": "response.output_text.delta", **at, "delta": delta, "logprobs": []})
         if part.get("type") == "output_text":
-            events.append({"type": "response.output_text.done", **at, "text": text})
+            events.append({"type": "response.output_text.done", **at, "text": text, "logprobs": []})
         events.append({"type": "response.content_part.done", **at, "part": part})
     events.append({"type": "response.output_item.done", "output_index": index, "item": item})
     return events

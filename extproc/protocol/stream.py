@@ -127,8 +127,8 @@ def _merge_chunk(head: dict[str, Any], choices: dict[int, StreamChoice], chunk: 
                 _merge_choice(choices, raw)
         elif key in ("id", "created", "model"):
             head.setdefault(key, value)
-        elif key == "object":
-            continue
+        elif key in ("object", "obfuscation"):
+            continue  # obfuscation: OpenAI's per-chunk padding, no part of the answer
         elif key == "usage":
             if isinstance(value, dict):  # the latest counts (vLLM's continuous_usage_stats repeats it)
                 head[key] = value

@@ -28,7 +28,9 @@ def test_request_identity() -> None:
     assert (plain.model, plain.prompt, plain.stream, plain.n) == ("m", "Say hi", False, 1)
     streamed = parse_completions_request(body(stream=True, stream_options={"include_usage": True}))
     assert streamed.fingerprint == plain.fingerprint and streamed.include_usage
-    assert parse_completions_request(body(prompt=["Say hi  "])).fingerprint == plain.fingerprint
+    assert parse_completions_request(body(prompt=["Say hi"])).fingerprint == plain.fingerprint
+    # A continuation goes on from the last character: "Say hi  " is another request.
+    assert parse_completions_request(body(prompt="Say hi  ")).fingerprint != plain.fingerprint
     assert parse_completions_request(body(max_tokens=5)).fingerprint != plain.fingerprint
     chat = parse_chat_request(
         json.dumps({"model": "m", "messages": [{"role": "user", "content": "Say hi"}]}).encode()
@@ -174,3 +176,43 @@ def test_text_no_utf8_can_carry_is_served_escaped() -> None:
         assert "\u2028" not in served.decode("utf-8")  # splitlines readers cannot cut an event
     text = "".join(json.loads(p)["choices"][0]["text"] for p in iter_sse_data(as_stream) if p != "[DONE]")
     assert text.encode("utf-16", "surrogatepass").decode("utf-16") == "ok \U0001f600 a\u2028b"
+
+
+def test_a_continuation_reads_the_prompt_as_sent() -> None:
+    """Normalizing the prompt for the key made "def add(a, b):\\n    " an exact repeat of
+    "def add(a, b):" (and served its continuation); an echo quotes the text as sent."""
+    code = parse_completions_request(body(prompt="def add(a, b):\n    "))
+    assert code.prompt == "def add(a, b):"  # what is embedded and keyed
+    assert code.fingerprint != parse_completions_request(body(prompt="def add(a, b):")).fingerprint
+    lf, crlf = body(prompt="Line one\nLine two", echo=True), body(prompt="Line one\r\nLine two", echo=True)
+    assert parse_completions_request(lf).fingerprint != parse_completions_request(crlf).fingerprint
+    lead = parse_completions_request(body(prompt="   Once upon")).fingerprint
+    assert lead != parse_completions_request(body(prompt="Once upon")).fingerprint
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"stream": 1},  # vLLM streams on it (lax booleans): a JSON hit would be the wrong form
+        {"stream": "true"},
+        {"stream_options": {"include_usage": True}},  # without stream: true, a 400 upstream
+        {"stream": True, "stream_options": {}},  # usage from vLLM, none from OpenAI
+        {"stream": True, "stream_options": {"include_usage": True, "continuous_usage_stats": True}},
+    ],
+)
+def test_stream_flags_servers_read_differently_are_not_cached(fields: dict[str, object]) -> None:
+    with pytest.raises(NotCacheable) as info:
+        parse_completions_request(body(**fields))
+    assert info.value.reason == "unsupported_value"
+    with pytest.raises(NotCacheable):
+        parse_chat_request(
+            json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}], **fields}).encode()
+        )
+
+
+@pytest.mark.parametrize(
+    "fields", [{"echo": 1}, {"echo": "yes"}, {"return_token_ids": True}, {"prompt_logprobs": 0}]
+)
+def test_answers_quoting_the_prompt_however_asked(fields: dict[str, object]) -> None:
+    assert parse_completions_request(body(**fields)).quotes_prompt
+    assert not parse_completions_request(body(echo=False, return_token_ids=None)).quotes_prompt

@@ -45,6 +45,7 @@ def test_identity_of_the_input_forms() -> None:
         ({"background": True}, "stateful"),
         ({"input": [{"role": "assistant", "content": "x"}]}, "no_user_message"),
         ({"input": 5}, "bad_messages"),
+        ({"stream": 1}, "unsupported_value"),  # vLLM streams on it
     ],
 )
 def test_not_cacheable(fields: dict[str, Any], reason: str) -> None:
@@ -76,6 +77,17 @@ def test_replay_round_trip() -> None:
     deltas = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
     assert deltas == "Hello there, general Kenobi."
     assert parse_sse_response(stream)["output"] == stored["output"]
+    text_events = [e for e in events if e["type"].startswith("response.output_text.")]
+    assert all(e["logprobs"] == [] for e in text_events)  # required by the SDK's types
+
+
+def test_a_hit_is_completed_after_it_was_created() -> None:
+    stored = parse_json_response(json.dumps(response(created_at=1, completed_at=5)).encode())
+    served = json.loads(render_response(stored))
+    assert served["completed_at"] == served["created_at"] > 5
+    events = [json.loads(p) for p in iter_sse_data(render_response_sse(stored))]
+    assert events[0]["response"]["completed_at"] is None  # response.created: not completed yet
+    assert events[-1]["response"]["completed_at"] == events[-1]["response"]["created_at"]
 
 
 @pytest.mark.parametrize(

@@ -231,3 +231,21 @@ def test_saved_tokens_come_from_the_stored_usage() -> None:
     assert saved is not None and (saved.prompt, saved.completion, saved.total) == (1200, 26, 1226)
     assert saved_tokens(OLD_JSON_STORED) is None
     assert saved_tokens({"usage": {"prompt_tokens": True, "completion_tokens": -1}}) is None
+
+
+def test_openai_obfuscation_padding_is_not_part_of_the_answer() -> None:
+    """OpenAI pads each chunk (``obfuscation``) to hide token lengths: kept, a JSON hit carried a
+    top-level field no chat.completion has."""
+    padded = [json.dumps(json.loads(chunk(d, f)) | {"obfuscation": "q7"}) for d, f in
+              [({"role": "assistant", "content": "Hi"}, None), ({}, "stop")]]  # fmt: skip
+    stored = parse_sse_completion(sse(*padded, "[DONE]"))
+    assert "obfuscation" not in stored and "obfuscation" not in json.loads(render_completion(stored))
+
+
+def test_an_answer_with_expiring_audio_is_not_stored() -> None:
+    message = {"role": "assistant", "content": None, "audio": {"id": "audio_1", "expires_at": 1, "data": "x"}}
+    body = {"id": "c", "object": "chat.completion", "created": 1, "model": "m"}
+    body["choices"] = [{"index": 0, "message": message, "finish_reason": "stop"}]
+    with pytest.raises(NotStorable) as info:
+        parse_json_completion(json.dumps(body).encode())
+    assert info.value.reason == "audio"
