@@ -33,8 +33,21 @@ def _load(path: str | None) -> CacheSettings:
 
 
 def cmd_render_envoy(args: argparse.Namespace) -> int:
-    """Print (or write) the Envoy config rendered from the environment."""
-    text = render_envoy_config()
+    """Print (or write) the Envoy config rendered from the environment and the processor's config.
+
+    Envoy strips the tenant header clients send: it must be the one the processor scopes by
+    (``scope_header`` of its config), or any client picks its tenant."""
+    env = dict(os.environ)
+    path = default_config_path(args.config)
+    if args.config or Path(path).is_file():
+        wanted = load_config(path).scope_header.lower()
+        given = env.setdefault("SCOPE_HEADER", wanted).lower()
+        if given != wanted:
+            raise ConfigError(
+                f"SCOPE_HEADER is {given!r} but the processor ({path}) scopes by {wanted!r}: Envoy would "
+                "strip the wrong header and let clients pick their tenant; unset SCOPE_HEADER"
+            )
+    text = render_envoy_config(env)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
     else:
@@ -337,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     render = sub.add_parser("render-envoy", help="render envoy/envoy.yaml from the environment")
     render.add_argument("-o", "--output", help="write to this file instead of stdout")
+    render.add_argument("--config", help=config_help + " (its scope_header is the header Envoy strips)")
     render.set_defaults(func=cmd_render_envoy)
     return parser
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -244,6 +245,8 @@ def with_query(fingerprint: str, query: str) -> str:
     return _hash("query", fingerprint, query) if query else fingerprint
 
 
+HTTP_SPACE = " \t"
+"""The only whitespace HTTP trims around a header value (RFC 9110 OWS): "acme\u00a0" is not "acme"."""
 _AUTH_SCHEMES = frozenset({"bearer", "basic", "digest", "token", "apikey", "api-key", "negotiate"})
 
 
@@ -255,10 +258,11 @@ def scope_from_authorization(value: str | None) -> str | None:
     (``Bearer``), is no credential: the request bypasses (``no_scope``).  Hashed from the raw
     bytes, so tokens that are not valid text never collide.
     """
-    words = (value or "").split(None, 1)
-    if not words or (len(words) == 1 and words[0].lower() in _AUTH_SCHEMES):
+    value = (value or "").strip(HTTP_SPACE)
+    scheme, rest = [*re.split("[ \t]+", value, maxsplit=1), ""][:2]
+    if not value or (not rest and scheme.lower() in _AUTH_SCHEMES):
         return None
-    token = words[1].strip() if words[0].lower() == "bearer" else (value or "").strip()
+    token = rest if scheme.lower() == "bearer" else value
     return "auth:" + _hash("authorization", token)[:32] if token else None
 
 
@@ -268,7 +272,7 @@ def scope_from_header(value: str, max_chars: int) -> str | None:
     A value that is not valid UTF-8 (decoded with ``surrogateescape``) is named by its raw bytes
     in hex, so ``t\\xff`` and ``t\\xfe``, or two Latin-1 names, are two tenants, never one.
     """
-    value = value.strip()
+    value = value.strip(HTTP_SPACE)  # str.strip() would also take NBSP, U+3000…: other tenants
     if not 0 < len(value) <= max_chars:
         return None
     try:

@@ -202,3 +202,22 @@ def test_a_model_folder_tells_its_dimension(tmp_path: Path) -> None:
     (tmp_path / "2_Dense" / "config.json").write_text('{"in_features": 1536, "out_features": 256}')
     assert model_dimension(tmp_path) == 256
     assert model_dimension(tmp_path / "missing") is None
+
+
+def test_render_envoy_strips_the_header_the_processor_scopes_by(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rendered from the environment alone, Envoy stripped x-tenant-id while the processor
+    scoped by its config's x-org-id: any client could pick its tenant."""
+    from extproc.cli.main import main
+
+    config = tmp_path / "config.yaml"
+    config.write_text("semantic_cache:\n  scope_mode: header\n  scope_header: X-Org-Id\n")
+    monkeypatch.delenv("SCOPE_HEADER", raising=False)
+    monkeypatch.delenv("SEMANTIC_CACHE_SCOPE_HEADER", raising=False)
+    assert main(["--log-level", "error", "render-envoy", "--config", str(config)]) == 0
+    rendered = capsys.readouterr().out
+    assert '- remove: "x-org-id"' in rendered and '- remove: "x-tenant-id"' not in rendered
+    monkeypatch.setenv("SCOPE_HEADER", "x-tenant-id")
+    assert main(["--log-level", "error", "render-envoy", "--config", str(config)]) == 2
+    assert "Envoy would strip the wrong header" in capsys.readouterr().err

@@ -59,3 +59,16 @@ def test_header_limits() -> None:
     assert not m.near_header_limits(few, {"x-semantic-cache": "miss"})
     assert m.near_header_limits((97, 500), {"x-semantic-cache": "miss"})
     assert m.near_header_limits((10, 60 * 1024 - 200), {"x-semantic-cache": "miss"})
+
+
+def test_unicode_spaces_are_part_of_a_tenant_name() -> None:
+    """HTTP trims only spaces and tabs; Python's strip() also took NBSP, U+3000…, so a tenant
+    named "acme" + NBSP read acme's answers."""
+    acme = scope_from_header("acme", 256)
+    assert scope_from_header(" acme\t", 256) == acme
+    for other in ("acme\u00a0", "\u3000acme", "acme\u2003", "acme\u0085"):
+        assert scope_from_header(other, 256) != acme, repr(other)
+    token = scope_from_authorization("Bearer sk-1")
+    assert scope_from_authorization("Bearer\tsk-1 ") == token
+    assert scope_from_authorization("Bearer sk-1\u00a0") != token
+    assert scope_from_authorization("Bearer \u3000sk-1") != token
