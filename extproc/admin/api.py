@@ -29,7 +29,7 @@ from extproc.admin.contract import FLUSH_CONFIRMATION, TOKEN_ENV
 from extproc.admin.embedding import embed_one
 from extproc.admin.feedback import feedback_handler
 from extproc.admin.guard import Handler, RequestGuard, is_loopback
-from extproc.admin.live_config import ConfigWatcher, set_enabled
+from extproc.admin.live_config import ConfigWatcher, set_switch
 from extproc.admin.params import SELECTORS, BadParameter, integer, number, parse_body, parse_selector, text
 from extproc.admin.transfer_api import export_handler, import_handler
 from extproc.cache.schema import BulkBackend, CacheEntry, EntryFilter
@@ -178,7 +178,7 @@ class AdminApi:
         return web.json_response(
             {
                 "version": __version__,
-                "enabled": settings.enabled,
+                "enabled": settings.enabled and not self.shared.paused,
                 "backend": self.backend.name,
                 "backend_state": state,
                 "backend_detail": detail,
@@ -283,7 +283,7 @@ class AdminApi:
         value = data.get("enabled")
         if not isinstance(value, bool):
             return error(400, 'send {"enabled": false} (pass every request through) or {"enabled": true}')
-        changed = set_enabled(self.shared, value, "the admin API")
+        changed = set_switch(self.shared, value, "the admin API")
         return web.json_response({"enabled": value, "changed": changed})
 
 

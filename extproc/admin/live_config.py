@@ -25,15 +25,33 @@ LIVE_KEYS = ("enabled", "revision", "revision_header")
 
 
 def set_enabled(shared: Shared, enabled: bool, source: str) -> bool:
-    """Turn caching on, or off (every request passes through untouched); True if it changed."""
+    """The file's ``enabled``: caching on, or off (a default: a policy's ``enabled: true`` still
+    caches its traffic); True if it changed."""
     if shared.settings.enabled == enabled:
         return False
     shared.settings = replace(shared.settings, enabled=enabled)
     if enabled:
         log.warning("cache enabled by %s: lookups and stores resume", source)
     else:
-        log.warning("cache disabled by %s: every request passes through (no lookups, no stores)", source)
+        log.warning("cache disabled by %s: requests no policy enables pass through", source)
     return True
+
+
+def set_switch(shared: Shared, enabled: bool, source: str) -> bool:
+    """The pass-through switch (admin API): off, every request passes through untouched,
+    whatever a policy says; on, caching resumes (``enabled`` too); True if it changed."""
+    if not enabled:
+        if shared.paused:
+            return False
+        shared.paused = True
+        log.warning("cache switched off by %s: every request passes through (no lookups, no stores)", source)
+        return True
+    changed = shared.paused or not shared.settings.enabled
+    shared.paused = False
+    if changed:
+        set_enabled(shared, True, source)
+        log.warning("cache switched on by %s: lookups and stores resume", source)
+    return changed
 
 
 class ConfigWatcher:

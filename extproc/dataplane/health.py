@@ -27,7 +27,8 @@ def make_app(shared: Shared, metrics: Metrics, started: float | None = None) -> 
     async def readyz(_: web.Request) -> web.Response:
         backend = shared.cache.backend
         state, detail = backend.status()
-        why = "disabled (enabled: false)" if not shared.settings.enabled else ""
+        why = "switched off (admin API)" if shared.paused else ""
+        why = why or ("disabled (enabled: false)" if not shared.settings.enabled else "")
         why = why or (detail if state != "ready" else "")
         body = {
             # The model is loaded once this listener runs: every request is answered, through

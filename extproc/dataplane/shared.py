@@ -33,6 +33,9 @@ class Shared:
     """Called once per request with its final decision (metrics, logs)."""
     inflight: InFlight = field(default_factory=InFlight)
     """Identical misses being fetched now (single-flight)."""
+    paused: bool = False
+    """The admin API's pass-through switch is off: every request bypasses, whatever a policy
+    says (``enabled: false`` in the file leaves a policy's ``enabled: true`` caching its traffic)."""
     config_error: str = ""
     """Why the config file as it is now was not applied ("" when it is valid); /readyz and metrics."""
     english_only: bool = False

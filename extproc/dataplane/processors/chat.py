@@ -96,6 +96,8 @@ class ChatCompletionsProcessor(RequestSettings, SingleFlight, VerifiedHits, Proc
         self._headers = headers
         # The model is in the body: bypass here only when every policy the request may fall
         # under says so (the same reason); the policy itself is applied once the model is known.
+        if self.shared.paused:  # the pass-through switch: before any policy
+            return self._bypass("disabled")
         possible = route_settings(self.shared.settings, self._route)
         self.settings = possible[-1][0]
         reasons = {self._policy_bypass(settings, headers) for settings, _ in possible}

@@ -96,3 +96,19 @@ async def test_a_bypass_at_headers_names_its_policy_when_only_one_applies() -> N
         p = await ask(shared, pending, "m")
     assert (p.decision.reason, p.decision.policy) == ("disabled", "classify")
     assert [d.policy for d in decisions] == ["classify"] * 3
+
+
+async def test_the_pass_through_switch_stops_what_policies_enable() -> None:
+    """The admin API's switch is for incidents and restores: it stops every lookup and store,
+    a policy's enabled: true included (the file's enabled: false is a default policies override)."""
+    from extproc.admin.live_config import set_enabled, set_switch
+
+    shared, _, pending = make_shared(enabled=False, policies=(policy("on", route="chat", enabled=True),))
+    assert (await ask(shared, pending, "m")).decision.outcome == "miss"  # the policy enables it
+    assert set_switch(shared, False, "test") and not set_switch(shared, False, "test")
+    off = await ask(shared, pending, "m")
+    assert (off.decision.outcome, off.decision.reason) == ("bypass", "disabled")
+    set_enabled(shared, False, "a file change")  # the file's key leaves the switch as it is
+    assert shared.paused
+    assert set_switch(shared, True, "test") and shared.settings.enabled
+    assert (await ask(shared, pending, "m")).decision.outcome == "hit"
