@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from extproc.config.checks import KeySpec, check_section, int_range, one_of, positive
 from extproc.config.env import EnvText, coerce_section, env_typed, expand_env, read_yaml
@@ -22,7 +23,7 @@ class MilvusSettings:
 
     host: str = "localhost"
     port: int = 19530
-    uri: str | None = None
+    uri: str | None = field(default=None, repr=False)  # may hold user:password (see address)
     """``http(s)://host:port`` for a server, or a local file path for embedded Milvus Lite."""
     database: str | None = None
     timeout: float = 60.0
@@ -60,8 +61,15 @@ class MilvusSettings:
 
     @property
     def address(self) -> str:
-        """What logs call the server: the URI, or HOST:PORT."""
-        return str(self.uri) if self.uri else f"{self.host}:{self.port}"
+        """What logs, /readyz and errors call the server: the URI (any user:password in it
+        masked: pymilvus reads credentials from it), or HOST:PORT."""
+        if not self.uri:
+            return f"{self.host}:{self.port}"
+        uri = str(self.uri)
+        parts = urlsplit(uri) if "://" in uri else None
+        if parts is None or "@" not in parts.netloc:
+            return uri
+        return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
     def client_uri(self) -> str:
         """The URI handed to pymilvus."""

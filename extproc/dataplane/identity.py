@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import quote_plus, unquote_to_bytes
 
 from extproc.cache import CacheQuery
 from extproc.protocol.openai import ChatRequest, exact_key, partition_key, with_query, with_revision
@@ -17,8 +17,16 @@ def canonical_query(path: str) -> str:
     query = path.partition("?")[2].partition("#")[0]
     if not query:
         return ""
-    # By name only (a stable sort): the values of a repeated parameter keep their order.
-    return urlencode(sorted(parse_qsl(query, keep_blank_values=True), key=lambda kv: kv[0]))
+    pairs = [(_bytes(k), _bytes(v)) for k, _, v in (p.partition("=") for p in query.split("&") if p)]
+    # By name only (a stable sort): the values of a repeated parameter keep their order. Bytes,
+    # not text: %FF and %FE are two values (decoding them as UTF-8 made both U+FFFD).
+    pairs.sort(key=lambda kv: kv[0])
+    return "&".join(f"{quote_plus(k, safe='')}={quote_plus(v, safe='')}" for k, v in pairs)
+
+
+def _bytes(text: str) -> bytes:
+    """A query component's bytes: ``+`` is a space, ``%XX`` a byte (as browsers and gateways read it)."""
+    return unquote_to_bytes(text.replace("+", " ").encode("utf-8", "surrogateescape"))
 
 
 def cache_query(chat: ChatRequest, scope: str, revision: str = "", query: str = "") -> CacheQuery:

@@ -9,6 +9,8 @@ from typing import Any, TextIO
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from extproc.observability.logs import one_line
+
 PREFIX = "semantic_cache."
 
 
@@ -27,8 +29,8 @@ def format_span(span: ReadableSpan) -> str:
 
 def _value(value: Any) -> str:
     if isinstance(value, tuple | list):
-        return ",".join(str(v) for v in value)
-    return str(value)
+        return one_line(",".join(str(v) for v in value))
+    return one_line(str(value))
 
 
 class CompactSpanExporter(SpanExporter):

@@ -5,9 +5,29 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 from typing import Any
+
+_LINE_BREAKING = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with every character that could end or forge a log line escaped (``\\x0a``):
+    a request's model name or header value in a message never starts a line of its own."""
+    return _LINE_BREAKING.sub(
+        lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}", text
+    )
+
+
+class PlainFormatter(logging.Formatter):
+    """``TIME LEVEL LOGGER: message``, the message on one line (a traceback follows on its own)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        """The message part, control characters escaped."""
+        record.message = one_line(record.message)
+        return super().formatMessage(record)
 
 
 class JsonFormatter(logging.Formatter):
@@ -34,7 +54,7 @@ def setup_logging(level: str, fmt: str | None = None) -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(PlainFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

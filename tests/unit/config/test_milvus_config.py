@@ -184,3 +184,14 @@ def test_check_config_on_milvus_yaml(tmp_path: Path) -> None:
     assert "auth: user 'cache', password (set, not shown)" in ok.stdout
     assert "S3cretPw" not in ok.stdout + ok.stderr
     assert "tls: one-way TLS (" in ok.stdout
+
+
+def test_credentials_in_a_uri_are_never_shown() -> None:
+    """pymilvus reads user:password from the URI; /readyz (no token), logs, admin stats and
+    check-config name the server by its address."""
+    from extproc.config.milvus import parse_milvus_config
+    from extproc.config.report import milvus_lines
+
+    s = parse_milvus_config({"connection": {"uri": "http://root:Planted-Pw1@milvus:19530"}}, "m.yaml")
+    assert s.address == "http://***@milvus:19530" and s.client_uri().endswith("@milvus:19530")
+    assert "Planted-Pw1" not in repr(s) and "Planted-Pw1" not in "\n".join(milvus_lines(s))

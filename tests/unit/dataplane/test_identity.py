@@ -20,6 +20,10 @@ def test_canonical_query() -> None:
     assert canonical_query("/p?deployment=gpt-a") != canonical_query("/p?deployment=gpt-b")
     assert canonical_query("/p?a=%41") == canonical_query("/p?a=A")
     assert canonical_query("/p?flag") == canonical_query("/p?flag=")
+    # Bytes that are not UTF-8 are values of their own (decoded, each was U+FFFD: one identity).
+    odd = {canonical_query(f"/p?deployment={v}") for v in ("%FF", "%FE", "%EF%BF%BD")}
+    assert len(odd) == 3
+    assert canonical_query("/p?q=a+b") == canonical_query("/p?q=a%20b")
 
 
 def test_query_changes_partition_and_exact_key() -> None:
