@@ -88,6 +88,17 @@ class LookupResult:
         """True when an entry was found."""
         return self.entry is not None
 
+    def passed_over(self, reason: str) -> LookupResult:
+        """This lookup made a miss: its hit passed over for ``reason`` (kept among the rejections)."""
+        return LookupResult(
+            vector=self.vector,
+            candidates=self.candidates,
+            best_similarity=self.best_similarity,
+            rejections=[*self.rejections, reason],
+            rejected_similarity=self.rejected_similarity or self.similarity,
+            timings=self.timings,
+        )
+
     def reject(self, candidate: Candidate, *reasons: str) -> None:
         """Note that ``candidate`` was passed over for ``reasons`` (the first such names the
         similarity and prompt reported)."""

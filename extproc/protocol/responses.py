@@ -165,7 +165,9 @@ def render_response_sse(stored: dict[str, Any], include_usage: bool = False, pie
 
 def _item_events(index: int, item: dict[str, Any], piece_chars: int) -> list[dict[str, Any]]:
     """added, the text of each output_text part in deltas, done: one output item."""
-    if item.get("type") != "message":  # tool calls, reasoning: whole, as they were completed
+    if item.get("type") == "function_call" and isinstance(item.get("arguments"), str):
+        return _call_events(index, item, piece_chars)
+    if item.get("type") != "message":  # reasoning and other items: whole, as they were completed
         return [
             {
                 "type": "response.output_item.added",
@@ -194,5 +196,24 @@ def _item_events(index: int, item: dict[str, Any], piece_chars: int) -> list[dic
         if part.get("type") == "output_text":
             events.append({"type": "response.output_text.done", **at, "text": text, "logprobs": []})
         events.append({"type": "response.content_part.done", **at, "part": part})
+    events.append({"type": "response.output_item.done", "output_index": index, "item": item})
+    return events
+
+
+def _call_events(index: int, item: dict[str, Any], piece_chars: int) -> list[dict[str, Any]]:
+    """A function call as the API streams it: added with no arguments, their deltas, done."""
+    where = {"item_id": item.get("id", ""), "output_index": index}
+    arguments: str = item["arguments"]
+    events: list[dict[str, Any]] = [
+        {
+            "type": "response.output_item.added",
+            "output_index": index,
+            "item": dict(item, status="in_progress", arguments=""),
+        }
+    ]
+    for start in range(0, len(arguments), piece_chars):
+        delta = arguments[start : start + piece_chars]
+        events.append({"type": "response.function_call_arguments.delta", **where, "delta": delta})
+    events.append({"type": "response.function_call_arguments.done", **where, "arguments": arguments})
     events.append({"type": "response.output_item.done", "output_index": index, "item": item})
     return events

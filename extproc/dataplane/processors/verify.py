@@ -65,14 +65,7 @@ class VerifiedHits:
         if v.allows(lookup.entry.model, lookup.entry, score, lookup.similarity, self._delta()):
             return lookup
         self._explored = (lookup.entry, score, lookup.similarity)
-        return LookupResult(
-            vector=lookup.vector,
-            candidates=lookup.candidates,
-            best_similarity=lookup.best_similarity,
-            rejections=[*lookup.rejections, "bound"],
-            rejected_similarity=lookup.rejected_similarity or lookup.similarity,
-            timings=lookup.timings,
-        )
+        return lookup.passed_over("bound")
 
     def _entry_headers(self, lookup: LookupResult, n: int) -> dict[str, str]:
         """``x-semantic-cache-entry`` of a hit; a sampled semantic hit is also shadowed."""

@@ -130,3 +130,23 @@ def test_saved_tokens_read_the_responses_usage() -> None:
     usage = {"input_tokens": 12, "output_tokens": 6, "total_tokens": 18}
     assert saved_tokens(response(usage=usage)) == SavedTokens(12, 6)
     assert saved_tokens(response(usage={"total_tokens": 18})) is None
+
+
+def test_a_function_call_streams_its_arguments_as_the_api_does() -> None:
+    call = {
+        "id": "fc_1",
+        "type": "function_call",
+        "call_id": "c1",
+        "name": "weather",
+        "arguments": '{"city":"Paris"}',
+    }
+    stored = parse_json_response(json.dumps(response(output=[call])).encode())
+    stream = render_response_sse(stored, piece_chars=5)
+    events = [json.loads(p) for p in iter_sse_data(stream)]
+    added = next(e for e in events if e["type"] == "response.output_item.added")
+    assert added["item"]["arguments"] == "" and added["item"]["status"] == "in_progress"
+    deltas = [e["delta"] for e in events if e["type"] == "response.function_call_arguments.delta"]
+    assert "".join(deltas) == call["arguments"] and len(deltas) > 1
+    done = next(e for e in events if e["type"] == "response.function_call_arguments.done")
+    assert done["arguments"] == call["arguments"] and done["item_id"] == "fc_1"
+    assert parse_sse_response(stream)["output"] == stored["output"]
