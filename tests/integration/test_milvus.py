@@ -262,6 +262,55 @@ def test_create_collection_command(milvus_server: MilvusServer, tmp_path: Path) 
     client.close()
 
 
+async def test_a_collection_remembers_its_embedding_model(
+    model: tuple[EncodeFn, int], milvus_server: MilvusServer, tmp_path: Path
+) -> None:
+    """Another model of the same dimension writes vectors of another space: a search there
+    compares unrelated vectors (a switch went unnoticed). The collection's vector field names the
+    model that made it; another model's process refuses it, the same model under another
+    name or path takes it, and a collection made before this was recorded is taken too."""
+    from pymilvus import MilvusClient
+
+    name = collection()
+    cfg = milvus_yaml(tmp_path / "m.yaml", milvus_server.uri, name)
+    first = await open_cache(model, cfg)  # all-MiniLM-L6-v2, the packaged default
+    await first.store(q("What is the capital of France?"), answer("Paris."))
+    await first.close()
+    client = MilvusClient(uri=milvus_server.uri)
+    fields = {f["name"]: f for f in client.describe_collection(name)["fields"]}
+    assert fields["embedding"]["description"] == "embedding model: all-MiniLM-L6-v2"
+
+    other = await open_cache(
+        model, cfg, ready=False, embedding_model=str(tmp_path / "paraphrase-MiniLM-L6-v2")
+    )
+    for _ in range(100):
+        if other.backend.status()[0] == "schema_mismatch":
+            break
+        await asyncio.sleep(0.1)
+    state, detail = other.backend.status()
+    assert state == "schema_mismatch", detail
+    assert (
+        "from the embedding model 'all-MiniLM-L6-v2', this process embeds with 'paraphrase-MiniLM-L6-v2'"
+        in detail
+    )
+    await other.close()
+
+    served = await open_cache(
+        model, cfg, embedding_endpoint="http://embed:8000/v1/embeddings",
+        embedding_endpoint_model="sentence-transformers/all-MiniLM-L6-v2",
+    )  # fmt: skip
+    assert (await served.check(q("What is the capital of France?"))).match == "exact"
+    await served.close()
+
+    legacy = collection()  # made by an earlier version: no model named, taken as is
+    legacy_cfg = milvus_yaml(tmp_path / "l.yaml", milvus_server.uri, legacy)
+    create_collection(client, load_milvus_config(legacy_cfg), 384)
+    again = await open_cache(model, legacy_cfg, embedding_model=str(tmp_path / "other-model"))
+    assert again.backend.status()[0] == "ready"
+    await again.close()
+    client.close()
+
+
 def test_response_compression_and_too_large() -> None:
     big = answer("word " * 40_000)  # 200 kB of very compressible text
     packed = encode_response(big)
@@ -380,52 +429,3 @@ async def settled(cache: SemanticCache, timeout: float = 60) -> tuple[str, str]:
     while cache.backend.status()[0] == "connecting" and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     return cache.backend.status()
-
-
-async def test_a_collection_remembers_its_embedding_model(
-    model: tuple[EncodeFn, int], milvus_server: MilvusServer, tmp_path: Path
-) -> None:
-    """Another model of the same dimension writes vectors of another space: a search there
-    compares unrelated vectors (a switch went unnoticed). The collection's vector field names the
-    model that made it; another model's process refuses it, the same model under another
-    name or path takes it, and a collection made before this was recorded is taken too."""
-    from pymilvus import MilvusClient
-
-    name = collection()
-    cfg = milvus_yaml(tmp_path / "m.yaml", milvus_server.uri, name)
-    first = await open_cache(model, cfg)  # all-MiniLM-L6-v2, the packaged default
-    await first.store(q("What is the capital of France?"), answer("Paris."))
-    await first.close()
-    client = MilvusClient(uri=milvus_server.uri)
-    fields = {f["name"]: f for f in client.describe_collection(name)["fields"]}
-    assert fields["embedding"]["description"] == "embedding model: all-MiniLM-L6-v2"
-
-    other = await open_cache(
-        model, cfg, ready=False, embedding_model=str(tmp_path / "paraphrase-MiniLM-L6-v2")
-    )
-    for _ in range(100):
-        if other.backend.status()[0] == "schema_mismatch":
-            break
-        await asyncio.sleep(0.1)
-    state, detail = other.backend.status()
-    assert state == "schema_mismatch", detail
-    assert (
-        "from the embedding model 'all-MiniLM-L6-v2', this process embeds with 'paraphrase-MiniLM-L6-v2'"
-        in detail
-    )
-    await other.close()
-
-    served = await open_cache(
-        model, cfg, embedding_endpoint="http://embed:8000/v1/embeddings",
-        embedding_endpoint_model="sentence-transformers/all-MiniLM-L6-v2",
-    )  # fmt: skip
-    assert (await served.check(q("What is the capital of France?"))).match == "exact"
-    await served.close()
-
-    legacy = collection()  # made by an earlier version: no model named, taken as is
-    legacy_cfg = milvus_yaml(tmp_path / "l.yaml", milvus_server.uri, legacy)
-    create_collection(client, load_milvus_config(legacy_cfg), 384)
-    again = await open_cache(model, legacy_cfg, embedding_model=str(tmp_path / "other-model"))
-    assert again.backend.status()[0] == "ready"
-    await again.close()
-    client.close()
