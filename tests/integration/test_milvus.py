@@ -53,6 +53,14 @@ async def open_cache(
     )
 
 
+async def settle(cache: SemanticCache, state: str, seconds: float = 10.0) -> None:
+    """Wait until the backend reports ``state`` (its connect runs in the background)."""
+    for _ in range(int(seconds * 10)):
+        if cache.backend.status()[0] == state:
+            return
+        await asyncio.sleep(0.1)
+
+
 _created: list[str] = []
 
 
@@ -207,10 +215,7 @@ async def test_schema_mismatch_and_missing_collection_bypass(
     schema.add_field("response", DataType.VARCHAR, max_length=65535)
     client.create_collection(name, schema=schema)
     cache = await open_cache(model, milvus_yaml(tmp_path / "m.yaml", milvus_server.uri, name), ready=False)
-    for _ in range(100):
-        if cache.backend.status()[0] == "schema_mismatch":
-            break
-        await asyncio.sleep(0.1)
+    await settle(cache, "schema_mismatch")
     state, detail = cache.backend.status()
     assert state == "schema_mismatch"
     assert (
@@ -227,10 +232,7 @@ async def test_schema_mismatch_and_missing_collection_bypass(
         tmp_path / "n.yaml", milvus_server.uri, collection(), development={"auto_create_collection": False}
     )
     cache = await open_cache(model, missing, ready=False)
-    for _ in range(100):
-        if cache.backend.status()[0] == "missing_collection":
-            break
-        await asyncio.sleep(0.1)
+    await settle(cache, "missing_collection")
     assert "does not exist and development.auto_create_collection is false" in cache.backend.status()[1]
     await cache.close()
 
@@ -283,10 +285,7 @@ async def test_a_collection_remembers_its_embedding_model(
     other = await open_cache(
         model, cfg, ready=False, embedding_model=str(tmp_path / "paraphrase-MiniLM-L6-v2")
     )
-    for _ in range(100):
-        if other.backend.status()[0] == "schema_mismatch":
-            break
-        await asyncio.sleep(0.1)
+    await settle(other, "schema_mismatch")
     state, detail = other.backend.status()
     assert state == "schema_mismatch", detail
     assert (
