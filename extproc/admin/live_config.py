@@ -46,12 +46,12 @@ def set_switch(shared: Shared, enabled: bool, source: str) -> bool:
         shared.paused = True
         log.warning("cache switched off by %s: every request passes through (no lookups, no stores)", source)
         return True
-    changed = shared.paused or not shared.settings.enabled
-    shared.paused = False
-    if changed:
-        set_enabled(shared, True, source)
+    was_paused, shared.paused = shared.paused, False
+    if set_enabled(shared, True, source):  # logs "cache enabled by …" itself
+        return True
+    if was_paused:
         log.warning("cache switched on by %s: lookups and stores resume", source)
-    return changed
+    return was_paused
 
 
 class ConfigWatcher:
