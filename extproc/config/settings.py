@@ -107,7 +107,7 @@ class CacheSettings:
     top_k: int = 10
     scope_mode: str = "global"
     scope_header: str = "x-tenant-id"
-    fingerprint_ignore_fields: tuple[str, ...] = ("stream", "stream_options")
+    fingerprint_ignore_fields: tuple[str, ...] = ("stream", "stream_options", "request_id")
     max_response_bytes: int = 4 * 1024 * 1024
     max_request_bytes: int = 1024 * 1024
     """The largest request body looked up, after decompression (Envoy's buffer limit by default)."""

@@ -5,7 +5,14 @@ from __future__ import annotations
 from urllib.parse import quote_plus, unquote_to_bytes
 
 from extproc.cache import CacheQuery
-from extproc.protocol.openai import ChatRequest, exact_key, partition_key, with_query, with_revision
+from extproc.protocol.openai import (
+    ChatRequest,
+    exact_key,
+    partition_key,
+    with_query,
+    with_revision,
+    with_route,
+)
 
 
 def canonical_query(path: str) -> str:
@@ -29,13 +36,15 @@ def _bytes(text: str) -> bytes:
     return unquote_to_bytes(text.replace("+", " ").encode("utf-8", "surrogateescape"))
 
 
-def cache_query(chat: ChatRequest, scope: str, revision: str = "", query: str = "") -> CacheQuery:
+def cache_query(
+    chat: ChatRequest, scope: str, revision: str = "", query: str = "", route: str = ""
+) -> CacheQuery:
     """The cache lookup key of a parsed request in ``scope`` (the ``eval`` tool uses it too).
 
-    ``revision`` (model weights) and ``query`` (the canonical query string) are part of the
-    fingerprint, so of the partition and the exact key.
+    ``revision`` (model weights), ``query`` (the canonical query string) and ``route`` (the
+    Envoy route's name) are part of the fingerprint, so of the partition and the exact key.
     """
-    fingerprint = with_query(with_revision(chat.fingerprint, revision), query)
+    fingerprint = with_route(with_query(with_revision(chat.fingerprint, revision), query), route)
     return CacheQuery(
         model=chat.model,
         scope=scope,

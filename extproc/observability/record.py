@@ -22,7 +22,10 @@ BYPASS_REASONS: dict[str, str] = {
     "unsupported_value": "stream / stream_options that servers read differently (stream: 1, stream_options "
     "without include_usage or without stream: true, continuous_usage_stats)",
     "unsupported_prompt": "/v1/completions with a prompt of token ids or several prompts",
-    "stateful": "/v1/responses that keeps state (store, previous_response_id, conversation, background)",
+    "stateful": "a request that keeps state or reads it (store, previous_response_id, conversation, "
+    "background, a stored prompt without a version)",
+    "server_tools": "the server runs tools for the answer (web_search_options; /v1/responses tools other "
+    "than function and custom: web and file search, code interpreter, MCP, image generation)",
     "backend_unavailable": "the backend is not connected, its breaker is open or its schema is wrong",
     "backend_error": "a backend call failed",
     "lookup_timeout": "the lookup took longer than lookup_timeout_ms",

@@ -19,9 +19,12 @@ from typing import Any
 from extproc.errors import NotCacheable, NotStorable
 from extproc.protocol.completion import validate_choices
 from extproc.protocol.openai import (
+    IGNORED_FIELDS,
     ChatRequest,
     _hash,
+    canonical_json,
     check_model,
+    client_fields,
     load_request,
     normalize_text,
     quotes_prompt,
@@ -39,9 +42,7 @@ from extproc.protocol.stream import StreamChoice, assemble, fold_stream
 COMPLETIONS_PATH = "/v1/completions"
 
 
-def parse_completions_request(
-    body: bytes, ignore_fields: Iterable[str] = ("stream", "stream_options")
-) -> ChatRequest:
+def parse_completions_request(body: bytes, ignore_fields: Iterable[str] = IGNORED_FIELDS) -> ChatRequest:
     """Parse a completions body (``prompt``: one string) into a :class:`ChatRequest`."""
     data = load_request(body)
     model, prompt = check_model(data.get("model")), data.get("prompt")
@@ -54,15 +55,11 @@ def parse_completions_request(
         raise NotCacheable("empty_prompt")
     stream, include_usage = streaming(data)
     quoted = quotes_prompt(data)
-    ignored = set(ignore_fields)
-    identity = {k: v for k, v in data.items() if k not in ignored and k not in ("model", "prompt")}
+    identity = client_fields(data, (*ignore_fields, "model", "prompt"))
     raw = raw_prompt_identity(prompt, text, quoted)
     if raw:  # the answer goes on from the prompt's last character (or quotes it whole)
         identity["$raw_prompt"] = raw
-    try:
-        canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    except (ValueError, RecursionError) as exc:
-        raise NotCacheable("bad_json") from exc
+    canonical = canonical_json(identity)
     return ChatRequest(
         model=model,
         prompt=text,

@@ -26,6 +26,9 @@ from extproc.protocol.replay import render_sse as render_sse
 from extproc.protocol.stream import parse_sse_completion as parse_sse_completion
 
 CHAT_PATH = "/v1/chat/completions"
+IGNORED_FIELDS = ("stream", "stream_options", "request_id")
+"""Left out of the fingerprint by default (``fingerprint_ignore_fields``): a stream and a JSON
+caller share an entry; vLLM's ``request_id`` is new on every call."""
 MAX_MODEL_CHARS = 256
 """Longer ``model`` values are not cached (no real model name is that long)."""
 
@@ -82,19 +85,58 @@ def _hash(*parts: str) -> str:
 
 
 def _split_content(content: Any) -> tuple[str, Any]:
-    """Split message content into (text to embed, the non-text rest kept in the fingerprint)."""
+    """Split message content into (text to embed, the non-text rest kept in the fingerprint).
+
+    The rest keeps where each text part stood among the others: ``[cat image, "the image
+    below?", dog image]`` and ``["the image below?", cat image, dog image]`` ask about two
+    different images.  Text-only content has no rest.
+    """
     if isinstance(content, str):
         return content, None
     if isinstance(content, list):
         texts: list[str] = []
-        rest: list[Any] = []
+        layout: list[Any] = []
         for part in content:
             if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
                 texts.append(part["text"])
+                layout.append(["t"])
             else:
-                rest.append(part)
-        return "\n".join(texts), rest or None
+                layout.append(["p", part])
+        if len(texts) == len(layout):
+            return "\n".join(texts), None
+        return "\n".join(texts), layout
     raise NotCacheable("bad_messages")
+
+
+def client_fields(data: dict[str, Any], drop: Iterable[str]) -> dict[str, Any]:
+    """The request's own fields for its identity: those in ``drop`` and nulls left out (``"stop":
+    null`` asks for no stop, as its absence does), and a name starting with ``$`` escaped with
+    another, so no field a client sends can stand for a marker the parser adds (``$raw_prompt``)."""
+    dropped = set(drop)
+    kept = ((k, v) for k, v in data.items() if k not in dropped and v is not None)
+    return {("$" + k if k.startswith("$") else k): v for k, v in kept}
+
+
+def canonical_json(identity: dict[str, Any]) -> str:
+    """The identity as canonical JSON (keys sorted), or :class:`NotCacheable` (``bad_json``).
+
+    A whole float is written as an integer: ``"temperature": 0.0`` (Python clients) and ``0``
+    (JavaScript's JSON) are one value, not two cache partitions.
+    """
+    try:
+        return json.dumps(_whole_floats(identity), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    except (ValueError, RecursionError) as exc:  # e.g. lone surrogates, absurd nesting
+        raise NotCacheable("bad_json") from exc
+
+
+def _whole_floats(value: Any) -> Any:
+    if isinstance(value, float):
+        return int(value) if value.is_integer() and abs(value) < 2**53 else value
+    if isinstance(value, dict):
+        return {k: _whole_floats(v) if isinstance(v, (dict, list, float)) else v for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_floats(v) if isinstance(v, (dict, list, float)) else v for v in value]
+    return value
 
 
 def load_request(body: bytes) -> dict[str, Any]:
@@ -117,9 +159,7 @@ def check_model(model: Any) -> str:
     return model
 
 
-def parse_chat_request(
-    body: bytes, ignore_fields: Iterable[str] = ("stream", "stream_options")
-) -> ChatRequest:
+def parse_chat_request(body: bytes, ignore_fields: Iterable[str] = IGNORED_FIELDS) -> ChatRequest:
     """Parse a chat-completions body into a :class:`ChatRequest` or raise :class:`NotCacheable`."""
     data = load_request(body)
     model = check_model(data.get("model"))
@@ -137,9 +177,12 @@ def parse_chat_request(
         raise NotCacheable("empty_prompt")
 
     stream, include_usage = streaming(data)
+    if data.get("store") not in (None, False):  # OpenAI keeps the completion under its own id
+        raise NotCacheable("stateful")
+    if data.get("web_search_options") is not None:  # the server searches the web: live results
+        raise NotCacheable("server_tools")
     quoted = quotes_prompt(data)
-    ignored = set(ignore_fields)
-    identity = {k: v for k, v in data.items() if k not in ignored and k != "model"}
+    identity = client_fields(data, (*ignore_fields, "model"))
     if quoted and (raw := raw_prompt_identity(text, prompt, quoted)):
         identity["$raw_prompt"] = raw  # the answer quotes the text as sent
     msgs = list(messages)
@@ -147,10 +190,7 @@ def parse_chat_request(
     placeholder["content"] = {"$last_user_text": True, "rest": rest}
     msgs[last_user] = placeholder
     identity["messages"] = msgs
-    try:
-        canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    except (ValueError, RecursionError) as exc:  # e.g. lone surrogates, absurd nesting
-        raise NotCacheable("bad_json") from exc
+    canonical = canonical_json(identity)
     earlier = [m.get("content") for m in messages[:last_user] if m.get("role") == "user"]
     return ChatRequest(
         model=model,
@@ -172,12 +212,16 @@ def _text_of(content: Any) -> str:
         return ""
 
 
+_QUOTING_FIELDS = ("echo", "prompt_logprobs", "return_token_ids", "enable_response_messages")
+
+
 def quotes_prompt(data: dict[str, Any]) -> bool:
     """True when a request's answer repeats its prompt: ``echo`` (vLLM's chat and the legacy
-    completions), ``prompt_logprobs`` (the prompt's tokens with their log-probabilities) or
-    ``return_token_ids`` (vLLM: the prompt's token ids). Anything but absent, null or false
+    completions), ``prompt_logprobs`` (the prompt's tokens with their log-probabilities),
+    ``return_token_ids`` (vLLM: the prompt's token ids) or ``enable_response_messages`` (vLLM's
+    Responses: the input messages as the model read them). Anything but absent, null or false
     asks: servers read ``1`` and ``"yes"`` as true (0 asks ``prompt_logprobs`` too)."""
-    values = (data.get(k) for k in ("echo", "prompt_logprobs", "return_token_ids"))
+    values = (data.get(k) for k in _QUOTING_FIELDS)
     return any(v is not None and v is not False for v in values)  # `0 == False`: compare identity
 
 
@@ -243,6 +287,21 @@ def with_query(fingerprint: str, query: str) -> str:
     deployment is never served for another, nor for the bare path.
     """
     return _hash("query", fingerprint, query) if query else fingerprint
+
+
+SHIPPED_ROUTE_NAMES = frozenset({"chat", "completions", "responses"})
+"""The names envoy/envoy.yaml gives its routes: each is its endpoint's own, already in the
+fingerprint, so folding them in would only change the fingerprints stored before."""
+
+
+def with_route(fingerprint: str, route: str) -> str:
+    """The fingerprint of a request Envoy sent through the route named ``route``.
+
+    An operator adds a route (a header, host or prefix match) to send part of the traffic to
+    another cluster or to give it its own policy: its answers are never served for the shipped
+    route's, nor the reverse. The shipped names and "" (no route name) keep the fingerprint.
+    """
+    return _hash("route", fingerprint, route) if route and route not in SHIPPED_ROUTE_NAMES else fingerprint
 
 
 HTTP_SPACE = " \t"

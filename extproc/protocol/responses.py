@@ -19,27 +19,68 @@ from typing import Any
 
 from extproc.errors import NotCacheable, NotStorable
 from extproc.protocol.openai import (
+    IGNORED_FIELDS,
     ChatRequest,
     _hash,
     _split_content,
+    canonical_json,
     check_model,
+    client_fields,
     load_request,
     normalize_text,
+    quotes_prompt,
+    raw_prompt_identity,
 )
 from extproc.protocol.sse import dump_json, iter_sse_data
 
 RESPONSES_PATH = "/v1/responses"
 _STATEFUL = ("previous_response_id", "conversation")
+CLIENT_TOOLS = frozenset({"function", "custom"})
+"""Tools the client runs (the answer asks it to); the server runs any other type itself (web and
+file search, code interpreter, MCP servers, image generation): a repeat must run them again."""
+ECHOED_FIELDS = frozenset(
+    {
+        "background",
+        "conversation",
+        "instructions",
+        "max_output_tokens",
+        "max_tool_calls",
+        "metadata",
+        "parallel_tool_calls",
+        "previous_response_id",
+        "prompt",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "reasoning",
+        "safety_identifier",
+        "service_tier",
+        "store",
+        "temperature",
+        "text",
+        "tool_choice",
+        "tools",
+        "top_logprobs",
+        "top_p",
+        "truncation",
+        "user",
+    }
+)
+"""Request fields a ``response`` object repeats: ``fingerprint_ignore_fields`` never leaves them
+out here, or a hit would carry another caller's ``user`` or ``metadata``."""
 
 
-def parse_responses_request(
-    body: bytes, ignore_fields: Iterable[str] = ("stream", "stream_options")
-) -> ChatRequest:
+def parse_responses_request(body: bytes, ignore_fields: Iterable[str] = IGNORED_FIELDS) -> ChatRequest:
     """Parse a stateless Responses request into a :class:`ChatRequest`, else :class:`NotCacheable`."""
     data = load_request(body)
     model = check_model(data.get("model"))
     if data.get("store") is not False or data.get("background") or any(data.get(k) for k in _STATEFUL):
         raise NotCacheable("stateful")
+    prompt_ref = data.get("prompt")  # a stored prompt template: its latest version can change
+    if prompt_ref is not None and not (isinstance(prompt_ref, dict) and prompt_ref.get("version")):
+        raise NotCacheable("stateful")
+    tools = data.get("tools")
+    if tools and any(not isinstance(t, dict) or t.get("type") not in CLIENT_TOOLS for t in _listed(tools)):
+        raise NotCacheable("server_tools")
     items = data.get("input")
     if isinstance(items, str):  # the API's shorthand for one user message
         items = [{"role": "user", "content": items}]
@@ -58,17 +99,21 @@ def parse_responses_request(
     prompt = normalize_text(text)
     if not prompt:
         raise NotCacheable("empty_prompt")
-    ignored = set(ignore_fields)
-    identity = {k: v for k, v in data.items() if k not in ignored and k not in ("model", "input")}
+    quoted = quotes_prompt(data)
+    identity = client_fields(data, (*(set(ignore_fields) - ECHOED_FIELDS), "model", "input"))
     identity["input"] = identity_input
-    try:
-        canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    except (ValueError, RecursionError) as exc:
-        raise NotCacheable("bad_json") from exc
+    if quoted and (raw := raw_prompt_identity(text, prompt, quoted)):
+        identity["$raw_prompt"] = raw  # the answer quotes the text as sent
+    canonical = canonical_json(identity)
     stream = data.get("stream")
     if stream is not None and not isinstance(stream, bool):  # vLLM streams on 1 or "true"
         raise NotCacheable("unsupported_value")
-    return ChatRequest(model, prompt, _hash("responses", canonical), stream is True, False)
+    fingerprint = _hash("responses", canonical)
+    return ChatRequest(model, prompt, fingerprint, stream is True, False, quotes_prompt=quoted)
+
+
+def _listed(tools: Any) -> list[Any]:
+    return tools if isinstance(tools, list) else [tools]
 
 
 def _as_chat_content(content: Any) -> Any:

@@ -136,7 +136,7 @@ class ChatCompletionsProcessor(RequestSettings, SingleFlight, VerifiedHits, Proc
         self.decision.non_latin = mostly_non_latin(chat.prompt)
         if not self._apply_policy(chat.model):
             return m.request_body()
-        query = cache_query(chat, self._scope, self._revision, self._query_string)
+        query = cache_query(chat, self._scope, self._revision, self._query_string, self._route)
         self._query = query
         self.decision.partition = query.partition[:16]
         self.decision.outcome = "miss"

@@ -34,3 +34,16 @@ def test_query_changes_partition_and_exact_key() -> None:
     assert len({bare.exact_key, a.exact_key, b.exact_key}) == 3
     assert len({bare.partition, a.partition, b.partition}) == 3
     assert same == a
+
+
+def test_an_added_route_is_its_own_identity() -> None:
+    """A route an operator adds (to another cluster, say) never shares answers with the shipped
+    one; the shipped names add nothing, so fingerprints stored before stay valid."""
+    bare = cache_query(CHAT, "global")
+    for shipped in ("", "chat", "completions", "responses"):
+        assert cache_query(CHAT, "global", route=shipped) == bare
+    premium = cache_query(CHAT, "global", route="premium")
+    canary = cache_query(CHAT, "global", route="canary")
+    assert len({bare.partition, premium.partition, canary.partition}) == 3
+    assert len({bare.exact_key, premium.exact_key, canary.exact_key}) == 3
+    assert cache_query(CHAT, "global", route="premium") == premium

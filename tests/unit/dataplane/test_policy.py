@@ -11,14 +11,16 @@ from extproc.dataplane.processors import ChatCompletionsProcessor
 from extproc.dataplane.shared import Shared
 from tests.unit.dataplane.test_processors import CHAT, completion, headers, make_shared
 
-ROUTE = [("x-semantic-cache-route", "chat")]
-
 
 async def ask(
-    shared: Shared, pending: list[Any], model: str, extra: list[tuple[str, str]] | None = None
+    shared: Shared,
+    pending: list[Any],
+    model: str,
+    extra: list[tuple[str, str]] | None = None,
+    route: str = "chat",
 ) -> ChatCompletionsProcessor:
-    """One request of ``model`` on route "chat" (answered and stored on a miss)."""
-    p = ChatCompletionsProcessor(shared, ROUTE)
+    """One request of ``model`` on ``route`` (answered and stored on a miss)."""
+    p = ChatCompletionsProcessor(shared, [("x-semantic-cache-route", route)])
     p.on_request_headers(headers(CHAT + (extra or [])), False)
     if not p.decision.reason:  # not bypassed at headers
         body = f'{{"model": "{model}", "messages": [{{"role": "user", "content": "v:1,0"}}]}}'
@@ -112,3 +114,14 @@ async def test_the_pass_through_switch_stops_what_policies_enable() -> None:
     assert shared.paused
     assert set_switch(shared, True, "test") and shared.settings.enabled
     assert (await ask(shared, pending, "m")).decision.outcome == "hit"
+
+
+async def test_a_route_added_towards_another_cluster_shares_no_answer() -> None:
+    shared, _, pending = make_shared()
+    premium = await ask(shared, pending, "m", route="premium")
+    assert premium.decision.outcome == "miss"
+    chat = await ask(shared, pending, "m")  # the same body on the shipped route
+    assert chat.decision.outcome == "miss"
+    assert chat.decision.partition != premium.decision.partition
+    again = await ask(shared, pending, "m", route="premium")
+    assert (again.decision.outcome, again.decision.match) == ("hit", "exact")
