@@ -174,7 +174,7 @@ async def build_server(settings: CacheSettings, model: tuple[EncodeFn, int] | No
     shared.verification = Verification(lambda: shared.settings.verification, cache, tasks.spawn, metrics)
     outcomes = shared.verification.outcomes
     metrics.watch_false_hits(lambda: {m: (rate, upper) for m, (rate, upper, _) in outcomes.rates().items()})
-    metrics.watch(lambda: shared.cache.backend)
+    metrics.watch(lambda: shared.cache.backend, cache.backend.name)
     metrics.watch_embedder(lambda: shared.cache.embedder)
     metrics.watch_loop_lag(lambda: shared.loop_lag.seconds)
     metrics.watch_config(lambda: shared.config_error)

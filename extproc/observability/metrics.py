@@ -20,6 +20,10 @@ from extproc.observability.record import (
 # Latency buckets that resolve 0.1 ms .. 1 s.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+DECISION_SERIES = (("hit", "exact"), ("hit", "semantic"), ("miss", "none"), ("bypass", "none"))
+VERIFICATION_RESULTS = ("agree", "disagree", "error")
+BACKEND_ERRORS = ("backend_unavailable", "backend_error", "store_backend_unavailable", "store_backend_error")
+VERIFICATION_SKIPS = ("budget", "concurrency", "side_effects", "overloaded", "unreadable")
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
 
@@ -35,6 +39,11 @@ class Metrics:
             ["decision", "match"],
             registry=r,
         )
+        # Series exist from the start, at 0: a counter first seen at 1 loses that event to rate()
+        # and increase(), and a pod that never hits would leave the hit ratio with no numerator
+        # (no data, so the collapsed-hit-ratio alert could not fire).
+        for decision, match in DECISION_SERIES:
+            self.requests.labels(decision, match)
         self.bypasses = Counter(
             "semantic_cache_bypass", "Bypassed requests by reason.", ["reason"], registry=r
         )
@@ -99,13 +108,13 @@ class Metrics:
         self.hit_similarity = Histogram(
             "semantic_cache_hit_similarity",
             "Similarity of served semantic hits.",
-            buckets=(0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98, 0.99, 1.0),
+            buckets=(0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98, 0.99, 1.0),
             registry=r,
         )
         self.hit_confidence = Histogram(
             "semantic_cache_hit_confidence",
             "Verifier confidence (calibrated P(same meaning)) of served semantic hits.",
-            buckets=(0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99, 1.0),
+            buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99, 1.0),
             registry=r,
         )
 
@@ -145,10 +154,33 @@ class Metrics:
             ["cause"],
             registry=r,
         )
+        for counter, values in (
+            (self.verification_skipped, VERIFICATION_SKIPS),
+            (self.explorations, ("agree", "disagree")),
+            (self.bound_decisions, ("serve", "explore")),
+            (self.feedback, ("right", "wrong")),
+            (self.deleted, ("verification", "feedback")),
+            (self.stores, ("stored",)),
+        ):
+            for value in values:
+                counter.labels(value)
+        self._verified_models: set[str] = set()
 
-    def watch(self, backend: Callable[[], BackendLike]) -> None:
-        """Also export backend state, entries, evictions and the breaker, read at scrape time."""
+    def verified(self, model: str, result: str) -> None:
+        """Count one shadow verification of ``model``; a model's first creates its three series at 0."""
+        if model not in self._verified_models:
+            self._verified_models.add(model)
+            for each in VERIFICATION_RESULTS:
+                self.verifications.labels(model, each)
+        self.verifications.labels(model, result).inc()
+
+    def watch(self, backend: Callable[[], BackendLike], name: str = "") -> None:
+        """Also export backend state, entries, evictions and the breaker, read at scrape time;
+        the error series of backend ``name`` exist from the start, at 0."""
         self.registry.register(_BackendCollector(backend))
+        if name:
+            for reason in BACKEND_ERRORS:
+                self.backend_errors.labels(name, reason)
 
     def watch_embedder(self, embedder: Callable[[], EmbedderLike]) -> None:
         """Also export the embedding backlog and the wait it predicts, read at scrape time."""
@@ -175,7 +207,7 @@ class Metrics:
         self.requests.labels(d.outcome, d.match or "none").inc()
         if d.outcome == "bypass":
             self.bypasses.labels(bypass_reason(d.reason)).inc()
-            if d.reason.startswith("backend") or d.reason == "lookup_timeout":
+            if d.reason.startswith("backend"):  # a lookup_timeout is mostly embedding time: not the backend's
                 self.backend_errors.labels(backend, d.reason).inc()
         if d.non_latin:
             self.non_latin.inc()

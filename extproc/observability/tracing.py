@@ -131,7 +131,7 @@ def span_attributes(d: DecisionRecord, backend: str, threshold: float) -> dict[s
         "semantic_cache.bypass_reason": bypass_reason(d.reason) if d.outcome == "bypass" else miss_reason(d),
         "semantic_cache.store": d.store,
         "semantic_cache.partition": d.partition,
-        "semantic_cache.rejected_by": ",".join(d.rejected_by),
+        "semantic_cache.rejected_by": ",".join(dict.fromkeys(d.rejected_by)),  # each guard once
         "semantic_cache.volatile": d.volatile,
         "semantic_cache.policy": d.policy,
     }

@@ -173,7 +173,7 @@ class Verification:
         if result in RESULTS:
             self.outcomes.record_served(job.query.model, result)
             if self.metrics is not None:
-                self.metrics.verifications.labels(self.outcomes.model_key(job.query.model), result).inc()
+                self.metrics.verified(self.outcomes.model_key(job.query.model), result)
 
     async def _verify(self, job: Shadow, span: trace.Span) -> str:
         """Ask, judge, heal; the result (``agree`` | ``disagree`` | ``error``), or "" when skipped."""
