@@ -146,6 +146,9 @@ class CacheSettings:
     """``"package.module:function"`` building an extra guard (e.g. a cross-encoder); empty: none."""
     embedding_backend: str = "auto"
     """``auto`` (ONNX Runtime when usable, else torch) | ``onnx`` | ``torch``."""
+    upstream_cache_control: bool = True
+    """Honour the answer's ``cache-control``: ``no-store`` / ``private`` are not stored, ``s-maxage``
+    / ``max-age`` cap how long an answer is kept."""
     reason_header: bool = True
     """Send ``x-semantic-cache-reason`` on bypasses and guarded misses (a reason, never prompt text)."""
     # A remote embedding model instead of the local one (docs/embeddings.md).
@@ -242,6 +245,7 @@ _CACHE_KEYS: KeySpec = {
     "min_confidence": ((int, float), "a number (a probability)", unit_interval),
     "embedding_backend": (str, "a string", one_of("auto", "torch", "onnx")),
     "reason_header": (bool, "true or false", None),
+    "upstream_cache_control": (bool, "true or false", None),
     "policies": (list, "a list of policies", None),
     "embedding_endpoint": (str, 'an http(s) URL or ""', optional_http_url),
     "embedding_endpoint_model": (str, "a model name", None),

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from extproc.config.checks import MAX_SECONDS
+
 TTL_HEADER = "x-semantic-cache-ttl"
 _SECONDS = re.compile(r"\d{1,10}")
 _DIGITS = re.compile(r"[0-9]+")
@@ -85,6 +87,28 @@ def parse_freshness(cache_control: str) -> Freshness:
             if _SECONDS.fullmatch(value):
                 fresh.limit_age(int(value))  # repeated: the strictest wins
     return fresh
+
+
+def upstream_lifetime(cache_control: str) -> int | None:
+    """How long the upstream lets a shared cache keep its answer, from the response's
+    ``cache-control`` (RFC 9111): 0 for ``no-store`` or ``private`` (one user's answer), else
+    ``s-maxage`` (a shared cache's own) or ``max-age`` in seconds, None when it sets no limit.
+    ``no-cache`` sets none: the cache cannot revalidate an answer, and event-stream servers send
+    it only to keep proxies from buffering the stream."""
+    shared_max: int | None = None
+    max_age: int | None = None
+    for directive in cache_control.split(","):
+        name, _, value = directive.strip().partition("=")
+        name, value = name.strip().lower(), value.strip().strip('"')
+        if name in ("no-store", "private"):
+            return 0
+        if name in ("s-maxage", "max-age") and _DIGITS.fullmatch(value):
+            seconds = min(int(value), MAX_SECONDS) if len(value) <= 12 else MAX_SECONDS
+            if name == "s-maxage":
+                shared_max = seconds if shared_max is None else min(shared_max, seconds)
+            else:
+                max_age = seconds if max_age is None else min(max_age, seconds)
+    return shared_max if shared_max is not None else max_age
 
 
 def requested_ttl(header: str, max_ttl_seconds: int) -> int | None:

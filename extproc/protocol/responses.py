@@ -160,6 +160,8 @@ def parse_sse_response(body: bytes, choices_expected: int = 1) -> dict[str, Any]
     except UnicodeDecodeError as exc:
         raise NotStorable("unparseable") from exc
     for payload in reversed(payloads):
+        if payload.strip() == "[DONE]":  # a chat-style trailer some proxies add: not an event
+            continue
         try:
             event = json.loads(payload)
         except ValueError as exc:

@@ -20,7 +20,7 @@ from extproc.cache.guards.scripts import mostly_non_latin
 from extproc.cache.volatile import volatile_answer, volatile_prompt
 from extproc.dataplane.admission import embedding_budget
 from extproc.dataplane.decision import lookup_failure_reason, reason_header
-from extproc.dataplane.freshness import Freshness, answer_text, parse_freshness
+from extproc.dataplane.freshness import Freshness, answer_text, parse_freshness, upstream_lifetime
 from extproc.dataplane.identity import cache_query, canonical_query
 from extproc.dataplane.policy import route_name, route_settings
 from extproc.dataplane.processors.base import Processor, Send
@@ -193,11 +193,13 @@ class ChatCompletionsProcessor(RequestSettings, SingleFlight, VerifiedHits, Proc
         d.rejected_similarity = lookup.rejected_similarity
         d.timings.update(lookup.timings)
         if lookup.entry is None and self._storing:
-            lookup = await self._coalesce(query) or lookup
+            # A stream never waits: its first token comes in a fraction of a second from the
+            # upstream, the leader's whole answer (or none, if it cannot be stored) only at its end.
+            lookup = await self._coalesce(query, follow=not chat.stream) or lookup
         if lookup.entry is None:
             return m.request_body()
         d.entry_age_s = max(0.0, time.time() - lookup.entry.created_at)
-        return self._serve_hit(chat, lookup)
+        return await self._serve_hit(chat, lookup)
 
     async def _parse_request(self, body: bytes) -> ChatRequest:
         """Decode and parse the body; a compressed or large one off the event loop, bounded."""
@@ -222,16 +224,17 @@ class ChatCompletionsProcessor(RequestSettings, SingleFlight, VerifiedHits, Proc
             body = decoded
         return self.parse_request(body, self.settings.fingerprint_ignore_fields)
 
-    def _serve_hit(self, chat: ChatRequest, lookup: LookupResult) -> m.ProcessingResponse:
+    async def _serve_hit(self, chat: ChatRequest, lookup: LookupResult) -> m.ProcessingResponse:
         assert lookup.entry is not None
         self.decision.outcome, self.decision.match = "hit", lookup.match
         self.decision.similarity = lookup.similarity
         self.decision.confidence = lookup.confidence
         stored = lookup.entry.response
-        if chat.stream:
-            body, content_type = self.render_stream(stored, chat.include_usage), "text/event-stream"
+        content_type = "text/event-stream" if chat.stream else "application/json"
+        if len(answer_text(stored)) > INLINE_BYTES // 4:  # rendering costs ms per 100 KB: not on the loop
+            body = await asyncio.to_thread(self._render, stored, chat)
         else:
-            body, content_type = self.render_json(stored), "application/json"
+            body = self._render(stored, chat)
         saved = self._saved_tokens(stored) | self._entry_headers(lookup, chat.n)  # before _report()
         self._report()
         return m.immediate(
@@ -251,6 +254,10 @@ class ChatCompletionsProcessor(RequestSettings, SingleFlight, VerifiedHits, Proc
                 "age": str(int(self.decision.entry_age_s or 0)),  # RFC 9111 §5.1
             },
         )
+
+    def _render(self, stored: dict[str, Any], chat: ChatRequest) -> bytes:
+        """(maybe a worker thread) The stored answer as the request asked for it."""
+        return self.render_stream(stored, chat.include_usage) if chat.stream else self.render_json(stored)
 
     def _saved_tokens(self, stored: dict[str, Any]) -> dict[str, str]:
         """Note what a hit saved (the stored usage) on the decision; its header, if the entry has usage."""
@@ -282,6 +289,12 @@ class ChatCompletionsProcessor(RequestSettings, SingleFlight, VerifiedHits, Proc
             self._skip_store("empty_body")
         elif self._storing and self._content_encoding not in ("", "identity", "gzip"):
             self._skip_store("encoded_response")
+        elif self._storing and self.settings.upstream_cache_control:
+            lifetime = upstream_lifetime(headers.get("cache-control", ""))
+            if lifetime == 0:  # no-store, private, max-age=0: not for a shared cache
+                self._skip_store("upstream_no_store")
+            elif lifetime is not None:
+                self._fresh.limit_ttl(lifetime, self.settings.ttl_seconds)
         if not self._storing:
             self._report()
             return m.response_headers(marks, m.NO_RESPONSE_BODY)

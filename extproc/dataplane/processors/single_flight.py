@@ -33,12 +33,14 @@ class SingleFlight:
     _fresh: Freshness
     _send: Send | None
 
-    async def _coalesce(self, query: CacheQuery) -> LookupResult | None:
-        """None: this request leads (or gave up waiting) and goes upstream; else the leader's
-        stored answer as an exact hit."""
+    async def _coalesce(self, query: CacheQuery, follow: bool = True) -> LookupResult | None:
+        """None: this request leads (or gave up waiting, or does not ``follow``) and goes upstream;
+        else the leader's stored answer as an exact hit."""
         inflight = self.shared.inflight
         if inflight.lead(query.exact_key):
             self._leading = True
+            return None
+        if not follow:
             return None
         # Envoy ignores a timeout override past its max_message_timeout (65 s as shipped) and
         # would give up on this stream after message_timeout (3 s): the wait stays below it.

@@ -113,6 +113,11 @@ def test_a_stream_without_completed_is_not_stored() -> None:
     assert info.value.reason == "stream_incomplete"
 
 
+def test_a_done_trailer_after_the_completed_event_is_not_an_event() -> None:
+    stream = render_response_sse(response()) + b"data: [DONE]\n\n"
+    assert parse_sse_response(stream)["status"] == "completed"
+
+
 def test_text_no_utf8_can_carry_is_served_escaped() -> None:
     # An emoji whose halves came as two \u escapes in two stream events, and a line separator.
     text = "ok \ud83d\ude00 a\u2028b"
