@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 
@@ -98,6 +99,10 @@ class MemoryBackend:
         self._policy.added(label)
         if entry.expires_at > 0:
             heapq.heappush(self._expiry, (entry.expires_at, label))
+        if len(self._expiry) > 2 * len(self._entries) + 1024:
+            # Tuples of evicted / deleted / replaced entries: rebuild from the live ones (amortized O(1)).
+            self._expiry = [(e.expires_at, lb) for lb, e in self._entries.items() if e.expires_at > 0]
+            heapq.heapify(self._expiry)
 
     async def record_hit(self, entry: CacheEntry) -> None:
         """Count the hit and update LRU / LFU order."""
@@ -107,12 +112,14 @@ class MemoryBackend:
             self._policy.used(label)
 
     async def count(self) -> int:
-        """Number of stored entries."""
+        """Number of live entries."""
+        self._purge_expired(time.time())
         return len(self._entries)
 
     @property
     def known_entries(self) -> int:
-        """Entries now (for metrics)."""
+        """Live entries now (for metrics)."""
+        self._purge_expired(time.time())
         return len(self._entries)
 
     async def start(self) -> None:
@@ -120,7 +127,7 @@ class MemoryBackend:
 
     def status(self) -> tuple[str, str]:
         """Always ready."""
-        return "ready", f"memory backend: {len(self._entries)} entries"
+        return "ready", f"memory backend: {self.known_entries} entries"
 
     async def close(self) -> None:
         """Nothing to release."""
@@ -146,7 +153,8 @@ class MemoryBackend:
         self._purge_expired(now)
         snapshot = [(lb, e) for lb, e in self._entries.items() if not e.expired(now) and selector.matches(e)]
         for start in range(0, len(snapshot), batch_size):
-            batch = snapshot[start : start + batch_size]
+            # Entries evicted, deleted or replaced since the snapshot are gone (their vector too).
+            batch = [(lb, e) for lb, e in snapshot[start : start + batch_size] if self._entries.get(lb) is e]
             yield [self._with_vector(lb, e) if vectors else e for lb, e in batch]
             await asyncio.sleep(0)  # let requests run between batches
 
@@ -171,7 +179,9 @@ class MemoryBackend:
         query = np.ascontiguousarray(vector, dtype=np.float32)
         found: list[Candidate] = []
         for index in list(self._partitions.values()):
-            for label, score in index.search(query, limit):
+            # Filter before limiting: ask for every row when the selector narrows inside a partition.
+            k = limit if selector.created_before is None else len(index)
+            for label, score in index.search(query, k):
                 entry = self._entries.get(label)
                 if entry is not None and not entry.expired(now) and selector.matches(entry):
                     found.append(Candidate(entry, score))

@@ -150,7 +150,7 @@ def test_vector_index_flat_then_hnsw_agree() -> None:
         assert f[0][0] % 3 != 0 and h[0][0] % 3 != 0
         agree += f[0][0] == h[0][0]
     assert agree >= 98
-    for i in range(600, 700):  # re-adding after deletes reuses slots
+    for i in range(600, 700):  # adds after deletes (tombstones stay until a rebuild)
         hnsw.add(i, data[i - 600])
     assert len(hnsw) == 500
 
