@@ -31,10 +31,14 @@ class Upstream:
         self.text = "v:0,1"
         self.bodies: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.redirect = ""
+        """When set, every request is answered 307 to this URL."""
 
     async def handle(self, request: web.Request) -> web.Response:
         self.bodies.append(json.loads(await request.read()))
         self.headers.append({k.lower(): v for k, v in request.headers.items()})
+        if self.redirect:
+            return web.Response(status=307, headers={"location": self.redirect})
         choice = {"index": 0, "message": {"role": "assistant", "content": self.text}, "finish_reason": "stop"}
         completion = {"choices": [choice]}
         return web.json_response(completion | {"object": "chat.completion", "model": "m"})
@@ -66,13 +70,29 @@ class Harness:
         return await self.cache.store(query(prompt), answer(text))
 
     def shadow(
-        self, hit: CacheEntry, prompt: str = Q, headers: dict[str, str] | None = None, **body: Any
+        self,
+        hit: CacheEntry,
+        prompt: str = Q,
+        headers: dict[str, str] | None = None,
+        max_bytes: int = 4 * 1024 * 1024,
+        **body: Any,
     ) -> Shadow:
         """The shadow job of ``prompt`` served ``hit`` (a semantic hit), sent with ``headers``."""
         raw = json.dumps({"model": "m", "messages": [{"role": "user", "content": prompt}], **body}).encode()
         path = "/v1/chat/completions"
         return Shadow(
-            path, headers or {}, raw, "", parse_json_completion, 1, query(prompt), hit, 0.995, 0.995, 60
+            path,
+            headers or {},
+            raw,
+            "",
+            parse_json_completion,
+            1,
+            query(prompt),
+            hit,
+            0.995,
+            0.995,
+            60,
+            max_bytes=max_bytes,
         )
 
 

@@ -17,7 +17,7 @@ from opentelemetry import trace
 
 from extproc.cache import CacheQuery, LookupResult
 from extproc.cache.guards.scripts import mostly_non_latin
-from extproc.cache.volatile import volatile_answer, volatile_prompt
+from extproc.cache.volatile import dated_answer, volatile_prompt
 from extproc.dataplane.admission import embedding_budget
 from extproc.dataplane.decision import lookup_failure_reason, reason_header
 from extproc.dataplane.freshness import Freshness, answer_text, parse_freshness, upstream_lifetime
@@ -81,6 +81,7 @@ class ChatCompletionsProcessor(RequestSettings, SingleFlight, VerifiedHits, Proc
         self._chunks: list[bytes] = []
         self._size = 0
         self._captured = False
+        self._learning = False
         self._query_string = ""
         self._route = route_name(metadata)
         self._headers: dict[str, str] = {}
@@ -295,25 +296,31 @@ class ChatCompletionsProcessor(RequestSettings, SingleFlight, VerifiedHits, Proc
                 self._skip_store("upstream_no_store")
             elif lifetime is not None:
                 self._fresh.limit_ttl(lifetime, self.settings.ttl_seconds)
+        # An explored candidate's request learns from its answer even when nothing is stored.
+        self._learning = self._explored is not None and 200 <= self._status < 300 and not end_of_stream
         if not self._storing:
             self._report()
-            return m.response_headers(marks, m.NO_RESPONSE_BODY)
+            if not self._learning:
+                return m.response_headers(marks, m.NO_RESPONSE_BODY)
         return m.response_headers(marks)
 
     def on_response_body(self, chunk: bytes, end_of_stream: bool) -> m.ProcessingResponse:
         """Pass each chunk on at once; keep a copy to store when the response completes."""
-        if self._storing:
+        if self._storing or self._learning:
             self._size += len(chunk)
             if self._size > self.settings.max_response_bytes:
                 self._skip_store("too_large")
+                self._learning = False
                 self._chunks.clear()
             else:
                 self._chunks.append(chunk)
         if end_of_stream and not self._captured:
             self._captured = True
+            body, self._chunks = b"".join(self._chunks), []
             if self._storing:
-                body, self._chunks = b"".join(self._chunks), []
                 self.shared.spawn(self._store(body))
+            elif self._learning:
+                self.shared.spawn(self._learn(body))
             else:
                 self._report()
         return m.response_body()
@@ -344,7 +351,7 @@ class ChatCompletionsProcessor(RequestSettings, SingleFlight, VerifiedHits, Proc
             try:
                 vector = lookup.vector if lookup is not None else None
                 budget = self.settings.max_added_latency_ms / 1000 or None
-                self._check_volatile(volatile_answer(answer_text(completion)))
+                self._check_volatile(await dated_answer(answer_text(completion)))
                 if not self._storing:
                     return
                 ttl = self.settings.ttl_seconds if self._fresh.ttl is None else self._fresh.ttl

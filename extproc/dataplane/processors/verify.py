@@ -8,7 +8,7 @@ A mixin of the caching processors (chat, completions, responses): the state it r
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
@@ -44,6 +44,7 @@ class VerifiedHits:
     _explored: tuple[CacheEntry, float, float] | None = None
     """The candidate the false-hit bound did not serve: (entry, confidence, similarity)."""
     parse_json: Callable[[bytes, int], dict[str, Any]]
+    _parse_response: Callable[[bytes], Awaitable[dict[str, Any]]]
 
     def _min_confidence(self) -> float | None:
         """The ``min_confidence`` of the lookup: 0 under the false-hit bound (the bound decides)."""
@@ -87,7 +88,8 @@ class VerifiedHits:
                 score,
                 lookup.similarity,
                 ttl,
-                trace.set_span_in_context(self._span),
+                max_bytes=self.settings.max_response_bytes,
+                context=trace.set_span_in_context(self._span),
             )
             self.decision.verifying = v.shadow(job)
         return {ENTRY_HEADER: v.ids.issue(entry.partition, entry.exact_key, entry.created_at)}
@@ -100,6 +102,13 @@ class VerifiedHits:
             entry, score, similarity = self._explored
             v.learn_from_miss(entry.model, entry, (score, similarity), completion)
         return completion
+
+    async def _learn(self, body: bytes) -> None:
+        """An explored request's answer that is not stored (``no-store``): compared all the same."""
+        try:
+            self._learned(await self._parse_response(body))
+        except Exception as exc:  # not an answer to compare (an error body, a cut stream…)
+            log.debug("explored answer not compared: %s", type(exc).__name__)
 
     def _client_feedback(self, query: CacheQuery) -> None:
         """A ``no-cache`` retry saying ``x-semantic-cache-feedback: wrong``: report the entry it names."""

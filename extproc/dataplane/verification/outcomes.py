@@ -184,7 +184,9 @@ class Outcomes:
         setattr(tally, result, getattr(tally, result) + 1)
 
     def _bin(self, model: str, score: float, similarity: float) -> tuple[str, int, int]:
-        return self.model_key(model), bin_of(score), similarity_bin(similarity)
+        # By the model's own name: pooled as "other" (the served-rate label's bound), a model
+        # would be served on another's record, and one that earned trust lose it to the 65th.
+        return model, bin_of(score), similarity_bin(similarity)
 
     def learn(self, model: str, entry_id: str, score: float, wrong: bool, similarity: float = 1.0) -> None:
         """A judged outcome of a candidate with confidence ``score``: evidence for the rule."""

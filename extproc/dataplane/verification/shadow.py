@@ -24,7 +24,7 @@ from opentelemetry.context import Context
 
 from extproc.cache import CacheQuery, SemanticCache
 from extproc.cache.schema import CacheEntry
-from extproc.cache.volatile import volatile_answer
+from extproc.cache.volatile import dated_answer
 from extproc.config.verification import VerificationSettings, shadow_ssl
 from extproc.dataplane.freshness import answer_text
 from extproc.dataplane.verification.agreement import agree, identical
@@ -35,7 +35,6 @@ from extproc.dataplane.verification.request import (
     ENTRY_HEADER,
     FEEDBACK_HEADER,
     SHADOW_HEADER,
-    SIDE_EFFECTS,
     Skip,
     prepare,
     shadow_headers,
@@ -72,6 +71,8 @@ class Shadow:
     """The confidence (else the similarity) the hit was served at."""
     similarity: float
     ttl_seconds: int
+    max_bytes: int = 4 * 1024 * 1024
+    """The request's ``max_response_bytes``: a larger fresh answer is an error, never stored."""
     context: Context = field(default_factory=Context)
     """The request span's context: the verification span is its child."""
 
@@ -135,8 +136,6 @@ class Verification:
         s = self.settings
         if s.sample_rate <= 0 or self.rng() >= s.sample_rate:
             return False
-        if not job.encoding and any(f'"{name}"'.encode() in job.body for name in SIDE_EFFECTS):
-            return self._skip("side_effects")  # a cheap, conservative look: exact one in the task
         if self.inflight >= s.max_concurrency:
             return self._skip("concurrency")
         now = time.monotonic()
@@ -179,8 +178,10 @@ class Verification:
         """Ask, judge, heal; the result (``agree`` | ``disagree`` | ``error``), or "" when skipped."""
         try:
             body = await prepare(job.body, job.encoding)
-        except Skip as skip:
+        except Skip as skip:  # e.g. tools declared: read exactly here, not guessed from the bytes
             self._skip(skip.args[0])
+            if self.started_at:
+                self.started_at.pop()  # nothing was sent: the per-minute budget gets its call back
             return ""
         fresh = await self._ask(job, body)
         same_text = identical(job.entry.response, fresh)
@@ -219,10 +220,21 @@ class Verification:
                 timeout=aiohttp.ClientTimeout(total=s.timeout_ms / 1000),
             )
         url = s.upstream_url.rstrip("/") + job.path
-        async with self._session.post(url, data=body, headers=shadow_headers(job.headers)) as response:
-            answer = await response.read()
+        # Envoy never follows a redirect for the client: neither does its shadow (a 3xx is an
+        # error; following one would hand the client's api-key headers to another origin).
+        post = self._session.post(url, data=body, headers=shadow_headers(job.headers), allow_redirects=False)
+        async with post as response:
             if not 200 <= response.status < 300:
                 raise RuntimeError(f"upstream answered {response.status}")
+            # As on the request path: an answer over max_response_bytes (inflated) is no answer.
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                if size > job.max_bytes:
+                    raise RuntimeError(f"upstream answer over {job.max_bytes} bytes")
+                chunks.append(chunk)
+            answer = b"".join(chunks)
         if len(answer) > INLINE_BYTES:  # a long answer parses in a thread, as on the request path
             return await asyncio.to_thread(job.parse, answer, job.n)
         return job.parse(answer, job.n)
@@ -247,7 +259,7 @@ class Verification:
         """The served entry was wrong for this request: delete it; store the fresh answer instead."""
         await self._delete_wrong(job.entry, "shadow verification")
         # A dated answer ("as of today…") is not stored, as on the request path.
-        if not self.settings.replace or volatile_answer(answer_text(fresh)):
+        if not self.settings.replace or await dated_answer(answer_text(fresh)):
             return
         vector = await self.cache.embedder.embed(job.query.prompt, deferred=True)
         # The request was a semantic hit, so nothing was under its own key then: an entry there

@@ -138,7 +138,18 @@ def test_the_shadow_gate_samples_and_holds_its_limits() -> None:
     assert v.skipped["budget"] == 1 and len(spawned) == 3
     for s in spawned:
         s.close()
-    assert not v.shadow(job(b'{"tools": [{"type": "function"}]}'))
+
+
+async def test_a_request_with_tools_is_not_repeated_and_costs_no_budget() -> None:
+    """Read from the request itself in the task ("tools": [] or a prompt saying "functions"
+    declares none); a skipped one gives its per-minute call back."""
+    v, spawned = make_verification(sample_rate=1.0, max_per_minute=1)
+    assert v.shadow(job(b'{"model": "m", "tools": [{"type": "function"}], "messages": []}'))
+    await spawned.pop()
+    assert v.skipped["side_effects"] == 1 and v.inflight == 0
+    no_tools = b'{"model": "m", "tools": [], "messages": [{"role": "user", "content": "functions"}]}'
+    assert v.shadow(job(no_tools))
+    spawned.pop().close()
     assert v.skipped["side_effects"] == 1
 
 

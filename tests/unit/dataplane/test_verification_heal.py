@@ -209,3 +209,34 @@ def test_a_shadow_body_is_the_request_made_non_streaming() -> None:
     assert json.loads(shadow_request.shadow_body(b'{"tools": []}', "")) == {"tools": [], "stream": False}
     with pytest.raises(shadow_request.Skip, match="unreadable"):
         shadow_request.shadow_body(b"not gzip", "gzip")
+
+
+async def test_an_answer_too_large_to_store_is_an_error_and_changes_nothing(
+    upstream: tuple[Upstream, str],
+) -> None:
+    """The request path stores nothing over max_response_bytes; neither may a heal, and the
+    answer is never read whole (a small gzip body can inflate to gigabytes)."""
+    state, url = upstream
+    h = Harness(url, replace=True)
+    hit = await h.store(P, "v:1,0")
+    state.text = "v:0,1 " + "x" * 20_000
+    assert h.v.shadow(h.shadow(hit, max_bytes=4096))
+    await h.drain()
+    rates = h.v.outcomes.rates().get("m")
+    assert rates is None or rates[2].disagree == 0
+    assert text_of(await h.cache.entry(P_KEY)) == "v:1,0"  # kept
+    assert await h.cache.entry(query(Q).exact_key) is None  # nothing stored
+
+
+async def test_a_redirect_is_an_error_not_followed(upstream: tuple[Upstream, str]) -> None:
+    """Envoy hands a 3xx to the client; a shadow following it would send the client's api-key
+    headers to another origin and judge that origin's answer."""
+    state, url = upstream
+    async with serve_upstream() as (elsewhere, other_url):
+        h = Harness(url)
+        hit = await h.store(P, "v:1,0")
+        state.redirect = other_url + "/v1/chat/completions"
+        assert h.v.shadow(h.shadow(hit, headers={"api-key": "secret"}))
+        await h.drain()
+        assert elsewhere.bodies == []
+        assert text_of(await h.cache.entry(P_KEY)) == "v:1,0"
