@@ -31,6 +31,7 @@ from extproc.protocol.openai import (
     quotes_prompt,
     raw_prompt_identity,
 )
+from extproc.protocol.responses_stream import item_events
 from extproc.protocol.sse import dump_json, iter_sse_data
 
 RESPONSES_PATH = "/v1/responses"
@@ -201,66 +202,10 @@ def render_response_sse(stored: dict[str, Any], include_usage: bool = False, pie
         {"type": "response.in_progress", "response": started},
     ]
     for index, item in enumerate(final["output"]):
-        events += _item_events(index, item, piece_chars)
+        events += item_events(index, item, piece_chars)
     events.append({"type": "response.completed", "response": final})
     parts = []
     for seq, event in enumerate(events):
         data = dump_json(dict(event, sequence_number=seq))  # lone surrogates and U+2028 stay escaped
         parts.append(b"event: " + event["type"].encode() + b"\ndata: " + data + b"\n\n")
     return b"".join(parts)
-
-
-def _item_events(index: int, item: dict[str, Any], piece_chars: int) -> list[dict[str, Any]]:
-    """added, the text of each output_text part in deltas, done: one output item."""
-    if item.get("type") == "function_call" and isinstance(item.get("arguments"), str):
-        return _call_events(index, item, piece_chars)
-    if item.get("type") != "message":  # reasoning and other items: whole, as they were completed
-        return [
-            {
-                "type": "response.output_item.added",
-                "output_index": index,
-                "item": dict(item, status="in_progress"),
-            },
-            {"type": "response.output_item.done", "output_index": index, "item": item},
-        ]
-    item_id = item.get("id", "")
-    where = {"item_id": item_id, "output_index": index}
-    events: list[dict[str, Any]] = [
-        {
-            "type": "response.output_item.added",
-            "output_index": index,
-            "item": dict(item, status="in_progress", content=[]),
-        }
-    ]
-    for c, part in enumerate(item.get("content") or []):
-        at = where | {"content_index": c}
-        text = part.get("text", "") if part.get("type") == "output_text" else ""
-        empty = dict(part, text="") if part.get("type") == "output_text" else part
-        events.append({"type": "response.content_part.added", **at, "part": empty})
-        for start in range(0, len(text), piece_chars):
-            delta = text[start : start + piece_chars]
-            events.append({"type": "response.output_text.delta", **at, "delta": delta, "logprobs": []})
-        if part.get("type") == "output_text":
-            events.append({"type": "response.output_text.done", **at, "text": text, "logprobs": []})
-        events.append({"type": "response.content_part.done", **at, "part": part})
-    events.append({"type": "response.output_item.done", "output_index": index, "item": item})
-    return events
-
-
-def _call_events(index: int, item: dict[str, Any], piece_chars: int) -> list[dict[str, Any]]:
-    """A function call as the API streams it: added with no arguments, their deltas, done."""
-    where = {"item_id": item.get("id", ""), "output_index": index}
-    arguments: str = item["arguments"]
-    events: list[dict[str, Any]] = [
-        {
-            "type": "response.output_item.added",
-            "output_index": index,
-            "item": dict(item, status="in_progress", arguments=""),
-        }
-    ]
-    for start in range(0, len(arguments), piece_chars):
-        delta = arguments[start : start + piece_chars]
-        events.append({"type": "response.function_call_arguments.delta", **where, "delta": delta})
-    events.append({"type": "response.function_call_arguments.done", **where, "arguments": arguments})
-    events.append({"type": "response.output_item.done", "output_index": index, "item": item})
-    return events

@@ -126,7 +126,10 @@ def _merge_chunk(head: dict[str, Any], choices: dict[int, StreamChoice], chunk: 
             for raw in value or ():
                 _merge_choice(choices, raw)
         elif key in ("id", "created", "model"):
-            head.setdefault(key, value)
+            # The first non-blank one: Azure opens a stream with a chunk of blank id and model
+            # and created 0 (its prompt filter results), then the real ones.
+            if key not in head or (not head[key] and value):
+                head[key] = value
         elif key in ("object", "obfuscation"):
             continue  # obfuscation: OpenAI's per-chunk padding, no part of the answer
         elif key == "usage":

@@ -155,3 +155,47 @@ def test_a_function_call_streams_its_arguments_as_the_api_does() -> None:
     done = next(e for e in events if e["type"] == "response.function_call_arguments.done")
     assert done["arguments"] == call["arguments"] and done["item_id"] == "fc_1"
     assert parse_sse_response(stream)["output"] == stored["output"]
+
+
+def test_a_stream_hit_streams_reasoning_refusals_logprobs_and_annotations() -> None:
+    """A client building its view from the deltas sees what the upstream's stream showed."""
+    reasoning = {
+        "id": "rs_1",
+        "type": "reasoning",
+        "summary": [{"type": "summary_text", "text": "**Thinking** about greetings."}],
+        "content": [{"type": "reasoning_text", "text": "The user says hi."}],
+    }
+    tokens = [{"token": t, "logprob": -0.1, "top_logprobs": []} for t in ("Hel", "lo", "!")]
+    link = {
+        "type": "url_citation",
+        "url": "https://example.com",
+        "start_index": 0,
+        "end_index": 5,
+        "title": "x",
+    }
+    text = {"type": "output_text", "text": "Hello!", "annotations": [link], "logprobs": tokens}
+    refusal = {"type": "refusal", "refusal": "I can't help with that."}
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "status": "completed"}
+    custom = {"id": "ct_1", "type": "custom_tool_call", "call_id": "c1", "name": "sh", "input": "ls -la /tmp"}
+    stored = response(output=[reasoning, message | {"content": [text, refusal]}, custom])
+    events = [json.loads(p) for p in iter_sse_data(render_response_sse(stored, piece_chars=4))]
+
+    def joined(kind: str) -> str:
+        return "".join(e["delta"] for e in events if e["type"] == kind)
+
+    assert joined("response.reasoning_summary_text.delta") == "**Thinking** about greetings."
+    assert joined("response.reasoning_text.delta") == "The user says hi."
+    assert joined("response.output_text.delta") == "Hello!"
+    assert joined("response.refusal.delta") == "I can't help with that."
+    assert joined("response.custom_tool_call_input.delta") == "ls -la /tmp"
+    spelled = [t for e in events if e["type"] == "response.output_text.delta" for t in e["logprobs"]]
+    assert spelled == tokens
+    done = next(e for e in events if e["type"] == "response.output_text.done")
+    assert done["logprobs"] == tokens
+    assert [e["annotation"] for e in events if e["type"] == "response.output_text.annotation.added"] == [link]
+    added = next(
+        e for e in events if e["type"] == "response.output_item.added" and e["item"]["type"] == "reasoning"
+    )
+    assert added["item"]["summary"] == []  # streamed, not given whole at once
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert events[-1]["response"]["output"] == stored["output"]

@@ -249,3 +249,16 @@ def test_an_answer_with_expiring_audio_is_not_stored() -> None:
     with pytest.raises(NotStorable) as info:
         parse_json_completion(json.dumps(body).encode())
     assert info.value.reason == "audio"
+
+
+def test_an_azure_stream_keeps_the_model_its_first_chunk_leaves_blank() -> None:
+    """Azure opens a stream with a prompt-filter chunk: no choices, blank id and model, created 0."""
+    opening = json.dumps(
+        {"id": "", "object": "", "created": 0, "model": "", "choices": [], "prompt_filter_results": []}
+    )
+    real = {"model": "gpt-4o-2024-08-06", "id": "chatcmpl-9", "created": 7}
+    body = [json.dumps(json.loads(chunk(d, f)) | real)
+            for d, f in [({"role": "assistant", "content": "Hi"}, None), ({}, "stop")]]  # fmt: skip
+    stored = parse_sse_completion(sse(opening, *body, "[DONE]"))
+    assert (stored["model"], stored["id"], stored["created"]) == ("gpt-4o-2024-08-06", "chatcmpl-9", 7)
+    assert stored["choices"][0]["message"]["content"] == "Hi"
