@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import yaml
+
 from extproc.config.env import substitute_env
 from extproc.errors import ConfigError
 
@@ -94,7 +96,34 @@ def render_envoy_config(env: Mapping[str, str] | None = None, template: Path | N
     values.setdefault("STRIP_SCOPE_HEADER", "true")  # secure by default (see the template)
     values.setdefault("SCOPE_HEADER", values.get("SEMANTIC_CACHE_SCOPE_HEADER", "x-tenant-id").lower())
     source = template or template_path()
-    return substitute_env(keep_blocks(source.read_text(encoding="utf-8"), values), values, str(source))
+    text = substitute_env(keep_blocks(source.read_text(encoding="utf-8"), values), values, str(source))
+    return insert_lists(text, values)
+
+
+INSERTED_LISTS = ("HTTP_FILTERS", "CLUSTERS")
+"""``# @insert NAME`` markers: the YAML list of ``ENVOY_<NAME>`` goes after the marker, indented as
+it is (inserted after the ${VAR} pass, so its own text is never substituted)."""
+
+
+def insert_lists(text: str, values: Mapping[str, str]) -> str:
+    """``text`` with each ``ENVOY_<NAME>`` list (YAML or JSON text) after its ``# @insert NAME``."""
+    for name in INSERTED_LISTS:
+        raw = values.get(f"ENVOY_{name}", "").strip()
+        if not raw:
+            continue
+        try:
+            items = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"ENVOY_{name}: not YAML: {exc}") from exc
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise ConfigError(f"ENVOY_{name}: must be a list of objects")
+        marker = re.search(rf"(?m)^([ \t]*)# @insert {name}\n", text)
+        if marker is None:
+            raise ConfigError(f"the Envoy template has no '# @insert {name}' line")
+        block = yaml.safe_dump(items, sort_keys=False, default_flow_style=False)
+        indented = "".join(marker.group(1) + line + "\n" for line in block.splitlines())
+        text = text[: marker.end()] + indented + text[marker.end() :]
+    return text
 
 
 def envoy_binary() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ import yaml
 from extproc.cli.envoy import envoy_binary, render_envoy_config
 from extproc.errors import ConfigError
 
-from .helpers import CHART, ENVOY_TEMPLATE, RELEASE, Doc, helm_render, render
+from .helpers import CHART, ENVOY_TEMPLATE, RELEASE, Doc, envoy_validate, helm_render, render
 
 CHART_ENVOY_VARS = {
     "UPSTREAM_URL": "http://vllm:8000",
@@ -141,3 +142,61 @@ def test_envoy_image_matches_the_validating_binary() -> None:
     version = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True, check=True).stdout
     binary = re.search(r"/(\d+\.\d+)\.\d+/", version)
     assert binary and tag.startswith(f"v{binary.group(1)}."), (tag, version)
+
+
+AUTH_FILTER = {
+    "name": "envoy.filters.http.ext_authz",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+        "transport_api_version": "V3",
+        "grpc_service": {"envoy_grpc": {"cluster_name": "authz"}},
+        "failure_mode_allow": False,
+    },
+}
+AUTH_CLUSTER = {
+    "name": "authz",
+    "type": "STRICT_DNS",
+    "connect_timeout": "1s",
+    "typed_extension_protocol_options": {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}},
+        }
+    },
+    "load_assignment": {
+        "cluster_name": "authz",
+        "endpoints": [
+            {
+                "lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {"address": "authz", "port_value": 9000}}}}
+                ]
+            }
+        ],
+    },
+}
+
+
+def test_authentication_goes_before_the_cache_in_both_renderers(chart: Path, tmp_path: Path) -> None:
+    """A hit never reaches the upstream: a filter that must cover hits sits before ext_proc."""
+    values = {"envoy": {"httpFilters": [AUTH_FILTER], "clusters": [AUTH_CLUSTER]}}
+    helm_text = render(chart, values).data(f"{RELEASE}-envoy", "envoy.yaml")
+    variables = {
+        "ENVOY_HTTP_FILTERS": json.dumps([AUTH_FILTER]),
+        "ENVOY_CLUSTERS": json.dumps([AUTH_CLUSTER]),
+    }
+    python_text = render_envoy_config(CHART_ENVOY_VARS | variables, ENVOY_TEMPLATE)
+    config = yaml.safe_load(helm_text)
+    assert config == yaml.safe_load(python_text)
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    names = [f["name"] for f in manager["http_filters"]]
+    assert names.index("envoy.filters.http.ext_authz") == names.index("envoy.filters.http.ext_proc") - 1
+    assert names.index("envoy.filters.http.header_mutation") < names.index("envoy.filters.http.ext_authz")
+    assert "authz" in [c["name"] for c in config["static_resources"]["clusters"]]
+    result = envoy_validate(helm_text, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_filter_list_that_is_not_one_is_refused() -> None:
+    for bad in ("{name: x}", "- just a string", "[unclosed"):
+        with pytest.raises(ConfigError, match="ENVOY_HTTP_FILTERS"):
+            render_envoy_config(CHART_ENVOY_VARS | {"ENVOY_HTTP_FILTERS": bad}, ENVOY_TEMPLATE)

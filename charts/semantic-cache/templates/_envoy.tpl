@@ -110,5 +110,17 @@ address stay on loopback whatever is passed there).
 {{- end -}}
 {{- $text = replace $ref $value $text -}}
 {{- end -}}
+{{- /* 3. (after the ${VAR} pass, as insert_lists) envoy.httpFilters / envoy.clusters after
+     their "# @insert NAME" line, at its indentation. */ -}}
+{{- range $name, $items := dict "HTTP_FILTERS" .Values.envoy.httpFilters "CLUSTERS" .Values.envoy.clusters -}}
+{{- if $items -}}
+{{- $marker := regexFind (printf "(?m)^[ \\t]*# @insert %s\\n" $name) $text -}}
+{{- if not $marker -}}
+{{- fail (printf "files/envoy.yaml has no '# @insert %s' line" $name) -}}
+{{- end -}}
+{{- $indent := len (regexReplaceAll "# @insert.*\\n$" $marker "") -}}
+{{- $text = replace $marker (printf "%s%s\n" $marker (toYaml $items | indent $indent)) $text -}}
+{{- end -}}
+{{- end -}}
 {{- $text -}}
 {{- end -}}
