@@ -46,6 +46,7 @@ GUARD_KEYS = {
     "opposites": "guard_opposites",
     "direction": "guard_direction",
     "code": "guard_code",
+    "instructions": "guard_instructions",
     "content": "guard_content",
 }
 

@@ -131,6 +131,7 @@ class CacheSettings:
     guard_opposites: bool = True
     guard_direction: bool = True
     guard_code: bool = True
+    guard_instructions: bool = True
     guard_content: bool = False
     """Off by default: its evidence (names, swaps) is in the learned verifier's features."""
     guard_content_min_alignment: float = 0.5
@@ -235,6 +236,7 @@ _CACHE_KEYS: KeySpec = {
     "guard_opposites": (bool, "true or false", None),
     "guard_direction": (bool, "true or false", None),
     "guard_code": (bool, "true or false", None),
+    "guard_instructions": (bool, "true or false", None),
     "guard_content": (bool, "true or false", None),
     "guard_content_min_alignment": ((int, float), "a number", unit_interval),
     "guard_content_name_alignment": ((int, float), "a number", unit_interval),

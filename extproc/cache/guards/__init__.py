@@ -16,6 +16,7 @@ from extproc.cache.guards.base import Guard
 from extproc.cache.guards.code import CodeGuard
 from extproc.cache.guards.content import ContentGuard, WordVectorCache, missing_words, modifiers
 from extproc.cache.guards.direction import DirectionGuard
+from extproc.cache.guards.instructions import InstructionsGuard
 from extproc.cache.guards.learned import BUILTIN, ConfidenceScorer, load_model
 from extproc.cache.guards.rules import NegationGuard, NumbersGuard, OppositesGuard, UnitsGuard
 from extproc.cache.guards.verifier import CrossEncoderVerifier, load_verifier_factory
@@ -35,6 +36,7 @@ __all__ = [
     "CrossEncoderVerifier",
     "DirectionGuard",
     "Guard",
+    "InstructionsGuard",
     "NegationGuard",
     "NumbersGuard",
     "OppositesGuard",
@@ -61,6 +63,8 @@ async def build_guards(settings: CacheSettings, embedder: Embedder) -> list[Guar
         guards.append(DirectionGuard())
     if settings.guard_code:
         guards.append(CodeGuard())
+    if settings.guard_instructions:
+        guards.append(InstructionsGuard())
     if settings.guard_content:
         guards.append(
             ContentGuard(

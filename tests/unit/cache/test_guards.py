@@ -420,10 +420,13 @@ async def test_build_guards_follows_settings(model: tuple[EncodeFn, int]) -> Non
         "opposites",
         "direction",
         "code",
+        "instructions",
     ]  # content: the verifier's
     on = with_overrides(CacheSettings(), guard_content=True)
     assert [g.name for g in await build_guards(on, embedder)][-1] == "content"
-    off = with_overrides(CacheSettings(), guard_units=False, guard_content=False, guard_code=False)
+    off = with_overrides(
+        CacheSettings(), guard_units=False, guard_content=False, guard_code=False, guard_instructions=False
+    )
     assert [g.name for g in await build_guards(off, embedder)] == [
         "numbers", "negation", "opposites", "direction"
     ]  # fmt: skip
@@ -497,6 +500,7 @@ async def test_server_wires_the_configured_guards(model: tuple[EncodeFn, int]) -
         "opposites",
         "direction",
         "code",
+        "instructions",
     ]
     assert cache.scorer is not None and cache.min_confidence == 0.75  # the shipped verifier
     assert cache.scorer.words is not None  # word vectors for its alignment features

@@ -89,7 +89,9 @@ async def test_protocol_on_known_answers_with_guards(model: tuple[EncodeFn, int]
     assert (row.hits, row.correct, row.wrong, row.wrong_negative, row.wrong_other) == (4, 3, 1, 0, 1)
     assert row.precision == pytest.approx(0.75) and row.recall == pytest.approx(1.0)
     assert report.rejections == {"opposites": 1, "numbers": 1}
-    assert report.guards == ["numbers", "units", "negation", "opposites", "direction", "code", "content"]
+    assert report.guards == [
+        "numbers", "units", "negation", "opposites", "direction", "code", "instructions", "content"
+    ]  # fmt: skip
     # judged by clusters: the capital-of-France hit for the label-0 pair's b is in its cluster
     # (it is the same question), so it is correct, not wrong
     assert (row.judged_correct, row.judged_wrong, row.unjudged) == (4, 0, 0)
