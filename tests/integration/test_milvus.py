@@ -144,8 +144,11 @@ async def test_partitions_never_cross(
 async def test_ttl_expiry_and_sweep(
     model: tuple[EncodeFn, int], milvus_server: MilvusServer, tmp_path: Path
 ) -> None:
+    no_sweep = {"sweep_interval_seconds": 3600}
     cache = await open_cache(
-        model, milvus_yaml(tmp_path / "m.yaml", milvus_server.uri, collection()), ttl_seconds=1
+        model,
+        milvus_yaml(tmp_path / "m.yaml", milvus_server.uri, collection(), maintenance=no_sweep),
+        ttl_seconds=1,
     )
     await cache.store(q("Where is the Eiffel Tower?"), answer("Paris"))
     assert (await cache.check(q("Where is the Eiffel Tower?"))).hit
@@ -154,6 +157,7 @@ async def test_ttl_expiry_and_sweep(
     assert not (await cache.check(q("Where can I find the Eiffel Tower?"))).hit
     backend = cache.backend
     assert isinstance(backend, MilvusBackend)
+    assert await backend.count() == 0  # stats count live rows: the expired one is not swept yet
     await backend.sweep(time.time())
     assert await backend.count() == 0
     await cache.close()
@@ -308,6 +312,24 @@ async def test_a_collection_remembers_its_embedding_model(
     assert again.backend.status()[0] == "ready"
     await again.close()
     client.close()
+
+
+async def test_a_collection_indexed_with_another_metric_is_a_schema_mismatch(
+    model: tuple[EncodeFn, int], milvus_server: MilvusServer, tmp_path: Path
+) -> None:
+    """Reused under another metric_type, every search is refused ("metric type not match") while
+    the backend said ready and stores went on: now refused at connect, naming both metrics."""
+    name = collection()
+    made = await open_cache(model, milvus_yaml(tmp_path / "ip.yaml", milvus_server.uri, name))  # IP
+    await made.close()
+    cosine = {"vector_field": {"name": "embedding", "dimension": 384, "metric_type": "COSINE"}}
+    cache = await open_cache(
+        model, milvus_yaml(tmp_path / "cos.yaml", milvus_server.uri, name, collection=cosine), ready=False
+    )
+    await settle(cache, "schema_mismatch")
+    detail = cache.backend.status()[1]
+    assert "uses metric IP, milvus.yaml says COSINE" in detail, detail
+    await cache.close()
 
 
 def test_response_compression_and_too_large() -> None:

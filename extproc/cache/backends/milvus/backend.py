@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,14 +21,25 @@ import numpy as np
 
 from extproc.cache.backends.breaker import CircuitBreaker
 from extproc.cache.backends.milvus.bulk import MilvusBulkOps, quote
-from extproc.cache.backends.milvus.client import create_collection, open_client
+from extproc.cache.backends.milvus.client import (
+    close_quietly,
+    create_collection,
+    in_daemon_thread,
+    open_client,
+)
 from extproc.cache.backends.milvus.consistency import distinct
 from extproc.cache.backends.milvus.evidence import MilvusEvidenceOps
 from extproc.cache.backends.milvus.failures import auth_error, describe, duplicate_rows, is_data_error
 from extproc.cache.backends.milvus.locks import KeyLocks
 from extproc.cache.backends.milvus.maintenance import MilvusMaintenance
 from extproc.cache.backends.milvus.rows import DEFAULT_LIMITS, NEVER, decode_response, entry_row
-from extproc.cache.backends.milvus.schema import SchemaProblem, check_schema, varchar_limits
+from extproc.cache.backends.milvus.schema import (
+    SchemaProblem,
+    check_schema,
+    index_problems,
+    varchar_limits,
+    vector_index,
+)
 from extproc.cache.schema import CacheEntry, Candidate
 from extproc.config.milvus import MilvusSettings
 from extproc.errors import BackendUnavailable, DataRejected
@@ -55,31 +65,6 @@ _OUTPUT = [
 def _vector(value: Any) -> np.ndarray | None:
     """A stored vector from a search result (None when the server sent none back)."""
     return None if value is None else np.asarray(value, dtype=np.float32)
-
-
-def in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
-    """``fn()`` on a thread of its own that never holds the process's exit (a daemon)."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: Any, error: BaseException | None) -> None:
-        if future.done():  # given up on (the backend closed)
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-
-    def run() -> None:
-        try:
-            result, error = fn(), None
-        except BaseException as exc:  # handed to the awaiting task
-            result, error = None, exc
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
-            loop.call_soon_threadsafe(settle, result, error)
-
-    threading.Thread(target=run, name="milvus-connect", daemon=True).start()
-    return future
 
 
 class MilvusBackend(MilvusBulkOps, MilvusEvidenceOps, MilvusMaintenance):
@@ -207,7 +192,8 @@ class MilvusBackend(MilvusBulkOps, MilvusEvidenceOps, MilvusMaintenance):
                 create_collection(client, s, self.dim, self.embedding)
                 created = True
             description = client.describe_collection(s.collection)
-            problems = check_schema(description, s, self.dim, self.embedding)
+            index = vector_index(client, s)
+            problems = check_schema(description, s, self.dim, self.embedding) + index_problems(index, s)
             if problems:
                 raise SchemaProblem(
                     "schema_mismatch",
@@ -227,7 +213,7 @@ class MilvusBackend(MilvusBulkOps, MilvusEvidenceOps, MilvusMaintenance):
         action = "created" if created else "reused"
         return (
             f"backend=milvus address={s.address} version={version} collection={s.collection} ({action}) "
-            f"index={s.index_type}/{s.metric_type} entities={count}"
+            f"index={index[0] or s.index_type}/{index[1] or s.metric_type} entities={count}"
         )
 
     # --- calls ---------------------------------------------------------------------------
@@ -277,8 +263,13 @@ class MilvusBackend(MilvusBulkOps, MilvusEvidenceOps, MilvusMaintenance):
         self._set_state("unavailable", f"{reason}; reconnecting")
         client, self._client = self._client, None
         loop = asyncio.get_running_loop()
+        # Calls stuck on the lost connection hold the pool's threads until their deadline (a write:
+        # connection.timeout): the next client gets a pool of its own (hits came back 55 s after
+        # Milvus did), and the old client is closed now, which ends those calls with an error.
+        stale, self._executor = self._executor, ThreadPoolExecutor(max_workers=8, thread_name_prefix="milvus")
+        stale.shutdown(wait=False)
         if client is not None:
-            loop.run_in_executor(self._executor, client.close)
+            in_daemon_thread(lambda: close_quietly(client))
         self._tasks = [t for t in self._tasks if not t.done()]
         self._tasks.append(loop.create_task(self._connect_loop()))
 
@@ -392,13 +383,13 @@ class MilvusBackend(MilvusBulkOps, MilvusEvidenceOps, MilvusMaintenance):
         """Milvus entries are evicted oldest-first: hits change nothing."""
 
     async def count(self) -> int:
-        """Entities in the collection."""
+        """Live entities in the collection (expired rows the sweep has not removed yet are not)."""
         return await self._call(self._count, self.settings.timeout)
 
     def _count(self, client: Any) -> int:
         rows = client.query(
             self.settings.collection,
-            filter="",
+            filter=f"expires_at > {int(time.time() * 1000)}",
             output_fields=["count(*)"],
             consistency_level="Strong",
             **self._slow,

@@ -69,6 +69,10 @@ def check_schema(description: dict[str, Any], s: MilvusSettings, dim: int, embed
             problems.append(
                 f"field {name} is {getattr(field['type'], 'name', field['type'])}, expected {kind}"
             )
+    for name in ("id", "partition_key", "fingerprint"):  # hashes: a shorter field refuses every store
+        length = ((fields.get(name) or {}).get("params") or {}).get("max_length")
+        if str(length).isdigit() and int(length) < KEY_LEN:
+            problems.append(f"field {name} holds {length} bytes; the cache's keys are {KEY_LEN}")
     if "id" in fields and not fields["id"].get("is_primary"):
         problems.append("field id is not the primary key")
     if "partition_key" in fields and not fields["partition_key"].get("is_partition_key"):
@@ -90,6 +94,26 @@ def check_schema(description: dict[str, Any], s: MilvusSettings, dim: int, embed
                 "--reembed into the new collection)"
             )
     return problems
+
+
+def vector_index(client: Any, s: MilvusSettings) -> tuple[str, str]:
+    """(index type, metric) of the collection's vector index as Milvus has it ("" when unknown)."""
+    for name in client.list_indexes(s.collection, field_name=s.vector_field) or ():
+        index = client.describe_index(s.collection, name) or {}
+        return str(index.get("index_type", "")), str(index.get("metric_type", ""))
+    return "", ""
+
+
+def index_problems(index: tuple[str, str], s: MilvusSettings) -> list[str]:
+    """A vector index searched with another metric refuses every search ("metric type not
+    match"): the collection would be ready, every semantic lookup refused."""
+    _, metric = index
+    if metric and metric.upper() != s.metric_type.upper():
+        return [
+            f"the index of {s.vector_field} uses metric {metric}, milvus.yaml says {s.metric_type} "
+            f"(set collection.vector_field.metric_type: {metric}, or use a new collection)"
+        ]
+    return []
 
 
 def varchar_limits(description: dict[str, Any]) -> dict[str, int]:
