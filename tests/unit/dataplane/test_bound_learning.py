@@ -16,6 +16,7 @@ from tests.unit.dataplane.test_processors import (
     headers,
     make_shared,
     miss_and_store,
+    run_spawned,
 )
 
 
@@ -51,8 +52,7 @@ async def test_an_explored_no_store_request_is_learned_from() -> None:
     reply = p.on_response_headers(headers([(":status", "200"), ("content-type", "application/json")]), False)
     assert reply.mode_override != NO_RESPONSE_BODY  # the body is still read, to be compared
     p.on_response_body(completion("v:1,0"), True)
-    for coro in pending:
-        await coro
+    await run_spawned(pending)
     assert shared.verification.outcomes.learned == 1
     assert decisions[-1].store != "stored"
     assert await shared.cache.entry(p._query.exact_key) is None  # no-store: still not stored

@@ -9,7 +9,7 @@ from typing import Any
 from extproc.config.policies import Policy
 from extproc.dataplane.processors import ChatCompletionsProcessor
 from extproc.dataplane.shared import Shared
-from tests.unit.dataplane.test_processors import CHAT, completion, headers, make_shared
+from tests.unit.dataplane.test_processors import CHAT, completion, headers, make_shared, run_spawned
 
 
 async def ask(
@@ -28,9 +28,7 @@ async def ask(
     if p.decision.outcome == "miss":
         p.on_response_headers(headers([(":status", "200"), ("content-type", "application/json")]), False)
         p.on_response_body(completion("answer"), True)
-    for coro in pending:
-        await coro
-    pending.clear()
+    await run_spawned(pending)
     p.on_stream_closed()
     return p
 

@@ -76,6 +76,12 @@ def first_message(pairs: list[tuple[str, str]]) -> ProcessingRequest:
     return ProcessingRequest(request_headers=HttpHeaders(headers=header_map))
 
 
+async def run_spawned(pending: list[Any]) -> None:
+    """Run the background work (stores, comparisons) the processors spawned, in order."""
+    while pending:
+        await pending.pop(0)
+
+
 async def miss_and_store(
     shared: Shared, pending: list[Any], prompt: str, text: str
 ) -> ChatCompletionsProcessor:
@@ -85,9 +91,7 @@ async def miss_and_store(
     await p.on_request_body(chat_body(prompt), True)
     p.on_response_headers(headers([(":status", "200"), ("content-type", "application/json")]), False)
     p.on_response_body(completion(text), True)
-    for coro in pending:
-        await coro
-    pending.clear()
+    await run_spawned(pending)
     return p
 
 
@@ -151,9 +155,7 @@ async def test_request_body_phase_miss_then_hit() -> None:
     _, kind = betterproto2.which_one_of(reply, "response")
     assert kind is not None and reply.request_body is not None
     assert p.decision.outcome == "miss"
-    for coro in pending:
-        await coro
-    pending.clear()
+    await run_spawned(pending)
     await miss_and_store(shared, pending, "capital of spain?", "Madrid")
     hit = ChatCompletionsProcessor(shared)
     hit.on_request_headers(headers(CHAT), False)
@@ -204,8 +206,7 @@ async def test_answers_that_quote_their_prompt_hit_only_on_exact_repeats(
     await first.on_request_body(body("v:1,0"), True)
     first.on_response_headers(headers([(":status", "200"), ("content-type", "application/json")]), False)
     first.on_response_body(stored, True)
-    for coro in pending:
-        await coro
+    await run_spawned(pending)
     paraphrase = processor_for(path)(shared)
     paraphrase.on_request_headers(headers(route), False)
     assert (await paraphrase.on_request_body(body("v:1,0.01"), True)).immediate_response is None

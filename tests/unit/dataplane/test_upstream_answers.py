@@ -11,7 +11,14 @@ import pytest
 from extproc.dataplane.freshness import upstream_lifetime
 from extproc.dataplane.processors import ChatCompletionsProcessor
 from extproc.dataplane.shared import Shared
-from tests.unit.dataplane.test_processors import CHAT, chat_body, completion, headers, make_shared
+from tests.unit.dataplane.test_processors import (
+    CHAT,
+    chat_body,
+    completion,
+    headers,
+    make_shared,
+    run_spawned,
+)
 
 OK_JSON = [(":status", "200"), ("content-type", "application/json")]
 
@@ -24,9 +31,7 @@ async def answered(shared: Shared, pending: list[Any], cache_control: str) -> Ch
     extra = [("cache-control", cache_control)] if cache_control else []
     p.on_response_headers(headers(OK_JSON + extra), False)
     p.on_response_body(completion("Hello alice, your balance is $1,234."), True)
-    for coro in pending:
-        await coro
-    pending.clear()
+    await run_spawned(pending)
     p.on_stream_closed()
     return p
 

@@ -226,6 +226,7 @@ async def test_an_answer_too_large_to_store_is_an_error_and_changes_nothing(
     assert rates is None or rates[2].disagree == 0
     assert text_of(await h.cache.entry(P_KEY)) == "v:1,0"  # kept
     assert await h.cache.entry(query(Q).exact_key) is None  # nothing stored
+    await h.v.close()
 
 
 async def test_a_redirect_is_an_error_not_followed(upstream: tuple[Upstream, str]) -> None:
@@ -240,3 +241,4 @@ async def test_a_redirect_is_an_error_not_followed(upstream: tuple[Upstream, str
         await h.drain()
         assert elsewhere.bodies == []
         assert text_of(await h.cache.entry(P_KEY)) == "v:1,0"
+        await h.v.close()
