@@ -61,6 +61,11 @@ class ExtProcServer:
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0),
+            # grpc-core drops new calls once 1000 wait to be picked up (at random up to 3000): a
+            # burst of new streams lost some, and Envoy sent those requests upstream uncached. The
+            # processor sheds load itself (max_added_latency_ms), with a reason on each request.
+            ("grpc.server.max_pending_requests", 1 << 20),
+            ("grpc.server.max_pending_requests_hard_limit", 1 << 20),
         ]
         self.server = grpc.aio.server(options=options)
         handler = grpc.method_handlers_generic_handler(

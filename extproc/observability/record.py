@@ -14,6 +14,7 @@ BYPASS_REASONS: dict[str, str] = {
     "unsupported_encoding": "a content-encoding other than gzip / identity",
     "bad_encoding": "the gzip body does not decompress",
     "bad_json": "the body is not a JSON object",
+    "not_json": "a content-type servers do not read as JSON (text/plain, a form): they refuse it",
     "bad_messages": "messages is missing or not a list of chat messages",
     "no_model": "model is missing or not a string",
     "model_too_long": "model is longer than the partition key allows",

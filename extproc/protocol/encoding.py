@@ -36,3 +36,15 @@ def gunzip_bounded(data: bytes, limit: int) -> bytes | None:
         pending = inflater.unused_data
         if not pending.strip(b"\x00"):  # nothing, or padding, after the last member
             return bytes(out)
+
+
+def json_media_type(content_type: str) -> bool:
+    """True for a request body servers read as JSON: ``application/json``, ``application/*+json``,
+    or no content-type at all (FastAPI, and so vLLM, parses a body without one as JSON). A hit
+    for ``text/plain`` or a form (``curl -d``) would be a 200 where the server answers 415 / 422."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if not media:
+        return True
+    kind, _, subtype = media.partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
+

@@ -200,3 +200,17 @@ def test_a_filter_list_that_is_not_one_is_refused() -> None:
     for bad in ("{name: x}", "- just a string", "[unclosed"):
         with pytest.raises(ConfigError, match="ENVOY_HTTP_FILTERS"):
             render_envoy_config(CHART_ENVOY_VARS | {"ENVOY_HTTP_FILTERS": bad}, ENVOY_TEMPLATE)
+
+
+def test_neither_cluster_keeps_envoys_1024_request_circuit_breaker() -> None:
+    """Past 1024 concurrent requests Envoy failed the processor's stream (the request went
+    upstream uncached, unseen) and would 503 the LLM call itself."""
+    for env, expected in (
+        (CHART_ENVOY_VARS, 50000),
+        (CHART_ENVOY_VARS | {"ENVOY_MAX_CONNECTIONS": "8000"}, 8000),
+    ):
+        config = yaml.safe_load(render_envoy_config(env, ENVOY_TEMPLATE))
+        clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+        for name in ("semantic_cache", "upstream"):
+            (thresholds,) = clusters[name]["circuit_breakers"]["thresholds"]
+            assert thresholds["max_requests"] == thresholds["max_pending_requests"] == expected, name

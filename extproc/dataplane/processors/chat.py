@@ -31,7 +31,7 @@ from extproc.dataplane.shared import HEADER, Shared
 from extproc.errors import NotCacheable, NotStorable, OutcomeError
 from extproc.protocol import messages as m
 from extproc.protocol.completion import saved_tokens
-from extproc.protocol.encoding import GZIP, IDENTITY, INLINE_BYTES, gunzip_bounded
+from extproc.protocol.encoding import GZIP, IDENTITY, INLINE_BYTES, gunzip_bounded, json_media_type
 from extproc.protocol.openai import (
     ChatRequest,
     parse_chat_request,
@@ -99,6 +99,8 @@ class ChatCompletionsProcessor(RequestSettings, SingleFlight, VerifiedHits, Proc
         # under says so (the same reason); the policy itself is applied once the model is known.
         if self.shared.paused:  # the pass-through switch: before any policy
             return self._bypass("disabled")
+        if not json_media_type(headers.get("content-type", "")):
+            return self._bypass("not_json")
         possible = route_settings(self.shared.settings, self._route)
         self.settings = possible[-1][0]
         reasons = {self._policy_bypass(settings, headers) for settings, _ in possible}

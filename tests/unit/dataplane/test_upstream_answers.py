@@ -94,3 +94,15 @@ async def test_a_stream_never_waits_for_the_identical_request_in_flight() -> Non
     assert not waiting.done()
     leader.on_response_headers(headers([(":status", "503")]), False)
     assert (await asyncio.wait_for(waiting, 2)).immediate_response is None
+
+
+async def test_a_body_servers_would_refuse_is_not_served_from_cache() -> None:
+    """vLLM answers text/plain or a form (curl -d) with 415 / 422: a hit would be a 200."""
+    shared, _, pending = make_shared()
+    await answered(shared, pending, "")
+    for content_type in ("text/plain", "application/x-www-form-urlencoded"):
+        p = ChatCompletionsProcessor(shared)
+        typed = [(k, content_type if k == "content-type" else v) for k, v in CHAT]
+        reply = p.on_request_headers(headers(typed), False)
+        assert reply.immediate_response is None
+        assert (p.decision.outcome, p.decision.reason) == ("bypass", "not_json")

@@ -1,4 +1,4 @@
-"""Bounded gzip: never inflates past the limit, whatever the compression ratio."""
+"""Bounded gzip (never inflates past the limit, whatever the ratio) and which bodies are JSON."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 
-from extproc.protocol.encoding import gunzip_bounded
+from extproc.protocol.encoding import gunzip_bounded, json_media_type
 
 
 def test_round_trip_and_members() -> None:
@@ -37,3 +37,15 @@ def test_bomb_stops_at_the_limit_without_inflating() -> None:
 def test_corrupt_or_truncated(bad: bytes) -> None:
     with pytest.raises((zlib.error, EOFError)):
         gunzip_bounded(bad, 10**6)
+
+
+def test_json_media_types() -> None:
+    for json_type in ("", "application/json", "Application/JSON; charset=utf-8", "application/vnd.api+json"):
+        assert json_media_type(json_type), json_type
+    for other in (
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "text/json",
+    ):
+        assert not json_media_type(other), other
