@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -130,6 +131,15 @@ async def test_ttl_zero_never_expires(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (await cache.check(query("v:1,0"))).hit
 
 
+def built(index: VectorIndex, timeout: float = 30.0) -> None:
+    """Wait until no graph is being built, swapping a finished one in (as a search does)."""
+    deadline = time.monotonic() + timeout
+    while index._journal is not None or index._built is not None:
+        assert time.monotonic() < deadline, "the graph build did not finish"
+        time.sleep(0.01)
+        index.search(np.ones(index.dim, dtype=np.float32) / np.sqrt(index.dim), 1)
+
+
 def test_vector_index_flat_then_hnsw_agree() -> None:
     rng = np.random.default_rng(0)
     data = rng.normal(size=(600, 32)).astype(np.float32)
@@ -139,7 +149,9 @@ def test_vector_index_flat_then_hnsw_agree() -> None:
     for i, v in enumerate(data):
         flat.add(i, v)
         hnsw.add(i, v)
-    assert not flat.is_hnsw and hnsw.is_hnsw
+    assert not flat.is_hnsw
+    built(hnsw)  # in a thread: the flat rows serve meanwhile
+    assert hnsw.is_hnsw
     for i in range(0, 600, 3):  # deletes shrink both the same way
         flat.remove(i)
         hnsw.remove(i)
@@ -160,8 +172,6 @@ async def test_micro_batching_shares_forward_passes() -> None:
 
     def slow_encode(texts: Sequence[str]) -> np.ndarray:
         calls.append(len(texts))
-        import time
-
         time.sleep(0.02)
         return toy_encode(texts)
 

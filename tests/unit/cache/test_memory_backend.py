@@ -11,6 +11,7 @@ from extproc.cache.backends.memory import MemoryBackend
 from extproc.cache.backends.vector_index import VectorIndex
 from extproc.cache.schema import CacheEntry, EntryFilter
 from extproc.protocol.openai import exact_key, partition_key
+from tests.unit.cache.test_cache import built
 
 DIM = 8
 
@@ -115,15 +116,16 @@ def test_an_hnsw_partition_rebuilds_without_its_tombstones() -> None:
     for v in data[:600]:
         index.add(label, v)
         label += 1
+    built(index)
+    assert index.is_hnsw and index.rebuilds == 1  # the first graph
     for old in range(0, 2000):  # a full cache: every add evicts the oldest
         index.add(label, data[600 + old % 3400])
         label += 1
         index.remove(old)
-    deadline = time.time() + 30
-    while index.rebuilds == 0 and time.time() < deadline:
-        time.sleep(0.01)
-        index.search(data[0], 1)  # the event loop swaps a finished graph in on its next call
-    assert index.rebuilds >= 1
+        if old % 97 == 0:  # searches meet graphs being built and swapped in
+            assert len(index.search(data[old % 600], 5)) == 5
+    built(index)
+    assert index.rebuilds >= 2
     assert len(index) == 600
     assert index._hnsw is not None and index._hnsw.element_count < 2000  # tombstones dropped
     live = sorted(index._live)
@@ -131,3 +133,35 @@ def test_an_hnsw_partition_rebuilds_without_its_tombstones() -> None:
     for lab in live[::25]:  # each live row finds itself
         v = index.vector(lab)
         assert v is not None and index.search(v, 1)[0][0] == lab
+
+
+def test_the_index_answers_exactly_while_graphs_are_built_and_swapped() -> None:
+    """Random adds, removes and searches against a plain dict, with builds running in threads
+    at any moment: every search returns exactly the live rows (k = all of them)."""
+    rng = np.random.default_rng(7)
+    index = VectorIndex(16, hnsw_threshold=40)
+    index.min_tombstones = 20
+    live: dict[int, np.ndarray] = {}
+    label = 0
+    for step in range(4000):
+        if rng.random() < 0.55 or len(live) < 5:
+            v = rng.normal(size=16).astype(np.float32)
+            v /= np.linalg.norm(v)
+            index.add(label, v)
+            live[label] = v
+            label += 1
+        else:
+            gone = int(rng.choice(list(live)))
+            index.remove(gone)
+            del live[gone]
+        if step % 7 == 0:
+            q = rng.normal(size=16).astype(np.float32)
+            found = index.search(q / np.linalg.norm(q), len(live))
+            assert {lab for lab, _ in found} == set(live), step
+            probe = int(rng.choice(list(live)))
+            got = index.vector(probe)
+            assert got is not None and np.allclose(got, live[probe], atol=1e-6)
+        if step % 500 == 0:
+            time.sleep(0.05)  # let a build finish now and then
+    built(index)
+    assert index.rebuilds >= 2 and len(index) == len(live)
