@@ -62,6 +62,10 @@ def check_startable(settings: CacheSettings) -> list[str]:
     from extproc.admin.contract import TOKEN_ENV
 
     check_admin_address(settings.server.admin_address, os.environ.get(TOKEN_ENV))
+    if settings.verifier_model:  # a truncated or foreign file passed here and crash-looped the pod
+        from extproc.cache.guards.learned import load_model
+
+        load_model(settings.verifier_model, settings.source)
     if settings.embedding_endpoint:
         return [f"the endpoint's dimension is checked at start ({embedding_source(settings)})"]
     dim = model_dimension(resolve_model_path(settings.embedding_model))
@@ -160,13 +164,19 @@ async def make_cache(settings: CacheSettings, model: tuple[EncodeFn, int] | None
     return cache
 
 
+def reads_english_only(settings: CacheSettings) -> bool:
+    """True when the embedding model is the English-only default: prompts mostly in another
+    script hit on their exact repeats only (the server and ``eval`` alike)."""
+    return not settings.embedding_endpoint and settings.embedding_model == DEFAULT_EMBEDDING_MODEL
+
+
 async def build_server(settings: CacheSettings, model: tuple[EncodeFn, int] | None = None) -> ExtProcServer:
     """Load the model (unless given), backend and guards; assemble a server (not yet listening)."""
     cache = await make_cache(settings, model)
     tasks = BackgroundTasks()
     metrics = Metrics()
     cache.embedder.on_batch = metrics.batch_size.observe
-    english_only = not settings.embedding_endpoint and settings.embedding_model == DEFAULT_EMBEDDING_MODEL
+    english_only = reads_english_only(settings)
     decisions = DecisionLog(metrics, cache.backend.name, english_only)
     shared = Shared(
         settings=settings, cache=cache, spawn=tasks.spawn, on_decision=decisions, english_only=english_only

@@ -26,10 +26,13 @@ from typing import Any
 import numpy as np
 
 from extproc.cache import CacheQuery, SemanticCache
+from extproc.cache.guards.scripts import mostly_non_latin
+from extproc.cache.volatile import volatile_prompt
 from extproc.cli.clusters import Clusters
 from extproc.cli.eval_report import Lookup, Pair, Report, format_report, judge_rows, pairwise
 from extproc.config.settings import CacheSettings, with_overrides
 from extproc.dataplane.identity import cache_query
+from extproc.dataplane.processors.settings import EXACT_ONLY
 from extproc.embedding.base import EncodeFn
 from extproc.errors import ConfigError, NotCacheable
 from extproc.protocol.openai import parse_chat_request
@@ -51,8 +54,47 @@ GUARD_KEYS = {
 }
 
 
+class ServerGate:
+    """What the server decides before a lookup, so that ``eval`` decides the same: a
+    time-sensitive prompt is neither looked up nor kept (``volatile_ttl_seconds`` 0), and with the
+    English-only default model a prompt mostly in another script hits on exact repeats only."""
+
+    def __init__(self, settings: CacheSettings) -> None:
+        from extproc.app import reads_english_only
+
+        self.detect = settings.volatile_detection and settings.volatile_ttl_seconds == 0
+        self.english_only = reads_english_only(settings)
+
+    def volatile(self, prompt: str) -> bool:
+        """True when the server skips this prompt's lookup and store."""
+        return self.detect and bool(volatile_prompt(prompt))
+
+    def exact_only(self, prompt: str) -> bool:
+        """True when the server serves this prompt its exact repeats only."""
+        return self.english_only and mostly_non_latin(prompt)
+
+    async def serves(self, cache: SemanticCache, query: str, candidate: str) -> bool:
+        """Could the server serve ``candidate``'s answer for ``query`` at all?"""
+        if self.volatile(query) or self.volatile(candidate):
+            return False
+        if query == candidate:
+            return True
+        if self.exact_only(query):
+            return False
+        return await cache.embedder.fits(query) and await cache.embedder.fits(candidate)
+
+
 def read_pairs(path: str | Path, limit: int | None = None) -> list[Pair]:
     """JSON lines ``{"a", "b", "label"}`` or GPTCache's ``{"origin", "similar"}`` (all positives)."""
+    try:
+        return _read_pairs(path, limit)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start} of a line: {exc.reason})") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+
+
+def _read_pairs(path: str | Path, limit: int | None) -> list[Pair]:
     pairs: list[Pair] = []
     with Path(path).open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, 1):
@@ -173,6 +215,7 @@ async def _run(
     started: float,
     with_pairwise: bool,
 ) -> Report:
+    gate_of = ServerGate(settings)
     usable: list[tuple[Pair, CacheQuery, CacheQuery]] = []
     for pair in pairs:
         try:
@@ -186,7 +229,8 @@ async def _run(
     a_queries = {qa.prompt: qa for _, qa, _ in usable}
     vectors = await _embed_distinct(cache, [*stored, *(qb.prompt for _, _, qb in usable)])
     for text in stored:
-        await cache.store(a_queries[text], _answer(stored[text]), vectors[text])
+        if not gate_of.volatile(text):  # the server keeps no answer to a time-sensitive prompt
+            await cache.store(a_queries[text], _answer(stored[text]), vectors[text])
 
     lookup_started = time.perf_counter()
     gate = asyncio.Semaphore(max(1, concurrency))
@@ -195,10 +239,16 @@ async def _run(
     lowest = min(t for t, _ in levels)
 
     async def lookup(pair: Pair, qb: CacheQuery) -> Lookup:
+        if gate_of.volatile(qb.prompt):  # the server does not look it up
+            return Lookup(pair, ())
         async with gate:
             t0 = time.perf_counter()
             result = await cache.check(
-                qb, threshold=lowest, vector=vectors[qb.prompt], min_confidence=0.0, explain=True
+                qb,
+                threshold=EXACT_ONLY if gate_of.exact_only(qb.prompt) else lowest,
+                vector=vectors[qb.prompt],
+                min_confidence=0.0,
+                explain=True,
             )
             latencies.append((time.perf_counter() - t0) * 1000)
         rejections.update(result.rejections)
@@ -215,7 +265,7 @@ async def _run(
     lookups = list(await asyncio.gather(*(lookup(pair, qb) for pair, _, qb in usable)))
     lookup_seconds = time.perf_counter() - lookup_started
     rows = judge_rows(lookups, levels, Clusters(lk.pair for lk in lookups))
-    scores = await _pairwise(cache, settings, lookups, vectors) if with_pairwise else {}
+    scores = await _pairwise(cache, settings, lookups, vectors, gate_of) if with_pairwise else {}
     positives = sum(p.label for p, _, _ in usable)
     wall = time.perf_counter() - started
     lat = np.asarray(latencies) if latencies else np.zeros(1)
@@ -245,15 +295,24 @@ async def _run(
 
 
 async def _pairwise(
-    cache: SemanticCache, settings: CacheSettings, lookups: Sequence[Lookup], vectors: dict[str, np.ndarray]
+    cache: SemanticCache,
+    settings: CacheSettings,
+    lookups: Sequence[Lookup],
+    vectors: dict[str, np.ndarray],
+    gate_of: ServerGate,
 ) -> dict[str, float]:
     """Each ``b`` judged against its own ``a`` with the cache's own decision on one candidate
     (:meth:`SemanticCache.judge`); the score is the confidence (the cosine without a verifier),
-    0 when a guard vetoes."""
+    0 when a guard vetoes or the server would not serve it (time-sensitive, a script the model
+    cannot read, past the model's window)."""
     scores, accepted = [], []
     for lk in lookups:
         a, b = lk.pair.a, lk.pair.b
         similarity = 1.0 if a == b else float(vectors[a] @ vectors[b])
+        if not await gate_of.serves(cache, b, a):
+            scores.append(0.0)
+            accepted.append(False)
+            continue
         rejected, confidence = await cache.judge(
             b, a, similarity, query_vector=vectors[b], candidate_vector=vectors[a]
         )

@@ -170,7 +170,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         format_report,
         read_pairs,
     )
+    from extproc.cli.files import check_writable
 
+    if args.outcomes:
+        check_writable(args.outcomes)
     pairs = read_pairs(args.pairs, args.limit)
     settings = eval_settings(
         _eval_config(args.config),
@@ -224,15 +227,26 @@ def cmd_train_verifier(args: argparse.Namespace) -> int:
     import json
 
     from extproc.cli.evaluate import read_pairs
+    from extproc.cli.files import check_writable, weights_fingerprint
     from extproc.cli.train_verifier import train
+    from extproc.embedding.base import resolve_model_path
     from extproc.embedding.loader import load_sentence_model
 
     settings = _load(args.config)
+    if settings.embedding_endpoint:
+        raise ConfigError(
+            f"train-verifier embeds with a local model, and this config serves embeddings from "
+            f"{settings.embedding_endpoint}: a model trained on other vectors would give wrong "
+            "confidences. Train with a config whose embedding_model is that model's local folder "
+            "(the same weights), without embedding_endpoint"
+        )
+    check_writable(args.out)
     pairs = read_pairs(args.pairs, args.limit)
     extra = [p for path in args.extra_pairs or () for p in read_pairs(path)]
     model = load_sentence_model(
         settings.embedding_model, settings.embedding_threads, settings.embedding_backend
     )
+    weights = resolve_model_path(settings.embedding_model)
     min_similarity = settings.similarity_threshold if args.min_similarity is None else args.min_similarity
     fitted, report = train(
         pairs,
@@ -245,6 +259,7 @@ def cmd_train_verifier(args: argparse.Namespace) -> int:
         with_embeddings=not args.text_only,
         extra=extra,
         extra_weight=args.extra_weight,
+        model_key=f"{settings.embedding_identity}|{weights.resolve()}|{weights_fingerprint(weights)}",
     )
     fitted.save(args.out)
     print(

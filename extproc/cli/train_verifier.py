@@ -59,14 +59,16 @@ def _cached(path: Path, compute: Callable[[], np.ndarray]) -> np.ndarray:
 
 
 def embeddings(
-    pairs: Sequence[Pair], model: tuple[EncodeFn, int], cache_dir: Path | None
+    pairs: Sequence[Pair], model: tuple[EncodeFn, int], cache_dir: Path | None, model_key: str = ""
 ) -> tuple[dict[str, int], np.ndarray, str]:
     """(row of each distinct text, their embeddings, a digest of the texts): every text is
-    encoded once, in a fixed order (by length, then text), and kept on disk keyed by the texts,
+    encoded once, in a fixed order (by length, then text), and kept on disk keyed by the texts
+    and ``model_key`` (the model that encodes them: another model's vectors are never reused),
     so a rerun encodes nothing."""
-    encode, _ = model
+    encode, dim = model
     texts = sorted({t for p in pairs for t in (p.a, p.b)}, key=lambda t: (len(t), t))
-    digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
+    keyed = f"{model_key}|{dim}\x01" if model_key else ""
+    digest = hashlib.sha256((keyed + "\x00".join(texts)).encode()).hexdigest()[:16]
     folder = cache_dir or Path(tempfile.gettempdir())
     folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -92,13 +94,17 @@ def feature_code() -> str:
 
 
 def pair_features(
-    pairs: Sequence[Pair], model: tuple[EncodeFn, int], min_similarity: float, cache_dir: Path | None
+    pairs: Sequence[Pair],
+    model: tuple[EncodeFn, int],
+    min_similarity: float,
+    cache_dir: Path | None,
+    model_key: str = "",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Text-feature rows of ``pairs`` whose cosine reaches ``min_similarity`` (NaN rows for the
     others), and each pair's query (``b``) and candidate (``a``) embedding; the rows are kept on
     disk too."""
     encode, _ = model
-    index, vectors, digest = embeddings(pairs, model, cache_dir)
+    index, vectors, digest = embeddings(pairs, model, cache_dir, model_key)
     folder = cache_dir or Path(tempfile.gettempdir())
     started = time.perf_counter()
     query_vectors = vectors[[index[p.b] for p in pairs]]
@@ -217,12 +223,15 @@ def train(
     with_embeddings: bool = True,
     extra: Sequence[Pair] = (),
     extra_weight: float = EXTRA_WEIGHT,
+    model_key: str = "",
 ) -> tuple[VerifierModel, dict[str, Any]]:
     """Fit and calibrate a verifier on ``pairs``; also return the held-out report.
     ``with_embeddings`` False: the text features only (a version-1-like model). ``extra``:
     labelled pairs added to the train part only, each counting ``extra_weight`` times (never
-    calibrated or measured on: the confidence keeps meaning a rate on ``pairs``' distribution)."""
-    text_rows, query_vectors, candidate_vectors = pair_features(pairs, model, min_similarity, cache_dir)
+    calibrated or measured on: the confidence keeps meaning a rate on ``pairs``' distribution).
+    ``model_key`` names the embedding model's weights in the on-disk caches."""
+    features = pair_features(pairs, model, min_similarity, cache_dir, model_key)
+    text_rows, query_vectors, candidate_vectors = features
     labels = np.array([p.label for p in pairs], dtype=np.float64)
     parts = split_by_component(pairs, SHARES)
     if split_dir is not None:
@@ -251,7 +260,7 @@ def train(
     y_train, weight = labels[train_i], np.ones(len(train_i))
     extra_used = 0
     if extra:
-        extra_rows, extra_q, extra_c = pair_features(extra, model, min_similarity, cache_dir)
+        extra_rows, extra_q, extra_c = pair_features(extra, model, min_similarity, cache_dir, model_key)
         keep = np.flatnonzero(~np.isnan(extra_rows[:, 0]))
         x_extra = model_rows(extra_rows[keep], extra_q[keep], extra_c[keep]) if dim else extra_rows[keep]
         x_train = np.vstack([x_train, x_extra])

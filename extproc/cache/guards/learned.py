@@ -191,6 +191,8 @@ def load_model(spec: str, config_source: str = "", text_only: bool = False) -> V
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"{where}: cannot read it ({exc.strerror or exc})") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{where}: not a model file from train-verifier (not UTF-8 text)") from exc
     try:
         raw = json.loads(text)
     except ValueError as exc:

@@ -191,6 +191,10 @@ async def test_server_and_eval_decide_the_same(make_stack: StackFactory, model: 
     pairs = read_pairs(SMALL) + [
         Pair(p.a, p.b, p.label) for p in read_pairs(DATA / "adversarial.jsonl")[::12]
     ]
+    pairs += [  # what the server decides before a lookup, eval too
+        Pair("如何重置我的密码", "如何删除我的账户", 0),  # a script the default model cannot read: exact only
+        Pair("What time is it in Tokyo?", "What's the current time in Tokyo?", 1),  # time-sensitive
+    ]
     stack = await make_stack()  # the shipped defaults, as the eval below
     name = f"m-{uuid.uuid4().hex[:8]}"
     answer_of: dict[str, str] = {}
@@ -247,3 +251,15 @@ def test_eval_outside_the_repository_runs_on_defaults(tmp_path: Path) -> None:
     assert '  candidate a: "How do I turn on dark mode in Windows 11?"' in out
     assert '  asked     b: "What is 25% of 80?"' in out
     assert out.count("(right to reject)") == 2
+
+
+def test_unreadable_inputs_and_unwritable_outputs_are_refused_up_front(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes('{"a": "caf\xe9", "b": "cafe", "label": 1}\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        read_pairs(latin1)
+    missing = tmp_path / "nowhere" / "outcomes.jsonl"
+    assert main(["eval", "--pairs", str(SMALL), "--outcomes", str(missing)]) == 2  # before any work
+    assert "does not exist" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from extproc.cache.guards.features import FEATURES
 from extproc.cache.guards.learned import load_model
 from extproc.cli import train_verifier
 from extproc.cli.eval_report import Pair
+from extproc.cli.main import main
 from extproc.cli.train_verifier import EMBEDDING_L2, embeddings, pair_features, train
 from extproc.errors import ConfigError
 from tests.support.toy import DIM, toy_encode
@@ -72,6 +73,24 @@ def test_embeddings_are_encoded_once_in_a_fixed_order_and_kept(tmp_path: Path) -
     assert sorted(index, key=lambda t: (len(t), t)) == list(index) and len(vectors) == len(index) == 40
     again, kept, _ = embeddings(pairs, (encode, DIM), tmp_path)
     assert calls == [40] and again == index and np.array_equal(kept, vectors)  # the rerun encoded nothing
+    embeddings(pairs, (encode, DIM), tmp_path, model_key="other-model|/models/x|f00")
+    assert calls == [40, 40]  # another model's vectors are never reused
+
+
+def test_a_config_serving_remote_embeddings_is_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Training would read the local model's vectors and name the endpoint's model."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "semantic_cache:\n  embedding_endpoint: http://127.0.0.1:9/v1/embeddings\n"
+        "  embedding_endpoint_model: BAAI/bge-small-en-v1.5\n"
+    )
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"a": "x", "b": "y", "label": 1}\n')
+    out = tmp_path / "model.json"
+    assert main(["train-verifier", "--config", str(config), "--pairs", str(pairs), "--out", str(out)]) == 2
+    assert "embeds with a local model" in capsys.readouterr().err and not out.exists()
 
 
 def test_only_pairs_at_the_prefilter_are_used_and_too_few_is_refused(tmp_path: Path) -> None:

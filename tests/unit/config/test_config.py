@@ -266,3 +266,17 @@ def test_the_shipped_config_file_names_every_key() -> None:
 def test_the_embedding_model_is_named_not_located(settings: dict[str, str], identity: str) -> None:
     """What a collection and an export record: moving a folder or renaming a host changes nothing."""
     assert parse_config({"semantic_cache": settings}).embedding_identity == identity
+
+
+def test_check_config_refuses_a_verifier_model_the_start_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A truncated or binary model file said OK here, then the pod crash-looped at start."""
+    from extproc.cli.main import main
+
+    (tmp_path / "cut.json").write_text('{"format": "semantic-cache-verifier", "version": 2, "weig')
+    (tmp_path / "binary.json").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    for name, message in (("cut.json", "not JSON"), ("binary.json", "not UTF-8 text")):
+        config = write(tmp_path, f"semantic_cache:\n  verifier_model: {name}\n")
+        assert main(["--log-level", "error", "check-config", str(config)]) == 2, name
+        assert message in capsys.readouterr().err, name
