@@ -7,6 +7,8 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
+from extproc.protocol.openai import normalize_text
+
 
 class LabelledPair(Protocol):
     """A pair of questions with a 0/1 label (``extproc.cli.evaluate.Pair``)."""
@@ -17,8 +19,9 @@ class LabelledPair(Protocol):
 
 
 def _key(text: str) -> str:
-    """Questions are compared without regard to case."""
-    return text.casefold()
+    """Questions are compared as the cache sees them (normalized: a trailing space or a CRLF
+    is the same question) and without regard to case."""
+    return normalize_text(text).casefold()
 
 
 class UnionFind:

@@ -95,3 +95,18 @@ def test_split_keeps_each_question_on_one_side() -> None:
     sides = [{t.casefold() for i in part for t in (pairs[i].a, pairs[i].b)} for part in parts]
     assert not (sides[0] & sides[1]) and not (sides[0] & sides[2]) and not (sides[1] & sides[2])
     assert split_by_component(pairs, (0.6, 0.2, 0.2)) == parts  # deterministic
+
+
+def test_a_question_the_cache_reads_the_same_stays_on_one_side() -> None:
+    """ "q1 " and "q1" are one prompt to the cache (normalized): split apart, the held-out
+    numbers would measure questions the model was trained on."""
+    pairs = [Pair(f"q{i}", f"r{i}", i % 2) for i in range(60)]
+    pairs += [Pair(f"q{i} ", f"s{i}", 1) for i in range(60)] + [
+        Pair(f"Q{i}\r\n", f"t{i}", 0) for i in range(60)
+    ]
+    parts = split_by_component(pairs, (0.6, 0.2, 0.2))
+    side_of = {}
+    for k, part in enumerate(parts):
+        for i in part:
+            side_of.setdefault(pairs[i].a.strip().casefold(), set()).add(k)
+    assert all(len(sides) == 1 for sides in side_of.values())
