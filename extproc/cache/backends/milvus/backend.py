@@ -22,7 +22,6 @@ import numpy as np
 from extproc.cache.backends.breaker import CircuitBreaker
 from extproc.cache.backends.milvus.bulk import MilvusBulkOps, quote
 from extproc.cache.backends.milvus.client import (
-    close_quietly,
     create_collection,
     in_daemon_thread,
     open_client,
@@ -263,13 +262,8 @@ class MilvusBackend(MilvusBulkOps, MilvusEvidenceOps, MilvusMaintenance):
         self._set_state("unavailable", f"{reason}; reconnecting")
         client, self._client = self._client, None
         loop = asyncio.get_running_loop()
-        # Calls stuck on the lost connection hold the pool's threads until their deadline (a write:
-        # connection.timeout): the next client gets a pool of its own (hits came back 55 s after
-        # Milvus did), and the old client is closed now, which ends those calls with an error.
-        stale, self._executor = self._executor, ThreadPoolExecutor(max_workers=8, thread_name_prefix="milvus")
-        stale.shutdown(wait=False)
         if client is not None:
-            in_daemon_thread(lambda: close_quietly(client))
+            loop.run_in_executor(self._executor, client.close)
         self._tasks = [t for t in self._tasks if not t.done()]
         self._tasks.append(loop.create_task(self._connect_loop()))
 

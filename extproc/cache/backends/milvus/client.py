@@ -29,7 +29,6 @@ def open_client(s: MilvusSettings) -> Any:
     for name in [n for n in logging.root.manager.loggerDict if n.startswith("pymilvus")] + ["pymilvus"]:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
-    own_subchannels()
     if s.is_lite:
         quiet_milvus_lite()
 
@@ -55,40 +54,6 @@ def open_client(s: MilvusSettings) -> Any:
         # Every failed attempt says why (the backend logs only changes of state).
         log.info("Milvus connection attempt to %s failed: %s", s.address, first_line(exc))
         raise
-
-
-_LOCAL_POOL = ("grpc.use_local_subchannel_pool", 1)
-
-
-class _OwnSubchannels:
-    """The ``grpc`` module as pymilvus' handler sees it: each channel it opens gets subchannels
-    (TCP connections) of its own.
-
-    gRPC shares a connection between channels of the same target and options, and pymilvus
-    opens every channel with the same options: after a network blackhole (no reset), the new
-    client a reconnect opens rode the dead connection until ``connection.timeout`` ran out
-    (hits came back 56-110 s after Milvus did, 0.4 s with a connection of its own)."""
-
-    def __init__(self, grpc: Any) -> None:
-        self._grpc = grpc
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._grpc, name)
-
-    def insecure_channel(self, target: str, options: Any = None, **kwargs: Any) -> Any:
-        return self._grpc.insecure_channel(target, options=[*(options or ()), _LOCAL_POOL], **kwargs)
-
-    def secure_channel(self, target: str, credentials: Any, options: Any = None, **kwargs: Any) -> Any:
-        own = [*(options or ()), _LOCAL_POOL]
-        return self._grpc.secure_channel(target, credentials, options=own, **kwargs)
-
-
-def own_subchannels() -> None:
-    """Give every channel pymilvus opens its own connection (once per process)."""
-    from pymilvus.client import grpc_handler
-
-    if not isinstance(grpc_handler.grpc, _OwnSubchannels):
-        grpc_handler.grpc = _OwnSubchannels(grpc_handler.grpc)
 
 
 class _NotImplementedProbe(logging.Filter):
@@ -178,12 +143,6 @@ def create_collection(client: Any, settings: MilvusSettings, dim: int, embedding
         settings.metric_type,
         ", ".join(REQUIRED_FIELDS),
     )
-
-
-def close_quietly(client: Any) -> None:
-    """Close ``client``, whatever its connection's state."""
-    with contextlib.suppress(Exception):  # a client of a lost connection may fail to close
-        client.close()
 
 
 def in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
