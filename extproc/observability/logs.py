@@ -47,6 +47,41 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
+CLIENT_INPUT_LOGGERS = ("opentelemetry.trace.propagation.tracecontext", "opentelemetry.trace.span")
+"""Loggers that warn about what a client sent: an over-long ``traceparent``, a malformed
+``tracestate`` member (the trace context of a request that came without Envoy's)."""
+
+
+class OncePerInterval(logging.Filter):
+    """Lets one record through per ``interval`` seconds, shortened, with a count of those dropped.
+
+    For warnings a client can cause at will: one per request would let any client fill the log
+    (and write its header into it)."""
+
+    MAX_MESSAGE = 200
+
+    def __init__(self, interval: float = 60.0) -> None:
+        super().__init__()
+        self.interval = interval
+        self._next = 0.0
+        self._dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """True for the first record of an interval (rewritten), False for the rest."""
+        now = time.monotonic()
+        if now < self._next:
+            self._dropped += 1
+            return False
+        self._next = now + self.interval
+        message = record.getMessage()
+        if len(message) > self.MAX_MESSAGE:
+            message = message[: self.MAX_MESSAGE] + "…"
+        note = f"; {self._dropped} more like it not logged" if self._dropped else ""
+        record.msg, record.args = f"{message} (from a request's trace headers{note})", None
+        self._dropped = 0
+        return True
+
+
 def setup_logging(level: str, fmt: str | None = None) -> None:
     """Plain text by default; JSON with ``SEMANTIC_CACHE_LOG_FORMAT=json``."""
     fmt = (fmt or os.environ.get("SEMANTIC_CACHE_LOG_FORMAT", "plain")).lower()
@@ -60,3 +95,7 @@ def setup_logging(level: str, fmt: str | None = None) -> None:
     root.setLevel(level.upper())
     for noisy in ("sentence_transformers", "transformers", "httpx", "aiohttp.access", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for name in CLIENT_INPUT_LOGGERS:
+        client_input = logging.getLogger(name)
+        client_input.filters = [f for f in client_input.filters if not isinstance(f, OncePerInterval)]
+        client_input.addFilter(OncePerInterval())
