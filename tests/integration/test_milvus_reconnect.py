@@ -1,0 +1,38 @@
+"""The Milvus backend's reconnect (the circuit breaker opened on failing calls): a new client,
+and everything stored after it is found as before."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from extproc.embedding.base import EncodeFn
+from tests.conftest import MilvusServer, milvus_yaml
+from tests.integration.test_milvus import collection, open_cache
+from tests.support.toy import answer
+from tests.support.toy import query as q
+
+pytestmark = pytest.mark.integration
+
+
+async def test_after_a_reconnect_what_is_stored_is_found(
+    model: tuple[EncodeFn, int], milvus_server: MilvusServer, tmp_path: Path
+) -> None:
+    """A reconnect (the breaker opened on a slow call) gives the backend a new client and pool:
+    every store after it is found by the next lookup, exact and semantic, as before it."""
+    cfg = milvus_yaml(
+        tmp_path / "m.yaml", milvus_server.uri, collection(), search={"consistency_level": "Session"}
+    )
+    cache = await open_cache(model, cfg, ttl_seconds=0)
+    try:
+        for round_ in range(3):
+            cache.backend._reconnect("a test's reconnect")  # type: ignore[attr-defined]
+            assert await cache.backend.wait_ready(60), cache.backend.status()  # type: ignore[attr-defined]
+            for i in range(5):
+                text = f"round {round_} question {i} about reconnecting"
+                await cache.store(q(text), answer(f"answer {round_} {i}"))
+                found = await cache.check(q(text))
+                assert found.hit, (round_, i, found)
+    finally:
+        await cache.close()
