@@ -95,9 +95,34 @@ def render_envoy_config(env: Mapping[str, str] | None = None, template: Path | N
     values.setdefault("UPSTREAM_TLS_VERIFY", "true")  # verify an https upstream unless told not to
     values.setdefault("STRIP_SCOPE_HEADER", "true")  # secure by default (see the template)
     values.setdefault("SCOPE_HEADER", values.get("SEMANTIC_CACHE_SCOPE_HEADER", "x-tenant-id").lower())
+    for name in DURATIONS:
+        if values.get(name):
+            values[name] = envoy_duration(name, values[name])
     source = template or template_path()
     text = substitute_env(keep_blocks(source.read_text(encoding="utf-8"), values), values, str(source))
     return insert_lists(text, values)
+
+
+DURATIONS = ("UPSTREAM_TIMEOUT", "EXTPROC_MESSAGE_TIMEOUT", "EXTPROC_MAX_MESSAGE_TIMEOUT")
+"""Variables that are durations: written ``500ms``, ``3s``, ``10m`` or ``1h``, rendered in seconds."""
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def envoy_duration(name: str, value: str) -> str:
+    """``value`` as Envoy reads a duration: seconds with an ``s`` (``500ms`` -> ``0.5s``).
+
+    Envoy's config takes protobuf's JSON form only, and refuses to start on ``500ms`` or ``10m``
+    ("duration must end with a single 's'"), the forms the chart's values and most people write.
+    """
+    found = _DURATION.fullmatch(value.strip())
+    if found is None:
+        raise ConfigError(f"{name}: {value!r} is not a duration (e.g. 500ms, 3s, 10m, 1h)")
+    number, unit = float(found.group(1)), found.group(2)
+    # As the chart computes it (templates/_envoy.tpl), so both renderers write the same text.
+    seconds = number / 1000 if unit == "ms" else number * _UNIT_SECONDS[unit]
+    return f"{int(seconds)}s" if seconds == int(seconds) else f"{seconds:.9f}".rstrip("0") + "s"
 
 
 INSERTED_LISTS = ("HTTP_FILTERS", "CLUSTERS")

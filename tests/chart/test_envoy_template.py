@@ -33,6 +33,9 @@ CHART_ENVOY_VARS = {
     "ENVOY_SERVICE_NAME": "semantic-cache-envoy",
     "OTEL_COLLECTOR_HOST": "otel-collector.observability.svc.cluster.local",
     "OTEL_COLLECTOR_PORT": "4317",
+    "ENVOY_STATS": "true",
+    "ENVOY_STATS_ADDRESS": "0.0.0.0",
+    "ENVOY_STATS_PORT": "9902",
 }
 
 
@@ -64,6 +67,7 @@ CHART_ENVOY_VARS = {
                     "listenAddress": "::",
                     "port": 9000,
                     "adminPort": 9902,
+                    "metrics": {"enabled": False, "port": 9902},
                     "bufferLimitBytes": 4194304,
                     "upstreamTimeout": "900s",
                     "extprocMessageTimeout": "500ms",
@@ -75,6 +79,8 @@ CHART_ENVOY_VARS = {
             {
                 "UPSTREAM_URL": "http://10.0.0.7:8080/",
                 "ENVOY_LISTEN_ADDRESS": "::",
+                "ENVOY_STATS": "false",
+                "ENVOY_STATS_ADDRESS": "::",
                 "ENVOY_LISTEN_PORT": "9000",
                 "ENVOY_ADMIN_PORT": "9902",
                 "ENVOY_BUFFER_LIMIT_BYTES": "4194304",
@@ -214,3 +220,51 @@ def test_neither_cluster_keeps_envoys_1024_request_circuit_breaker() -> None:
         for name in ("semantic_cache", "upstream"):
             (thresholds,) = clusters[name]["circuit_breakers"]["thresholds"]
             assert thresholds["max_requests"] == thresholds["max_pending_requests"] == expected, name
+
+
+@pytest.mark.parametrize(
+    ("written", "seconds"),
+    [("500ms", "0.5s"), ("3s", "3s"), ("10m", "600s"), ("1h", "3600s"), ("1.5s", "1.5s"), ("2500ms", "2.5s")],
+)
+def test_durations_reach_envoy_in_seconds(chart: Path, tmp_path: Path, written: str, seconds: str) -> None:
+    """Envoy takes "0.5s", never "500ms" or "10m" (it refused to start on what the values allowed)."""
+    values = {"envoy": {"upstreamTimeout": written, "extprocMessageTimeout": written}}
+    helm_text = render(chart, values).data(f"{RELEASE}-envoy", "envoy.yaml")
+    python_vars = CHART_ENVOY_VARS | {"UPSTREAM_TIMEOUT": written, "EXTPROC_MESSAGE_TIMEOUT": written}
+    assert yaml.safe_load(helm_text) == yaml.safe_load(render_envoy_config(python_vars, ENVOY_TEMPLATE))
+    config = yaml.safe_load(helm_text)
+    (llm, _) = config["static_resources"]["listeners"]
+    manager = llm["filter_chains"][0]["filters"][0]["typed_config"]
+    assert manager["stream_idle_timeout"] == seconds
+    (ext_proc,) = [f for f in manager["http_filters"] if f["name"] == "envoy.filters.http.ext_proc"]
+    assert ext_proc["typed_config"]["message_timeout"] == seconds
+    if written in ("500ms", "10m"):
+        result = envoy_validate(helm_text, tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_duration_envoy_cannot_read_is_refused_by_both_renderers(chart: Path) -> None:
+    with pytest.raises(ConfigError, match="EXTPROC_MESSAGE_TIMEOUT: '3 seconds' is not a duration"):
+        render_envoy_config(CHART_ENVOY_VARS | {"EXTPROC_MESSAGE_TIMEOUT": "3 seconds"}, ENVOY_TEMPLATE)
+    # The chart's schema refuses it (its pattern is the renderers' own).
+    with pytest.raises(Exception, match="extprocMessageTimeout"):
+        helm_render(chart, {"envoy": {"extprocMessageTimeout": "3 seconds"}})
+
+
+@pytest.mark.parametrize(
+    ("values", "clash"),
+    [
+        ({"envoy": {"metrics": {"port": 9901}}}, "envoy.adminPort and envoy.metrics.port are both 9901"),
+        (
+            {"envoy": {"metrics": {"port": 9190}}},
+            "envoy.metrics.port and processor.metricsPort are both 9190",
+        ),
+        ({"processor": {"grpcPort": 8801}}, "envoy.port and processor.grpcPort are both 8801"),
+    ],
+)
+def test_two_listeners_of_the_pod_on_one_port_fail_the_render(chart: Path, values: Doc, clash: str) -> None:
+    """The containers share the pod's network: the second listener would fail at start."""
+    with pytest.raises(Exception, match=clash):
+        helm_render(chart, values)
+    off = {"envoy": {"metrics": {"enabled": False, "port": 9901}}}
+    assert "envoy-metrics" not in json.dumps(render(chart, off).pod)

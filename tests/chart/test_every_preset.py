@@ -96,7 +96,10 @@ def test_pod_mounts_env_probes_and_security(rendered: dict[str, Rendered], prese
 
     # Only the metrics port (and the admin port with a token) is declared; gRPC is loopback.
     assert {p["name"] for p in processor["ports"]} == ({"metrics", "admin"} if token else {"metrics"})
-    assert envoy["ports"] == [{"name": "http", "containerPort": 8801, "protocol": "TCP"}]
+    assert envoy["ports"] == [
+        {"name": "http", "containerPort": 8801, "protocol": "TCP"},
+        {"name": "envoy-metrics", "containerPort": 9902, "protocol": "TCP"},
+    ]
 
     # Readiness follows Envoy only; the processor has liveness (and startup) probes.
     assert envoy["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
@@ -128,10 +131,15 @@ def test_envoy_config_is_valid_for_real_envoy(
     r = rendered[preset]
     text = r.data(f"{RELEASE}-envoy", "envoy.yaml")
     config = yaml.safe_load(text)
-    (listener,) = config["static_resources"]["listeners"]
-    assert socket_of(listener["address"]) == ("0.0.0.0", r.container("envoy")["ports"][0]["containerPort"])
+    listener, stats = config["static_resources"]["listeners"]
+    ports = {p["name"]: p["containerPort"] for p in r.container("envoy")["ports"]}
+    assert socket_of(listener["address"]) == ("0.0.0.0", ports["http"])
     assert socket_of(config["admin"]["address"])[0] == "127.0.0.1"
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    # Envoy's metrics: the one admin page, on the port the Service and ServiceMonitor name.
+    assert socket_of(stats["address"]) == ("0.0.0.0", ports["envoy-metrics"])
+    admin = clusters["envoy_admin"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    assert socket_of(admin["endpoint"]["address"]) == socket_of(config["admin"]["address"])
     endpoint = clusters["semantic_cache"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
     assert socket_of(endpoint["endpoint"]["address"]) == ("127.0.0.1", 50051)
     filters = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]

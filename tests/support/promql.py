@@ -27,3 +27,20 @@ def metric_names(expr: str) -> set[str]:
         if call is None and name.lower() not in _KEYWORDS:
             names.add(name)
     return names
+
+
+def exported(text: str) -> set[str]:
+    """Every series name an exposition can carry, from its TYPE lines and its samples."""
+    names: set[str] = set()
+    suffixes = {
+        "counter": ("", "_created"),
+        "histogram": ("_bucket", "_count", "_sum", "_created"),
+        "gauge": ("",),
+    }
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            names |= {name + suffix for suffix in suffixes.get(kind, ("",))}
+        elif line and not line.startswith("#"):
+            names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
+    return names

@@ -36,6 +36,19 @@ address stay on loopback whatever is passed there).
 {{- if or $upTls.ca.secretName $upTls.ca.configMapName -}}
 {{- $caFile = printf "%s/%s" (include "semantic-cache.upstreamCaDir" .) $upTls.ca.key -}}
 {{- end -}}
+{{- /* The pod's containers share one network: two listeners on one port fail at start. */ -}}
+{{- $ports := dict "envoy.port" .Values.envoy.port "envoy.adminPort" .Values.envoy.adminPort "processor.grpcPort" .Values.processor.grpcPort "processor.metricsPort" .Values.processor.metricsPort "admin.port" .Values.admin.port -}}
+{{- if eq (toString .Values.envoy.metrics.enabled) "true" -}}
+{{- $_ := set $ports "envoy.metrics.port" .Values.envoy.metrics.port -}}
+{{- end -}}
+{{- $seen := dict -}}
+{{- range $key := keys $ports | sortAlpha -}}
+{{- $p := include "semantic-cache.num" (get $ports $key) -}}
+{{- if hasKey $seen $p -}}
+{{- fail (printf "%s and %s are both %s: the pod's containers share one network, give each its own port" (get $seen $p) $key $p) -}}
+{{- end -}}
+{{- $_ := set $seen $p $key -}}
+{{- end -}}
 {{- $vars := dict -}}
 {{- range $k, $v := .Values.envoy.templateVars -}}
 {{- $_ := set $vars $k (toString $v) -}}
@@ -57,8 +70,8 @@ address stay on loopback whatever is passed there).
   "EXTPROC_HOST" "127.0.0.1"
   "EXTPROC_PORT" (include "semantic-cache.num" .Values.processor.grpcPort)
   "ENVOY_BUFFER_LIMIT_BYTES" (include "semantic-cache.num" .Values.envoy.bufferLimitBytes)
-  "UPSTREAM_TIMEOUT" (.Values.envoy.upstreamTimeout | toString)
-  "EXTPROC_MESSAGE_TIMEOUT" (.Values.envoy.extprocMessageTimeout | toString)
+  "UPSTREAM_TIMEOUT" (include "semantic-cache.envoyDuration" (list "envoy.upstreamTimeout" .Values.envoy.upstreamTimeout))
+  "EXTPROC_MESSAGE_TIMEOUT" (include "semantic-cache.envoyDuration" (list "envoy.extprocMessageTimeout" .Values.envoy.extprocMessageTimeout))
   "ENVOY_TRACING" (ternary "true" "false" (eq (toString $tr.enabled) "true"))
   "ENVOY_TRACING_SAMPLING" (include "semantic-cache.num" $tr.envoySamplingPercent)
   "ENVOY_SERVICE_NAME" ($tr.envoyServiceName | toString)
@@ -66,8 +79,32 @@ address stay on loopback whatever is passed there).
   "OTEL_COLLECTOR_PORT" (include "semantic-cache.num" $tr.collector.port)
   "SCOPE_HEADER" (.Values.scope.header | toString | lower)
   "STRIP_SCOPE_HEADER" (ternary "false" "true" (eq (toString .Values.scope.trustClientHeader) "true"))
+  "ENVOY_STATS" (ternary "true" "false" (eq (toString .Values.envoy.metrics.enabled) "true"))
+  "ENVOY_STATS_ADDRESS" (.Values.envoy.listenAddress | toString)
+  "ENVOY_STATS_PORT" (include "semantic-cache.num" .Values.envoy.metrics.port)
 -}}
 {{- merge $own $vars | toJson -}}
+{{- end -}}
+
+{{/*
+"semantic-cache.envoyDuration" (list NAME VALUE): 500ms, 3s, 10m or 1h as Envoy reads a duration,
+seconds with an "s" (0.5s, 3s, 600s, 3600s): Envoy refuses to start on "500ms" ("duration must end
+with a single 's'"). As extproc/cli/envoy.py's envoy_duration, to the same text.
+*/}}
+{{- define "semantic-cache.envoyDuration" -}}
+{{- $name := index . 0 -}}
+{{- $v := index . 1 | toString | trim -}}
+{{- if not (regexMatch "^[0-9]+(\\.[0-9]+)?(ms|s|m|h)$" $v) -}}
+{{- fail (printf "%s: %q is not a duration (e.g. 500ms, 3s, 10m, 1h)" $name $v) -}}
+{{- end -}}
+{{- $unit := regexFind "(ms|s|m|h)$" $v -}}
+{{- $number := float64 (trimSuffix $unit $v) -}}
+{{- $seconds := ternary (divf $number 1000) (mulf $number (get (dict "s" 1 "m" 60 "h" 3600) $unit)) (eq $unit "ms") -}}
+{{- if eq $seconds (floor $seconds) -}}
+{{- printf "%ds" (int64 $seconds) -}}
+{{- else -}}
+{{- printf "%ss" (regexReplaceAll "0+$" (printf "%.9f" $seconds) "") -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Where the Envoy container mounts upstream.tls.ca (a Secret or ConfigMap key). */}}
