@@ -238,7 +238,10 @@ def format_report(report: Report, sweep: bool) -> str:
             f"F1 {p['f1']:.4f}  ROC-AUC {p['roc_auc']:.4f}"
         )
     if report.rejections:
-        lines.append("rejections: " + ", ".join(f"{k} {v}" for k, v in sorted(report.rejections.items())))
+        # Counted once per lookup at the lowest threshold evaluated (a sweep looks up once, there).
+        lowest = min((r.threshold for r in report.rows), default=report.threshold)
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(report.rejections.items()))
+        lines.append(f"rejections (guard vetoes of candidates at similarity >= {lowest:.2f}): {counts}")
     if sweep:
         lines += [
             "",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from extproc.cli.eval_report import format_report
 from extproc.cli.evaluate import Pair, Report, eval_settings, evaluate, read_pairs
 from extproc.cli.main import main
 from extproc.config.settings import CacheSettings
@@ -89,6 +90,10 @@ async def test_protocol_on_known_answers_with_guards(model: tuple[EncodeFn, int]
     assert (row.hits, row.correct, row.wrong, row.wrong_negative, row.wrong_other) == (4, 3, 1, 0, 1)
     assert row.precision == pytest.approx(0.75) and row.recall == pytest.approx(1.0)
     assert report.rejections == {"opposites": 1, "numbers": 1}
+    # The line says where the vetoes were counted (a sweep counts them at its lowest threshold).
+    lowest = min(r.threshold for r in report.rows)
+    line = f"rejections (guard vetoes of candidates at similarity >= {lowest:.2f}): numbers 1, opposites 1"
+    assert line in format_report(report, sweep=True)
     assert report.guards == [
         "numbers", "units", "negation", "opposites", "direction", "code", "instructions", "content"
     ]  # fmt: skip
