@@ -148,6 +148,9 @@ class Importer:
                     out.append((number, line_to_entry(line, dim, now, reembed, ttl, embedding)))
                 except LineError as exc:
                     out.append((number, str(exc)))
+                except Exception as exc:  # a check that missed a hostile value: that line only
+                    log.warning("import line %d: unexpected %s", number, type(exc).__name__, exc_info=True)
+                    out.append((number, f"unreadable entry ({type(exc).__name__})"))
             return out
 
         latest: dict[str, tuple[int, CacheEntry]] = {}

@@ -125,12 +125,17 @@ def _plain(x: float) -> str:
 def parse_selector(data: Mapping[str, Any], now: float, query: bool = False) -> EntryFilter:
     """An :class:`EntryFilter` from body fields, or ``query`` parameters (raises :class:`BadParameter`)."""
     values: dict[str, Any] = {}
+    for name in SELECTORS:
+        # No entry has an empty model, scope or fingerprint: an empty value is a script's unset
+        # variable (`--model "$MODEL"`), and taken as absent it would select every entry.
+        if data.get(name) == "":
+            raise BadParameter(f"{name} is empty: give a value, or leave it out to select every entry")
     for name in TEXT_SELECTORS:
         value = data.get(name)
-        if value is not None and value != "":
+        if value is not None:
             values[name] = text(name, value, controls=False)  # a selector becomes a Milvus filter
     older = data.get("older_than_seconds")
-    if older is not None and older != "":
+    if older is not None:
         seconds = number("older_than_seconds", older, 0, MAX_AGE_SECONDS, "a number of seconds", query)
         values["created_before"] = now - seconds
     return EntryFilter(**values)

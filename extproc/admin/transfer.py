@@ -112,9 +112,13 @@ def check_response(response: Any) -> None:
 
 def _time(data: dict[str, Any], name: str) -> float:
     value = data.get(name)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+    try:  # an integer past a float's range (10**400) raises OverflowError
+        seconds = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else -1.0
+    except OverflowError:
+        seconds = -1.0
+    if not math.isfinite(seconds) or seconds < 0:
         raise LineError(f"{name} must be a number of unix seconds >= 0")
-    return float(value)
+    return seconds
 
 
 def _vector(value: Any, dim: int) -> np.ndarray:
@@ -127,7 +131,10 @@ def _vector(value: Any, dim: int) -> np.ndarray:
         )
     if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in value):
         raise LineError("vector must contain only numbers")
-    vector = np.asarray(value, dtype=np.float32)
+    try:
+        vector = np.asarray(value, dtype=np.float32)
+    except OverflowError:  # an integer past a float's range
+        raise LineError("vector must contain only numbers of a float's range") from None
     norm = float(np.linalg.norm(vector))
     if not math.isfinite(norm) or abs(norm - 1.0) > _UNIT_TOLERANCE:
         raise LineError(
@@ -153,6 +160,8 @@ def line_to_entry(
         data = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise LineError(f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise LineError("not an entry: JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise LineError(f"must be a JSON object, got {type(data).__name__}")
     unknown = sorted(set(data) - _FIELDS)

@@ -159,7 +159,7 @@ def _print(data: Any) -> None:
 def _selector(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in ("model", "scope", "fingerprint"):
-        if getattr(args, name, None):
+        if getattr(args, name, None) is not None:  # "" too: the server refuses it, never "every entry"
             out[name] = getattr(args, name)
     if getattr(args, "older_than", None) is not None:
         out["older_than_seconds"] = args.older_than

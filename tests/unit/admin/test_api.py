@@ -225,3 +225,49 @@ async def test_a_client_leaving_mid_export_is_one_log_line(caplog: pytest.LogCap
         assert (await client.get("/admin/stats")).status_code == 200
     assert not any(r.exc_info for r in caplog.records)  # aiohttp's own logger included
     assert any("the client left" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/admin/invalidate", {"model": "", "older_than_seconds": 1, "dry_run": False}),
+        ("POST", "/admin/invalidate", {"scope": "", "dry_run": False}),
+        ("POST", "/admin/invalidate", {"model": "m", "older_than_seconds": "", "dry_run": False}),
+        ("GET", "/admin/export?model=", None),
+        ("GET", "/admin/export?fingerprint=&scope=global", None),
+    ],
+)
+async def test_an_empty_selector_is_refused_not_taken_as_every_entry(
+    method: str, path: str, body: dict[str, Any] | None
+) -> None:
+    """`--model "$MODEL"` with MODEL unset deleted every model's entries (the empty value was
+    dropped, leaving no selector); no entry has an empty model, scope or fingerprint."""
+    async with serve() as (cache, client):
+        for model in ("a", "b"):
+            await cache.store(query("v:1,0,0", model=model), answer(model))
+        r = await client.request(method, path, json=body)
+        assert r.status_code == 400 and "is empty" in r.json()["error"], r.text
+        assert await cache.backend.count() == 2
+
+
+async def test_a_line_that_breaks_the_parser_is_that_lines_rejection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A value no check foresaw (it raised out of the batch: a bare 500, 0 of 9 good lines
+    imported) costs its own line only."""
+    async with serve() as (source, client):
+        await stored_by_every_endpoint(source)
+        exported = (await client.get("/admin/export")).content
+    lines = exported.splitlines()
+    parse = importer.line_to_entry
+
+    def fragile(text: str | bytes, *args: Any) -> Any:
+        if text == lines[1]:
+            raise OverflowError("int too large to convert to float")
+        return parse(text, *args)
+
+    monkeypatch.setattr(importer, "line_to_entry", fragile)
+    async with serve() as (cache, client):
+        r = await client.post("/admin/import", content=exported, headers=NDJSON)
+        assert r.status_code == 200, r.text
+        assert r.json()["imported"] == 4
+        assert r.json()["rejections"] == [{"line": 2, "reason": "unreadable entry (OverflowError)"}]
+        assert await cache.backend.count() == 4

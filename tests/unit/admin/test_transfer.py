@@ -104,6 +104,10 @@ def test_revision_changes_the_partition_and_key() -> None:
         (lambda line: edited(line, vector=["x"] * DIM), "vector must contain only numbers"),
         (lambda line: edited(line, vector=None), "vector is missing"),
         (lambda line: edited(line, created_at="yesterday"), "created_at must be a number"),
+        # Values past a float's range and nesting past the parser's: one line refused, not a 500.
+        (lambda line: edited(line, created_at=10**400), "created_at must be a number"),
+        (lambda line: edited(line, vector=[10**400] + [0] * (DIM - 1)), "numbers of a float's range"),
+        (lambda line: "[" * 100_000 + "]" * 100_000, "nested too deeply"),
         (lambda line: edited(line, expires_at=time.time() - 60), "expired"),
         (
             lambda line: edited(
