@@ -257,6 +257,12 @@ def cmd_export(client: Client, args: argparse.Namespace) -> int:
             f"({progress.rate(count):.0f}/s)",
             file=sys.stderr,
         )
+        if total is not None and count < total:
+            print(
+                f"{total} entries were live when the export began: {total - count} were evicted, "
+                "deleted or expired while it ran",
+                file=sys.stderr,
+            )
     return 0
 
 

@@ -153,10 +153,22 @@ class MemoryBackend:
         self._purge_expired(now)
         snapshot = [(lb, e) for lb, e in self._entries.items() if not e.expired(now) and selector.matches(e)]
         for start in range(0, len(snapshot), batch_size):
-            # Entries evicted, deleted or replaced since the snapshot are gone (their vector too).
-            batch = [(lb, e) for lb, e in snapshot[start : start + batch_size] if self._entries.get(lb) is e]
-            yield [self._with_vector(lb, e) if vectors else e for lb, e in batch]
+            batch = [self._current(lb, e, selector, now) for lb, e in snapshot[start : start + batch_size]]
+            yield [self._with_vector(lb, e) if vectors else e for lb, e in filter(None, batch)]
             await asyncio.sleep(0)  # let requests run between batches
+
+    def _current(
+        self, label: int, entry: CacheEntry, selector: EntryFilter, now: float
+    ) -> tuple[int, CacheEntry] | None:
+        """The snapshot's ``entry`` as it is now: itself, the entry that replaced it under its exact
+        key since (a refresh: an export must still hold that key), or None if it is gone."""
+        if self._entries.get(label) is entry:
+            return label, entry
+        newer = self._exact.get(entry.exact_key)
+        current = self._entries.get(newer) if newer is not None else None
+        if current is None or current.expired(now) or not selector.matches(current):
+            return None  # evicted or deleted since the snapshot (its vector too)
+        return newer, current
 
     def _with_vector(self, label: int, entry: CacheEntry) -> CacheEntry:
         """A copy of ``entry`` carrying its vector (entries do not keep one; the index does)."""
