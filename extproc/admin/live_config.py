@@ -15,6 +15,7 @@ import time
 from dataclasses import fields, replace
 from pathlib import Path
 
+from extproc.config.env import read_digest
 from extproc.config.settings import CacheSettings, load_config
 from extproc.dataplane.shared import Shared
 from extproc.errors import ConfigError
@@ -61,7 +62,9 @@ class ConfigWatcher:
         self.shared = shared
         self.path = Path(path)
         self.interval = interval
-        self._digest = self._read_digest()
+        # The bytes the running settings came from, not the file as it is now: an edit made while
+        # the processor started (the model loading) must still be applied.
+        self._digest = read_digest(self.path)
         self._task: asyncio.Task[None] | None = None
 
     def _read_digest(self) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -164,12 +165,26 @@ def apply_env_overrides(section: dict[str, Any], env: Mapping[str, str]) -> dict
     return section
 
 
+_READ_DIGESTS: dict[str, str] = {}
+"""path -> sha256 of the bytes :func:`read_yaml` last read there."""
+
+
+def read_digest(path: str | os.PathLike[str]) -> str | None:
+    """The sha256 of ``path``'s bytes as :func:`read_yaml` last read them, or None if it never did.
+
+    A config watcher starts from it: a file edited between reading the settings and starting to
+    watch (a ConfigMap updated during a rollout) is then a change, not the baseline."""
+    return _READ_DIGESTS.get(str(path))
+
+
 def read_yaml(path: Path) -> Any:
     """Parse a YAML file; :class:`ConfigError` naming the file, and line:column of a syntax error."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    _READ_DIGESTS[str(path)] = hashlib.sha256(raw).hexdigest()
     try:
         return yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:

@@ -47,4 +47,3 @@ def json_media_type(content_type: str) -> bool:
         return True
     kind, _, subtype = media.partition("/")
     return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
-
