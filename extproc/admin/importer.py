@@ -39,6 +39,9 @@ class ImportReport:
     """Valid lines replaced by a later line with the same exact key in the same batch."""
     not_attempted: int = 0
     """Lines after a backend or embedding failure (nothing from them was written)."""
+    evicted: int = 0
+    """Entries the cache evicted while the import ran, to stay within ``max_entries`` (imported
+    ones among them: a file larger than the cache's room does not all stay)."""
     rejections: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     started: float = field(default_factory=time.monotonic)
@@ -58,6 +61,7 @@ class ImportReport:
             "rejected": self.rejected,
             "superseded": self.superseded,
             "not_attempted": self.not_attempted,
+            "evicted": self.evicted,
             "rejections": self.rejections,
             "elapsed_seconds": round(elapsed, 3),
             "entries_per_second": round(self.imported / elapsed, 1) if elapsed > 0 else None,
@@ -123,6 +127,7 @@ class Importer:
         """Consume the whole body (even after a failure, so the client gets its answer)."""
         batch: list[tuple[int, bytes]] = []
         size = 0
+        evictions = getattr(self.backend, "evictions", 0)
         async for number, line in read_lines(chunks, self.report):
             self.report.lines += 1
             if self.report.error:
@@ -135,6 +140,7 @@ class Importer:
                 batch, size = [], 0
         if batch and not self.report.error:
             await self._write(batch)
+        self.report.evicted = getattr(self.backend, "evictions", 0) - evictions
         return self.report
 
     async def _write(self, batch: list[tuple[int, bytes]]) -> None:

@@ -315,6 +315,12 @@ def cmd_import(client: Client, args: argparse.Namespace) -> int:
             f"({report.get('entries_per_second')}/s); {report.get('rejected')} rejected",
             file=sys.stderr,
         )
+    if report.get("evicted"):
+        print(
+            f"{report['evicted']} entries were evicted meanwhile to stay within max_entries "
+            f"({stats.get('max_entries', '?')}): a file larger than the cache's room does not all stay",
+            file=sys.stderr,
+        )
     if report.get("error"):
         print(f"import stopped: {report['error']}", file=sys.stderr)
     return 1 if report.get("rejected") or report.get("error") else 0

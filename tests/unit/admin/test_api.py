@@ -271,3 +271,17 @@ async def test_a_line_that_breaks_the_parser_is_that_lines_rejection(monkeypatch
         assert r.json()["imported"] == 4
         assert r.json()["rejections"] == [{"line": 2, "reason": "unreadable entry (OverflowError)"}]
         assert await cache.backend.count() == 4
+
+
+async def test_an_import_larger_than_the_cache_says_how_many_entries_it_evicted() -> None:
+    """300 lines into a cache of 100 reported "imported 300" while 201 entries (the file's and one
+    already there) were evicted."""
+    async with serve(make_cache(max_entries=400)) as (source, client):
+        for i in range(300):
+            await source.store(query(f"v:1,{i},0"), answer(f"a{i}"))
+        exported = (await client.get("/admin/export")).content
+    async with serve(make_cache(max_entries=100)) as (cache, client):
+        await cache.store(query("v:0,0,1"), answer("hot"))
+        report = (await client.post("/admin/import", content=exported, headers=NDJSON)).json()
+        assert (report["imported"], report["evicted"]) == (300, 201)
+        assert await cache.backend.count() == 100
