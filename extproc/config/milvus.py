@@ -71,6 +71,15 @@ class MilvusSettings:
             return uri
         return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
+    def search_request(self, limit: int) -> dict[str, Any]:
+        """``search_params`` for a search of ``limit`` results: HNSW refuses an ``ef`` below the
+        limit ("ef(64) should be larger than k(100)"), so ``ef`` is raised to it."""
+        params = dict(self.search_params)
+        ef = params.get("ef")
+        if isinstance(ef, int) and not isinstance(ef, bool) and ef < limit:
+            params["ef"] = limit
+        return {"metric_type": self.metric_type, "params": params}
+
     def client_uri(self) -> str:
         """The URI handed to pymilvus."""
         if self.uri:

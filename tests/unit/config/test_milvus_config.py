@@ -195,3 +195,13 @@ def test_credentials_in_a_uri_are_never_shown() -> None:
     s = parse_milvus_config({"connection": {"uri": "http://root:Planted-Pw1@milvus:19530"}}, "m.yaml")
     assert s.address == "http://***@milvus:19530" and s.client_uri().endswith("@milvus:19530")
     assert "Planted-Pw1" not in repr(s) and "Planted-Pw1" not in "\n".join(milvus_lines(s))
+
+
+def test_a_search_for_more_results_than_ef_raises_ef() -> None:
+    """HNSW refuses ef below the limit: topk 100 (allowed up to 1000) failed every lookup, and an
+    admin invalidate by prompt with limit 500 too."""
+    s = MilvusSettings(search_params={"ef": 64}, metric_type="IP")
+    assert s.search_request(10) == {"metric_type": "IP", "params": {"ef": 64}}
+    assert s.search_request(100) == {"metric_type": "IP", "params": {"ef": 100}}
+    assert s.search_params == {"ef": 64}  # the setting itself is unchanged
+    assert MilvusSettings(search_params={"nprobe": 16}).search_request(500)["params"] == {"nprobe": 16}

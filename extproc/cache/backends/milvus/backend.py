@@ -305,7 +305,7 @@ class MilvusBackend(MilvusBulkOps, MilvusEvidenceOps, MilvusMaintenance):
         """Up to ``top_k`` live entries of ``partition``, most similar first (cosine)."""
         s = self.settings
         flt = f'partition_key == "{partition}" and expires_at > {int(now * 1000)}'
-        params = {"metric_type": s.metric_type, "params": dict(s.search_params)}
+        params = s.search_request(top_k)
 
         def find(client: Any, fields: list[str]) -> list[tuple[dict[str, Any], float]]:
             hits = client.search(

@@ -138,7 +138,7 @@ class MilvusBulkOps:
         """Up to ``limit`` live selected entries of any partition, most similar first."""
         s = self.settings
         flt = expression(selector, now)
-        params = {"metric_type": s.metric_type, "params": dict(s.search_params)}
+        params = s.search_request(limit)
 
         def run(client: Any) -> list[Candidate]:
             hits = client.search(

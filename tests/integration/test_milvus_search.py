@@ -1,5 +1,5 @@
-"""The Milvus backend's reconnect (the circuit breaker opened on failing calls): a new client,
-and everything stored after it is found as before."""
+"""The Milvus backend against a real server: what is stored after a reconnect (the circuit
+breaker opened on failing calls) is found, and searches for more candidates than HNSW's ef."""
 
 from __future__ import annotations
 
@@ -34,5 +34,27 @@ async def test_after_a_reconnect_what_is_stored_is_found(
                 await cache.store(q(text), answer(f"answer {round_} {i}"))
                 found = await cache.check(q(text))
                 assert found.hit, (round_, i, found)
+    finally:
+        await cache.close()
+
+
+async def test_more_candidates_than_ef_are_searched(
+    model: tuple[EncodeFn, int], milvus_server: MilvusServer, tmp_path: Path
+) -> None:
+    """search.topk 100 (allowed up to 1000) with the default ef 64: the Milvus the chart installs
+    (2.5.9) refuses an HNSW search with ef below its limit ("ef(64) should be larger than k(100)"),
+    so the cache would serve nothing; ef is raised to the limit. (2.3.5, run here, adjusts it
+    itself: this checks such a search works, search_request's unit test the raise.)"""
+    cfg = milvus_yaml(
+        tmp_path / "m.yaml",
+        milvus_server.uri,
+        collection(),
+        search={"params": {"ef": 64}, "topk": 100, "consistency_level": "Session"},
+    )
+    cache = await open_cache(model, cfg, ttl_seconds=0)
+    try:
+        await cache.store(q("How do I reset my router?"), answer("unplug it"))
+        found = await cache.check(q("How can I reset my router?"))
+        assert found.hit and found.match == "semantic", found
     finally:
         await cache.close()
