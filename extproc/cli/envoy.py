@@ -42,7 +42,10 @@ def upstream_env(url: str) -> dict[str, str]:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"UPSTREAM_URL must look like http://host:port or https://host:port, got {url!r}")
     tls = parts.scheme == "https"
-    port = parts.port or (443 if tls else 80)
+    try:
+        port = parts.port or (443 if tls else 80)
+    except ValueError:  # past 65535
+        raise ConfigError(f"UPSTREAM_URL: {url!r} has no valid port (1-65535)") from None
     return {
         "UPSTREAM_HOST": parts.hostname,
         "UPSTREAM_PORT": str(port),
@@ -122,6 +125,8 @@ def envoy_duration(name: str, value: str) -> str:
     number, unit = float(found.group(1)), found.group(2)
     # As the chart computes it (templates/_envoy.tpl), so both renderers write the same text.
     seconds = number / 1000 if unit == "ms" else number * _UNIT_SECONDS[unit]
+    if seconds > 315_576_000_000 or 0 < seconds < 1e-9:
+        raise ConfigError(f"{name}: {value!r} is outside what Envoy takes (1ns to 10,000 years)")
     return f"{int(seconds)}s" if seconds == int(seconds) else f"{seconds:.9f}".rstrip("0") + "s"
 
 

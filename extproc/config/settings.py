@@ -257,7 +257,7 @@ _CACHE_KEYS: KeySpec = {
 _SERVER_KEYS: KeySpec = {
     "grpc_address": (str, '"host:port"', address),
     "metrics_address": (str, '"host:port"', address),
-    "max_message_bytes": (int, "an integer (bytes)", int_range(4 * 1024 * 1024)),
+    "max_message_bytes": (int, "an integer (bytes)", int_range(4 * 1024 * 1024, 2**31 - 1)),  # gRPC's int
     "shutdown_grace_seconds": ((int, float), "a number of seconds", positive),
     "admin_address": (str, '"host:port"', address),
     "admin_allowed_hosts": (list, "a list of host names", host_names),

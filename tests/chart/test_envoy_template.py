@@ -268,3 +268,17 @@ def test_two_listeners_of_the_pod_on_one_port_fail_the_render(chart: Path, value
         helm_render(chart, values)
     off = {"envoy": {"metrics": {"enabled": False, "port": 9901}}}
     assert "envoy-metrics" not in json.dumps(render(chart, off).pod)
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"UPSTREAM_URL": "http://vllm:80000"}, "has no valid port"),
+        ({"UPSTREAM_TIMEOUT": "100000000h"}, "outside what Envoy takes"),
+        ({"UPSTREAM_TIMEOUT": "0.0000000001s"}, "outside what Envoy takes"),
+        ({"EXTPROC_MAX_MESSAGE_TIMEOUT": "90000"}, "is not a duration"),
+    ],
+)
+def test_the_python_renderer_refuses_what_envoy_would(variables: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        render_envoy_config(CHART_ENVOY_VARS | variables, ENVOY_TEMPLATE)

@@ -36,6 +36,11 @@ address stay on loopback whatever is passed there).
 {{- if or $upTls.ca.secretName $upTls.ca.configMapName -}}
 {{- $caFile = printf "%s/%s" (include "semantic-cache.upstreamCaDir" .) $upTls.ca.key -}}
 {{- end -}}
+{{- if or (gt (atoi $port) 65535) (lt (atoi $port) 1) -}}
+{{- fail (printf "upstream.url: port %s is not a TCP port (1-65535)" $port) -}}
+{{- end -}}
+{{- /* Envoy reads a bare IP literal ("::", not "[::]" as a URL writes it). */ -}}
+{{- $listen := .Values.envoy.listenAddress | toString | trimPrefix "[" | trimSuffix "]" -}}
 {{- /* The pod's containers share one network: two listeners on one port fail at start. */ -}}
 {{- $ports := dict "envoy.port" .Values.envoy.port "envoy.adminPort" .Values.envoy.adminPort "processor.grpcPort" .Values.processor.grpcPort "processor.metricsPort" .Values.processor.metricsPort "admin.port" .Values.admin.port -}}
 {{- if eq (toString .Values.envoy.metrics.enabled) "true" -}}
@@ -49,9 +54,15 @@ address stay on loopback whatever is passed there).
 {{- end -}}
 {{- $_ := set $seen $p $key -}}
 {{- end -}}
+{{- if and (eq (toString .Values.envoy.metrics.enabled) "true") (eq (include "semantic-cache.num" .Values.metrics.service.port) (include "semantic-cache.num" .Values.envoy.metrics.port)) -}}
+{{- fail (printf "metrics.service.port and envoy.metrics.port are both %s: Service <fullname>-metrics would name one port twice" (include "semantic-cache.num" .Values.envoy.metrics.port)) -}}
+{{- end -}}
 {{- $vars := dict -}}
 {{- range $k, $v := .Values.envoy.templateVars -}}
 {{- $_ := set $vars $k (toString $v) -}}
+{{- end -}}
+{{- with $vars.EXTPROC_MAX_MESSAGE_TIMEOUT -}}
+{{- $_ := set $vars "EXTPROC_MAX_MESSAGE_TIMEOUT" (include "semantic-cache.envoyDuration" (list "envoy.templateVars.EXTPROC_MAX_MESSAGE_TIMEOUT" .)) -}}
 {{- end -}}
 {{- $tr := .Values.tracing -}}
 {{- $own := dict
@@ -63,7 +74,7 @@ address stay on loopback whatever is passed there).
   "UPSTREAM_SAN_TYPE" (ternary "IP_ADDRESS" "DNS" $isIP)
   "UPSTREAM_TLS_VERIFY" (ternary "false" "true" (eq (toString $upTls.insecureSkipVerify) "true"))
   "UPSTREAM_CA_FILE" $caFile
-  "ENVOY_LISTEN_ADDRESS" (.Values.envoy.listenAddress | toString)
+  "ENVOY_LISTEN_ADDRESS" $listen
   "ENVOY_LISTEN_PORT" (include "semantic-cache.num" .Values.envoy.port)
   "ENVOY_ADMIN_ADDRESS" "127.0.0.1"
   "ENVOY_ADMIN_PORT" (include "semantic-cache.num" .Values.envoy.adminPort)
@@ -75,12 +86,12 @@ address stay on loopback whatever is passed there).
   "ENVOY_TRACING" (ternary "true" "false" (eq (toString $tr.enabled) "true"))
   "ENVOY_TRACING_SAMPLING" (include "semantic-cache.num" $tr.envoySamplingPercent)
   "ENVOY_SERVICE_NAME" ($tr.envoyServiceName | toString)
-  "OTEL_COLLECTOR_HOST" ($tr.collector.host | toString)
+  "OTEL_COLLECTOR_HOST" ($tr.collector.host | toString | trimPrefix "[" | trimSuffix "]")
   "OTEL_COLLECTOR_PORT" (include "semantic-cache.num" $tr.collector.port)
   "SCOPE_HEADER" (.Values.scope.header | toString | lower)
   "STRIP_SCOPE_HEADER" (ternary "false" "true" (eq (toString .Values.scope.trustClientHeader) "true"))
   "ENVOY_STATS" (ternary "true" "false" (eq (toString .Values.envoy.metrics.enabled) "true"))
-  "ENVOY_STATS_ADDRESS" (.Values.envoy.listenAddress | toString)
+  "ENVOY_STATS_ADDRESS" $listen
   "ENVOY_STATS_PORT" (include "semantic-cache.num" .Values.envoy.metrics.port)
 -}}
 {{- merge $own $vars | toJson -}}
@@ -100,6 +111,9 @@ with a single 's'"). As extproc/cli/envoy.py's envoy_duration, to the same text.
 {{- $unit := regexFind "(ms|s|m|h)$" $v -}}
 {{- $number := float64 (trimSuffix $unit $v) -}}
 {{- $seconds := ternary (divf $number 1000) (mulf $number (get (dict "s" 1 "m" 60 "h" 3600) $unit)) (eq $unit "ms") -}}
+{{- if or (gt $seconds 315576000000.0) (and (gt $seconds 0.0) (lt $seconds 0.000000001)) -}}
+{{- fail (printf "%s: %q is outside what Envoy takes (1ns to 10,000 years)" $name $v) -}}
+{{- end -}}
 {{- if eq $seconds (floor $seconds) -}}
 {{- printf "%ds" (int64 $seconds) -}}
 {{- else -}}

@@ -137,6 +137,10 @@ milvusClient.connection.host / port override all of them.
 
 {{/* Cross-field checks the schema cannot express; rendered (as nothing) by the Deployment. */}}
 {{- define "semantic-cache.validate" -}}
+{{- $hpa := .Values.autoscaling -}}
+{{- if and $hpa.enabled (gt (int $hpa.minReplicas) (int $hpa.maxReplicas)) -}}
+{{- fail (printf "autoscaling.minReplicas (%d) is above autoscaling.maxReplicas (%d)" (int $hpa.minReplicas) (int $hpa.maxReplicas)) -}}
+{{- end -}}
 {{- if and .Values.milvus.enabled .Values.milvusOperator.enabled -}}
 {{- fail "milvus.enabled (bundled chart) and milvusOperator.enabled are exclusive: choose one Milvus" -}}
 {{- end -}}
