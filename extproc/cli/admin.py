@@ -55,14 +55,9 @@ def _clean_token(token: str | None) -> str | None:
 
     Never echoes the token: it is a secret.
     """
-    if not token:
+    clean = (token or "").strip()
+    if not clean:  # only whitespace is no token, as the processor reads it
         return None
-    clean = token.strip()
-    if not clean:
-        raise AdminError(
-            f"the admin token (--token or ${TOKEN_ENV}) is only whitespace; set the token the "
-            "processor was started with"
-        )
     if not clean.isprintable():
         raise AdminError(
             f"the admin token (--token or ${TOKEN_ENV}) contains control characters (a line break?); "
@@ -92,11 +87,13 @@ class Client:
         kind = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
         return kind(self.host, self.port, timeout=self.timeout)
 
-    def headers(self, **extra: str) -> dict[str, str]:
+    def headers(self, **extra: str) -> dict[str, str | bytes]:
         """Request headers with the bearer token, if any."""
-        out = dict(extra)
+        out: dict[str, str | bytes] = dict(extra)
         if self.token:
-            out["authorization"] = f"Bearer {self.token}"
+            # As UTF-8 bytes, as curl sends them and the processor reads them (http.client would
+            # send a str as Latin-1: a token with "ä" never matched).
+            out["authorization"] = f"Bearer {self.token}".encode()
         return out
 
     def send(self, method: str, path: str, body: Any = None, **kw: Any) -> http.client.HTTPResponse:

@@ -14,7 +14,9 @@ from extproc.errors import ConfigError
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate a config.yaml (or a milvus.yaml, told by its shape) and print the effective settings."""
-    file = Path(args.file or default_config_path(None))
+    if args.file and args.config_file and args.file != args.config_file:
+        raise ConfigError(f"two config files given ({args.file} and --config {args.config_file}): give one")
+    file = Path(args.file or args.config_file or default_config_path(None))
     if file.is_file() and looks_like_milvus_config(read_yaml(file)):
         milvus = load_milvus_config(file)
         print(f"{file}: OK (a Milvus client file, milvus.yaml)")

@@ -21,11 +21,12 @@ TEMPLATE_ENV = "SEMANTIC_CACHE_ENVOY_TEMPLATE"
 
 
 def template_path() -> Path:
-    """``$SEMANTIC_CACHE_ENVOY_TEMPLATE``, else ``envoy/envoy.yaml`` of the source tree or cwd."""
+    """``$SEMANTIC_CACHE_ENVOY_TEMPLATE``, else ``envoy/envoy.yaml`` of the source tree (a checkout
+    or an editable install, whatever the working directory) or of the working directory."""
     explicit = os.environ.get(TEMPLATE_ENV)
     candidates = [Path(explicit)] if explicit else []
     candidates += [
-        Path(__file__).resolve().parent.parent / "envoy" / "envoy.yaml",
+        Path(__file__).resolve().parents[2] / "envoy" / "envoy.yaml",  # extproc/cli/ -> the tree
         Path.cwd() / "envoy" / "envoy.yaml",
     ]
     for path in candidates:

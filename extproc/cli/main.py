@@ -88,6 +88,11 @@ async def _run(settings: CacheSettings, envoy_log_level: str) -> int:
     admin_preflight(settings)
 
     env = dict(os.environ)
+    # The Envoy config's own errors (no template, a bad UPSTREAM_URL or duration) before anything
+    # starts: the real render below only adds the processor's port and the demo upstream's.
+    render_envoy_config(
+        env | {"UPSTREAM_URL": env.get("UPSTREAM_URL") or "http://127.0.0.1:1", "EXTPROC_PORT": "1"}
+    )
     demo = None
     if not env.get("UPSTREAM_URL"):
         demo, demo_port = await start_demo_upstream("127.0.0.1", int(env.get("DEMO_UPSTREAM_PORT", "0")))
@@ -110,6 +115,20 @@ async def _run(settings: CacheSettings, envoy_log_level: str) -> int:
     env.setdefault("EXTPROC_HOST", grpc_host)
     env.setdefault("SCOPE_HEADER", settings.scope_header.lower())
     env["EXTPROC_PORT"] = str(port)
+    try:
+        return await _serve_behind_envoy(env, envoy_log_level)
+    finally:
+        log.info("stopping")
+        await admin.stop()
+        await server.stop(settings.server.shutdown_grace_seconds)
+        await server.shared.cache.close()
+        if demo is not None:
+            await demo.cleanup()
+        log.info("stopped")
+
+
+async def _serve_behind_envoy(env: dict[str, str], envoy_log_level: str) -> int:
+    """Render, check and run Envoy until it exits or a signal comes; its exit code for ``run``."""
     workdir = Path(tempfile.mkdtemp(prefix="semantic-cache-"))
     config_file = workdir / "envoy.yaml"
     config_file.write_text(render_envoy_config(env), encoding="utf-8")
@@ -142,19 +161,12 @@ async def _run(settings: CacheSettings, envoy_log_level: str) -> int:
             code = 1
         stop_wait.cancel()
     finally:
-        log.info("stopping")
         if envoy.returncode is None:
             envoy.terminate()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(envoy.wait(), 10)
             if envoy.returncode is None:
                 envoy.kill()
-        await admin.stop()
-        await server.stop(settings.server.shutdown_grace_seconds)
-        await server.shared.cache.close()
-        if demo is not None:
-            await demo.cleanup()
-        log.info("stopped")
     return code
 
 
@@ -298,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a config.yaml or a milvus.yaml and exit")
     check.add_argument("file", nargs="?", help=config_help)
+    # As every other command reads it (and as "config file … not found. Pass --config FILE" says).
+    check.add_argument("--config", dest="config_file", metavar="FILE", help="the same as FILE")
     check.set_defaults(func=cmd_check_config)
 
     create = sub.add_parser("create-collection", help="create the Milvus collection from milvus.yaml")

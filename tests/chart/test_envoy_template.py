@@ -282,3 +282,15 @@ def test_two_listeners_of_the_pod_on_one_port_fail_the_render(chart: Path, value
 def test_the_python_renderer_refuses_what_envoy_would(variables: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         render_envoy_config(CHART_ENVOY_VARS | variables, ENVOY_TEMPLATE)
+
+
+def test_the_template_is_found_from_any_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`semantic-cache run` / `render-envoy` outside the checkout's root said "Envoy template not
+    found" (it looked in extproc/envoy/)."""
+    from extproc.cli.envoy import TEMPLATE_ENV, template_path
+
+    monkeypatch.delenv(TEMPLATE_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert template_path().resolve() == ENVOY_TEMPLATE.resolve()

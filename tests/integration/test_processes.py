@@ -104,3 +104,24 @@ async def test_processor_killed_requests_still_succeed(tmp_path: Path) -> None:
         if envoy is not None:
             envoy.stop()
         await runner.cleanup()
+
+
+def test_run_refuses_an_envoy_config_error_before_starting_anything(tmp_path: Path) -> None:
+    """A bad UPSTREAM_URL was found after the model, listeners and demo upstream had started; run
+    then exited with "Event loop is closed" tracebacks and listeners never stopped. Now: one line,
+    exit 2, from any working directory (the template is found from the package too)."""
+    env = {k: v for k, v in os.environ.items() if k != "SEMANTIC_CACHE_ENVOY_TEMPLATE"} | {
+        "UPSTREAM_URL": "ftp://llm:8000",
+        "ENVOY_LISTEN_PORT": str(free_port()),
+        "ENVOY_ADMIN_PORT": str(free_port()),
+        "SEMANTIC_CACHE_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
+        "SEMANTIC_CACHE_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
+        "SEMANTIC_CACHE_ADMIN_ADDRESS": f"127.0.0.1:{free_port()}",
+    }
+    log = tmp_path / "run.log"
+    config = Path(__file__).resolve().parents[2] / "config" / "config.yaml"
+    process = cli("run", "--config", str(config), env=env, log=log, cwd=tmp_path)
+    assert process.wait(60) == 2
+    text = log.read_text()
+    assert "configuration error: UPSTREAM_URL must look like http://host:port" in text
+    assert "Traceback" not in text and "model ready" not in text

@@ -235,6 +235,20 @@ def test_check_config_explains_the_old_threshold_key(
     assert "note:" not in capsys.readouterr().out
 
 
+def test_check_config_takes_the_file_as_every_command_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its own error says "Pass --config FILE", which it refused (unrecognized arguments)."""
+    from extproc.cli.main import main
+
+    config = write(tmp_path, "semantic_cache:\n  similarity_threshold: 0.85\n")
+    assert main(["--log-level", "error", "check-config", "--config", str(config)]) == 0
+    assert f"{config}: OK" in capsys.readouterr().out
+    other = tmp_path / "other.yaml"
+    assert main(["--log-level", "error", "check-config", str(other), "--config", str(config)]) == 2
+    assert "two config files given" in capsys.readouterr().err
+
+
 def test_the_shipped_config_file_names_every_key() -> None:
     """config/config.yaml is the reference users copy: every setting is there with its default
     (policies, the Milvus file and the entry secret have sections or files of their own)."""
