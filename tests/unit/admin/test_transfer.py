@@ -258,3 +258,11 @@ def test_a_lone_surrogate_exports_as_valid_utf8_and_reads_back() -> None:
     line.encode("utf-8")
     back = line_to_entry(line, DIM, time.time())
     assert (back.prompt, back.response, back.exact_key) == (odd.prompt, odd.response, odd.exact_key)
+
+
+def test_an_entry_keeps_its_millisecond_through_export_and_import() -> None:
+    """Ids count whole milliseconds (round(t * 1000)); the export wrote round(t, 3), which differs
+    for about 1 time in 7,700: such an entry got another x-semantic-cache-entry id after a move."""
+    created = 1701316799.1555  # round(t, 3): .155; round(t * 1000): ...156
+    moved = line_to_entry(entry_to_line(entry(created_at=created, expires_at=0.0)), DIM, created + 1)
+    assert round(moved.created_at * 1000) == round(created * 1000)
