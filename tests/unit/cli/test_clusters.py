@@ -97,16 +97,21 @@ def test_split_keeps_each_question_on_one_side() -> None:
     assert split_by_component(pairs, (0.6, 0.2, 0.2)) == parts  # deterministic
 
 
-def test_a_question_the_cache_reads_the_same_stays_on_one_side() -> None:
-    """ "q1 " and "q1" are one prompt to the cache (normalized): split apart, the held-out
-    numbers would measure questions the model was trained on."""
-    pairs = [Pair(f"q{i}", f"r{i}", i % 2) for i in range(60)]
-    pairs += [Pair(f"q{i} ", f"s{i}", 1) for i in range(60)] + [
-        Pair(f"Q{i}\r\n", f"t{i}", 0) for i in range(60)
+def test_the_judge_reads_questions_as_the_cache_does_and_the_split_as_the_model_was_trained() -> None:
+    """ "q1 " and "q1" are one prompt to the cache (normalized): one cluster to the judge. The
+    split compares them case-insensitively only, as the shipped verifier was trained (normalizing
+    it moved whole components between the parts: the held-out set of the simulation changed under
+    a model trained on the old one)."""
+    pairs = [Pair("q1", "r1", 1), Pair("q1 ", "s1", 1), Pair("Q1\r\n", "t1", 0)]
+    clusters = Clusters(pairs)
+    assert clusters.judge("r1", "s1") == "correct"
+    assert clusters.judge("t1", "r1") == "wrong"
+    assert clusters.cluster("q1 ") == clusters.cluster("Q1")
+    more = [Pair(f"q{i}", f"r{i}", i % 2) for i in range(200)] + [
+        Pair(f"q{i} ", f"s{i}", 1) for i in range(200)
     ]
-    parts = split_by_component(pairs, (0.6, 0.2, 0.2))
-    side_of = {}
-    for k, part in enumerate(parts):
-        for i in part:
-            side_of.setdefault(pairs[i].a.strip().casefold(), set()).add(k)
-    assert all(len(sides) == 1 for sides in side_of.values())
+    parts = split_by_component(more, (0.6, 0.2, 0.2))
+    casefold_only = split_by_component(
+        [Pair(p.a.casefold(), p.b.casefold(), p.label) for p in more], (0.6, 0.2, 0.2)
+    )
+    assert parts == casefold_only
