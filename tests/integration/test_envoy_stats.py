@@ -4,11 +4,13 @@ Only ``GET /stats/prometheus`` of the admin API is reachable there."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 
@@ -71,6 +73,49 @@ async def test_requests_sent_on_without_the_processor_are_counted(stack: StatsSt
     assert counters["envoy_http_ext_proc_failure_mode_allowed"] == 3
     assert counters["envoy_http_ext_proc_message_timeouts"] == 0
     assert stack.upstream.calls >= 3
+
+
+async def test_a_processor_too_slow_to_answer_is_counted_too(tmp_path: Path) -> None:
+    """The alert's numerator covers a reply later than the message timeout as well as a failed
+    stream (docs/alerts.md): a processor that takes the stream and never answers."""
+
+    async def process(
+        requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        async for _ in requests:
+            await asyncio.sleep(30)
+        return
+        yield b""  # a generator: the handler streams
+
+    handler = grpc.stream_stream_rpc_method_handler(process)
+    service = grpc.method_handlers_generic_handler(
+        "envoy.service.ext_proc.v3.ExternalProcessor", {"Process": handler}
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((service,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    state = fake.FakeUpstream()
+    runner = await fake.start(state)
+    stats_port = free_port()
+    envoy = await start_envoy(
+        tmp_path, port, state.port, ENVOY_STATS="true", ENVOY_STATS_PORT=str(stats_port),
+        EXTPROC_MESSAGE_TIMEOUT="300ms",
+    )  # fmt: skip
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            answered = await client.post(f"{envoy.url}/v1/chat/completions", json=CHAT)
+            assert answered.status_code == 200
+            counters = ext_proc_counters(
+                (await client.get(f"http://127.0.0.1:{stats_port}/stats/prometheus")).text
+            )
+        assert counters["envoy_http_ext_proc_message_timeouts"] == 1
+        assert counters["envoy_http_ext_proc_failure_mode_allowed"] == 1
+        assert counters["envoy_http_ext_proc_streams_failed"] == 0
+    finally:
+        envoy.stop()
+        await runner.cleanup()
+        await server.stop(0)
 
 
 async def test_no_other_admin_page_is_reachable(stack: StatsStack) -> None:
