@@ -19,10 +19,12 @@ from typing import Any
 
 from extproc.errors import NotCacheable, NotStorable
 from extproc.protocol.openai import (
+    EARLIER_TURNS,
     IGNORED_FIELDS,
     ChatRequest,
     _hash,
     _split_content,
+    _text_of,
     canonical_json,
     check_model,
     client_fields,
@@ -95,6 +97,10 @@ def parse_responses_request(body: bytes, ignore_fields: Iterable[str] = IGNORED_
         placeholder = {k: v for k, v in items[last].items() if k != "content"}
         identity_input = [*items[:last], placeholder | {"content": {"$last_user_text": True, "rest": rest}}]
         identity_input += items[last + 1 :]
+        # The turns before, as chat reads them: "And in London?" after a weather question is one.
+        earlier = [
+            _text_of(_as_chat_content(i.get("content"))) for i in items[:last] if i.get("role") == "user"
+        ]
     else:
         raise NotCacheable("bad_messages")
     prompt = normalize_text(text)
@@ -110,7 +116,15 @@ def parse_responses_request(body: bytes, ignore_fields: Iterable[str] = IGNORED_
     if stream is not None and not isinstance(stream, bool):  # vLLM streams on 1 or "true"
         raise NotCacheable("unsupported_value")
     fingerprint = _hash("responses", canonical)
-    return ChatRequest(model, prompt, fingerprint, stream is True, False, quotes_prompt=quoted)
+    return ChatRequest(
+        model,
+        prompt,
+        fingerprint,
+        stream is True,
+        False,
+        quotes_prompt=quoted,
+        earlier=tuple(earlier[-EARLIER_TURNS:]),
+    )
 
 
 def _listed(tools: Any) -> list[Any]:

@@ -199,3 +199,21 @@ def test_a_stream_hit_streams_reasoning_refusals_logprobs_and_annotations() -> N
     assert added["item"]["summary"] == []  # streamed, not given whole at once
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     assert events[-1]["response"]["output"] == stored["output"]
+
+
+def test_the_earlier_user_turns_are_read_as_chat_reads_them() -> None:
+    """ "And in London?" after "What's the weather in Paris today?" was cached on /v1/responses (the
+    freshness check read the last turn only) and not on chat."""
+    turns: list[dict[str, Any]] = [{"role": "user", "content": f"turn {i}"} for i in range(6)]
+    turns[4] = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "a"}]}
+    turns.insert(2, {"role": "assistant", "content": "an answer"})
+    req = parse_responses_request(
+        json.dumps(
+            {"model": "m", "store": False, "input": [*turns, {"role": "user", "content": "now?"}]}
+        ).encode()
+    )
+    assert req.earlier == ("turn 2", "turn 3", "a", "turn 5")
+    assert (
+        parse_responses_request(json.dumps({"model": "m", "store": False, "input": "hi"}).encode()).earlier
+        == ()
+    )
