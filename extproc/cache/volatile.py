@@ -137,8 +137,9 @@ _WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Satur
 
 @lru_cache(maxsize=8)
 def _date_pattern(year: int, month: int, day: int) -> re.Pattern[str]:
-    """The ways answers write this date: "2026-12-07", "December 7th, 2026", "Dec. 7, 2026",
-    "7 December 2026", "Monday, December 7", "12/7/2026", "07.12.2026"…
+    """The ways answers write this date: "2026-12-07" (also with a time after it), "December 7th,
+    2026", "Dec. 7, 2026", "7 December 2026", "Monday, December 7", "12/7/2026", "12-07-2026",
+    "07.12.2026"…
 
     A day and month without the year count only after the date's own weekday ("Happy Monday,
     December 7!"): "December 7, 1941" is another December 7."""
@@ -153,10 +154,12 @@ def _date_pattern(year: int, month: int, day: int) -> re.Pattern[str]:
         rf"{m}\s+{d},?\s+{y}",
         rf"{d}\s+(?:of\s+)?{m},?\s+{y}",
         rf"{weekday},?\s+(?:{m}\s+{d}|(?:the\s+)?{d}\s+(?:of\s+)?{m})",
-        rf"0?{month}/0?{day}/{y}",
-        rf"0?{day}[/.]0?{month}[/.]{y}",
+        rf"0?{month}(?P<us>[/-])0?{day}(?P=us){y}",
+        rf"0?{day}(?P<eu>[/.-])0?{month}(?P=eu){y}",
     )
-    return re.compile(r"(?<![\w/.-])(?:" + "|".join(forms) + r")(?![\w/-]|\.\d)", re.IGNORECASE)
+    # Not inside a longer token ("v2026-12-07a", "2026-12-07.5"), but a time after it is still
+    # the date ("2026-12-07T10:44:00Z", a log line's timestamp).
+    return re.compile(r"(?<![\w/.-])(?:" + "|".join(forms) + r")(?!(?!T\d)[\w/-]|\.\d)", re.IGNORECASE)
 
 
 INLINE_ANSWER_CHARS = 64 * 1024

@@ -88,6 +88,10 @@ def test_a_follow_up_of_a_time_sensitive_question_is_time_sensitive() -> None:
         "Heute ist der 07.12.2026.",
         "It is 2026/12/07.",
         "Tomorrow, Tuesday, December 8, brings rain.",  # the upstream's zone may be a day ahead
+        "[2026-12-07T10:47:14Z] INFO server started",  # a time after the date: still the date
+        "Last sync: 2026-12-07T10:47",
+        "Report of 12-07-2026.",
+        "Report of 07-12-2026.",
     ],
 )
 def test_the_ways_answers_write_todays_date(answer: str) -> None:
@@ -102,6 +106,8 @@ def test_the_ways_answers_write_todays_date(answer: str) -> None:
         "We celebrate on December 7 every year.",  # another year's December 7
         "Build 12/7/20265 shipped.",
         "See section 2026-12-07b.",
+        "Version 2026-12-07.5 is out.",
+        "Ticket 12-07/2026 is closed.",  # two different separators: not a date
     ],
 )
 def test_other_dates_are_not_today(answer: str) -> None:
