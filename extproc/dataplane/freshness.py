@@ -9,7 +9,9 @@ sensitive prompt (:mod:`extproc.cache.volatile`) is looked up and kept for at mo
 
 from __future__ import annotations
 
+import email.utils
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -89,12 +91,26 @@ def parse_freshness(cache_control: str) -> Freshness:
     return fresh
 
 
-def upstream_lifetime(cache_control: str) -> int | None:
-    """How long the upstream lets a shared cache keep its answer, from the response's
-    ``cache-control`` (RFC 9111): 0 for ``no-store`` or ``private`` (one user's answer), else
-    ``s-maxage`` (a shared cache's own) or ``max-age`` in seconds, None when it sets no limit.
-    ``no-cache`` sets none: the cache cannot revalidate an answer, and event-stream servers send
-    it only to keep proxies from buffering the stream."""
+def upstream_lifetime(headers: Mapping[str, str], now: float | None = None) -> int | None:
+    """How long the upstream lets a shared cache keep its answer (RFC 9111 §4.2), in seconds from
+    now: 0 for ``no-store`` or ``private`` (one user's answer), else ``s-maxage`` (a shared cache's
+    own) or ``max-age``, without them ``Expires`` less ``Date``, minus the ``Age`` the answer has
+    already spent in a cache before us; None when it sets no limit. An ``Expires`` that is not a
+    date ("0") means already expired (§5.3). ``no-cache`` sets none: the cache cannot revalidate an
+    answer, and event-stream servers send it only to keep proxies from buffering the stream."""
+    lifetime = _cache_control_lifetime(headers.get("cache-control", ""))
+    if lifetime is None and "expires" in headers:
+        expires = _http_date(headers["expires"])
+        sent = _http_date(headers.get("date", ""))
+        now = time.time() if now is None else now
+        lifetime = 0 if expires is None else max(0, int(expires - (sent if sent is not None else now)))
+    age = headers.get("age", "").strip()
+    if lifetime and _DIGITS.fullmatch(age):
+        lifetime = max(0, lifetime - (int(age) if len(age) <= 12 else MAX_SECONDS))
+    return lifetime
+
+
+def _cache_control_lifetime(cache_control: str) -> int | None:
     shared_max: int | None = None
     max_age: int | None = None
     for directive in cache_control.split(","):
@@ -109,6 +125,15 @@ def upstream_lifetime(cache_control: str) -> int | None:
             else:
                 max_age = seconds if max_age is None else min(max_age, seconds)
     return shared_max if shared_max is not None else max_age
+
+
+def _http_date(value: str) -> float | None:
+    """An HTTP date (``Sun, 06 Nov 1994 08:49:37 GMT`` and the older forms) as Unix time, or None."""
+    try:
+        parsed = email.utils.parsedate_tz(value.strip())
+        return float(email.utils.mktime_tz(parsed)) if parsed else None
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def requested_ttl(header: str, max_ttl_seconds: int) -> int | None:

@@ -293,8 +293,8 @@ class ChatCompletionsProcessor(RequestSettings, SingleFlight, VerifiedHits, Proc
         elif self._storing and self._content_encoding not in ("", "identity", "gzip"):
             self._skip_store("encoded_response")
         elif self._storing and self.settings.upstream_cache_control:
-            lifetime = upstream_lifetime(headers.get("cache-control", ""))
-            if lifetime == 0:  # no-store, private, max-age=0: not for a shared cache
+            lifetime = upstream_lifetime(headers)
+            if lifetime == 0:  # no-store, private, max-age=0, or already as old as it may be
                 self._skip_store("upstream_no_store")
             elif lifetime is not None:
                 self._fresh.limit_ttl(lifetime, self.settings.ttl_seconds)

@@ -36,17 +36,49 @@ async def answered(shared: Shared, pending: list[Any], cache_control: str) -> Ch
     return p
 
 
+def lifetime_of(cache_control: str) -> int | None:
+    return upstream_lifetime({"cache-control": cache_control})
+
+
 def test_upstream_lifetime() -> None:
-    assert upstream_lifetime("") is None
-    assert upstream_lifetime("no-cache") is None  # SSE servers' proxy hygiene; nothing to revalidate
+    assert lifetime_of("") is None
+    assert lifetime_of("no-cache") is None  # SSE servers' proxy hygiene; nothing to revalidate
     never_stored = ("no-store", "private", 'private="set-cookie"', "max-age=0", "s-maxage=0", "No-Store")
     for never in never_stored:
-        assert upstream_lifetime(never) == 0, never
-    assert upstream_lifetime("max-age=60") == 60
-    assert upstream_lifetime("max-age=600, s-maxage=30") == 30  # a shared cache's own first
-    assert upstream_lifetime("max-age=60, max-age=600") == 60
-    assert upstream_lifetime("max-age=abc") is None
-    assert upstream_lifetime("max-age=" + "9" * 40) == 10**10
+        assert lifetime_of(never) == 0, never
+    assert lifetime_of("max-age=60") == 60
+    assert lifetime_of("max-age=600, s-maxage=30") == 30  # a shared cache's own first
+    assert lifetime_of("max-age=60, max-age=600") == 60
+    assert lifetime_of("max-age=abc") is None
+    assert lifetime_of("max-age=" + "9" * 40) == 10**10
+
+
+def test_the_age_already_spent_and_expires_count() -> None:
+    """RFC 9111 §4.2: an answer a cache before us kept 58 of its 60 s has 2 s left (it was kept
+    60 s), and without max-age ``Expires`` sets the lifetime (an hour in the past was kept)."""
+    date = "Mon, 07 Dec 2026 10:00:00 GMT"
+    assert upstream_lifetime({"cache-control": "max-age=60", "age": "58"}) == 2
+    assert upstream_lifetime({"cache-control": "max-age=60", "age": "600"}) == 0
+    assert upstream_lifetime({"cache-control": "max-age=60", "age": "x"}) == 60
+    assert upstream_lifetime({"expires": "Mon, 07 Dec 2026 10:10:00 GMT", "date": date}) == 600
+    assert upstream_lifetime({"expires": "Mon, 07 Dec 2026 09:00:00 GMT", "date": date}) == 0
+    assert upstream_lifetime({"expires": "0"}) == 0  # not a date: already expired (§5.3)
+    now = 1796637600.0  # Mon, 07 Dec 2026 10:00:00 GMT: no Date header, the clock instead
+    assert upstream_lifetime({"expires": "Mon, 07 Dec 2026 10:01:00 GMT"}, now) == 60
+    both = {"cache-control": "max-age=30", "expires": "Mon, 07 Dec 2026 11:00:00 GMT", "date": date}
+    assert upstream_lifetime(both) == 30  # max-age wins over Expires
+    assert upstream_lifetime({"age": "10"}) is None
+
+
+async def test_an_answer_already_as_old_as_it_may_be_is_not_stored() -> None:
+    shared, _, pending = make_shared(ttl_seconds=3600)
+    p = ChatCompletionsProcessor(shared)
+    p.on_request_headers(headers(CHAT), False)
+    await p.on_request_body(chat_body("What is my account balance?"), True)
+    p.on_response_headers(headers([*OK_JSON, ("cache-control", "max-age=60"), ("age", "60")]), False)
+    p.on_response_body(completion("Your balance is $1,234."), True)
+    await run_spawned(pending)
+    assert p.decision.store == "upstream_no_store"
 
 
 @pytest.mark.parametrize("cache_control", ["no-store", "private", "private, no-store, max-age=0"])
