@@ -64,13 +64,25 @@ _QUOTE = re.compile(
     r"\b(?:what(?:'s| is| are)|how much is|how much are|tell me)\s+(?:the\s+)?"
     r"(?:(?:stock|share|spot|gas|gold|oil|bitcoin|btc|eth)\s+)?"
     r"(?:price|exchange rate|weather|temperature|forecast|score)"
-    r"\s+(?:of|for|in|at|like)\b",
+    r"(?:\s+outside)?\s+(?:of|for|in|at|like)\b|"
+    # "How's the weather in Paris?", "What's the weather?": the sky asked about, nothing dated.
+    r"\b(?:what(?:'s| is)|how(?:'s| is))\s+the\s+(?:weather|temperature|forecast)"
+    r"(?:\s+(?:outside|like|today|now|right now))?\s*(?:\s(?:in|at|for)\s+[^?.!]{1,40})?[?.!]*\s*$",
     re.IGNORECASE,
 )
-# "what's the Bitcoin price?": the same question with the asset before the price.
+# "what's the Bitcoin price?", "what is Apple's stock price?", "what is the USD to EUR exchange
+# rate?": the same question with the asset before the price.
 _QUOTE_NAMED = re.compile(
     r"\b(?:what(?:'s| is| are)|how much is|how much are)\s+(?:the\s+)?(?:current\s+)?"
-    r"(?:[\w.&-]+\s+){1,2}(?:price|prices|exchange rate)\s*[?.!]*\s*$",
+    r"(?:[\w.&'’-]+\s+){1,3}(?:price|prices|exchange rate)\s*[?.!]*\s*$",
+    re.IGNORECASE,
+)
+# "how much does bitcoin cost?", "how much is an ounce of gold worth?": a market asset's price.
+_ASSET_COST = re.compile(
+    r"\bhow\s+much\s+(?:does|do|is|are)\s+(?:a\s+|an\s+|one\s+|1\s+)?"
+    r"(?:(?:ounce|barrel|gallon|share|litre|liter)\s+of\s+)?"
+    r"(?:bitcoin|btc|ethereum|ether|eth|dogecoin|gold|silver|oil|crude|gasoline|petrol|[\w.&'’-]+\s+stock)s?"
+    r"\s+(?:cost|worth|trading\s+at|going\s+for|selling\s+for)\b",
     re.IGNORECASE,
 )
 # Asking the clock, the calendar or the sky right now: "what time is it in Tokyo?", "what day
@@ -83,6 +95,7 @@ _NOW_QUESTION = re.compile(
 )
 _WEATHER_NOW = re.compile(
     r"\bis\s+it\s+(?:raining|snowing|pouring|storming|hailing)\b|"
+    r"\b(?:is\s+it\s+going\s+to|will\s+it)\s+(?:rain|snow|pour|storm|hail)\b|"
     r"\bwhat\s+will\s+the\s+(?:weather|temperature|forecast)\s+be\b",
     re.IGNORECASE,
 )
@@ -121,7 +134,7 @@ def _volatile(text: str) -> str:
         return "relative_time"
     if _PRESENT_MOVING.search(text) or _WEATHER_NOW.search(text):
         return "moving_value"
-    quote = _QUOTE.search(text) or _QUOTE_NAMED.search(text)
+    quote = _QUOTE.search(text) or _QUOTE_NAMED.search(text) or _ASSET_COST.search(text)
     if quote and not _DATED_YEAR.search(text):  # "price of gold in 1980" is history, not a quote
         return "moving_value"
     return ""

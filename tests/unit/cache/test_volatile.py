@@ -31,6 +31,16 @@ from extproc.cache.volatile import volatile_answer, volatile_prompt
         ("What's the Bitcoin price?", "moving_value"),
         ("What will the weather be in 3 days?", "moving_value"),
         ("Is it raining in Seattle?", "moving_value"),
+        # The everyday wording of the same questions (they were cached for the whole TTL).
+        ("How's the weather in Paris?", "moving_value"),
+        ("How is the weather in Paris?", "moving_value"),
+        ("What's the weather?", "moving_value"),
+        ("What is the temperature outside in Berlin?", "moving_value"),
+        ("Is it going to rain in London?", "moving_value"),
+        ("What is Apple's stock price?", "moving_value"),
+        ("What is the USD to EUR exchange rate?", "moving_value"),
+        ("How much does bitcoin cost?", "moving_value"),
+        ("How much is an ounce of gold worth?", "moving_value"),
         ("Long pasted notes. " * 5000 + "What's the weather in Paris today?", "relative_time"),
     ],
 )
@@ -55,6 +65,10 @@ def test_time_sensitive_prompts(prompt: str, reason: str) -> None:
         "What is time?",
         "How much weight can I lose in 3 days?",
         "Is it cold in Seattle in winter?",
+        "How much does a car cost?",  # a general price, not a market quote
+        "How much does it cost to build a house?",
+        "How much was Apple stock worth in 2010?",
+        "How is the weather of Pune for living?",
         "Notes. " * 3000 + "Meeting notes of yesterday. " + "More notes. " * 3000 + "Summarize them.",
     ],
 )
