@@ -9,6 +9,7 @@ outlives the cache's own ``ttl_seconds`` from the time of the import.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -140,6 +141,12 @@ class Importer:
                 batch, size = [], 0
         if batch and not self.report.error:
             await self._write(batch)
+        # Milvus trims to max_entries in its background sweep only: run it now, so `evicted`
+        # says what this import pushed out rather than 0 before a silent eviction.
+        sweep = getattr(self.backend, "sweep", None)
+        if sweep is not None and self.report.imported and not self.report.error:
+            with contextlib.suppress(BackendUnavailable):
+                await sweep(time.time())
         self.report.evicted = getattr(self.backend, "evictions", 0) - evictions
         return self.report
 

@@ -3,10 +3,13 @@ breaker opened on failing calls) is found, and searches for more candidates than
 
 from __future__ import annotations
 
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from extproc.cache.schema import EntryFilter
 from extproc.embedding.base import EncodeFn
 from tests.conftest import MilvusServer, milvus_yaml
 from tests.integration.test_milvus import collection, open_cache
@@ -58,3 +61,40 @@ async def test_more_candidates_than_ef_are_searched(
         assert found.hit and found.match == "semantic", found
     finally:
         await cache.close()
+
+
+async def test_an_import_larger_than_max_entries_says_what_it_evicted(
+    model: tuple[EncodeFn, int], milvus_server: MilvusServer, tmp_path: Path
+) -> None:
+    """Milvus trims in its background sweep: the report said evicted 0, then the next sweep
+    removed the excess. The import sweeps at its end now."""
+    from extproc.admin.importer import Importer
+    from extproc.admin.transfer import entry_to_line
+
+    source = await open_cache(
+        model, milvus_yaml(tmp_path / "a.yaml", milvus_server.uri, collection()), ttl_seconds=0
+    )
+    target = await open_cache(
+        model,
+        milvus_yaml(tmp_path / "b.yaml", milvus_server.uri, collection()),
+        ttl_seconds=0,
+        max_entries=10,
+    )
+    try:
+        for i in range(25):
+            await source.store(q(f"question number {i} about imports"), answer(f"a{i}"))
+        lines = [
+            entry_to_line(e).encode() + b"\n"
+            async for batch in source.backend.entries(EntryFilter(), time.time())
+            for e in batch
+        ]
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b"".join(lines)
+
+        report = await Importer(target.backend, target.embedder, reembed=False).run(body())
+        assert (report.imported, report.evicted) == (25, 15), report.as_dict()
+        assert await target.backend.count() == 10
+    finally:
+        await source.close()
+        await target.close()
