@@ -12,6 +12,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -321,3 +322,20 @@ def ours(doc: Doc) -> bool:
 
 def _matches(selector: Doc, labels: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+
+
+def monitoring_queries() -> tuple[list[str], list[str]]:
+    """The PromQL the chart ships, alerts and dashboard on: (the dashboard's panel queries and the
+    series its variables read, the alert rules' expressions)."""
+    shipped = {"prometheusRule": {"enabled": True, "force": True}, "grafanaDashboard": {"enabled": True}}
+    r = render(CHART, {"metrics": shipped})
+    dashboard = json.loads(r.one("ConfigMap", f"{RELEASE}-dashboard")["data"]["semantic-cache.json"])
+    queries = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    # Variables: label_values(<series>, <label>) reads <series>.
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            found = re.fullmatch(r"label_values\((.*),\s*\w+\)", variable["query"]["query"])
+            assert found, variable
+            queries.append(found.group(1))
+    (rule,) = r.all("PrometheusRule")
+    return queries, [a["expr"] for g in rule["spec"]["groups"] for a in g["rules"]]

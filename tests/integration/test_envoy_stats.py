@@ -5,7 +5,6 @@ Only ``GET /stats/prometheus`` of the admin API is reachable there."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ import grpc
 import httpx
 import pytest
 
-from tests.chart.helpers import CHART, render
+from tests.chart.helpers import monitoring_queries
 from tests.conftest import Envoy, free_port, start_envoy
 from tests.support import upstream as fake
 from tests.support.promql import exported, metric_names
@@ -143,14 +142,7 @@ async def test_every_envoy_series_the_chart_reads_is_exported(stack: StatsStack)
     async with httpx.AsyncClient(timeout=30) as client:
         await client.post(f"{stack.envoy.url}/v1/chat/completions", json=CHAT)
         live = exported((await client.get(f"{stack.stats_url}/stats/prometheus")).text)
-    values = {
-        "metrics": {"prometheusRule": {"enabled": True, "force": True}, "grafanaDashboard": {"enabled": True}}
-    }
-    r = render(CHART, values)
-    dashboard = json.loads(r.one("ConfigMap", "semantic-router-dashboard")["data"]["semantic-cache.json"])
-    queries = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
-    (rule,) = r.all("PrometheusRule")
-    queries += [a["expr"] for g in rule["spec"]["groups"] for a in g["rules"]]
-    read = {n for q in queries for n in metric_names(q) if n.startswith("envoy_")}
+    dashboard, rules = monitoring_queries()
+    read = {n for q in dashboard + rules for n in metric_names(q) if n.startswith("envoy_")}
     assert {"envoy_http_ext_proc_failure_mode_allowed", "envoy_http_ext_proc_streams_started"} <= read
     assert read <= live, f"not exported by Envoy: {sorted(read - live)}"

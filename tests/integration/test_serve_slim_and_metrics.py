@@ -4,7 +4,6 @@ really exports on /metrics."""
 
 from __future__ import annotations
 
-import json
 import re
 import urllib.request
 from collections.abc import Iterator
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chart.helpers import CHART, render
+from tests.chart.helpers import monitoring_queries
 from tests.support.processes import Serving, start_serve, stop, unreachable_milvus
 from tests.support.promql import exported, metric_names
 
@@ -60,20 +59,7 @@ def test_serve_imports_neither_torch_nor_sentence_transformers(serving: Serving)
 def test_dashboard_and_alerts_query_only_exported_metrics(serving: Serving) -> None:
     live = exported(urllib.request.urlopen(f"{serving.metrics_url}/metrics", timeout=10).read().decode())
     assert "semantic_cache_circuit_breaker_state" in live
-    values = {
-        "metrics": {"prometheusRule": {"enabled": True, "force": True}, "grafanaDashboard": {"enabled": True}}
-    }
-    r = render(CHART, values)
-    dashboard = json.loads(r.one("ConfigMap", "semantic-router-dashboard")["data"]["semantic-cache.json"])
-    queries = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
-    # Variables: label_values(<series>, <label>) reads <series>.
-    for variable in dashboard["templating"]["list"]:
-        if variable["type"] == "query":
-            found = re.fullmatch(r"label_values\((.*),\s*\w+\)", variable["query"]["query"])
-            assert found, variable
-            queries.append(found.group(1))
-    (rule,) = r.all("PrometheusRule")
-    rules = [a["expr"] for g in rule["spec"]["groups"] for a in g["rules"]]
+    queries, rules = monitoring_queries()
     assert len(queries) > 20 and len(rules) == 10
     for expr in queries + rules:
         names = metric_names(expr)
