@@ -22,11 +22,13 @@ TEMPLATE_ENV = "SEMANTIC_CACHE_ENVOY_TEMPLATE"
 
 def template_path() -> Path:
     """``$SEMANTIC_CACHE_ENVOY_TEMPLATE``, else ``envoy/envoy.yaml`` of the source tree (a checkout
-    or an editable install, whatever the working directory) or of the working directory."""
+    or an editable install, whatever the working directory), the copy a pip install puts under
+    ``<prefix>/share/semantic-cache/``, or that of the working directory."""
     explicit = os.environ.get(TEMPLATE_ENV)
     candidates = [Path(explicit)] if explicit else []
     candidates += [
         Path(__file__).resolve().parents[2] / "envoy" / "envoy.yaml",  # extproc/cli/ -> the tree
+        Path(sys.prefix) / "share" / "semantic-cache" / "envoy" / "envoy.yaml",  # pyproject data-files
         Path.cwd() / "envoy" / "envoy.yaml",
     ]
     for path in candidates:

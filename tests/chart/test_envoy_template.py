@@ -294,3 +294,29 @@ def test_the_template_is_found_from_any_working_directory(
     monkeypatch.delenv(TEMPLATE_ENV, raising=False)
     monkeypatch.chdir(tmp_path)
     assert template_path().resolve() == ENVOY_TEMPLATE.resolve()
+
+
+def test_an_installed_wheel_finds_the_template_it_carries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pip-installed CLI (no source tree) said "Envoy template not found": the wheel now carries
+    the template as data (pyproject's data-files, under <prefix>/share/semantic-cache/envoy/)."""
+    import sys
+    import tomllib
+
+    from extproc.cli import envoy
+
+    root = Path(__file__).resolve().parents[2]
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
+    shipped = pyproject["tool"]["setuptools"]["data-files"]["share/semantic-cache/envoy"]
+    assert [(root / f).resolve() for f in shipped] == [ENVOY_TEMPLATE.resolve()]
+    site = tmp_path / "venv" / "lib" / "site-packages" / "extproc" / "cli"
+    site.mkdir(parents=True)
+    installed = tmp_path / "venv" / "share" / "semantic-cache" / "envoy" / "envoy.yaml"
+    installed.parent.mkdir(parents=True)
+    installed.write_text(ENVOY_TEMPLATE.read_text())
+    monkeypatch.setattr(envoy, "__file__", str(site / "envoy.py"))  # no source tree around it
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "venv"))
+    monkeypatch.delenv(envoy.TEMPLATE_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert envoy.template_path() == installed
