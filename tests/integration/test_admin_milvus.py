@@ -127,6 +127,31 @@ async def test_bulk_operations_on_a_real_collection(
     assert await backend.count_matching(EntryFilter(), time.time()) == 2  # France (m) and "tiny"
 
 
+async def test_an_export_keeps_a_key_stored_again_while_it_runs(
+    replicas: tuple[ExtProcServer, ExtProcServer, AdminServer],
+) -> None:
+    """A store deletes then inserts: a key absent when the scan passes it is read after the scan."""
+    a, _, _ = replicas
+    cache, backend = a.shared.cache, a.shared.cache.backend
+    stored = {}
+    for i in range(12):
+        entry = await cache.store(q(f"question number {i}"), completion(f"answer {i}"))
+        stored[entry.exact_key] = entry
+    order = sorted(stored)  # the scan pages by primary key
+    got: list[str] = []
+    target = ""
+    async for batch in backend.entries(EntryFilter(), time.time(), batch_size=4):
+        ids = [e.id for e in batch]
+        if not target:  # delete a key the scan has not reached: it misses it ...
+            target = order[order.index(max(ids)) + 1]
+            assert await backend.delete_ids([target]) == 1
+        got += ids
+        if len(got) == len(stored) - 1:  # ... and it is back (stored again) once the scan is past
+            assert target not in got
+            await backend.put(stored[target])
+    assert sorted(got) == order  # every key once, the one stored again included
+
+
 async def wait_until_miss(cache: SemanticCache, query: CacheQuery, timeout: float = 15.0) -> float:
     """Seconds until ``query`` stops hitting on ``cache``."""
     started = time.monotonic()

@@ -13,7 +13,7 @@ import pytest
 from extproc.app import make_backend
 from extproc.cache import SemanticCache
 from extproc.cache.backends.milvus.backend import MilvusBackend
-from extproc.cache.backends.milvus.evidence import CHUNK
+from extproc.cache.backends.milvus.evidence import CHUNK, read_documents, write_document
 from extproc.config.settings import parse_config
 from extproc.config.verification import VerificationSettings
 from extproc.dataplane.verification import Verification
@@ -71,6 +71,38 @@ async def test_documents_chunked_replaced_and_aged_out(
     finally:
         await one.close()
         await two.close()
+
+
+async def test_a_reader_during_a_rewrite_finds_one_whole_document(
+    model: tuple[EncodeFn, int], milvus_server: MilvusServer, tmp_path: Path
+) -> None:
+    """A rewrite deleted the owner's rows before inserting the new ones: a replica reading in
+    between adopted none of that owner's outcomes (its disagreements included) for a sync period."""
+    name = f"ev_{uuid.uuid4().hex[:10]}"
+    cfg = config(tmp_path, milvus_server, name)
+    one = await backend_for(cfg, model[1])
+    seen: list[dict[str, str]] = []
+
+    class ReadsBetween:  # the client, reading the documents before each delete of the rewrite
+        def __init__(self, client: Any) -> None:
+            self.client = client
+
+        def insert(self, *args: Any, **kwargs: Any) -> Any:
+            return self.client.insert(*args, **kwargs)
+
+        def delete(self, *args: Any, **kwargs: Any) -> Any:
+            seen.append(read_documents(self.client, f"{name}_evidence", 0))
+            return self.client.delete(*args, **kwargs)
+
+    try:
+        now = time.time()
+        await one.save_evidence("pod-a", "first", now)
+        client = one._client
+        write_document(ReadsBetween(client), f"{name}_evidence", "pod-a", "second", now + 1)
+        assert seen == [{"pod-a": "second"}]  # the new write is whole before the old one goes
+        assert await one.load_evidence(0) == {"pod-a": "second"}
+    finally:
+        await one.close()
 
 
 async def test_two_replicas_and_a_restart_share_the_bound(

@@ -103,3 +103,42 @@ def test_a_search_failing_on_a_duplicated_id_is_recognised() -> None:
     )
     assert duplicate_rows(failed) and not is_data_error(failed)
     assert not duplicate_rows(MilvusException(2, "Fail connecting to server"))
+
+
+def test_session_lookups_wait_for_deletes_not_stores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every miss stores: waiting for each store made nearly every lookup wait ~0.2 s."""
+    from extproc.cache.backends.milvus import consistency
+
+    monkeypatch.setattr(consistency, "_deleted_at", {})
+    eventually = {"consistency_level": "Customized", "guarantee_timestamp": 1}
+    assert consistency.lookup_read("c", "Session") == eventually
+    consistency._deleted_at["c"] = 42  # what saw_delete records: later lookups wait for it
+    after = {"consistency_level": "Customized", "guarantee_timestamp": 42}
+    assert consistency.lookup_read("c", "Session") == after
+    for level in ("Strong", "Bounded", "Eventually"):
+        assert consistency.lookup_read("c", level) == {"consistency_level": level}
+
+
+def test_recent_stores_are_found_until_milvus_shows_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lookups do not wait for this process's stores: for that moment they are found here."""
+    from extproc.cache.backends.milvus import consistency
+
+    def entry(key: str, partition: str = "p", vector: tuple = (1.0, 0.0), expires: float = 0.0) -> CacheEntry:
+        v = np.asarray(vector, dtype=np.float32)
+        return CacheEntry(key, "m", "s", "f", partition, key, key, {}, v / np.linalg.norm(v), 1.0, expires)
+
+    recent = consistency.RecentStores()
+    recent.add(entry("a"))
+    recent.add(entry("b", vector=(1.0, 1.0)))
+    recent.add(entry("other", partition="q"))
+    recent.add(entry("gone", expires=50.0))
+    assert recent.get("a", 100.0) is not None and recent.get("gone", 100.0) is None  # expired
+    found = recent.search("p", np.asarray([1.0, 0.0], dtype=np.float32), 100.0)
+    assert sorted((c.entry.id, round(c.similarity, 3)) for c in found) == [("a", 1.0), ("b", 0.707)]
+    recent.drop(["a"])
+    assert recent.get("a", 100.0) is None and recent.get("b", 100.0) is not None
+    recent.clear()
+    assert recent.get("b", 100.0) is None
+    recent.add(entry("c"))
+    monkeypatch.setattr(consistency, "RECENT_STORE_SECONDS", 0.0)  # Milvus has applied it by now
+    assert recent.get("c", 100.0) is None

@@ -26,7 +26,7 @@ from extproc.cache.backends.milvus.client import (
     in_daemon_thread,
     open_client,
 )
-from extproc.cache.backends.milvus.consistency import distinct
+from extproc.cache.backends.milvus.consistency import RecentStores, distinct, lookup_read
 from extproc.cache.backends.milvus.evidence import MilvusEvidenceOps
 from extproc.cache.backends.milvus.failures import auth_error, describe, duplicate_rows, is_data_error
 from extproc.cache.backends.milvus.locks import KeyLocks
@@ -103,6 +103,8 @@ class MilvusBackend(MilvusBulkOps, MilvusEvidenceOps, MilvusMaintenance):
         self._closed = asyncio.Event()
         self._writing = KeyLocks()
         """Stores of one exact key take turns in this process (see :mod:`.locks`)."""
+        self._recent = RecentStores()
+        """This process's stores of the last second, which lookups do not wait for (see there)."""
         # pymilvus retries a failing call up to 75 times (minutes) unless told otherwise: bound it.
         self._fast: dict[str, Any] = {"timeout": self.call_timeout, "retry_times": 1}
         self._slow: dict[str, Any] = {"timeout": settings.timeout, "retry_times": 3}
@@ -286,6 +288,9 @@ class MilvusBackend(MilvusBulkOps, MilvusEvidenceOps, MilvusMaintenance):
     async def get_exact(self, exact_key: str, now: float) -> CacheEntry | None:
         """The live entry stored under ``exact_key`` (the primary key), if any."""
         s = self.settings
+        recent = self._recent.get(exact_key, now)  # stored a moment ago: Milvus may not show it yet
+        if recent is not None:
+            return recent
         flt = f'id == "{exact_key}" and expires_at > {int(now * 1000)}'
 
         def query(client: Any) -> list[dict[str, Any]]:
@@ -294,7 +299,7 @@ class MilvusBackend(MilvusBulkOps, MilvusEvidenceOps, MilvusMaintenance):
                 filter=flt,
                 output_fields=_OUTPUT,
                 limit=1,
-                consistency_level=s.consistency_level,
+                **lookup_read(s.collection, s.consistency_level),
                 **self._fast,
             )
 
@@ -316,7 +321,7 @@ class MilvusBackend(MilvusBulkOps, MilvusEvidenceOps, MilvusMaintenance):
                 filter=flt,
                 search_params=params,
                 output_fields=fields,
-                consistency_level=s.consistency_level,
+                **lookup_read(s.collection, s.consistency_level),
                 **self._fast,
             )[0]
             return [(dict(h["entity"]) | {"id": h["id"]}, float(h["distance"])) for h in hits]
@@ -336,7 +341,7 @@ class MilvusBackend(MilvusBulkOps, MilvusEvidenceOps, MilvusMaintenance):
                     s.collection,
                     filter=f"id in [{ids}]",
                     output_fields=["id", s.vector_field],
-                    consistency_level=s.consistency_level,
+                    **lookup_read(s.collection, s.consistency_level),
                     **self._fast,
                 )
                 vectors = {r["id"]: r[s.vector_field] for r in rows}
@@ -345,10 +350,15 @@ class MilvusBackend(MilvusBulkOps, MilvusEvidenceOps, MilvusMaintenance):
             return found
 
         found = await self._call(run, self.call_timeout)
-        return distinct(  # both rows of a duplicated id can come back
+        candidates = [
             Candidate(self._entry(row), self._similarity(distance), _vector(row.get(s.vector_field)))
             for row, distance in found
-        )
+        ]
+        # A store of a moment ago stands for its key: Milvus may still show the row it replaced.
+        recent = self._recent.search(partition, vector, now)
+        stored = {c.entry.id for c in recent}
+        candidates = [c for c in candidates if c.entry.id not in stored]
+        return distinct([*candidates, *recent])[:top_k]  # both rows of a duplicated id can come back
 
     def _similarity(self, distance: float) -> float:
         # IP and COSINE on normalized vectors are cosine similarity; L2 is a squared distance:
@@ -372,6 +382,7 @@ class MilvusBackend(MilvusBulkOps, MilvusEvidenceOps, MilvusMaintenance):
 
         async with self._writing.hold([row["id"]]):
             await self._call(write, timeout)
+        self._recent.add(self._entry(row, np.asarray(entry.vector, dtype=np.float32)))
 
     async def record_hit(self, entry: CacheEntry) -> None:
         """Milvus entries are evicted oldest-first: hits change nothing."""

@@ -7,7 +7,11 @@ replica pointing at it stops serving the deleted entries (there is no per-proces
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
+import logging
+from array import array
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -28,12 +32,26 @@ from extproc.cache.schema import CacheEntry, Candidate, EntryFilter
 from extproc.errors import DataRejected, EntryTooLarge
 
 if TYPE_CHECKING:
+    from extproc.cache.backends.milvus.consistency import RecentStores
     from extproc.cache.backends.milvus.locks import KeyLocks
     from extproc.config.milvus import MilvusSettings
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 FIELDS = list(REQUIRED_FIELDS)
 ALL_ROWS = 'id != ""'
+ID_SCAN_BATCH = 4_096
+"""Ids per page of an export's catch-up scan (ids only: small rows)."""
+CATCH_UP_TRIES = 3
+"""Reads by id of the keys an export's scan missed (each retry after CATCH_UP_PAUSE)."""
+CATCH_UP_PAUSE = 0.2
+
+
+def _digest(key: str) -> int:
+    """A 64-bit digest of an id (collisions among a billion ids: about one in 40)."""
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
 
 
 def quote(value: str, name: str = "value") -> str:
@@ -74,6 +92,7 @@ class MilvusBulkOps:
 
     if TYPE_CHECKING:
         settings: MilvusSettings
+        _recent: RecentStores
         dim: int
         _slow: dict[str, Any]
         _writing: KeyLocks
@@ -89,10 +108,17 @@ class MilvusBulkOps:
     async def entries(
         self, selector: EntryFilter, now: float, batch_size: int = 256, vectors: bool = True
     ) -> AsyncIterator[list[CacheEntry]]:
-        """Every live selected entry, in batches, read with Strong consistency."""
+        """Every live selected entry, in batches, read with Strong consistency.
+
+        A store is a delete then an insert (docs/milvus.md#a-key-being-stored-again), so a key
+        stored again while the scan passes it is briefly absent. After the scan, the ids still
+        selected are listed (ids only) and the ones the scan did not return are read by id and
+        yielded: a key live all along is in the export although it was refreshed meanwhile.
+        """
         s = self.settings
         fields = [*FIELDS, s.vector_field] if vectors else FIELDS
         flt = expression(selector, now)
+        seen = array("Q")  # 8-byte digests of the ids yielded: 8 MB per million entries
 
         def open_iterator(client: Any) -> Any:
             return client.query_iterator(
@@ -107,17 +133,74 @@ class MilvusBulkOps:
         iterator = await self._call(open_iterator, s.timeout)
 
         def next_batch(_: Any) -> list[CacheEntry]:
-            rows = iterator.next()
-            return [
-                self._entry(r, np.asarray(r[s.vector_field], dtype=np.float32) if vectors else None)
-                for r in rows
-            ]
+            return [self._entry_of(r, vectors) for r in iterator.next()]
 
         try:
             while batch := await self._call(next_batch, s.timeout):
+                seen.extend(_digest(e.id) for e in batch)
                 yield batch
         finally:
             iterator.close()
+        missed = await self._missed_ids(flt, np.unique(np.frombuffer(seen, dtype=np.uint64)))
+        for attempt in range(CATCH_UP_TRIES):
+            if not missed:
+                return
+            if attempt:
+                await asyncio.sleep(CATCH_UP_PAUSE)  # a store's delete-to-insert gap is milliseconds
+            found = await self._read_ids(flt, missed, fields, vectors)
+            if found:
+                yield found
+            got = {e.id for e in found}
+            missed = [key for key in missed if key not in got]
+        log.warning("export: %d entries were being stored again throughout; not exported", len(missed))
+
+    def _entry_of(self, row: dict[str, Any], vectors: bool) -> CacheEntry:
+        vector = np.asarray(row[self.settings.vector_field], dtype=np.float32) if vectors else None
+        return self._entry(row, vector)
+
+    async def _missed_ids(self, flt: str, seen: np.ndarray) -> list[str]:
+        """The ids ``flt`` selects now whose digest is not in ``seen`` (sorted digests)."""
+        s = self.settings
+
+        def open_iterator(client: Any) -> Any:
+            return client.query_iterator(
+                s.collection,
+                batch_size=ID_SCAN_BATCH,
+                filter=flt,
+                output_fields=["id"],
+                timeout=s.timeout,
+                consistency_level="Strong",
+            )
+
+        iterator = await self._call(open_iterator, s.timeout)
+        missed: list[str] = []
+
+        def next_ids(_: Any) -> list[str]:
+            return [str(r["id"]) for r in iterator.next()]
+
+        try:
+            while ids := await self._call(next_ids, s.timeout):
+                digests = np.fromiter((_digest(key) for key in ids), dtype=np.uint64, count=len(ids))
+                at = np.minimum(np.searchsorted(seen, digests), max(len(seen) - 1, 0))
+                known = seen[at] == digests if len(seen) else np.zeros(len(ids), dtype=bool)
+                missed.extend(key for key, k in zip(ids, known, strict=True) if not k)
+        finally:
+            iterator.close()
+        return list(dict.fromkeys(missed))
+
+    async def _read_ids(self, flt: str, ids: list[str], fields: list[str], vectors: bool) -> list[CacheEntry]:
+        """The selected entries under ``ids`` (one per id), read by id."""
+        s = self.settings
+        filters = [f"({flt}) and {f}" for f in id_filters([quote(key, "id") for key in ids])]
+
+        def read(client: Any) -> list[CacheEntry]:
+            rows: dict[str, dict[str, Any]] = {}
+            for f in filters:
+                for r in client.query(s.collection, filter=f, output_fields=fields, **STRONG, **self._slow):
+                    rows.setdefault(str(r["id"]), r)
+            return [self._entry_of(r, vectors) for r in rows.values()]
+
+        return await self._call(read, s.timeout * 2)
 
     async def count_matching(self, selector: EntryFilter, now: float) -> int:
         """Number of live selected entries."""
@@ -171,6 +254,7 @@ class MilvusBulkOps:
                 saw_delete(client, s.collection, s.is_lite)
             return n
 
+        self._recent.clear()
         return await self._call(delete, s.timeout * 4)
 
     async def delete_ids(self, ids: Sequence[str]) -> int:
@@ -182,6 +266,8 @@ class MilvusBulkOps:
         for key in keys:
             utf8("id", key)
         filters = id_filters([quote(key, "id") for key in keys])
+
+        self._recent.drop(keys)
 
         def delete(client: Any) -> int:
             present = present_ids(client, s.collection, filters, **self._slow)
@@ -201,6 +287,8 @@ class MilvusBulkOps:
 
         def there(client: Any) -> bool:
             return bool(count_rows(client, s.collection, flt, STRONG, **self._slow))
+
+        self._recent.drop([exact_key])  # whichever version: a newer one is then read from Milvus
 
         def delete(client: Any) -> int:
             if not there(client):

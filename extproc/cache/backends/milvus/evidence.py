@@ -100,12 +100,17 @@ def check_document(owner: str, document: str) -> None:
 
 
 def write_document(client: Any, name: str, owner: str, document: str, now: float, **call: Any) -> None:
-    """Replace ``owner``'s rows with ``document`` (both ASCII: see :func:`check_document`)."""
+    """Replace ``owner``'s rows with ``document`` (both ASCII: see :func:`check_document`).
+
+    The new rows go in first, under ids of their own, and only then are the owner's older rows
+    deleted: a reader in between finds both writes and keeps the newest complete one. (Deleting
+    first, a replica reading in that moment adopted none of this owner's outcomes for a sync
+    period, its disagreements included, and served what the fleet had found wrong.)"""
     stamp = int(now * 1000)
     pieces = [document[i : i + CHUNK] for i in range(0, len(document), CHUNK)] or [""]
     rows = [
         {
-            "id": f"{owner}/{k}",
+            "id": f"{owner}/{stamp}/{k}",  # at most OWNER_LEN + 1 + 13 + 1 + 5 characters
             "owner": owner,
             "chunk": k,
             "chunks": len(pieces),
@@ -115,8 +120,8 @@ def write_document(client: Any, name: str, owner: str, document: str, now: float
         }
         for k, piece in enumerate(pieces)
     ]
-    client.delete(name, filter=f"owner == {quote(owner)}", **call)
     client.insert(name, rows, **call)
+    client.delete(name, filter=f"owner == {quote(owner)} and updated_at < {stamp}", **call)
 
 
 def read_documents(client: Any, name: str, since: float, **call: Any) -> dict[str, str]:

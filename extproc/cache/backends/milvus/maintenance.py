@@ -32,6 +32,7 @@ from extproc.cache.backends.milvus.consistency import (
 from extproc.errors import BackendUnavailable
 
 if TYPE_CHECKING:
+    from extproc.cache.backends.milvus.consistency import RecentStores
     from extproc.config.milvus import MilvusSettings
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class MilvusMaintenance:
         state: str
         _closed: asyncio.Event
         _slow: dict[str, Any]
+        _recent: RecentStores
 
         async def _call(self, fn: Callable[[Any], T], timeout: float) -> T: ...
 
@@ -73,6 +75,7 @@ class MilvusMaintenance:
     async def sweep(self, now: float) -> None:
         """Delete expired entries, then the oldest ones beyond ``max_entries``."""
         s = self.settings
+        self._recent.clear()  # what the sweep deletes is found by filter
         self.expired += await self._call(lambda c: self._expire(c, now), s.timeout * 2)
         total, evicted = await self._call(self._trim, s.timeout * 4)
         self.known_entries = max(0, total - evicted)
