@@ -18,7 +18,7 @@ from extproc.dataplane.server import BackgroundTasks, ExtProcServer
 from extproc.dataplane.shared import Shared
 from extproc.dataplane.verification import Verification
 from extproc.embedding.base import EncodeFn, model_dimension, resolve_model_path
-from extproc.embedding.batcher import Embedder
+from extproc.embedding.batcher import Embedder, at_worker_priority
 from extproc.embedding.loader import load_sentence_model, plan_workers, workers_for
 from extproc.embedding.onnx_backend import usable_cores
 from extproc.embedding.remote import API_KEY_ENV, RemoteEncoder
@@ -128,7 +128,7 @@ async def make_cache(settings: CacheSettings, model: tuple[EncodeFn, int] | None
         # core: the same model on every core takes the passes that run alone (~90 MB more).
         cores = usable_cores()
         if getattr(encode, "threads", cores) < cores:
-            solo = await asyncio.to_thread(encode.with_threads, cores)
+            solo = await at_worker_priority(encode.with_threads, cores)
     embedder = Embedder(encode, dim, settings.embedding_batch_size, workers, solo=solo)
     log.info("embedding: %d pass(es) at once, batches of up to %d", workers, settings.embedding_batch_size)
     backend = make_backend(settings, dim)

@@ -18,6 +18,8 @@ from extproc.errors import EmbeddingFailed, Overloaded
 from extproc.observability.tracing import tracer
 
 LONG_PROMPT = "long_prompt"
+UNREADABLE = "unreadable"
+"""A candidate rejected because the two prompts differ in what the model cannot read."""
 """Rejection of a query or candidate longer than the embedding model reads (exact hits only)."""
 
 
@@ -141,6 +143,12 @@ class SemanticCache:
         result.timings.update(timings)
         return result
 
+    async def _same_unreadable(self, prompt: str, other: str) -> bool:
+        """True when the model reads the same unknown pieces (emoji, symbols) in both prompts, so
+        their vectors can tell them apart; False also when that is unknown (tokenizing failed)."""
+        mine = await self.embedder.unreadable(prompt)
+        return mine is not None and mine == await self.embedder.unreadable(other)
+
     async def _embed_within(
         self, prompt: str, deadline: float | None, timings: dict[str, float]
     ) -> np.ndarray:
@@ -204,11 +212,14 @@ class SemanticCache:
         limit = self.similarity_threshold if threshold is None else threshold
         floor = self.min_confidence if min_confidence is None else min_confidence
         timings: dict[str, float] = {}
+        searching = time.perf_counter()
         with timed(timings, "search_ms"), tracer.start_as_current_span("semantic_cache.lookup") as span:
             candidates = await self.backend.search(query.partition, vector, self.top_k, now)
             span.set_attribute("semantic_cache.candidates", len(candidates))
             if candidates:
                 span.set_attribute("semantic_cache.best_similarity", round(candidates[0].similarity, 4))
+        if deadline is not None:  # the search is the backend's time (lookup_timeout_ms), not overload
+            deadline += time.perf_counter() - searching
         result = LookupResult(vector=vector, candidates=len(candidates), timings=timings)
         if candidates:
             result.best_similarity = candidates[0].similarity
@@ -223,6 +234,9 @@ class SemanticCache:
                 continue
             if not await self.embedder.fits(entry.prompt):
                 result.reject(candidate, LONG_PROMPT)  # its vector is its head's (above)
+                continue
+            if not await self._same_unreadable(query.prompt, entry.prompt):
+                result.reject(candidate, UNREADABLE)  # one vector for two different symbols
                 continue
             judging = self.judge(
                 query.prompt,

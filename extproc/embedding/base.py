@@ -120,6 +120,16 @@ class TokenWindow:
     max_tokens: int
     count: Callable[[str], int]
     """Tokens of a text, never truncated."""
+    unknown: Callable[[str], list[str]] | None = None
+    """The parts of a text the tokenizer reads as its unknown token (None: it has none)."""
+
+    def unreadable(self, text: str) -> tuple[str, ...]:
+        """What the model cannot see of ``text``, sorted: the pieces it reads as one unknown
+        token (MiniLM: most emoji and many symbols, so "the 🍎 emoji" and "the 🚗 emoji" get one
+        vector). Printable ASCII is every WordPiece vocabulary's, so it needs no tokenizer."""
+        if self.unknown is None or text.isascii():
+            return ()
+        return tuple(sorted(self.unknown(text)))
 
     def fits(self, text: str) -> bool:
         """True when the model reads all of ``text`` (blocking: the tokenizer runs here)."""
@@ -160,6 +170,21 @@ class TokenWindow:
     def must_count_off_loop(self, text: str) -> bool:
         """True when :meth:`fits` may tokenize more than a few KB (run it on a thread)."""
         return len(text) > INLINE_COUNT_CHARS
+
+
+def unknown_pieces(
+    encode: Callable[[str], tuple[Sequence[int], Sequence[tuple[int, int]]]], unk: int | None
+) -> Callable[[str], list[str]] | None:
+    """:attr:`TokenWindow.unknown` from a tokenizer's (ids, character offsets) of a text and its
+    unknown token's id (None: the tokenizer has none, so it reads everything)."""
+    if unk is None:
+        return None
+
+    def unknown(text: str) -> list[str]:
+        ids, offsets = encode(text)
+        return [text[a:b] for i, (a, b) in zip(ids, offsets, strict=False) if i == unk]
+
+    return unknown
 
 
 def read_heads(window: TokenWindow | None, texts: Sequence[str]) -> list[str]:

@@ -24,7 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -45,6 +45,9 @@ as well (a Milvus server beside it starved lone lookups past their budget in the
 """
 
 
+T = TypeVar("T")
+
+
 def _lower_priority() -> None:
     """Executor initializer: lower this worker thread's priority by :data:`WORKER_NICE`."""
     tid = threading.get_native_id()
@@ -52,6 +55,14 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + WORKER_NICE))
     except (AttributeError, OSError) as exc:  # not Linux, or a sandbox forbidding it: keep the default
         log.debug("embedding threads keep their priority: %s", exc)
+
+
+async def at_worker_priority(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on a fresh thread at the embedding workers' priority. A model session made
+    there starts its own threads (ONNX Runtime's intra-op pool) at that priority too: they inherit
+    it from the thread that creates them, and made elsewhere they ran at the loop's."""
+    with ThreadPoolExecutor(1, thread_name_prefix="embed-setup", initializer=_lower_priority) as once:
+        return await asyncio.get_running_loop().run_in_executor(once, fn, *args)
 
 
 KEEP_WORDS = 256
@@ -156,6 +167,21 @@ class Embedder:
         self.encoded = 0
         self.on_batch: Callable[[int], None] | None = None
         """Called with each forward pass's batch size (metrics)."""
+
+    async def unreadable(self, text: str) -> tuple[str, ...] | None:
+        """What the model cannot see of ``text`` (:meth:`TokenWindow.unreadable`; () when the
+        tokenizer is unknown, as with a remote endpoint); None when tokenizing it failed."""
+        window = self.window
+        if window is None or window.unknown is None or text.isascii():
+            return ()
+        text = encodable(text)
+        try:
+            if window.must_count_off_loop(text):
+                return await asyncio.to_thread(window.unreadable, text)
+            return window.unreadable(text)
+        except Exception:
+            log.warning("tokenizing a prompt failed; it hits on exact repeats only", exc_info=True)
+            return None
 
     @property
     def has_words(self) -> bool:

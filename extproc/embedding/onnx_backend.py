@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from extproc.embedding.base import TokenWindow, WordVectors, read_heads, word_vectors
+from extproc.embedding.base import TokenWindow, WordVectors, read_heads, unknown_pieces, word_vectors
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +190,16 @@ class OnnxEncoder:
         self.tokenizer.no_padding()
         whole = Tokenizer.from_str(self.tokenizer.to_str())
         whole.no_truncation()
+        unk = next((i for t in ("[UNK]", "<unk>") if (i := whole.token_to_id(t)) is not None), None)
+
+        def ids_offsets(text: str) -> tuple[list[int], list[tuple[int, int]]]:
+            encoded = whole.encode(text, add_special_tokens=False)
+            return encoded.ids, encoded.offsets
+
         self.window = TokenWindow(
-            int(meta["max_seq_length"]), lambda text: len(whole.encode(text, add_special_tokens=True).ids)
+            int(meta["max_seq_length"]),
+            lambda text: len(whole.encode(text, add_special_tokens=True).ids),
+            unknown_pieces(ids_offsets, unk),
         )
         """What the model reads of a text (the forward pass truncates to ``max_seq_length``)."""
         self._model_file = folder / "model.onnx"

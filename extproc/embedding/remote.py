@@ -31,6 +31,10 @@ _RETRYABLE = {408, 429, 500, 502, 503, 504}
 """Answers another attempt may change (501, 505… will not)."""
 _REFUSED = {400, 413, 422}
 """Answers refusing the input itself (vLLM and TEI past the model's context)."""
+_CLOSED_WHILE_IDLE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+FAIL_FAST_SECONDS = 1.0
+"""After a pass failed every attempt, passes fail at once for this long, then one tries again:
+an endpoint that is down cost every lookup its whole latency budget (reported as overload)."""
 
 
 class RemoteEmbeddingError(RuntimeError):
@@ -66,7 +70,10 @@ class RemoteEncoder:
         self._host, self._port = parts.hostname, parts.port
         self._path = (parts.path or "/v1/embeddings") + (f"?{parts.query}" if parts.query else "")
         self._headers = {"content-type": "application/json"}
+        api_key = api_key.strip()  # a Secret made from a file written by `echo` ends in a newline
         if api_key:
+            if not api_key.isascii() or not api_key.isprintable():
+                raise ConfigError(f"${API_KEY_ENV} holds characters an HTTP header cannot carry")
             self._headers["authorization"] = f"Bearer {api_key}"
         self.timeout, self.retries, self.budget = timeout, retries, budget
         self._local = threading.local()
@@ -74,6 +81,8 @@ class RemoteEncoder:
         """The dimension :meth:`probe` found; every later answer must have it."""
         self.requests = 0
         self.failures = 0
+        self._failing: tuple[float, Exception] | None = None
+        """(until when, why) passes fail at once (see FAIL_FAST_SECONDS)."""
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         """Unit vectors of ``texts``, one request (retried within the budget).
@@ -81,8 +90,20 @@ class RemoteEncoder:
         When the server refuses the input (400, 413, 422: a text past its context, say), the
         texts are asked in halves, so that only the refused ones fail: each gets a row of NaN,
         which the batcher turns into an error for its caller alone."""
-        deadline = time.monotonic() + self.budget
-        return self._encode(list(texts), deadline)
+        now = time.monotonic()
+        failing = self._failing
+        if failing is not None and now < failing[0]:
+            wait = failing[0] - now
+            raise RemoteEmbeddingError(f"{self.url}: failing ({failing[1]}); next try in {wait:.2f} s")
+        try:
+            vectors = self._encode(list(texts), now + self.budget)
+        except InputRefused:
+            raise  # the texts', not the endpoint's
+        except RemoteEmbeddingError as exc:
+            self._failing = (time.monotonic() + FAIL_FAST_SECONDS, exc)
+            raise
+        self._failing = None
+        return vectors
 
     def _encode(self, texts: list[str], deadline: float) -> np.ndarray:
         try:
@@ -111,7 +132,7 @@ class RemoteEncoder:
                 error = exc.__cause__ or exc
                 self.failures += 1
                 self._drop_connection()
-                if attempt < self.retries:
+                if attempt < self.retries and not isinstance(exc, _Stale):  # a stale one: at once
                     time.sleep(min(0.05 * 2**attempt, max(0.0, deadline - time.monotonic() - 0.01)))
         raise RemoteEmbeddingError(f"{self.url}: no embeddings after {tried} attempt(s): {error!r}")
 
@@ -128,6 +149,7 @@ class RemoteEncoder:
 
     def _post(self, payload: bytes, timeout: float) -> bytes:
         conn = getattr(self._local, "conn", None)
+        reused = conn is not None and conn.sock is not None
         if conn is None:
             kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
             conn = kind(self._host, self._port, timeout=timeout)
@@ -149,6 +171,8 @@ class RemoteEncoder:
         except Exception as exc:  # the watchdog's close fails a read in many ways
             if cut.is_set():
                 raise _Retryable from late
+            if reused and isinstance(exc, _CLOSED_WHILE_IDLE):
+                raise _Stale from exc  # the server closed it while idle (uvicorn: after 5 s)
             if isinstance(exc, OSError | http.client.HTTPException):
                 raise _Retryable from exc
             raise
@@ -188,8 +212,9 @@ class RemoteEncoder:
             raise RemoteEmbeddingError(
                 f"{self.url}: {vectors.shape[1]}-dimensional embeddings, {self.dim} at start"
             )
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        if vectors.shape[1] == 0 or not np.isfinite(vectors).all() or not (norms > 0).all():
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is an inf norm: refused below
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        if vectors.shape[1] == 0 or not np.isfinite(norms).all() or not (norms > 0).all():  # NaN, inf, 1e300
             raise RemoteEmbeddingError(f"{self.url}: empty, zero or non-finite embeddings")
         return (vectors / norms).astype(np.float32)
 
@@ -212,3 +237,7 @@ def _cut(conn: http.client.HTTPConnection, cut: threading.Event) -> None:
 
 class _Retryable(Exception):
     """An attempt failed in a way another attempt may not (its cause says how)."""
+
+
+class _Stale(_Retryable):
+    """A kept-alive connection the server had closed while idle: retried at once on a new one."""

@@ -11,7 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from extproc.embedding.base import EncodeFn, SentenceEncoder, TokenWindow, WordsFn, WordVectors, word_vectors
+from extproc.embedding.base import (
+    EncodeFn,
+    SentenceEncoder,
+    TokenWindow,
+    WordsFn,
+    WordVectors,
+    unknown_pieces,
+    word_vectors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +81,16 @@ def _window(model: Any) -> TokenWindow | None:
     limit = getattr(model, "max_seq_length", None)
     if tokenizer is None or not limit:
         return None
+
+    def ids_offsets(text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        return encoded["input_ids"], encoded["offset_mapping"]
+
+    fast = getattr(tokenizer, "is_fast", False)  # only fast tokenizers give character offsets
     return TokenWindow(
-        int(limit), lambda text: len(tokenizer(text, truncation=False, verbose=False)["input_ids"])
+        int(limit),
+        lambda text: len(tokenizer(text, truncation=False, verbose=False)["input_ids"]),
+        unknown_pieces(ids_offsets, tokenizer.unk_token_id) if fast else None,
     )
 
 

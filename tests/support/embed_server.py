@@ -4,7 +4,8 @@ Serves whatever model it is given (the bundled MiniLM in the integration tests).
 injected on request: ``fail_next`` answers that many requests with HTTP 503, ``delay`` holds
 each answer, ``max_chars`` refuses (HTTP 400, as vLLM past its context) a request with a longer
 input, ``mangle`` rewrites the answer's rows, ``trickle`` sends the answer a byte at a time with
-that many seconds between bytes; ``api_key`` set means a missing or wrong bearer token gets 401.
+that many seconds between bytes; ``keepalive`` closes idle connections after that many
+seconds; ``api_key`` set means a missing or wrong bearer token gets 401.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class EmbedServer:
     max_chars: int = 0
     mangle: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None
     trickle: float = 0.0
+    keepalive: float = 75.0
+    """Seconds an idle kept-alive connection stays open (uvicorn, vLLM's server: 5)."""
     batches: list[int] = field(default_factory=list)
     """Inputs per request answered."""
     models: list[str] = field(default_factory=list)
@@ -78,7 +81,7 @@ class EmbedServer:
         """Listen on a free loopback port."""
         app = web.Application()
         app.router.add_post("/v1/embeddings", self.handle)
-        self.runner = web.AppRunner(app, access_log=None)
+        self.runner = web.AppRunner(app, access_log=None, keepalive_timeout=self.keepalive)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+from extproc.cache import MemoryBackend, SemanticCache
 from extproc.cache.backends.eviction import LfuPolicy, LruPolicy, make_policy
 from extproc.cache.backends.vector_index import VectorIndex
 from extproc.cache.schema import Candidate
@@ -294,3 +295,20 @@ async def test_a_nan_similarity_is_never_a_match() -> None:
     backend.search = broken_search  # type: ignore[method-assign]
     result = await cache.check(query("v:0,1"))
     assert result.entry is None
+
+
+async def test_prompts_differing_in_what_the_model_cannot_read_never_match() -> None:
+    """"the 🍎 emoji" and "the 🚗 emoji" embed identically (both read as one unknown token)."""
+    from extproc.embedding.base import TokenWindow
+
+    def encode(texts: Sequence[str]) -> np.ndarray:  # one vector whatever the emoji
+        return toy_encode(["v:1,0" for _ in texts])
+
+    unknown = lambda t: [c for c in t if ord(c) > 0x2000]  # noqa: E731
+    encode.window = TokenWindow(64, lambda t: len(t.split()), unknown)  # type: ignore[attr-defined]
+    cache = SemanticCache(MemoryBackend(DIM, 100), Embedder(encode, DIM), 0.9, 5, 0)
+    await cache.store(query("What does the 🍎 emoji mean?"), answer("apple"))
+    miss = await cache.check(query("What does the 🚗 emoji mean?"))
+    assert miss.entry is None and miss.rejections == ["unreadable"]
+    assert (await cache.check(query("what does the 🍎 emoji mean"))).match == "semantic"
+    assert (await cache.check(query("What does the emoji mean?"))).rejections == ["unreadable"]

@@ -347,3 +347,39 @@ async def test_closing_answers_every_waiter() -> None:
     assert (await asyncio.wait_for(sentence, 5)).shape == (DIM,)
     with pytest.raises(RuntimeError, match="workers stopped"):
         await asyncio.wait_for(words, 5)
+
+
+async def test_a_slow_search_is_not_charged_to_the_latency_budget() -> None:
+    """The budget is the embedding's and the judging's: a search well within lookup_timeout_ms
+    (a Milvus search after a restart, 70-90 ms) turned a semantic hit into bypass overloaded."""
+
+    class SlowSearch(MemoryBackend):
+        async def search(self, *args: object, **kwargs: object) -> list:  # type: ignore[override]
+            await asyncio.sleep(0.1)
+            return await super().search(*args, **kwargs)  # type: ignore[arg-type]
+
+    cache = SemanticCache(SlowSearch(DIM, 100), Embedder(toy_encode, DIM), 0.9, 5, 60)
+    await cache.store(query("v:1,0"), answer("stored"))
+    hit = await cache.check(query("v:1,0.1"), max_wait=0.05)
+    assert hit.match == "semantic" and hit.entry is not None and hit.timings["search_ms"] >= 100
+    cache.embedder.close()
+
+
+async def test_a_session_made_for_the_workers_starts_its_threads_at_their_priority() -> None:
+    """ONNX Runtime's pool threads inherit the priority of the thread creating the session: the
+    solo session's ran at the event loop's and took the CPU the workers were meant to yield."""
+    import os
+
+    from extproc.embedding.batcher import WORKER_NICE, at_worker_priority
+
+    def nice_of_a_thread_started_here() -> int:
+        seen: list[int] = []
+        thread = threading.Thread(
+            target=lambda: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        )
+        thread.start()
+        thread.join()
+        return seen[0]
+
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert await at_worker_priority(nice_of_a_thread_started_here) == min(19, base + WORKER_NICE)

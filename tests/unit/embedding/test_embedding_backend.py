@@ -196,3 +196,18 @@ async def test_a_lone_surrogate_fails_no_batch(torch_model: tuple[EncodeFn, int]
         assert np.allclose(vectors[1], encode(["bad \ufffd text " + "word " * 60])[0], atol=1e-5)
         assert await embedder.fits(texts[1])  # counted as read, not an error
         embedder.close()
+
+
+def test_both_backends_say_what_the_model_cannot_read(torch_model: tuple[EncodeFn, int]) -> None:
+    """MiniLM reads most emoji and many symbols as one unknown token: those pieces, by text."""
+    onnx_encode, _ = load_sentence_model("all-MiniLM-L6-v2", backend="onnx")
+    torch_encode, _ = torch_model
+    texts = {
+        "What does the 🍎 emoji mean?": ("🍎",),
+        "what is ∑ or ∫ used for": ("∑", "∫"),
+        "Ça coûte 15 € à Zürich": (),  # accents and € are in the vocabulary
+        "plain ascii ~ ^ | text": (),
+    }
+    for text, pieces in texts.items():
+        assert onnx_encode.window.unreadable(text) == pieces, text
+        assert torch_encode.window.unreadable(text) == pieces, text  # type: ignore[attr-defined]

@@ -89,6 +89,7 @@ def test_settings_are_checked(key: str, value: object, expected: str) -> None:
     [
         (lambda rows: [r | {"embedding": [float("nan")] * DIM} for r in rows], "non-finite"),
         (lambda rows: [r | {"embedding": [float("inf")] * DIM} for r in rows], "non-finite"),
+        (lambda rows: [r | {"embedding": [1e300] * DIM} for r in rows], "non-finite"),  # norm: inf
         (lambda rows: [r | {"embedding": [0.0] * DIM} for r in rows], "zero"),
         (lambda rows: [r | {"index": 0} for r in rows], "not one per input"),  # rows would swap prompts
         (lambda rows: [r | {"index": i + 5} for i, r in enumerate(rows)], "not one per input"),
@@ -136,5 +137,58 @@ async def test_a_text_the_server_refuses_fails_its_own_caller_only() -> None:
         assert np.allclose(np.stack(results[:6]), toy_encode(texts[:6]), atol=1e-6)  # type: ignore[arg-type]
         assert isinstance(results[6], TextRefused)
         embedder.close()
+    finally:
+        await server.stop()
+
+
+async def test_a_connection_the_server_closed_while_idle_is_replaced_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """uvicorn closes idle connections after 5 s: the next pass failed on it, then slept 50 ms."""
+    from extproc.embedding import remote
+
+    server = await EmbedServer(toy_encode, keepalive=0.1).start()
+    slept: list[float] = []
+    monkeypatch.setattr(remote.time, "sleep", slept.append)
+    try:
+        encoder = RemoteEncoder(server.url, "toy", retries=1)
+        assert (await asyncio.to_thread(encoder, ["a"])).shape == (1, DIM)
+        await asyncio.sleep(0.3)  # the server has closed the kept-alive connection
+        assert (await asyncio.to_thread(encoder, ["b"])).shape == (1, DIM)
+        assert slept == [] and server.batches == [1, 1]
+    finally:
+        await server.stop()
+
+
+async def test_an_endpoint_failing_every_attempt_fails_the_next_passes_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Down, it cost every lookup its whole latency budget (and read as overload)."""
+    from extproc.embedding import remote
+
+    server = await EmbedServer(toy_encode).start()
+    monkeypatch.setattr(remote, "FAIL_FAST_SECONDS", 0.3)
+    try:
+        encoder = RemoteEncoder(server.url, "toy", retries=1, budget=5.0)
+        server.fail_next = 2
+        with pytest.raises(RemoteEmbeddingError, match="after 2 attempt"):
+            await asyncio.to_thread(encoder, ["a"])
+        with pytest.raises(RemoteEmbeddingError, match=r"failing .* next try in"):
+            await asyncio.to_thread(encoder, ["a"])  # no request: the server is not asked
+        assert server.fail_next == 0 and server.batches == []
+        await asyncio.sleep(0.4)
+        assert (await asyncio.to_thread(encoder, ["a"])).shape == (1, DIM)  # then one tries again
+    finally:
+        await server.stop()
+
+
+async def test_a_key_ending_in_a_newline_is_read_without_it() -> None:
+    """A Secret made with `echo key > file` ends in a newline: the start failed with a traceback."""
+    server = await EmbedServer(toy_encode, api_key="k").start()
+    try:
+        encoder = RemoteEncoder(server.url, "toy", api_key="k\n")
+        assert await asyncio.to_thread(encoder.probe) == DIM
+        with pytest.raises(ConfigError, match="characters an HTTP header cannot carry"):
+            RemoteEncoder(server.url, "toy", api_key="k\x00ey")
     finally:
         await server.stop()
