@@ -9,7 +9,7 @@ traffic that repeats itself (Zipf-popular clusters, any of a cluster's wordings)
 verifier; embeddings computed once, kept in ``~/.cache/semantic-cache-bench``):
 
 - **bound δ** — the processor's rule (:class:`~extproc.dataplane.verification.Outcomes`): a
-  semantic candidate is served only when the 95 % upper bound of its P(wrong) is ≤ δ; otherwise
+  semantic candidate is served only when the 99 % upper bound of its P(wrong) is ≤ δ (``--level``); otherwise
   the request goes upstream (a miss) and the comparison is learned (explore). A share
   ``--sample-rate`` of served semantic hits is shadow-verified (one extra upstream call each; a
   disagreeing entry is deleted and the fresh answer stored).

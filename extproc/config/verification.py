@@ -48,7 +48,8 @@ class VerificationSettings:
     max_false_hit_rate: float = 0.0
     """δ: serve a semantic hit only when the upper bound of P(wrong) is at most this (0 = off)."""
     prior_strength: float = 10.0
-    """How many observations the offline calibration is worth in the bound's prior (0 = none)."""
+    """Weight of the offline calibration in the bound's priors: the observations it is worth in a
+    group's own posterior; the curve's prior precision scales with it (0 = none)."""
     entry_secret: str = ""
     """Key of the ``x-semantic-cache-entry`` ids ("" = random per process: ids from one replica
     are then refused by another)."""

@@ -6,15 +6,17 @@ Two estimates, from two kinds of outcome:
   random sample of served semantic hits, so wrong / verified estimates it without bias; its
   upper bound is the Wilson score bound (95 %, one-sided).
 - **P(wrong) of a candidate about to be served** (the δ rule, after vCache, arXiv 2502.03771):
-  a Beta posterior per (model, confidence bin, similarity bin) whose prior is the offline calibration (mean
-  1 − the bin's confidence, worth ``prior_strength`` observations) and whose evidence is every
-  verified outcome in that bin: shadowed hits and explorations (a candidate the rule did not
-  serve, whose request went upstream and whose answer was then compared with the candidate's),
-  this process's and those other processes shared (:mod:`.evidence`).
-  An entry with outcomes of its own adds them to its bin's posterior (shrunk to at most
-  ``ENTRY_PRIOR_CAP`` observations); one with a wrong outcome of its own is never served. A
-  candidate is served when the posterior's 99 % upper quantile is ≤ δ. docs/verification.md says
-  what that guarantees.
+  outcomes are counted per group (model, confidence bin, similarity bin): shadowed hits and
+  explorations (a candidate the rule did not serve, whose request went upstream and whose answer
+  was then compared with the candidate's), this process's and those other processes shared
+  (:mod:`.evidence`). A group's P(wrong) has two upper bounds: its own Beta posterior (prior:
+  the offline calibration, mean 1 − the bin's middle confidence, worth ``prior_strength``
+  observations) and one logistic curve per model over every group's counts, its prior the same
+  calibration (:mod:`.bound`); a candidate is served when the lower of the two, at 99 %, is ≤ δ
+  and its group's own outcomes do not show a rate above that, whatever the curve says. An entry
+  with outcomes of its own may be served on them (its group's posterior as a prior, shrunk to at
+  most ``ENTRY_PRIOR_CAP`` observations); one with a wrong outcome of its own never is.
+  docs/verification.md says what that guarantees.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from bisect import bisect_right
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
+from statistics import NormalDist
+
+from extproc.dataplane.verification.bound import Curve, fit
 
 EDGES = (0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.96, 0.98, 0.99, 0.995)
 """Lower edges of the confidence bins above the first ([0, 0.5)); the last is [0.995, 1]."""
@@ -43,7 +48,7 @@ MAX_MODELS = 64
 MAX_ENTRIES = 100_000
 """Entries whose own outcomes are remembered (least recently updated forgotten first)."""
 ENTRY_PRIOR_CAP = 50.0
-"""An entry's prior (its bin's posterior) is worth at most this many observations."""
+"""An entry's prior (its group's posterior) is worth at most this many observations."""
 
 
 def bin_of(score: float) -> int:
@@ -54,6 +59,12 @@ def bin_of(score: float) -> int:
 def similarity_bin(similarity: float) -> int:
     """The similarity bin of ``similarity``."""
     return bisect_right(SIMILARITY_EDGES, similarity)
+
+
+def similarity_mid(index: int) -> float:
+    """The middle similarity of similarity bin ``index`` (the first from the 0.8 prefilter)."""
+    edges = (0.8, *SIMILARITY_EDGES, 1.0)
+    return (edges[index] + edges[index + 1]) / 2
 
 
 def bin_mid(index: int) -> float:
@@ -161,6 +172,9 @@ class Outcomes:
         """entry id -> [wrong, right] of its own outcomes."""
         self.shared: dict[tuple[str, int, int], list[float]] = {}
         """Like ``bins``, what other processes observed (replicas, earlier runs): :meth:`adopt`."""
+        self._curves: dict[str, Curve] = {}
+        """model -> its fitted curve, until the next outcome of it (learn) or adoption."""
+        self._z = NormalDist().inv_cdf(level)
 
     @property
     def learned(self) -> int:
@@ -192,39 +206,55 @@ class Outcomes:
         """A judged outcome of a candidate with confidence ``score``: evidence for the rule."""
         counts = self.bins.setdefault(self._bin(model, score, similarity), [0.0, 0.0])
         counts[0 if wrong else 1] += 1
+        self._curves.pop(model, None)
         own = self.entries.pop(entry_id, None) or [0.0, 0.0]
         own[0 if wrong else 1] += 1
         self.entries[entry_id] = own
         while len(self.entries) > MAX_ENTRIES:
             self.entries.popitem(last=False)
 
-    def posterior(
-        self, model: str, score: float, entry_id: str = "", similarity: float = 1.0
-    ) -> tuple[float, float]:
-        """(a, b) of the Beta posterior of P(wrong) for a candidate of ``model`` at ``score``."""
-        index = bin_of(score)
-        prior_wrong = 1.0 - bin_mid(index)
-        a = 0.5 + self.prior_strength * prior_wrong  # Jeffreys plus the offline calibration
-        b = 0.5 + self.prior_strength * (1.0 - prior_wrong)
+    def curve(self, model: str) -> Curve:
+        """The fitted curve of ``model``'s P(wrong) over every group (its own outcomes and shared)."""
+        found = self._curves.get(model)
+        if found is None:
+            groups = [
+                (bin_mid(c), similarity_mid(sim), wrong, right)
+                for source in (self.bins, self.shared)
+                for (m, c, sim), (wrong, right) in source.items()
+                if m == model
+            ]
+            found = self._curves[model] = fit(groups, self.prior_strength)
+        return found
+
+    def group_counts(self, model: str, score: float, similarity: float) -> tuple[float, float]:
+        """(wrong, right) of the candidate's group, this process's and shared."""
         key = self._bin(model, score, similarity)
         wrong, right = self.bins.get(key, (0.0, 0.0))
         others_wrong, others_right = self.shared.get(key, (0.0, 0.0))
-        a, b = a + wrong + others_wrong, b + right + others_right
-        own = self.entries.get(entry_id) if entry_id else None
-        if own is not None:
-            shrink = min(1.0, ENTRY_PRIOR_CAP / (a + b))
-            a, b = a * shrink + own[0], b * shrink + own[1]
-        return a, b
+        return wrong + others_wrong, right + others_right
 
     def upper(self, model: str, score: float, entry_id: str = "", similarity: float = 1.0) -> float:
         """The upper bound (at ``level``) of P(wrong) for such a candidate; 1 for an entry found
         wrong before (one found wrong once is out, whatever its group's evidence)."""
         own = self.entries.get(entry_id) if entry_id else None
         if own is not None and own[0] > 0:
-            # Shrunk against its group, one wrong only lifts the bound to ~0.1: served again at
-            # δ ≥ 0.1 although this very entry is known to answer its look-alikes wrongly.
+            # Shrunk against its group, one wrong only lifts the bound to ~0.1: served
+            # again at δ ≥ 0.1 although this very entry is known to answer its look-alikes wrongly.
             return 1.0
-        return beta_upper(*self.posterior(model, score, entry_id, similarity), self.level)
+        confidence, middle = bin_mid(bin_of(score)), similarity_mid(similarity_bin(similarity))
+        wrong, right = self.group_counts(model, score, similarity)
+        # The group alone: a Beta posterior, the calibration worth prior_strength observations.
+        a = 0.5 + self.prior_strength * (1.0 - confidence) + wrong
+        b = 0.5 + self.prior_strength * confidence + right
+        alone = beta_upper(a, b, self.level)
+        # Every group together (the curve): far fewer outcomes per group where they agree.
+        bound = min(alone, self.curve(model).upper(confidence, middle, self._z))
+        if wrong:  # the curve is a model: a group whose own outcomes show it worse is held to them
+            bound = max(bound, beta_upper(0.5 + wrong, 0.5 + right, 1.0 - self.level))
+        if own is not None:  # outcomes of its own (all right), its group's posterior as a prior
+            shrink = min(1.0, ENTRY_PRIOR_CAP / (a + b))
+            bound = min(bound, beta_upper(a * shrink, b * shrink + own[1], self.level))
+        return bound
 
     def export(self) -> list[list[str | float]]:
         """This process's evidence: [model, confidence bin, similarity bin, wrong, right] rows."""
@@ -248,6 +278,7 @@ class Outcomes:
                 total[0] += counts[0]
                 total[1] += counts[1]
         self.shared = shared
+        self._curves.clear()
 
     def forget(self, entry_id: str) -> None:
         """Drop an entry's own outcomes (it was deleted)."""

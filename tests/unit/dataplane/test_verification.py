@@ -191,3 +191,38 @@ def test_the_verification_section() -> None:
         parse_config({"semantic_cache": {"verification": {"sample_rat": 0.5}}}, env={})
     secret = parse_config({"semantic_cache": {}}, env={ENTRY_SECRET_ENV: "s"}).verification.entry_secret
     assert secret == "s"
+
+
+def test_the_curve_lends_a_group_its_neighbours_evidence() -> None:
+    """A group alone needs hundreds of outcomes for a bound of a few percent; its neighbours,
+    read through one curve of P(wrong) over confidence and similarity, lend it theirs."""
+    alone, pooled = Outcomes(prior_strength=10), Outcomes(prior_strength=10)
+    for outcomes in (alone, pooled):
+        for i in range(30):  # the group asked about: 30 right, not enough on its own
+            outcomes.learn("m", f"g{i}", 0.975, wrong=False, similarity=0.96)
+    for score, similarity in ((0.95, 0.96), (0.985, 0.96), (0.975, 0.985), (0.995, 0.99)):
+        for i in range(300):  # its neighbours: ~1 % wrong
+            pooled.learn("m", f"n{score}{similarity}{i}", score, wrong=i % 100 == 0, similarity=similarity)
+    assert alone.upper("m", 0.975, "", 0.96) > 0.05
+    assert pooled.upper("m", 0.975, "", 0.96) <= 0.05
+    assert pooled.upper("m", 0.975, "", 0.96) == pooled.upper("m", 0.975, "", 0.96)  # cached, same
+
+
+def test_a_group_whose_own_outcomes_contradict_the_curve_is_held_to_them() -> None:
+    outcomes = Outcomes(prior_strength=10)
+    for score, similarity in ((0.95, 0.96), (0.985, 0.96), (0.975, 0.985), (0.995, 0.99)):
+        for i in range(300):
+            outcomes.learn("m", f"n{score}{similarity}{i}", score, wrong=False, similarity=similarity)
+    assert outcomes.upper("m", 0.975, "", 0.96) <= 0.05  # the curve alone would serve it …
+    for i in range(20):  # … but this group is wrong half the time
+        outcomes.learn("m", f"bad{i}", 0.975, wrong=i % 2 == 0, similarity=0.96)
+    assert outcomes.upper("m", 0.975, "", 0.96) > 0.2
+
+
+def test_the_curve_without_evidence_is_the_calibration_and_serves_nothing() -> None:
+    from extproc.dataplane.verification.bound import fit
+
+    curve = fit([], strength=10)
+    assert list(curve.beta) == [0.0, 1.0, 0.0]  # P(wrong) = 1 - confidence
+    assert curve.upper(0.9975, 0.995, 2.326) > 0.5  # but far too uncertain to serve
+    assert fit([], strength=0).upper(0.9975, 0.995, 2.326) > 0.99  # no prior: nothing known
