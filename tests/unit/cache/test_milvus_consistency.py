@@ -142,3 +142,17 @@ def test_recent_stores_are_found_until_milvus_shows_them(monkeypatch: pytest.Mon
     recent.add(entry("c"))
     monkeypatch.setattr(consistency, "RECENT_STORE_SECONDS", 0.0)  # Milvus has applied it by now
     assert recent.get("c", 100.0) is None
+
+
+def test_another_replicas_later_store_wins_over_this_process_recent_one() -> None:
+    from extproc.cache.backends.milvus.consistency import RecentStores, newest
+
+    def entry(created: float) -> CacheEntry:
+        return CacheEntry("k", "m", "s", "f", "p", "k", "k", {}, np.ones(2, dtype=np.float32), created)
+
+    mine, theirs, older = entry(10.0), entry(11.0), entry(9.0)
+    assert newest(theirs, mine) is theirs and newest(older, mine) is mine and newest(mine, mine) is mine
+    assert newest(None, mine) is mine and newest(theirs, None) is theirs and newest(None, None) is None
+    strong = RecentStores(enabled=False)  # Strong reads show this process's stores already
+    strong.add(mine)
+    assert strong.get("k", 0.0) is None

@@ -26,7 +26,7 @@ from extproc.cache.backends.milvus.client import (
     in_daemon_thread,
     open_client,
 )
-from extproc.cache.backends.milvus.consistency import RecentStores, distinct, lookup_read
+from extproc.cache.backends.milvus.consistency import RecentStores, distinct, lookup_read, newest
 from extproc.cache.backends.milvus.evidence import MilvusEvidenceOps
 from extproc.cache.backends.milvus.failures import auth_error, describe, duplicate_rows, is_data_error
 from extproc.cache.backends.milvus.locks import KeyLocks
@@ -101,9 +101,10 @@ class MilvusBackend(MilvusBulkOps, MilvusEvidenceOps, MilvusMaintenance):
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="milvus")
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = asyncio.Event()
+        self._sweeping = asyncio.Lock()
         self._writing = KeyLocks()
         """Stores of one exact key take turns in this process (see :mod:`.locks`)."""
-        self._recent = RecentStores()
+        self._recent = RecentStores(enabled=settings.consistency_level != "Strong")
         """This process's stores of the last second, which lookups do not wait for (see there)."""
         # pymilvus retries a failing call up to 75 times (minutes) unless told otherwise: bound it.
         self._fast: dict[str, Any] = {"timeout": self.call_timeout, "retry_times": 1}
@@ -289,8 +290,6 @@ class MilvusBackend(MilvusBulkOps, MilvusEvidenceOps, MilvusMaintenance):
         """The live entry stored under ``exact_key`` (the primary key), if any."""
         s = self.settings
         recent = self._recent.get(exact_key, now)  # stored a moment ago: Milvus may not show it yet
-        if recent is not None:
-            return recent
         flt = f'id == "{exact_key}" and expires_at > {int(now * 1000)}'
 
         def query(client: Any) -> list[dict[str, Any]]:
@@ -304,7 +303,8 @@ class MilvusBackend(MilvusBulkOps, MilvusEvidenceOps, MilvusMaintenance):
             )
 
         rows = await self._call(query, self.call_timeout)
-        return self._entry(rows[0]) if rows else None
+        found = self._entry(rows[0]) if rows else None
+        return newest(found, recent)
 
     async def search(self, partition: str, vector: np.ndarray, top_k: int, now: float) -> list[Candidate]:
         """Up to ``top_k`` live entries of ``partition``, most similar first (cosine)."""
@@ -354,11 +354,14 @@ class MilvusBackend(MilvusBulkOps, MilvusEvidenceOps, MilvusMaintenance):
             Candidate(self._entry(row), self._similarity(distance), _vector(row.get(s.vector_field)))
             for row, distance in found
         ]
-        # A store of a moment ago stands for its key: Milvus may still show the row it replaced.
-        recent = self._recent.search(partition, vector, now)
-        stored = {c.entry.id for c in recent}
-        candidates = [c for c in candidates if c.entry.id not in stored]
-        return distinct([*candidates, *recent])[:top_k]  # both rows of a duplicated id can come back
+        # A store of a moment ago stands for its key unless Milvus shows a newer one (another
+        # replica's): Milvus may still show the row it replaced, or not show it at all yet.
+        recent = {c.entry.id: c for c in self._recent.search(partition, vector, now)}
+        shown = {c.entry.id: c.entry for c in candidates if c.entry.id in recent}
+        newer = {key for key, e in shown.items() if newest(e, recent[key].entry) is e}
+        merged = [c for c in candidates if c.entry.id not in recent or c.entry.id in newer]
+        merged += [c for key, c in recent.items() if key not in newer]
+        return distinct(merged)[:top_k]  # both rows of a duplicated id can come back
 
     def _similarity(self, distance: float) -> float:
         # IP and COSINE on normalized vectors are cosine similarity; L2 is a squared distance:

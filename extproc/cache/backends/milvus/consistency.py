@@ -87,19 +87,32 @@ def lookup_read(collection: str, level: str) -> dict[str, Any]:
     return {"consistency_level": "Customized", "guarantee_timestamp": _deleted_at.get(collection, 1)}
 
 
+def newest(found: CacheEntry | None, recent: CacheEntry | None) -> CacheEntry | None:
+    """Of the entry Milvus shows and the one this process stored under the same key a moment
+    ago, the later (another replica may have stored the key again since)."""
+    if found is None or recent is None:
+        return found or recent
+    return found if found.created_at > recent.created_at else recent
+
+
 class RecentStores:
     """This process's stores of the last RECENT_STORE_SECONDS, looked up beside Milvus.
 
     A lookup does not wait for them to be applied (:func:`lookup_read`), so for that moment they
     are found here: an exact repeat or a paraphrase right after a store still hits. Deletes by
-    this process drop them (by id, or all of them for a delete by filter or a sweep).
+    this process drop them (by id, or all of them for a delete by filter); a sweep's do not need
+    to (it deletes expired entries, which are never found here, and the oldest ones).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        """False at ``Strong``: every read shows the process's stores already."""
         self._entries: OrderedDict[str, tuple[float, CacheEntry]] = OrderedDict()
 
     def add(self, entry: CacheEntry) -> None:
         """``entry`` was just stored."""
+        if not self.enabled:
+            return
         self._entries.pop(entry.id, None)
         self._entries[entry.id] = (time.monotonic(), entry)
         while len(self._entries) > RECENT_STORES_MAX:

@@ -32,7 +32,6 @@ from extproc.cache.backends.milvus.consistency import (
 from extproc.errors import BackendUnavailable
 
 if TYPE_CHECKING:
-    from extproc.cache.backends.milvus.consistency import RecentStores
     from extproc.config.milvus import MilvusSettings
 
 log = logging.getLogger(__name__)
@@ -54,8 +53,8 @@ class MilvusMaintenance:
         known_entries: int
         state: str
         _closed: asyncio.Event
+        _sweeping: asyncio.Lock
         _slow: dict[str, Any]
-        _recent: RecentStores
 
         async def _call(self, fn: Callable[[Any], T], timeout: float) -> T: ...
 
@@ -73,11 +72,12 @@ class MilvusMaintenance:
                 log.debug("Milvus sweep skipped: %s", exc)
 
     async def sweep(self, now: float) -> None:
-        """Delete expired entries, then the oldest ones beyond ``max_entries``."""
+        """Delete expired entries, then the oldest ones beyond ``max_entries`` (one sweep at a
+        time in a process: the background one and an import's counted the same rows twice)."""
         s = self.settings
-        self._recent.clear()  # what the sweep deletes is found by filter
-        self.expired += await self._call(lambda c: self._expire(c, now), s.timeout * 2)
-        total, evicted = await self._call(self._trim, s.timeout * 4)
+        async with self._sweeping:
+            self.expired += await self._call(lambda c: self._expire(c, now), s.timeout * 2)
+            total, evicted = await self._call(self._trim, s.timeout * 4)
         self.known_entries = max(0, total - evicted)
         self.evictions += evicted
         if evicted:
