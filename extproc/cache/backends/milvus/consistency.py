@@ -127,15 +127,20 @@ class RecentStores:
         """Entries were deleted by filter (which of them, only Milvus knows)."""
         self._entries.clear()
 
-    def _live(self, now: float) -> list[CacheEntry]:
+    def _prune(self) -> None:
         old = time.monotonic() - RECENT_STORE_SECONDS
         while self._entries and next(iter(self._entries.values()))[0] < old:
             self._entries.popitem(last=False)
-        return [e for _, e in self._entries.values() if e.expires_at <= 0 or e.expires_at > now]
+
+    def _live(self, now: float) -> list[CacheEntry]:
+        self._prune()
+        return [e for _, e in self._entries.values() if _alive(e, now)]
 
     def get(self, key: str, now: float) -> CacheEntry | None:
         """The live entry stored under ``key`` a moment ago, if any."""
-        return next((e for e in self._live(now) if e.id == key), None)
+        self._prune()
+        found = self._entries.get(key)
+        return found[1] if found is not None and _alive(found[1], now) else None
 
     def search(self, partition: str, vector: np.ndarray, now: float) -> list[Candidate]:
         """The live recent entries of ``partition`` as candidates (cosine of unit vectors)."""
@@ -144,6 +149,10 @@ class RecentStores:
             for e in self._live(now)
             if e.partition == partition and e.vector is not None and len(e.vector) == len(vector)
         ]
+
+
+def _alive(entry: CacheEntry, now: float) -> bool:
+    return entry.expires_at <= 0 or entry.expires_at > now
 
 
 def count_rows(client: Any, collection: str, flt: str, read: dict[str, Any], **call: Any) -> int:
