@@ -80,6 +80,10 @@ OVERLAP_WEIGHT = 0.1
 """Weight of the newest pass in :attr:`Embedder.overlap` (about the last 10 passes)."""
 SOLO_MAX_OVERLAP = 0.2
 """The solo encoder runs a pass only while fewer passes than this overlapped lately."""
+LONE_WEIGHT = 0.2
+"""Weight of the newest lone one-text pass in the moving means of each session's time."""
+LONE_PROBE = 16
+"""Every this many lone one-text passes, one runs on the session not preferred (kept measured)."""
 
 EncodePass = Callable[[Sequence[str]], Any]
 """One forward pass over a batch of texts (sentence vectors, or word vectors)."""
@@ -161,6 +165,10 @@ class Embedder:
         """Real / predicted lookup waits: scales :meth:`expected_wait`."""
         self.overlap = 0.0
         """Recent share of passes that started beside another pass or a queue (a moving mean)."""
+        self.lone: dict[bool, float] = {}
+        """Moving mean of a lone one-text sentence pass's seconds, on the solo session (True) and
+        on one thread (False): the solo one is used only while it is the faster."""
+        self._lone_passes = 0
         self._last_pass = time.perf_counter()
         """When the last sentence pass ended (or the embedder started)."""
         self.batches = 0
@@ -331,12 +339,25 @@ class Embedder:
         # contend with them (a run at 200 requests/s without this check: added p99 218 ms,
         # against 119-149 with it).
         solo = queue.solo if alone and self.overlap < SOLO_MAX_OVERLAP else None
+        lone = solo is not None and queue is self._sentences and len(batch) == 1
+        if lone and not self._prefer_solo():
+            solo = None
         fn = solo or queue.fn
         slot = (len(batch), time.perf_counter())
         queue.running.append(slot)
-        task = asyncio.get_running_loop().create_task(self._pass(queue, fn, batch, slot))
+        timed = (solo is not None) if lone else None
+        task = asyncio.get_running_loop().create_task(self._pass(queue, fn, batch, slot, timed))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _prefer_solo(self) -> bool:
+        """Whether a lone one-text pass goes to the solo session: while it is measured the faster
+        (on every core it waits for its slowest thread: with another process on one core, 2.8
+        times one thread's time), every LONE_PROBE-th pass on the other to keep both known."""
+        self._lone_passes += 1
+        solo, one = self.lone.get(True), self.lone.get(False)
+        best = solo is None or one is None or solo <= one
+        return best != (self._lone_passes % LONE_PROBE == 0)
 
     async def _pass(
         self,
@@ -344,6 +365,7 @@ class Embedder:
         fn: EncodePass,
         batch: list[tuple[str, asyncio.Future[Any]]],
         slot: Any,
+        timed: bool | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
         try:
@@ -361,6 +383,9 @@ class Embedder:
                 else:
                     self.cost.observe(len(batch), took)
                 self._last_pass = time.perf_counter()
+                if timed is not None:  # a lone one-text pass: which session is faster now
+                    last = self.lone.get(timed, took)
+                    self.lone[timed] = last + LONE_WEIGHT * (took - last)
                 self.batches += 1
                 self.encoded += len(batch)
                 if self.on_batch is not None:

@@ -214,7 +214,11 @@ async def test_under_sustained_overlap_a_lone_pass_stays_on_one_thread() -> None
     shared session, and the solo one comes back once traffic is sparse again."""
     log: list[str] = []
     embedder = Embedder(
-        Labelled("shared", log, fixed=0.01), DIM, max_batch=1, workers=2, solo=Labelled("solo", log)
+        Labelled("shared", log, fixed=0.01),
+        DIM,
+        max_batch=1,
+        workers=2,
+        solo=Labelled("solo", log, fixed=0.005),  # faster alone, as on an idle machine
     )
     for _ in range(4):  # bursts: every pass but the first starts beside another
         await asyncio.gather(*[embedder.embed(f"burst {i}") for i in range(6)])
@@ -383,3 +387,20 @@ async def test_a_session_made_for_the_workers_starts_its_threads_at_their_priori
 
     base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert await at_worker_priority(nice_of_a_thread_started_here) == min(19, base + WORKER_NICE)
+
+
+async def test_a_solo_session_slower_than_one_thread_is_left_alone() -> None:
+    """On every core a pass waits for its slowest thread: with another process busy on one core
+    the solo session took 2.8 times one thread's time, and lone queries still went to it."""
+    from extproc.embedding.batcher import LONE_PROBE
+
+    log: list[str] = []
+    embedder = Embedder(
+        Labelled("shared", log, fixed=0.005), DIM, workers=2, solo=Labelled("solo", log, fixed=0.03)
+    )
+    for i in range(3 * LONE_PROBE):
+        await embedder.embed(f"lone {i}")
+    assert embedder.lone[True] > embedder.lone[False]
+    later = log[LONE_PROBE:]
+    assert later.count("shared") > later.count("solo") >= 1  # still probed now and then
+    embedder.close()
