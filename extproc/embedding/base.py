@@ -124,12 +124,13 @@ class TokenWindow:
     """The parts of a text the tokenizer reads as its unknown token (None: it has none)."""
 
     def unreadable(self, text: str) -> tuple[str, ...]:
-        """What the model cannot see of ``text``, sorted: the pieces it reads as one unknown
-        token (MiniLM: most emoji and many symbols, so "the 🍎 emoji" and "the 🚗 emoji" get one
-        vector). Printable ASCII is every WordPiece vocabulary's, so it needs no tokenizer."""
+        """What the model cannot see of ``text``, in the text's order: the pieces it reads as one
+        unknown token (MiniLM: most emoji and many symbols, so "the 🍎 emoji" and "the 🚗 emoji"
+        get one vector, and so do "is 🍎 bigger than 🚗" and its reverse). Printable ASCII is
+        every WordPiece vocabulary's, so it needs no tokenizer."""
         if self.unknown is None or text.isascii():
             return ()
-        return tuple(sorted(self.unknown(text)))
+        return tuple(self.unknown(text))
 
     def fits(self, text: str) -> bool:
         """True when the model reads all of ``text`` (blocking: the tokenizer runs here)."""

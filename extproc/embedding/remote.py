@@ -45,6 +45,10 @@ class InputRefused(RemoteEmbeddingError):
     """The endpoint refused the texts asked (not the request as such): some may be fine alone."""
 
 
+class EndpointDown(RemoteEmbeddingError):
+    """Every attempt failed to get an answer (connection errors, timeouts, 408 / 429 / 5xx)."""
+
+
 class RemoteEncoder:
     """Texts → unit vectors through an OpenAI-compatible embeddings endpoint."""
 
@@ -97,9 +101,7 @@ class RemoteEncoder:
             raise RemoteEmbeddingError(f"{self.url}: failing ({failing[1]}); next try in {wait:.2f} s")
         try:
             vectors = self._encode(list(texts), now + self.budget)
-        except InputRefused:
-            raise  # the texts', not the endpoint's
-        except RemoteEmbeddingError as exc:
+        except EndpointDown as exc:  # not a bad answer or a refused input: those are one pass's
             self._failing = (time.monotonic() + FAIL_FAST_SECONDS, exc)
             raise
         self._failing = None
@@ -121,20 +123,29 @@ class RemoteEncoder:
         payload = json.dumps({"model": self.model, "input": texts}).encode()
         error: Exception | None = None
         tried = 0
-        for attempt in range(self.retries + 1):
+        stale = False  # a kept-alive connection the server had closed: one more try, not counted
+        attempt = 0
+        while attempt <= self.retries:
             remaining = deadline - time.monotonic()
             if remaining <= 0.005:
                 break
-            tried = attempt + 1
+            tried += 1
             try:
                 return self._decode(self._post(payload, min(self.timeout, remaining)), len(texts))
+            except _Stale as exc:
+                error = exc.__cause__ or exc
+                self._drop_connection()
+                if not stale:
+                    stale = True
+                    continue  # at once, on a new connection
             except _Retryable as exc:
                 error = exc.__cause__ or exc
                 self.failures += 1
                 self._drop_connection()
-                if attempt < self.retries and not isinstance(exc, _Stale):  # a stale one: at once
+                if attempt < self.retries:
                     time.sleep(min(0.05 * 2**attempt, max(0.0, deadline - time.monotonic() - 0.01)))
-        raise RemoteEmbeddingError(f"{self.url}: no embeddings after {tried} attempt(s): {error!r}")
+            attempt += 1
+        raise EndpointDown(f"{self.url}: no embeddings after {tried} attempt(s): {error!r}")
 
     def probe(self) -> int:
         """The endpoint's dimension, from one real request (at start: a failure stops the process)."""

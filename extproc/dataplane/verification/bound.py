@@ -78,6 +78,8 @@ def fit(groups: Iterable[tuple[float, float, float, float]], strength: float) ->
 
 
 def _sigmoid(eta: float) -> float:
+    if math.isnan(eta):
+        return 1.0  # a fit gone wrong serves nothing
     return 1.0 / (1.0 + math.exp(-eta)) if eta > -700 else 0.0
 
 

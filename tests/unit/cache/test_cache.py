@@ -312,3 +312,6 @@ async def test_prompts_differing_in_what_the_model_cannot_read_never_match() -> 
     assert miss.entry is None and miss.rejections == ["unreadable"]
     assert (await cache.check(query("what does the 🍎 emoji mean"))).match == "semantic"
     assert (await cache.check(query("What does the emoji mean?"))).rejections == ["unreadable"]
+    await cache.store(query("Is 🍎 bigger than 🚗?"), answer("no"))  # the same pieces, swapped
+    swapped = await cache.check(query("Is 🚗 bigger than 🍎?"))
+    assert swapped.entry is None and set(swapped.rejections) == {"unreadable"}

@@ -133,8 +133,10 @@ def test_recent_stores_are_found_until_milvus_shows_them(monkeypatch: pytest.Mon
     recent.add(entry("other", partition="q"))
     recent.add(entry("gone", expires=50.0))
     assert recent.get("a", 100.0) is not None and recent.get("gone", 100.0) is None  # expired
-    found = recent.search("p", np.asarray([1.0, 0.0], dtype=np.float32), 100.0)
-    assert sorted((c.entry.id, round(c.similarity, 3)) for c in found) == [("a", 1.0), ("b", 0.707)]
+    found = recent.search("p", np.asarray([1.0, 0.0], dtype=np.float32), 100.0, 10)
+    assert [(c.entry.id, round(c.similarity, 3)) for c in found] == [("a", 1.0), ("b", 0.707)]
+    top = recent.search("p", np.asarray([1.0, 0.0], dtype=np.float32), 100.0, 1)
+    assert [c.entry.id for c in top] == ["a"]
     recent.drop(["a"])
     assert recent.get("a", 100.0) is None and recent.get("b", 100.0) is not None
     recent.clear()

@@ -192,3 +192,23 @@ async def test_a_key_ending_in_a_newline_is_read_without_it() -> None:
             RemoteEncoder(server.url, "toy", api_key="k\x00ey")
     finally:
         await server.stop()
+
+
+async def test_one_bad_answer_or_a_stale_connection_never_fails_the_next_lookups(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Failing fast is for an endpoint that failed every attempt: one input answered with a zero
+    vector, or a stale kept-alive connection with embedding_retries 0, must not stop the others."""
+    server = await EmbedServer(toy_encode, keepalive=0.1).start()
+    try:
+        encoder = RemoteEncoder(server.url, "toy", retries=0)
+        assert (await asyncio.to_thread(encoder, ["a"])).shape == (1, DIM)
+        server.mangle = lambda rows: [r | {"embedding": [0.0] * DIM} for r in rows]
+        with pytest.raises(RemoteEmbeddingError, match="zero"):
+            await asyncio.to_thread(encoder, ["poison"])
+        server.mangle = None
+        assert (await asyncio.to_thread(encoder, ["b"])).shape == (1, DIM)  # no fail-fast
+        await asyncio.sleep(0.3)  # the server closed the kept-alive connection
+        assert (await asyncio.to_thread(encoder, ["c"])).shape == (1, DIM)  # retried, not counted
+    finally:
+        await server.stop()

@@ -356,7 +356,7 @@ class MilvusBackend(MilvusBulkOps, MilvusEvidenceOps, MilvusMaintenance):
         ]
         # A store of a moment ago stands for its key unless Milvus shows a newer one (another
         # replica's): Milvus may still show the row it replaced, or not show it at all yet.
-        recent = {c.entry.id: c for c in self._recent.search(partition, vector, now)}
+        recent = {c.entry.id: c for c in self._recent.search(partition, vector, now, top_k)}
         shown = {c.entry.id: c.entry for c in candidates if c.entry.id in recent}
         newer = {key for key, e in shown.items() if newest(e, recent[key].entry) is e}
         merged = [c for c in candidates if c.entry.id not in recent or c.entry.id in newer]

@@ -255,7 +255,10 @@ class MilvusBulkOps:
             return n
 
         self._recent.clear()
-        return await self._call(delete, s.timeout * 4)
+        try:
+            return await self._call(delete, s.timeout * 4)
+        finally:
+            self._recent.clear()  # a store that finished meanwhile is gone too
 
     async def delete_ids(self, ids: Sequence[str]) -> int:
         """Delete entries by id (the exact key); how many of them were there."""
@@ -276,7 +279,10 @@ class MilvusBulkOps:
                 saw_delete(client, s.collection, s.is_lite)
             return len(present)
 
-        return await self._call(delete, s.timeout * 2)
+        try:
+            return await self._call(delete, s.timeout * 2)
+        finally:
+            self._recent.drop(keys)  # a store that finished meanwhile is gone too
 
     async def delete_version(self, exact_key: str, created_at: float) -> int:
         """Delete the entry under ``exact_key`` only if it was created at ``created_at`` (ms): a
@@ -288,7 +294,6 @@ class MilvusBulkOps:
         def there(client: Any) -> bool:
             return bool(count_rows(client, s.collection, flt, STRONG, **self._slow))
 
-        self._recent.drop([exact_key])  # whichever version: a newer one is then read from Milvus
 
         def delete(client: Any) -> int:
             if not there(client):
@@ -302,7 +307,12 @@ class MilvusBulkOps:
             saw_delete(client, s.collection, s.is_lite)
             return 1
 
-        return await self._call(delete, s.timeout * 2)
+        # Whichever version is recent: a newer one is then read from Milvus.
+        self._recent.drop([exact_key])
+        try:
+            return await self._call(delete, s.timeout * 2)
+        finally:
+            self._recent.drop([exact_key])
 
     async def put_many(self, entries: Sequence[CacheEntry]) -> dict[int, str]:
         """Write entries in one delete + one insert; entries Milvus cannot hold are refused."""
@@ -338,4 +348,7 @@ class MilvusBulkOps:
             client.insert(s.collection, rows, **self._slow)
 
         async with self._writing.hold(ids):
-            await self._call(write, s.timeout * 2)
+            try:
+                await self._call(write, s.timeout * 2)
+            finally:
+                self._recent.drop(ids)  # an import replaced them: Milvus has the version to serve

@@ -99,56 +99,88 @@ class RecentStores:
     """This process's stores of the last RECENT_STORE_SECONDS, looked up beside Milvus.
 
     A lookup does not wait for them to be applied (:func:`lookup_read`), so for that moment they
-    are found here: an exact repeat or a paraphrase right after a store still hits. Deletes by
-    this process drop them (by id, or all of them for a delete by filter); a sweep's do not need
-    to (it deletes expired entries, which are never found here, and the oldest ones).
+    are found here: an exact repeat or a paraphrase right after a store still hits. Deletes and
+    imports by this process drop them (by id, or all of them for a delete by filter), before and
+    after their call (a store finishing meanwhile must not outlive the delete); a sweep's need not
+    (it deletes expired entries, which are never found here, and the oldest ones). A search is one
+    matrix product over the partition's recent vectors, kept stacked until the partition changes.
     """
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         """False at ``Strong``: every read shows the process's stores already."""
-        self._entries: OrderedDict[str, tuple[float, CacheEntry]] = OrderedDict()
+        self._order: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        """id -> (when stored, partition), oldest first."""
+        self._partitions: dict[str, dict[str, CacheEntry]] = {}
+        self._stacked: dict[str, tuple[list[CacheEntry], np.ndarray]] = {}
 
     def add(self, entry: CacheEntry) -> None:
         """``entry`` was just stored."""
         if not self.enabled:
             return
-        self._entries.pop(entry.id, None)
-        self._entries[entry.id] = (time.monotonic(), entry)
-        while len(self._entries) > RECENT_STORES_MAX:
-            self._entries.popitem(last=False)
+        self.drop([entry.id])
+        self._order[entry.id] = (time.monotonic(), entry.partition)
+        self._partitions.setdefault(entry.partition, {})[entry.id] = entry
+        self._stacked.pop(entry.partition, None)
+        while len(self._order) > RECENT_STORES_MAX:
+            self._remove(next(iter(self._order)))
 
     def drop(self, ids: Iterable[str]) -> None:
-        """Those entries were deleted."""
+        """Those entries were deleted or written again by other means (an import)."""
         for key in ids:
-            self._entries.pop(key, None)
+            if key in self._order:
+                self._remove(key)
 
     def clear(self) -> None:
         """Entries were deleted by filter (which of them, only Milvus knows)."""
-        self._entries.clear()
+        self._order.clear()
+        self._partitions.clear()
+        self._stacked.clear()
+
+    def _remove(self, key: str) -> None:
+        _, partition = self._order.pop(key)
+        entries = self._partitions.get(partition, {})
+        entries.pop(key, None)
+        if not entries:
+            self._partitions.pop(partition, None)
+        self._stacked.pop(partition, None)
 
     def _prune(self) -> None:
         old = time.monotonic() - RECENT_STORE_SECONDS
-        while self._entries and next(iter(self._entries.values()))[0] < old:
-            self._entries.popitem(last=False)
-
-    def _live(self, now: float) -> list[CacheEntry]:
-        self._prune()
-        return [e for _, e in self._entries.values() if _alive(e, now)]
+        while self._order and next(iter(self._order.values()))[0] < old:
+            self._remove(next(iter(self._order)))
 
     def get(self, key: str, now: float) -> CacheEntry | None:
         """The live entry stored under ``key`` a moment ago, if any."""
         self._prune()
-        found = self._entries.get(key)
-        return found[1] if found is not None and _alive(found[1], now) else None
+        if key not in self._order:
+            return None
+        entry = self._partitions[self._order[key][1]][key]
+        return entry if _alive(entry, now) else None
 
-    def search(self, partition: str, vector: np.ndarray, now: float) -> list[Candidate]:
-        """The live recent entries of ``partition`` as candidates (cosine of unit vectors)."""
-        return [
-            Candidate(e, float(np.dot(vector, e.vector)), e.vector)
-            for e in self._live(now)
-            if e.partition == partition and e.vector is not None and len(e.vector) == len(vector)
-        ]
+    def search(self, partition: str, vector: np.ndarray, now: float, limit: int) -> list[Candidate]:
+        """The ``limit`` live recent entries of ``partition`` most similar to ``vector``."""
+        self._prune()
+        if partition not in self._partitions:
+            return []
+        stacked = self._stacked.get(partition)
+        if stacked is None:
+            entries = [e for e in self._partitions[partition].values() if e.vector is not None]
+            entries = [e for e in entries if len(e.vector) == len(vector)]
+            matrix = np.stack([e.vector for e in entries]) if entries else np.zeros((0, len(vector)))
+            stacked = self._stacked[partition] = (entries, matrix.astype(np.float32, copy=False))
+        entries, matrix = stacked
+        similarity = matrix @ np.asarray(vector, dtype=np.float32)
+        order = np.arange(len(entries))
+        if len(order) > 4 * limit:  # the best few, past any that expired meanwhile
+            order = np.argpartition(-similarity, 4 * limit)[: 4 * limit]
+        found = []
+        for i in order[np.argsort(-similarity[order])]:
+            if _alive(entries[i], now):
+                found.append(Candidate(entries[i], float(similarity[i]), entries[i].vector))
+                if len(found) == limit:
+                    break
+        return found
 
 
 def _alive(entry: CacheEntry, now: float) -> bool:
