@@ -32,6 +32,8 @@ DEFAULT_STRENGTH = 10.0
 FLOOR = 1e-4
 """The smallest 1 − c read (a confidence of 1.0 would be an infinite logit)."""
 NEWTON_STEPS = 50
+MIN_STEP = 1e-8
+"""The smallest fraction of a Newton step tried before the fit counts as converged."""
 
 
 def features(confidence: float, similarity: float) -> np.ndarray:
@@ -55,22 +57,37 @@ class Curve:
 
 
 def fit(groups: Iterable[tuple[float, float, float, float]], strength: float) -> Curve:
-    """The posterior of β from (confidence, similarity, wrong, right) counts of each group."""
+    """The posterior of β from (confidence, similarity, wrong, right) counts of each group.
+
+    Newton's method with each step halved until the log posterior does not fall: it is concave,
+    so this reaches its one maximum. Plain steps flipped between two far-off curves on a few
+    outcomes (21, two of them wrong at confidence 0.995+) and certified P(wrong) 1e-11 where the
+    maximum says 0.87."""
     rows = [(c, s, w, r) for c, s, w, r in groups if w + r > 0]
     precision = np.diag(max(strength, 0.0) / DEFAULT_STRENGTH / PRIOR_SD**2)
     precision += np.eye(3) * 1e-6  # keeps the Hessian invertible with no prior and no evidence
-    beta = PRIOR_MEAN.copy()
     x = np.array([features(c, s) for c, s, _, _ in rows]).reshape(-1, 3)
     wrong = np.array([w for _, _, w, _ in rows], dtype=float)
     total = np.array([w + r for _, _, w, r in rows], dtype=float)
-    hessian = precision
+
+    def log_posterior(beta: np.ndarray) -> float:
+        eta, away = x @ beta, beta - PRIOR_MEAN
+        return float(wrong @ eta - total @ np.logaddexp(0.0, eta) - 0.5 * away @ precision @ away)
+
+    beta = PRIOR_MEAN.copy()
+    current = log_posterior(beta)
     for _ in range(NEWTON_STEPS):
         p = _sigmoids(x @ beta)
         gradient = precision @ (beta - PRIOR_MEAN) + x.T @ (total * p - wrong)
         hessian = precision + (x * (total * p * (1.0 - p))[:, None]).T @ x
         step = np.linalg.solve(hessian, gradient)
-        beta = beta - step
-        if float(np.abs(step).max()) < 1e-9:
+        scale = 1.0
+        while (trial := log_posterior(beta - scale * step)) < current and scale > MIN_STEP:
+            scale /= 2
+        if trial < current:
+            break  # no step up any more: at the maximum, to float precision
+        beta, current = beta - scale * step, trial
+        if float(np.abs(scale * step).max()) < 1e-9:
             break
     p = _sigmoids(x @ beta)
     hessian = precision + (x * (total * p * (1.0 - p))[:, None]).T @ x

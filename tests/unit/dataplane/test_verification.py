@@ -226,3 +226,20 @@ def test_the_curve_without_evidence_is_the_calibration_and_serves_nothing() -> N
     assert list(curve.beta) == [0.0, 1.0, 0.0]  # P(wrong) = 1 - confidence
     assert curve.upper(0.9975, 0.995, 2.326) > 0.5  # but far too uncertain to serve
     assert fit([], strength=0).upper(0.9975, 0.995, 2.326) > 0.99  # no prior: nothing known
+
+
+def test_the_curve_fit_reaches_the_maximum_on_a_few_outcomes() -> None:
+    """Plain Newton steps flipped between two far-off curves on these 21 outcomes (two wrong,
+    both at confidence 0.995+) and certified P(wrong) 1e-11 at confidence 0.6: served at δ 0.01."""
+    from extproc.dataplane.verification.bound import fit
+    from extproc.dataplane.verification.outcomes import bin_mid, similarity_mid
+
+    rows = [(2, 2, 0, 1), (4, 0, 0, 1), (4, 1, 0, 2), (7, 1, 0, 1), (8, 0, 0, 1), (8, 1, 0, 1)]
+    rows += [(9, 4, 0, 1), (10, 0, 2, 7), (10, 1, 0, 2), (10, 2, 0, 1), (10, 3, 0, 1)]
+    groups = [(bin_mid(c), similarity_mid(s), float(w), float(r)) for c, s, w, r in rows]
+    curve = fit(groups, strength=10)
+    assert np.allclose(curve.beta, [-0.40, 0.38, -0.77], atol=0.01)  # the posterior's maximum
+    assert curve.upper(0.6, 0.85, 2.326) > 0.5
+    outcomes = Outcomes()
+    outcomes.adopt([[["m", c, s, float(w), float(r)] for c, s, w, r in rows]])
+    assert outcomes.upper("m", 0.6, "", 0.85) > 0.5
