@@ -18,9 +18,9 @@ from extproc.errors import EmbeddingFailed, Overloaded
 from extproc.observability.tracing import tracer
 
 LONG_PROMPT = "long_prompt"
+"""Rejection of a query or candidate longer than the embedding model reads (exact hits only)."""
 UNREADABLE = "unreadable"
 """A candidate rejected because the two prompts differ in what the model cannot read."""
-"""Rejection of a query or candidate longer than the embedding model reads (exact hits only)."""
 
 
 class Scorer(Protocol):
@@ -143,12 +143,6 @@ class SemanticCache:
         result.timings.update(timings)
         return result
 
-    async def _same_unreadable(self, prompt: str, other: str) -> bool:
-        """True when the model reads the same unknown pieces (emoji, symbols) in both prompts, so
-        their vectors can tell them apart; False also when that is unknown (tokenizing failed)."""
-        mine = await self.embedder.unreadable(prompt)
-        return mine is not None and mine == await self.embedder.unreadable(other)
-
     async def _embed_within(
         self, prompt: str, deadline: float | None, timings: dict[str, float]
     ) -> np.ndarray:
@@ -223,6 +217,8 @@ class SemanticCache:
         result = LookupResult(vector=vector, candidates=len(candidates), timings=timings)
         if candidates:
             result.best_similarity = candidates[0].similarity
+        # What the model cannot read of the query (emoji, symbols), read once for every candidate.
+        unreadable = await self.embedder.unreadable(query.prompt) if result.best_similarity >= limit else ()
         for candidate in candidates:
             if not candidate.similarity >= limit:  # NaN too: a broken vector is never a match
                 break
@@ -235,8 +231,9 @@ class SemanticCache:
             if not await self.embedder.fits(entry.prompt):
                 result.reject(candidate, LONG_PROMPT)  # its vector is its head's (above)
                 continue
-            if not await self._same_unreadable(query.prompt, entry.prompt):
-                result.reject(candidate, UNREADABLE)  # one vector for two different symbols
+            # One vector for two different emoji or symbols; unknown (None) is never a match.
+            if unreadable is None or unreadable != await self.embedder.unreadable(entry.prompt):
+                result.reject(candidate, UNREADABLE)
                 continue
             judging = self.judge(
                 query.prompt,

@@ -182,14 +182,19 @@ class Embedder:
         window = self.window
         if window is None or window.unknown is None or text.isascii():
             return ()
-        text = encodable(text)
         try:
-            if window.must_count_off_loop(text):
-                return await asyncio.to_thread(window.unreadable, text)
-            return window.unreadable(text)
+            return await self._tokenizing(window.unreadable, text)
         except Exception:
             log.warning("tokenizing a prompt failed; it hits on exact repeats only", exc_info=True)
             return None
+
+    async def _tokenizing(self, read: Callable[[str], T], text: str) -> T:
+        """``read(text)`` (a tokenizer call of the window), on a thread past a few KB."""
+        text = encodable(text)
+        assert self.window is not None
+        if self.window.must_count_off_loop(text):
+            return await asyncio.to_thread(read, text)
+        return read(text)
 
     @property
     def has_words(self) -> bool:
@@ -202,11 +207,8 @@ class Embedder:
         window = self.window
         if window is None:
             return True
-        text = encodable(text)
         try:
-            if window.must_count_off_loop(text):
-                return await asyncio.to_thread(window.fits, text)
-            return window.fits(text)
+            return await self._tokenizing(window.fits, text)
         except Exception:  # what the model reads of it is unknown: never a semantic match
             log.warning("counting a prompt's tokens failed; it hits on exact repeats only", exc_info=True)
             return False

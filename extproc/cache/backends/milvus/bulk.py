@@ -254,11 +254,8 @@ class MilvusBulkOps:
                 saw_delete(client, s.collection, s.is_lite)
             return n
 
-        self._recent.clear()
-        try:
+        with self._recent.forgetting():
             return await self._call(delete, s.timeout * 4)
-        finally:
-            self._recent.clear()  # a store that finished meanwhile is gone too
 
     async def delete_ids(self, ids: Sequence[str]) -> int:
         """Delete entries by id (the exact key); how many of them were there."""
@@ -270,8 +267,6 @@ class MilvusBulkOps:
             utf8("id", key)
         filters = id_filters([quote(key, "id") for key in keys])
 
-        self._recent.drop(keys)
-
         def delete(client: Any) -> int:
             present = present_ids(client, s.collection, filters, **self._slow)
             if present:
@@ -279,10 +274,8 @@ class MilvusBulkOps:
                 saw_delete(client, s.collection, s.is_lite)
             return len(present)
 
-        try:
+        with self._recent.forgetting(keys):
             return await self._call(delete, s.timeout * 2)
-        finally:
-            self._recent.drop(keys)  # a store that finished meanwhile is gone too
 
     async def delete_version(self, exact_key: str, created_at: float) -> int:
         """Delete the entry under ``exact_key`` only if it was created at ``created_at`` (ms): a
@@ -293,7 +286,6 @@ class MilvusBulkOps:
 
         def there(client: Any) -> bool:
             return bool(count_rows(client, s.collection, flt, STRONG, **self._slow))
-
 
         def delete(client: Any) -> int:
             if not there(client):
@@ -307,12 +299,8 @@ class MilvusBulkOps:
             saw_delete(client, s.collection, s.is_lite)
             return 1
 
-        # Whichever version is recent: a newer one is then read from Milvus.
-        self._recent.drop([exact_key])
-        try:
+        with self._recent.forgetting([exact_key]):  # whichever version: Milvus has the newer one
             return await self._call(delete, s.timeout * 2)
-        finally:
-            self._recent.drop([exact_key])
 
     async def put_many(self, entries: Sequence[CacheEntry]) -> dict[int, str]:
         """Write entries in one delete + one insert; entries Milvus cannot hold are refused."""
@@ -348,7 +336,5 @@ class MilvusBulkOps:
             client.insert(s.collection, rows, **self._slow)
 
         async with self._writing.hold(ids):
-            try:
+            with self._recent.forgetting(ids):  # an import replaces them: Milvus has the version
                 await self._call(write, s.timeout * 2)
-            finally:
-                self._recent.drop(ids)  # an import replaced them: Milvus has the version to serve

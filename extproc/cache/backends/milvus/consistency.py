@@ -19,10 +19,11 @@ waited for Milvus' time tick (~0.2 s, past the processor's whole latency budget)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -136,6 +137,18 @@ class RecentStores:
         self._order.clear()
         self._partitions.clear()
         self._stacked.clear()
+
+    @contextlib.contextmanager
+    def forgetting(self, ids: Iterable[str] | None = None) -> Iterator[None]:
+        """Around a delete or an import of ``ids`` (None: whatever a filter selects): they are
+        dropped before it and again after it, since a store may finish while it runs."""
+        keys = None if ids is None else list(ids)
+        forget = self.clear if keys is None else lambda: self.drop(keys)
+        forget()
+        try:
+            yield
+        finally:
+            forget()
 
     def _remove(self, key: str) -> None:
         _, partition = self._order.pop(key)
