@@ -59,7 +59,8 @@ from extproc.cli.train_verifier import SHARES
 from extproc.config.settings import CacheSettings
 from extproc.dataplane.verification import Outcomes
 from extproc.dataplane.verification.entry_ids import entry_ref
-from extproc.dataplane.verification.outcomes import BOUND_LEVEL, Z
+from extproc.dataplane.verification.outcomes import BOUND_LEVEL
+from extproc.dataplane.verification.stats import Z
 from extproc.embedding.batcher import Embedder
 from extproc.embedding.loader import load_sentence_model
 
@@ -71,6 +72,10 @@ DELTAS = (0.01, 0.02, 0.05, 0.1, 0.2)
 """The issue's three, and two this data can meet with semantic hits (its floor is about 5 %)."""
 STATIC = (0.5, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.96)
 WINDOWS = 5
+DRIFT_AT = 0.4
+"""With --drift: where in the stream the answers change (the start of the third window)."""
+DRIFT_FROM = 0.9
+"""With --drift: the confidence from which candidates turn wrong (the ones a bound serves)."""
 SYNC_REQUESTS = 100
 """With --replicas: requests between two evidence syncs (the processor syncs every 10 s)."""
 
@@ -188,6 +193,12 @@ def wrong_answer(clusters: Clusters, cached: str, truth: str, judged: bool) -> b
     return True if (min(cached, truth), max(cached, truth)) in clusters.apart else None
 
 
+def turns_wrong(cached: str, asked: str, rate: float) -> bool:
+    """Whether serving the answer of ``cached`` for ``asked`` turned wrong (a fixed draw per pair)."""
+    draw = int.from_bytes(hashlib.sha256(f"{cached}\x00{asked}".encode()).digest()[:8], "big")
+    return draw / 2**64 < rate
+
+
 def query_of(text: str, topic: str) -> CacheQuery:
     """The cache query of a question: one model, its topic's partition."""
     key = hashlib.sha256(f"{topic}\x00{text}".encode()).hexdigest()
@@ -210,18 +221,23 @@ async def simulate(
     judged: bool = False,
     replicas: int = 1,
     shared: bool = True,
+    drift: float = 0.0,
+    detect_changes: bool = True,
 ) -> Run:
     """Drive one policy over the stream through a fresh cache. ``per_request``: the bound
     promises ≤ δ per request, as vCache does, so a candidate whose P(wrong) bound u is above δ is
     still served with probability δ / u (else explored). ``judged``: see :func:`wrong_answer`.
     ``replicas``: processes taking the requests in turn over the one cache, each with its own
     outcomes; ``shared``: each adopts the others' evidence every SYNC_REQUESTS requests, as the
-    processor's evidence sync does (:mod:`extproc.dataplane.verification.evidence`)."""
+    processor's evidence sync does (:mod:`extproc.dataplane.verification.evidence`). ``drift``:
+    from DRIFT_AT of the stream on, a candidate at confidence DRIFT_FROM or more that was right
+    turns wrong at this rate (the answers changed under the cache); ``detect_changes``: the δ
+    rule's change detection on or off."""
     embedder, guards, scorer = parts
     cache = SemanticCache(
         MemoryBackend(vectors.shape[1], len(texts) + 1), embedder, 0.8, 10, 0, guards, scorer, min_confidence
     )
-    fleet = [Outcomes(level=level) for _ in range(replicas)]
+    fleet = [Outcomes(level=level, detect_changes=detect_changes) for _ in range(replicas)]
     rng, run = random.Random(seed), Run(name)
     run.outcomes = fleet[0]
     size = math.ceil(len(texts) / WINDOWS)
@@ -244,10 +260,13 @@ async def simulate(
         similarity = lookup.similarity
         run.decided += semantic or "confidence" in lookup.rejections
         own = entry_ref(entry.exact_key, entry.created_at) if entry is not None else ""
+        changed = drift > 0 and i >= DRIFT_AT * len(texts) and score is not None and score >= DRIFT_FROM
+        turned = changed and entry is not None and turns_wrong(entry.prompt, text, drift)
         upper = outcomes.upper(MODEL, score, own, similarity) if semantic and delta else 0.0
         if upper > delta and not (per_request and rng.random() < delta / upper):
             run.explored += 1  # the request goes upstream; its answer is compared with the candidate's
             wrong = wrong_answer(clusters, entry.response["cluster"], truth, judged)
+            wrong = True if turned and wrong is False else wrong
             if wrong is not None:
                 outcomes.learn(MODEL, own, score, wrong, similarity)
             entry = None
@@ -259,6 +278,7 @@ async def simulate(
         if not semantic:
             continue
         wrong = wrong_answer(clusters, entry.response["cluster"], truth, judged)
+        wrong = True if turned and wrong is False else wrong
         run.semantic += 1
         if wrong is None:
             run.unjudged += 1  # nobody compared the two questions: neither right nor wrong
@@ -333,6 +353,13 @@ async def main(argv: Sequence[str] | None = None) -> int:
         default=1,
         help="processes taking the requests in turn; the bound runs twice: evidence shared and per process",
     )
+    parser.add_argument(
+        "--drift",
+        type=float,
+        default=0.0,
+        help="from 40 %% of the stream on, candidates at confidence ≥ 0.9 that were right turn wrong "
+        "at this rate",
+    )
     args = parser.parse_args(argv)
     if not args.pairs.is_file():
         if args.pairs != SHARED:
@@ -356,6 +383,10 @@ async def main(argv: Sequence[str] | None = None) -> int:
         ConfidenceScorer(load_model(BUILTIN), WordVectorCache(embedder, size=len(distinct) + 1))
     )
     parts = (embedder, guards, scorer)
+    sharing = ("shared", "per process") if args.replicas > 1 else ("",)
+    variants = [(d, how, True) for d in DELTAS for how in sharing]
+    if args.drift:  # δ ≤ 0.02 serves nothing here: each other δ with the change detection on and off
+        variants = [(d, "", detect) for d in DELTAS if d >= 0.05 for detect in (True, False)]
     bound = [
         await simulate(
             texts,
@@ -363,7 +394,9 @@ async def main(argv: Sequence[str] | None = None) -> int:
             clusters,
             topic_of,
             parts,
-            f"bound {d:g}" + (f" {args.replicas} replicas, {how}" if args.replicas > 1 else ""),
+            f"bound {d:g}"
+            + (f" {args.replicas} replicas, {how}" if args.replicas > 1 else "")
+            + ("" if detect else " without change detection"),
             d,
             args.sample_rate,
             level=args.level,
@@ -371,13 +404,22 @@ async def main(argv: Sequence[str] | None = None) -> int:
             judged=args.judged,
             replicas=args.replicas,
             shared=how == "shared",
+            drift=args.drift,
+            detect_changes=detect,
         )
-        for d in DELTAS
-        for how in (("shared", "per process") if args.replicas > 1 else ("",))
+        for d, how, detect in variants
     ]
     static = [
         await simulate(
-            texts, vectors, clusters, topic_of, parts, f"static {m:g}", min_confidence=m, judged=args.judged
+            texts,
+            vectors,
+            clusters,
+            topic_of,
+            parts,
+            f"static {m:g}",
+            min_confidence=m,
+            judged=args.judged,
+            drift=args.drift,
         )
         for m in STATIC
     ]

@@ -142,6 +142,12 @@ class Metrics:
             ["decision"],
             registry=r,
         )
+        self.bound_changes = Counter(
+            "semantic_cache_bound_changes",
+            "Groups of the false-hit bound whose recent outcomes contradicted their bound (their "
+            "older outcomes stopped counting).",
+            registry=r,
+        )
         self.feedback = Counter(
             "semantic_cache_feedback",
             "Client feedback on served entries by verdict.",
@@ -161,6 +167,7 @@ class Metrics:
             (self.feedback, ("right", "wrong")),
             (self.deleted, ("verification", "feedback")),
             (self.stores, ("stored",)),
+            (self.saved_tokens, ("prompt", "completion")),  # rate() sees the first hit's tokens
         ):
             for value in values:
                 counter.labels(value)

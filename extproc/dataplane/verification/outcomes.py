@@ -15,34 +15,36 @@ Two estimates, from two kinds of outcome:
   calibration (:mod:`.bound`); a candidate is served when the lower of the two, at 99 %, is ≤ δ
   and its group's own outcomes do not show a rate above that, whatever the curve says. An entry
   with outcomes of its own may be served on them (its group's posterior as a prior, shrunk to at
-  most ``ENTRY_PRIOR_CAP`` observations); one with a wrong outcome of its own never is.
+  most ``ENTRY_PRIOR_CAP`` observations); one with a wrong outcome of its own never is. A group
+  whose recent outcomes contradict its bound (:mod:`.drift`) counts only those from then on.
   docs/verification.md says what that guarantees.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from bisect import bisect_right
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from statistics import NormalDist
 
 from extproc.dataplane.verification.bound import Curve, fit
+from extproc.dataplane.verification.drift import KEEP, DriftDetector
+from extproc.dataplane.verification.stats import beta_upper, wilson_upper
+
+log = logging.getLogger(__name__)
 
 EDGES = (0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.96, 0.98, 0.99, 0.995)
 """Lower edges of the confidence bins above the first ([0, 0.5)); the last is [0.995, 1]."""
 SIMILARITY_EDGES = (0.9, 0.95, 0.98, 0.99)
 """Lower edges of the embedding-similarity bins above the first: within one confidence bin,
 near-identical wordings are usually safer than mere look-alikes, and the rule can tell them apart."""
-LEVEL = 0.95
-"""One-sided confidence of the false-hit rate's upper bound (the Wilson gauge)."""
 BOUND_LEVEL = 0.99
 """One-sided confidence of the δ rule's bound. Higher than LEVEL: the rule tests every group
 again after each outcome and serves the groups that pass, and the ones that pass by luck are
 the ones it serves (a selection effect that a 95 % bound measurably did not cover)."""
-Z = 1.6448536269514722
-"""The standard normal quantile at LEVEL (Wilson bound)."""
 MAX_MODELS = 64
 """Models tracked by name; outcomes of others are pooled under ``other`` (bounded label set)."""
 MAX_ENTRIES = 100_000
@@ -74,67 +76,6 @@ def bin_mid(index: int) -> float:
     return (lo + hi) / 2
 
 
-def wilson_upper(wrong: int, total: int) -> float:
-    """The Wilson score upper bound (one-sided, LEVEL) of a rate seen as ``wrong`` in ``total``."""
-    if total <= 0:
-        return 1.0
-    p = wrong / total
-    z2 = Z * Z
-    centre = p + z2 / (2 * total)
-    spread = Z * math.sqrt(p * (1 - p) / total + z2 / (4 * total * total))
-    return min(1.0, (centre + spread) / (1 + z2 / total))
-
-
-def _betacf(a: float, b: float, x: float) -> float:
-    """The continued fraction of the regularized incomplete beta (modified Lentz)."""
-    tiny = 1e-300
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 300):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c if abs(1.0 + aa / c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c if abs(1.0 + aa / c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < 1e-12:
-            break
-    return h
-
-
-def beta_cdf(x: float, a: float, b: float) -> float:
-    """P(X ≤ x) for X ~ Beta(a, b) (the regularized incomplete beta function)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
-
-
-@lru_cache(maxsize=8192)  # posteriors change only with outcomes: most calls repeat
-def beta_upper(a: float, b: float, level: float = LEVEL) -> float:
-    """The ``level`` quantile of Beta(a, b) (bisection: 50 steps resolve 1e-15)."""
-    lo, hi = 0.0, 1.0
-    for _ in range(50):
-        mid = (lo + hi) / 2
-        if beta_cdf(mid, a, b) < level:
-            lo = mid
-        else:
-            hi = mid
-    return hi
-
-
 @dataclass
 class Tally:
     """Verified outcomes of one group: how many agreed, disagreed, failed."""
@@ -160,7 +101,9 @@ class Tally:
 class Outcomes:
     """Every verified outcome, per model (served hits) and per (model, bin) and entry (the rule)."""
 
-    def __init__(self, prior_strength: float = 10.0, level: float = BOUND_LEVEL) -> None:
+    def __init__(
+        self, prior_strength: float = 10.0, level: float = BOUND_LEVEL, detect_changes: bool = True
+    ) -> None:
         self.prior_strength = prior_strength
         self.level = level
         """Confidence of the δ rule's upper bound."""
@@ -172,6 +115,17 @@ class Outcomes:
         """entry id -> [wrong, right] of its own outcomes."""
         self.shared: dict[tuple[str, int, int], list[float]] = {}
         """Like ``bins``, what other processes observed (replicas, earlier runs): :meth:`adopt`."""
+        self.drift = DriftDetector() if detect_changes else None
+        """Finds groups whose recent outcomes contradict their bound (:mod:`.drift`)."""
+        self.baseline: dict[tuple[str, int, int], list[float]] = {}
+        """group -> [wrong, right] of its outcomes (own and shared) that no longer count: those
+        before a change the detector found."""
+        self.changed: set[tuple[str, int, int]] = set()
+        """Groups decided on their own outcomes alone since a change, until they have KEEP."""
+        self.on_change: Callable[[], None] | None = None
+        """Called at each change the detector finds (the processor counts them in a metric)."""
+        self._seen: dict[tuple[str, int, int], list[float]] = {}
+        """group -> the shared counts last adopted (what a sync added is the difference)."""
         self._curves: dict[str, Curve] = {}
         """model -> its fitted curve, until the next outcome of it (learn) or adoption."""
         self._z = NormalDist().inv_cdf(level)
@@ -204,9 +158,12 @@ class Outcomes:
 
     def learn(self, model: str, entry_id: str, score: float, wrong: bool, similarity: float = 1.0) -> None:
         """A judged outcome of a candidate with confidence ``score``: evidence for the rule."""
-        counts = self.bins.setdefault(self._bin(model, score, similarity), [0.0, 0.0])
+        key = self._bin(model, score, similarity)
+        counts = self.bins.setdefault(key, [0.0, 0.0])
         counts[0 if wrong else 1] += 1
         self._curves.pop(model, None)
+        if self.drift is not None:
+            self._restart(self.drift.observe(key, wrong, model))
         own = self.entries.pop(entry_id, None) or [0.0, 0.0]
         own[0 if wrong else 1] += 1
         self.entries[entry_id] = own
@@ -218,20 +175,53 @@ class Outcomes:
         found = self._curves.get(model)
         if found is None:
             groups = [
-                (bin_mid(c), similarity_mid(sim), wrong, right)
-                for source in (self.bins, self.shared)
-                for (m, c, sim), (wrong, right) in source.items()
+                (bin_mid(c), similarity_mid(sim), *self._counts((m, c, sim)))
+                for m, c, sim in self.bins.keys() | self.shared.keys()
                 if m == model
             ]
             found = self._curves[model] = fit(groups, self.prior_strength)
         return found
 
     def group_counts(self, model: str, score: float, similarity: float) -> tuple[float, float]:
-        """(wrong, right) of the candidate's group, this process's and shared."""
-        key = self._bin(model, score, similarity)
+        """(wrong, right) of the candidate's group, this process's and shared, since its last change."""
+        return self._counts(self._bin(model, score, similarity))
+
+    def _counts(self, key: tuple[str, int, int]) -> tuple[float, float]:
         wrong, right = self.bins.get(key, (0.0, 0.0))
         others_wrong, others_right = self.shared.get(key, (0.0, 0.0))
-        return wrong + others_wrong, right + others_right
+        before_wrong, before_right = self.baseline.get(key, (0.0, 0.0))
+        return (
+            max(0.0, wrong + others_wrong - before_wrong),
+            max(0.0, right + others_right - before_right),
+        )
+
+    def _restart(self, changed: dict[tuple[str, int, int], tuple[int, int]]) -> None:
+        """The detector found these groups changed: only their last (wrong, right) outcomes
+        count from now on (the curve's fit of their model with them)."""
+        if not changed:
+            return
+        for key, (kept_wrong, kept_right) in changed.items():
+            wrong, right = self.bins.get(key, (0.0, 0.0))
+            others_wrong, others_right = self.shared.get(key, (0.0, 0.0))
+            self.baseline[key] = [
+                max(0.0, wrong + others_wrong - kept_wrong),
+                max(0.0, right + others_right - kept_right),
+            ]
+            self._curves.pop(key[0], None)
+            self.changed.add(key)
+        if self.on_change is not None:
+            self.on_change()
+        wrong = sum(w for w, _ in changed.values())
+        total = sum(w + r for w, r in changed.values())
+        log.warning(
+            "verification: the outcomes of model %s changed (%d wrong of the last %d, in %d "
+            "confidence/similarity group(s) from confidence %.3f); their older outcomes no longer count",
+            next(iter(changed))[0],
+            wrong,
+            total,
+            len(changed),
+            min(bin_mid(key[1]) for key in changed),
+        )
 
     def upper(self, model: str, score: float, entry_id: str = "", similarity: float = 1.0) -> float:
         """The upper bound (at ``level``) of P(wrong) for such a candidate; 1 for an entry found
@@ -241,16 +231,24 @@ class Outcomes:
             # Shrunk against its group, one wrong only lifts the bound to ~0.1: served
             # again at δ ≥ 0.1 although this very entry is known to answer its look-alikes wrongly.
             return 1.0
-        confidence, middle = bin_mid(bin_of(score)), similarity_mid(similarity_bin(similarity))
-        wrong, right = self.group_counts(model, score, similarity)
+        key = self._bin(model, score, similarity)
+        confidence, middle = bin_mid(key[1]), similarity_mid(key[2])
+        wrong, right = self._counts(key)
         # The group alone: a Beta posterior, the calibration worth prior_strength observations.
         a = 0.5 + self.prior_strength * (1.0 - confidence) + wrong
         b = 0.5 + self.prior_strength * confidence + right
         alone = beta_upper(a, b, self.level)
-        # Every group together (the curve): far fewer outcomes per group where they agree.
-        bound = min(alone, self.curve(model).upper(confidence, middle, self._z))
+        # Every group together (the curve): far fewer outcomes per group where they agree. Not
+        # for a group that just changed: its change contradicted the curve's bound, and the curve,
+        # fitted mostly on the other groups, would lend it their past again.
+        bound = alone
+        if key not in self.changed or wrong + right >= KEEP:
+            self.changed.discard(key)
+            bound = min(alone, self.curve(model).upper(confidence, middle, self._z))
         if wrong:  # the curve is a model: a group whose own outcomes show it worse is held to them
             bound = max(bound, beta_upper(0.5 + wrong, 0.5 + right, 1.0 - self.level))
+        if self.drift is not None:
+            self.drift.decided(key, bound)
         if own is not None:  # outcomes of its own (all right), its group's posterior as a prior
             shrink = min(1.0, ENTRY_PRIOR_CAP / (a + b))
             bound = min(bound, beta_upper(a * shrink, b * shrink + own[1], self.level))
@@ -279,6 +277,15 @@ class Outcomes:
                 total[1] += counts[1]
         self.shared = shared
         self._curves.clear()
+        if self.drift is None:
+            return
+        for key, (wrong, right) in shared.items():
+            seen = self._seen.get(key, [0.0, 0.0])
+            # Counts that fell (a process's document aged out) bring no new outcome.
+            new_wrong, new_right = int(max(0.0, wrong - seen[0])), int(max(0.0, right - seen[1]))
+            if new_wrong + new_right:
+                self._restart(self.drift.observe_counts(key, new_wrong, new_right, key[0]))
+        self._seen = {key: list(counts) for key, counts in shared.items()}
 
     def forget(self, entry_id: str) -> None:
         """Drop an entry's own outcomes (it was deleted)."""

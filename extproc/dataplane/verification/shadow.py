@@ -96,6 +96,8 @@ class Verification:
         first = settings()
         self.ids = EntryIds(first.entry_secret)
         self.outcomes = Outcomes(first.prior_strength)
+        if metrics is not None:
+            self.outcomes.on_change = metrics.bound_changes.inc
         self.evidence = EvidenceSync(self.outcomes, cache, settings)
         """Shares the bound's evidence with the other replicas through the backend."""
         self.skipped: Counter[str] = Counter()
@@ -352,6 +354,7 @@ class Verification:
                 "other_processes": self.evidence.processes,
                 "shared_outcomes": self.outcomes.adopted,
                 "own_outcomes": self.outcomes.learned,
+                "changes": self.outcomes.drift.changes if self.outcomes.drift is not None else 0,
                 "problem": self.evidence.problem,
             },
         }

@@ -58,6 +58,7 @@ async def test_replicas_count_each_others_outcomes_once() -> None:
         "other_processes": 1,
         "shared_outcomes": 150,
         "own_outcomes": 150,
+        "changes": 0,
         "problem": "",
     }
     learn(b, 40, wrong=True)  # mistakes seen by one replica stop both from serving …
@@ -66,6 +67,8 @@ async def test_replicas_count_each_others_outcomes_once() -> None:
     later = time.time() + 61
     assert await b.evidence.sync(later) and await a.evidence.sync(later)
     assert not serves(a) and not serves(b)
+    # Each saw the group change (b in its own outcomes, a in what it adopted from b).
+    assert b.stats()["evidence"]["changes"] == 1 and a.stats()["evidence"]["changes"] == 1
 
 
 async def test_a_restarted_process_keeps_what_the_one_before_learned() -> None:

@@ -36,6 +36,8 @@ def test_counters_of_known_labels_start_at_zero() -> None:
     assert 'semantic_cache_feedback_total{verdict="wrong"} 0.0' in text
     assert 'semantic_cache_verification_skipped_total{reason="budget"} 0.0' in text
     assert 'semantic_cache_bound_decisions_total{decision="explore"} 0.0' in text
+    assert 'semantic_cache_saved_tokens_total{kind="completion"} 0.0' in text
+    assert 'semantic_cache_bound_changes_total 0.0' in text
     assert 'semantic_cache_backend_errors_total{backend="milvus",reason="backend_unavailable"} 0.0' in text
 
 
