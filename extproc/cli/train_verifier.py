@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from extproc.cache.guards import content, dates, direction, features, lexical, rules, scripts
+from extproc.cache.guards import content, dates, direction, features, lexical, numerals, rules, scripts
 from extproc.cache.guards.features import FEATURES, features_matrix, model_rows, text_part
 from extproc.cache.guards.learned import VerifierModel
 from extproc.cli.clusters import split_by_component
@@ -88,7 +88,7 @@ def embeddings(
 def feature_code() -> str:
     """A digest of the code that computes the text features (their names, the rules and word
     lists they read): cached feature rows are reused only while it is unchanged."""
-    modules = (features, rules, dates, direction, lexical, content, scripts)
+    modules = (features, rules, dates, direction, lexical, numerals, content, scripts)
     source = "".join(inspect.getsource(m) for m in modules)
     return hashlib.sha256(f"{','.join(FEATURES)}|{source}".encode()).hexdigest()[:16]
 

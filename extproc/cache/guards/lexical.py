@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from itertools import pairwise
 
+from extproc.cache.guards.numerals import fractions, one_spelling, roman_numerals
 from extproc.cache.guards.scripts import ascii_numbers
 
 
@@ -135,12 +136,6 @@ _CAPITALIZED_MONTHS = {"May": "may", "March": "mar"}  # lower-case they are a ve
 # "send money from the US to India" is not "from India to the US". Text in capitals throughout
 # ("TELL US") keeps the pronoun.
 _COUNTRY_US = re.compile(r"\bU\.S\.(?:A\.)?|\bUS\b")
-# A simple fraction is a number ("1/2 cup" = "half a cup" = "0.5 cup"), not two; dates (1/2/2020)
-# and ratios of larger numbers (24/7, 50/50, 9/11) keep their digits.
-_FRACTION = re.compile(r"(?<![\d/.,])(\d{1,2})\s*/\s*(\d{1,2})(?![\d/.,]?\d)")
-# "°F", "degrees F": Fahrenheit, as "350 F" already is (and C: Celsius).
-_FRACTION_BOTTOMS = frozenset((2, 3, 4, 5, 8, 10, 16))  # not 9/11, 7/11
-_DEGREES = re.compile(r"(?:°|℉|℃|\bdeg(?:ree)?s?\.?)\s*([fc])\b|([℉℃])")
 NUMBER_WORDS = frozenset(_CARDINALS) | frozenset(_SCALES) | frozenset(_ORDINALS)
 """Words the numbers guard reads as numbers (other guards leave them to it)."""
 CALENDAR_WORDS = frozenset(_CALENDAR)
@@ -237,18 +232,6 @@ def numeronym_of(short: str, word: str) -> bool:
     return len(word) == int(short[1:-1]) + 2 and word[0] == short[0] and word[-1] == short[-1]
 
 
-def _fraction(match: re.Match[str]) -> str:
-    top, bottom = int(match.group(1)), int(match.group(2))
-    if not 0 < top < bottom or bottom not in _FRACTION_BOTTOMS:
-        return match.group(0)
-    return f" {top / bottom:.4g} "
-
-
-def _degrees(match: re.Match[str]) -> str:
-    letter = match.group(1) or ("f" if match.group(2) == "℉" else "c")
-    return " fahrenheit " if letter == "f" else " celsius "
-
-
 def _parse_number_words(words: list[str], i: int) -> tuple[int | None, int]:
     """Parse "two hundred fifty" starting at ``i``; return (value or None, tokens used)."""
     total, current, j = 0, None, i
@@ -276,11 +259,8 @@ def analyze(text: str) -> Analysis:
     capital_calendar = [v for k, v in _CAPITALIZED_MONTHS.items() if re.search(rf"\b{k}\b", text)]
     if any(c.islower() for c in text):
         text = _COUNTRY_US.sub("USA", text)
-    lowered = ascii_numbers(text).translate(_APOSTROPHES).lower()
-    if "/" in lowered:
-        lowered = _FRACTION.sub(_fraction, lowered)
-    if "deg" in lowered or "°" in lowered or "℉" in lowered or "℃" in lowered:
-        lowered = _DEGREES.sub(_degrees, lowered)
+        text = roman_numerals(text)
+    lowered = one_spelling(ascii_numbers(text).translate(_APOSTROPHES).lower())
     for pattern, repl in _CONTRACTIONS:
         lowered = pattern.sub(repl, lowered)
     words: list[str] = []
@@ -329,9 +309,13 @@ def analyze(text: str) -> Analysis:
     for k, word in enumerate(words[:-1]):
         after = words[k + 1]
         if word == "second" and (
-            after in ("most", "best", "worst", "least") or (after.endswith("est") and len(after) > 4)
+            (k > 0 and words[k - 1] == "the")
+            or after in ("most", "best", "worst", "least")
+            or (after.endswith("est") and len(after) > 4)
         ):
-            numbers["2"] += 1  # "the second longest river" is not "the longest river"
+            # "the second longest river" is not "the longest river", "the second person on the
+            # moon" not "the first" (1 is never counted: "a" and "one" say it)
+            numbers["2"] += 1
     i = 0
     while i < len(words):
         value, used = _parse_number_words(words, i)
@@ -365,7 +349,7 @@ def canonical(text: str) -> tuple[str, ...]:
     canonical words ask the same thing, however they spell it."""
     words = list(analyze(text).words)
     # Symbols the words drop still say something ("C++" is not "C", "=" not "=="): kept in order.
-    bare = _FRACTION.sub(_fraction, text) if "/" in text else text  # the slash of "1/2" says "half"
+    bare = fractions(text)  # the slash of "1/2" says "half"
     out: list[str] = [ch for ch in bare if not (ch.isalnum() or ch.isspace() or ch in _QUIET_MARKS)]
     i = 0
     while i < len(words):

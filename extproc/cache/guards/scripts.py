@@ -22,6 +22,7 @@ _NUMERAL = "".join(_CJK_DIGITS) + "".join(_CJK_UNITS) + "".join(_CJK_BIG)
 _MEASURE = "个個岁歲年月日号號点點元块塊次人天周週米里斤克度分秒倍台本张張件只條条位名页頁章"
 _CJK_NUMBER = re.compile(rf"(第)?([{_NUMERAL}]+)(?=([{_MEASURE}%％])?)")
 _DIGIT = re.compile(r"\d")  # every script's decimal digits (Unicode Nd)
+_POWER = re.compile("[⁰¹²³⁴⁵⁶⁷⁸⁹]+")  # superscript digits: an exponent
 
 # Chinese negators, minus the words that merely contain one (不过 "but", 非常 "very", 无论
 # "regardless", 不错 "good", 没关系 "never mind", 不同 "different", 并非 is kept: "is not").
@@ -68,6 +69,8 @@ def ascii_numbers(text: str) -> str:
     if text.isascii():
         return text
     text = _DIGIT.sub(lambda m: str(unicodedata.decimal(m.group())), text)
+    if _POWER.search(text):  # "x²" is "x^2"
+        text = _POWER.sub(lambda m: "^" + "".join(str(unicodedata.digit(c)) for c in m.group()), text)
     if not _CJK.search(text):
         return text
     return _CJK_RUN.sub(r" \g<0> ", _CJK_NUMBER.sub(_replace_cjk, text))

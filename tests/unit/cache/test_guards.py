@@ -244,6 +244,24 @@ def test_fractions_half_and_the_second_largest() -> None:
     assert guard.reject("What's the second longest river in Africa?", "What's the longest river in Africa?")
     assert guard.reject("Who is the second most famous painter?", "Who is the most famous painter?")
     assert not guard.reject("Wait a second, is this the longest river?", "Is this the longest river?")
+    assert guard.reject(
+        "Who was the first person to walk on the moon?", "Who was the second person to walk on the moon?"
+    )
+    assert not guard.reject("Who won the 2nd presidential debate?", "Who won the second presidential debate?")
+
+
+def test_roman_numerals_exponents_and_bracketed_suffixes_are_numbers() -> None:
+    guard = NumbersGuard()
+    for text in ("What caused WW2?", "What caused World War II?", "What caused the Second World War?"):
+        assert analyze(text).numbers == {"2": 1}, text
+    assert guard.reject("What started World War II?", "What started World War I?")
+    assert not guard.reject("How soon is world war III?", "Are we getting closer to world war 3?")
+    assert analyze("Louis XIV").numbers == {"14": 1} and analyze("Henry VIII").numbers == {"8": 1}
+    assert not analyze("I think I can").numbers and not analyze("DIV and MIX tags").numbers
+    assert not analyze("WHAT WAS WORLD WAR II").numbers  # all capitals: no telling numerals from words
+    assert not guard.reject("Differentiate x^2 sin(x)", "Differentiate x² sin x")
+    assert guard.reject("Differentiate x² sin x", "Differentiate x³ sin x")
+    assert not guard.reject("Is a 401(k) worth it?", "Is a 401k worth it?")
 
 
 def test_degrees_f_and_c_are_units() -> None:

@@ -59,8 +59,8 @@ def test_instructions_are_compared_by_their_words() -> None:
 
 def test_no_hand_written_paraphrase_is_rejected() -> None:
     guard = InstructionsGuard()
-    for name in ("adversarial.jsonl", "adversarial-holdout.jsonl", "adversarial-third.jsonl"):
-        for line in (DATA / name).read_text().splitlines():
+    for name in ("adversarial", "adversarial-holdout", "adversarial-third", "adversarial-fourth"):
+        for line in (DATA / f"{name}.jsonl").read_text().splitlines():
             pair = json.loads(line)
             if pair["label"] == 1:
                 assert not guard.reject(pair["a"], pair["b"]), pair
