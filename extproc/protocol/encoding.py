@@ -8,6 +8,7 @@ by the limit whatever the input.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
 
 GZIP = frozenset({"gzip", "x-gzip"})
 IDENTITY = frozenset({"", "identity"})
@@ -47,3 +48,10 @@ def json_media_type(content_type: str) -> bool:
         return True
     kind, _, subtype = media.partition("/")
     return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+def declared_length(headers: Mapping[str, str]) -> int:
+    """The body size ``content-length`` declares (0 when absent or not a plain number: a chunked
+    body's size is known only once it has arrived)."""
+    value = headers.get("content-length", "").strip()
+    return int(value) if value.isascii() and value.isdigit() else 0

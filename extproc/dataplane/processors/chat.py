@@ -29,6 +29,7 @@ from extproc.dataplane.processors.single_flight import SingleFlight
 from extproc.dataplane.processors.verify import VerifiedHits
 from extproc.dataplane.shared import HEADER, Shared
 from extproc.errors import NotCacheable, NotStorable, OutcomeError
+from extproc.protocol import encoding
 from extproc.protocol import messages as m
 from extproc.protocol.completion import saved_tokens
 from extproc.protocol.encoding import GZIP, IDENTITY, INLINE_BYTES, gunzip_bounded, json_media_type
@@ -109,6 +110,9 @@ class ChatCompletionsProcessor(RequestSettings, SingleFlight, VerifiedHits, Proc
             return self._bypass(reason)
         if end_of_stream:
             return self._bypass("no_body")
+        if encoding.declared_length(headers) > max(settings.max_request_bytes for settings, _ in possible):
+            # Never into Envoy's partial buffering: a body just over its buffer sometimes stalled there.
+            return self._bypass("request_too_large")
         self._fresh = parse_freshness(headers.get("cache-control", ""))
         self._no_cache, self._no_store = self._fresh.no_cache, self._fresh.no_store
         if self._no_cache and self._no_store:

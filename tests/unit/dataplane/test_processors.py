@@ -146,6 +146,19 @@ def test_request_headers_phase() -> None:
     assert decisions[-1].reason == "not_chat"
 
 
+def test_a_body_declared_too_large_is_let_through_at_the_headers() -> None:
+    """Envoy then never buffers it in part (one just over its buffer sometimes stalled there)."""
+    shared, decisions, _ = make_shared()
+    limit = CacheSettings().max_request_bytes
+    for length, passes in ((limit + 1, True), (limit, False), ("12abc", False)):
+        p = ChatCompletionsProcessor(shared)
+        reply = p.on_request_headers(headers([*CHAT, ("content-length", str(length))]), False)
+        assert (reply.mode_override == m.HEADERS_ONLY) == passes, length
+        if passes:
+            p.on_stream_closed()
+            assert (decisions[-1].outcome, decisions[-1].reason) == ("bypass", "request_too_large")
+
+
 async def test_request_body_phase_miss_then_hit() -> None:
     """A miss continues upstream; the same prompt after a store is answered at once."""
     shared, decisions, pending = make_shared()
