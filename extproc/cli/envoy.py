@@ -72,6 +72,30 @@ def keep_blocks(text: str, values: Mapping[str, str]) -> str:
         text = kept
 
 
+SWITCHES = {
+    "STRIP_SCOPE_HEADER": "true",  # secure by default (see the template)
+    "UPSTREAM_TLS_VERIFY": "true",  # verify an https upstream unless told not to
+    "UPSTREAM_TLS": "false",
+    "ENVOY_TRACING": "false",
+    "ENVOY_STATS": "false",
+}
+"""The template's ``# @if`` switches and their defaults (unset or empty)."""
+
+
+def switch(values: Mapping[str, str], name: str, default: str) -> str:
+    """``true`` or ``false`` for switch ``name`` (any case; unset or empty: ``default``).
+
+    Anything else is refused: read as "not true", ``STRIP_SCOPE_HEADER=True`` or ``=1`` used to
+    drop the block that strips the client's own tenant header, and ``UPSTREAM_TLS_VERIFY=yes`` the
+    upstream's certificate check, silently."""
+    raw = values.get(name, "").strip()
+    if not raw:
+        return default
+    if raw.lower() in ("true", "false"):
+        return raw.lower()
+    raise ConfigError(f"{name} must be true or false, not {raw!r}")
+
+
 def upstream_tls_env(host: str, port: str, tls: bool) -> dict[str, str]:
     """UPSTREAM_AUTHORITY (the Host sent upstream) and UPSTREAM_SAN_TYPE (how its certificate names it).
 
@@ -95,11 +119,11 @@ def render_envoy_config(env: Mapping[str, str] | None = None, template: Path | N
     values = dict(os.environ if env is None else env)
     if "UPSTREAM_HOST" not in values:
         values.update(upstream_env(values.get("UPSTREAM_URL", "http://127.0.0.1:8000")))
-    tls = values.get("UPSTREAM_TLS") == "true"
+    for name, default in SWITCHES.items():
+        values[name] = switch(values, name, default)
+    tls = values["UPSTREAM_TLS"] == "true"
     for key, value in upstream_tls_env(values["UPSTREAM_HOST"], values["UPSTREAM_PORT"], tls).items():
         values.setdefault(key, value)
-    values.setdefault("UPSTREAM_TLS_VERIFY", "true")  # verify an https upstream unless told not to
-    values.setdefault("STRIP_SCOPE_HEADER", "true")  # secure by default (see the template)
     values.setdefault("SCOPE_HEADER", values.get("SEMANTIC_CACHE_SCOPE_HEADER", "x-tenant-id").lower())
     for name in DURATIONS:
         if values.get(name):

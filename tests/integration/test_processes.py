@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from extproc.cli.envoy import render_envoy_config, validate_envoy_config
+from extproc.errors import ConfigError
 from tests.conftest import free_port, start_envoy
 from tests.support import upstream as fake
 from tests.support.processes import cli, serve_env, stop, wait_port
@@ -125,3 +126,20 @@ def test_run_refuses_an_envoy_config_error_before_starting_anything(tmp_path: Pa
     text = log.read_text()
     assert "configuration error: UPSTREAM_URL must look like http://host:port" in text
     assert "Traceback" not in text and "model ready" not in text
+
+
+def test_template_switches_read_true_or_false_and_refuse_the_rest() -> None:
+    """``STRIP_SCOPE_HEADER=True`` once dropped the block that strips the client's tenant header
+    (any client could pick its tenant); every switch now reads true / false in any case, empty as
+    its default, and refuses anything else."""
+    base = {"UPSTREAM_URL": "https://x:443", "SCOPE_HEADER": "x-tenant-id"}
+    strips = render_envoy_config(base)
+    for value in ("true", "True", " TRUE ", ""):
+        assert render_envoy_config(base | {"STRIP_SCOPE_HEADER": value}) == strips, value
+    assert render_envoy_config(base | {"STRIP_SCOPE_HEADER": "False"}) != strips
+    verified = render_envoy_config(base | {"UPSTREAM_TLS_VERIFY": "TRUE"})
+    assert verified == strips and render_envoy_config(base | {"UPSTREAM_TLS_VERIFY": "false"}) != verified
+    refused = (("STRIP_SCOPE_HEADER", "1"), ("UPSTREAM_TLS_VERIFY", "yes"), ("ENVOY_STATS", "maybe"))
+    for name, value in refused:
+        with pytest.raises(ConfigError, match=name):
+            render_envoy_config(base | {name: value})
