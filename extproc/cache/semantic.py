@@ -320,7 +320,10 @@ class SemanticCache:
         if vector is None:
             if max_wait is not None and self.embedder.expected_wait() > max_wait:
                 raise Overloaded(f"embedding backlog {self.embedder.backlog}")
-            vector = await self.embedder.embed(query.prompt, deferred=True)
+            try:
+                vector = await self.embedder.embed(query.prompt, deferred=True)
+            except Exception as exc:  # the model's failure, not the backend's (as in a lookup)
+                raise EmbeddingFailed(f"embedding failed: {type(exc).__name__}") from exc
         now = time.time()
         ttl = self.ttl_seconds if ttl_seconds is None else ttl_seconds
         entry = CacheEntry(

@@ -99,7 +99,13 @@ _WEATHER_NOW = re.compile(
     r"\bwhat\s+will\s+the\s+(?:weather|temperature|forecast)\s+be\b",
     re.IGNORECASE,
 )
-_DATED_YEAR = re.compile(r"\b(?:1[5-9]\d\d|20\d\d)\b")
+_DATED = re.compile(
+    r"\b(?:1[5-9]\d\d|20\d\d)\b|"
+    # "the weather in Paris in July", "in winter": the climate of a time of year, not the sky now
+    r"\b(?:in|during|for)\s+(?:the\s+)?(?:early\s+|late\s+|mid[- ])?(?:january|february|march|april|may|"
+    r"june|july|august|september|october|november|december|spring|summer|autumn|fall|winter)\b",
+    re.IGNORECASE,
+)
 SCAN_CHARS = 4096
 """A longer prompt is read at its head and tail only, where a question is asked around a pasted
 document (a relative date deep inside one is the document's): the check stays a few ms on the
@@ -135,7 +141,7 @@ def _volatile(text: str) -> str:
     if _PRESENT_MOVING.search(text) or _WEATHER_NOW.search(text):
         return "moving_value"
     quote = _QUOTE.search(text) or _QUOTE_NAMED.search(text) or _ASSET_COST.search(text)
-    if quote and not _DATED_YEAR.search(text):  # "price of gold in 1980" is history, not a quote
+    if quote and not _DATED.search(text):  # "price of gold in 1980" is history, not a quote
         return "moving_value"
     return ""
 

@@ -315,3 +315,19 @@ async def test_prompts_differing_in_what_the_model_cannot_read_never_match() -> 
     await cache.store(query("Is 🍎 bigger than 🚗?"), answer("no"))  # the same pieces, swapped
     swapped = await cache.check(query("Is 🚗 bigger than 🍎?"))
     assert swapped.entry is None and set(swapped.rejections) == {"unreadable"}
+
+
+async def test_a_store_whose_embedding_fails_reports_the_model_not_the_backend() -> None:
+    """A store that has to embed and whose model raises is ``embedding_error`` (as a lookup is),
+    not ``backend_error``: the backend is fine, and its error metrics must not say otherwise."""
+    from extproc.errors import EmbeddingFailed
+
+    def broken(texts: Sequence[str]) -> np.ndarray:
+        raise RuntimeError("the embedding endpoint answered 500")
+
+    cache = SemanticCache(MemoryBackend(DIM, 10), Embedder(broken, DIM), 0.9)
+    with pytest.raises(EmbeddingFailed) as failed:
+        await cache.store(query("v:1,0"), answer("a"))
+    assert failed.value.reason == "embedding_error"
+    assert await cache.backend.count() == 0
+    cache.embedder.close()

@@ -54,6 +54,8 @@ def test_time_sensitive_prompts(prompt: str, reason: str) -> None:
         "How does current flow in a resistor?",
         "What is the capital of France?",
         "What was the price of gold in 1980?",  # history, a date of its own
+        "What is the weather like in Paris in July?",  # the climate of a time of year
+        "What is the temperature in Moscow during winter?",
         "Is religion still relevant today?",  # today as "nowadays"
         "What happened the next day after the Battle of Hastings?",
         "Can a girl get pregnant on the last day of her period?",
