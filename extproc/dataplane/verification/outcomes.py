@@ -176,7 +176,7 @@ class Outcomes:
         if found is None:
             groups = [
                 (bin_mid(c), similarity_mid(sim), *self._counts((m, c, sim)))
-                for m, c, sim in self.bins.keys() | self.shared.keys()
+                for m, c, sim in sorted(self.bins.keys() | self.shared.keys())  # one order: one fit
                 if m == model
             ]
             found = self._curves[model] = fit(groups, self.prior_strength)
