@@ -124,8 +124,6 @@ class Outcomes:
         """Groups decided on their own outcomes alone since a change, until they have KEEP."""
         self.on_change: Callable[[], None] | None = None
         """Called at each change the detector finds (the processor counts them in a metric)."""
-        self._seen: dict[tuple[str, int, int], list[float]] = {}
-        """group -> the shared counts last adopted (what a sync added is the difference)."""
         self._curves: dict[str, Curve] = {}
         """model -> its fitted curve, until the next outcome of it (learn) or adoption."""
         self._z = NormalDist().inv_cdf(level)
@@ -186,14 +184,17 @@ class Outcomes:
         """(wrong, right) of the candidate's group, this process's and shared, since its last change."""
         return self._counts(self._bin(model, score, similarity))
 
-    def _counts(self, key: tuple[str, int, int]) -> tuple[float, float]:
+    def _totals(self, key: tuple[str, int, int]) -> tuple[float, float]:
+        """(wrong, right) of every outcome of the group ever counted, own and shared."""
         wrong, right = self.bins.get(key, (0.0, 0.0))
         others_wrong, others_right = self.shared.get(key, (0.0, 0.0))
+        return wrong + others_wrong, right + others_right
+
+    def _counts(self, key: tuple[str, int, int]) -> tuple[float, float]:
+        """(wrong, right) of the group's outcomes that count: those since its last change."""
+        wrong, right = self._totals(key)
         before_wrong, before_right = self.baseline.get(key, (0.0, 0.0))
-        return (
-            max(0.0, wrong + others_wrong - before_wrong),
-            max(0.0, right + others_right - before_right),
-        )
+        return max(0.0, wrong - before_wrong), max(0.0, right - before_right)
 
     def _restart(self, changed: dict[tuple[str, int, int], tuple[int, int]]) -> None:
         """The detector found these groups changed: only their last (wrong, right) outcomes
@@ -201,12 +202,8 @@ class Outcomes:
         if not changed:
             return
         for key, (kept_wrong, kept_right) in changed.items():
-            wrong, right = self.bins.get(key, (0.0, 0.0))
-            others_wrong, others_right = self.shared.get(key, (0.0, 0.0))
-            self.baseline[key] = [
-                max(0.0, wrong + others_wrong - kept_wrong),
-                max(0.0, right + others_right - kept_right),
-            ]
+            wrong, right = self._totals(key)
+            self.baseline[key] = [max(0.0, wrong - kept_wrong), max(0.0, right - kept_right)]
             self._curves.pop(key[0], None)
             self.changed.add(key)
         if self.on_change is not None:
@@ -275,17 +272,16 @@ class Outcomes:
                 total = shared.setdefault(key, [0.0, 0.0])
                 total[0] += counts[0]
                 total[1] += counts[1]
-        self.shared = shared
+        before, self.shared = self.shared, shared  # what a sync added is the difference
         self._curves.clear()
         if self.drift is None:
             return
         for key, (wrong, right) in shared.items():
-            seen = self._seen.get(key, [0.0, 0.0])
+            seen = before.get(key, (0.0, 0.0))
             # Counts that fell (a process's document aged out) bring no new outcome.
             new_wrong, new_right = int(max(0.0, wrong - seen[0])), int(max(0.0, right - seen[1]))
             if new_wrong + new_right:
                 self._restart(self.drift.observe_counts(key, new_wrong, new_right, key[0]))
-        self._seen = {key: list(counts) for key, counts in shared.items()}
 
     def forget(self, entry_id: str) -> None:
         """Drop an entry's own outcomes (it was deleted)."""
