@@ -13,7 +13,6 @@ verifier ever scores.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import tempfile
@@ -24,8 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from extproc.cache.guards import content, dates, direction, features, lexical, numerals, rules, scripts
-from extproc.cache.guards.features import FEATURES, features_matrix, model_rows, text_part
+from extproc.cache.guards.features import FEATURES, feature_code, features_matrix, model_rows, text_part
 from extproc.cache.guards.learned import VerifierModel
 from extproc.cli.clusters import split_by_component
 from extproc.cli.eval_report import Pair, roc_auc
@@ -83,14 +81,6 @@ def embeddings(
 
     vectors = _cached(folder / f"semantic-cache-embeddings-{digest}.npy", embed)
     return {t: i for i, t in enumerate(texts)}, vectors, digest
-
-
-def feature_code() -> str:
-    """A digest of the code that computes the text features (their names, the rules and word
-    lists they read): cached feature rows are reused only while it is unchanged."""
-    modules = (features, rules, dates, direction, lexical, numerals, content, scripts)
-    source = "".join(inspect.getsource(m) for m in modules)
-    return hashlib.sha256(f"{','.join(FEATURES)}|{source}".encode()).hexdigest()[:16]
 
 
 def pair_features(
@@ -299,6 +289,7 @@ def train(
         "test_cosine_auc": round(roc_auc(cosine[test_i], labels[test_i]), 4),
         "test_ece": round(ece, 4),
         "test_reliability": table,
+        "text_features_code": feature_code(),
     }
     model_out = VerifierModel(
         fitted.mean,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from importlib import resources
@@ -22,7 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from extproc.cache.guards.features import EMBEDDING_FEATURES, FEATURES, finish, model_rows, text_part
+from extproc.cache.guards.features import (
+    EMBEDDING_FEATURES,
+    FEATURES,
+    feature_code,
+    finish,
+    model_rows,
+    text_part,
+)
 from extproc.cache.guards.lexical import canonical
 from extproc.config.env import resolve_relative
 from extproc.errors import ConfigError
@@ -31,6 +39,8 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from extproc.cache.guards.content import WordVectorCache
+
+log = logging.getLogger(__name__)
 
 FORMAT = "semantic-cache-verifier"
 VERSION = 2
@@ -197,7 +207,19 @@ def load_model(spec: str, config_source: str = "", text_only: bool = False) -> V
         raw = json.loads(text)
     except ValueError as exc:
         raise ConfigError(f"{where}: not JSON ({exc})") from exc
-    return parse_model(raw, where)
+    model = parse_model(raw, where)
+    trained_on = model.info.get("text_features_code")
+    if trained_on and trained_on != feature_code():
+        # Still usable (same feature names), but some rule or word list now gives other values
+        # than it learned from: its confidences drift from their calibration.
+        log.warning(
+            "%s was trained on text features computed by other code than this version's (%s, now %s): "
+            "its confidences may be off; retrain it with semantic-cache train-verifier",
+            where,
+            trained_on,
+            feature_code(),
+        )
+    return model
 
 
 class ConfidenceScorer:

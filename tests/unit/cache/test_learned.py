@@ -10,7 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from extproc.cache.guards.features import FEATURES, embedding_features, finish, model_rows, text_part
+from extproc.cache.guards.features import (
+    FEATURES,
+    code_of,
+    embedding_features,
+    feature_code,
+    finish,
+    model_rows,
+    text_part,
+)
 from extproc.cache.guards.learned import (
     BUILTIN,
     SAME_WORDS,
@@ -214,3 +222,46 @@ async def test_the_same_words_written_differently_are_the_same_question() -> Non
     assert await scorer.score("5 kg in pounds?", "five kilograms in pounds", 0.9) == SAME_WORDS
     assert await scorer.score("C++ tips?", "C tips?", 0.9) < 0.5
     assert await scorer.score("What is 15% of 200?", "What is 16% of 200?", 0.95) < 0.5
+
+
+@pytest.mark.parametrize("text_only", [False, True])
+def test_the_shipped_models_were_trained_on_the_text_features_this_version_computes(
+    text_only: bool,
+) -> None:
+    """A rule or word list changed since the shipped files were fitted: their confidences are no
+    longer calibrated for the features served. Retrain both (docs/correctness.md, Training)."""
+    shipped = load_model(BUILTIN, text_only=text_only)
+    assert shipped.info.get("text_features_code") == feature_code(), (
+        "the text-feature code changed since the shipped verifier was trained: run the training "
+        "commands of docs/correctness.md#training-reproducible and ship both files"
+    )
+
+
+def test_the_feature_code_ignores_comments_and_docstrings_only() -> None:
+    plain = "X = 1\n\ndef f(a):\n    return a + X\n"
+    documented = (
+        '"""Module."""\n# why\nX = 1\n"""X is one."""\n\ndef f(a):\n    """Doc."""\n    return a + X  # sum\n'
+    )
+    changed = "X = 2\n\ndef f(a):\n    return a + X\n"
+    code = [code_of(text) for text in (plain, documented, changed)]
+    assert code[0] == code[1] != code[2]
+
+
+def test_a_model_trained_on_other_feature_code_loads_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "verifier.json"
+    fitted().save(path)
+    with caplog.at_level("WARNING", logger="extproc.cache.guards.learned"):
+        load_model(str(path))  # no record of the code: nothing to compare
+        raw = json.loads(path.read_text())
+        raw["info"]["text_features_code"] = feature_code()
+        path.write_text(json.dumps(raw))
+        load_model(str(path))
+        assert not caplog.records
+        raw["info"]["text_features_code"] = "0123456789abcdef"
+        path.write_text(json.dumps(raw))
+        assert load_model(str(path)).info["text_features_code"] == "0123456789abcdef"
+    (record,) = caplog.records
+    assert "trained on text features computed by other code" in record.getMessage()
+    assert "retrain it with semantic-cache train-verifier" in record.getMessage()
