@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from extproc.cache.guards.features import FEATURES, feature_code, features_matrix, model_rows, text_part
+from extproc.cache.guards.features import FEATURES, features_matrix, model_rows, text_part
 from extproc.cache.guards.learned import VerifierModel
+from extproc.cache.guards.provenance import feature_code
 from extproc.cli.clusters import split_by_component
 from extproc.cli.eval_report import Pair, roc_auc
 from extproc.embedding.base import EncodeFn, WordVectors

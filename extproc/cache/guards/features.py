@@ -12,17 +12,11 @@ which say *along which directions* the prompts differ, where the cosine only say
 
 from __future__ import annotations
 
-import ast
-import hashlib
-import inspect
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
 
 import numpy as np
 
-from extproc.cache.guards import content, dates, direction, lexical, numerals, rules, scripts
 from extproc.cache.guards.content import _SKIP, _unaligned, missing_words, modifiers
 from extproc.cache.guards.direction import DirectionGuard
 from extproc.cache.guards.lexical import STOPWORDS, Analysis, analyze
@@ -175,27 +169,3 @@ def model_rows(
     if query_vectors is None or candidate_vectors is None:
         return text_rows
     return np.hstack([text_rows, embedding_features(query_vectors, candidate_vectors)])
-
-
-def code_of(source: str) -> str:
-    """Python ``source`` without its comments and docstrings (which change no feature)."""
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        for name in ("body", "orelse", "finalbody"):
-            block = getattr(node, name, None)
-            if isinstance(block, list) and block and isinstance(block[0], ast.stmt):
-                kept = [
-                    s for s in block if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))
-                ]
-                setattr(node, name, kept or [ast.Pass()])
-    return ast.unparse(tree)
-
-
-@cache
-def feature_code() -> str:
-    """A digest of the code that computes the text features (their names, the rules and word
-    lists they read; not comments or docstrings). ``train-verifier`` records it in the model
-    file: a model is only right for the features it was trained on."""
-    modules = (sys.modules[__name__], rules, dates, direction, lexical, numerals, content, scripts)
-    source = "".join(code_of(inspect.getsource(m)) for m in modules)
-    return hashlib.sha256(f"{','.join(FEATURES)}|{source}".encode()).hexdigest()[:16]

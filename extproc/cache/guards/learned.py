@@ -23,15 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from extproc.cache.guards.features import (
-    EMBEDDING_FEATURES,
-    FEATURES,
-    feature_code,
-    finish,
-    model_rows,
-    text_part,
-)
+from extproc.cache.guards.features import EMBEDDING_FEATURES, FEATURES, finish, model_rows, text_part
 from extproc.cache.guards.lexical import canonical
+from extproc.cache.guards.provenance import feature_code
 from extproc.config.env import resolve_relative
 from extproc.errors import ConfigError
 
@@ -208,8 +202,8 @@ def load_model(spec: str, config_source: str = "", text_only: bool = False) -> V
     except ValueError as exc:
         raise ConfigError(f"{where}: not JSON ({exc})") from exc
     model = parse_model(raw, where)
-    trained_on = model.info.get("text_features_code")
-    if trained_on and trained_on != feature_code():
+    trained_on, running = model.info.get("text_features_code"), feature_code()
+    if trained_on and running and trained_on != running:
         # Still usable (same feature names), but some rule or word list now gives other values
         # than it learned from: its confidences drift from their calibration.
         log.warning(
@@ -217,7 +211,7 @@ def load_model(spec: str, config_source: str = "", text_only: bool = False) -> V
             "its confidences may be off; retrain it with semantic-cache train-verifier",
             where,
             trained_on,
-            feature_code(),
+            running,
         )
     return model
 

@@ -10,15 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from extproc.cache.guards.features import (
-    FEATURES,
-    code_of,
-    embedding_features,
-    feature_code,
-    finish,
-    model_rows,
-    text_part,
-)
+from extproc.cache.guards.features import FEATURES, embedding_features, finish, model_rows, text_part
 from extproc.cache.guards.learned import (
     BUILTIN,
     SAME_WORDS,
@@ -27,6 +19,7 @@ from extproc.cache.guards.learned import (
     load_model,
     parse_model,
 )
+from extproc.cache.guards.provenance import code_of, feature_code
 from extproc.cli.train_verifier import fit_isotonic, fit_logistic, reliability
 from extproc.embedding.base import EncodeFn
 from extproc.errors import ConfigError
