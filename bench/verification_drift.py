@@ -78,7 +78,7 @@ def simulate(args: argparse.Namespace, delta: float, detect: bool) -> Run:
         if rng.random() < args.sample_rate:
             outcomes.learn("m", entry, confidence, wrong, similarity)
     run.windows.append((window[0], window[1]))
-    run.changes = outcomes.drift.changes if outcomes.drift is not None else 0
+    run.changes = outcomes.changes
     return run
 
 

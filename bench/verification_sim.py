@@ -438,8 +438,7 @@ async def main(argv: Sequence[str] | None = None) -> int:
         vs = f"{match.name} hit rate {match.hit_rate:.2%}" if match else "no static setting is that accurate"
         delta = float(run.name.split()[1])
         held = "holds" if lo <= delta else "VIOLATED"
-        drift = run.outcomes.drift if run.outcomes is not None else None
-        found = f"; changes found {drift.changes}" if drift is not None else ""
+        found = f"; changes found {run.outcomes.changes}" if run.outcomes is not None else ""
         verdict = f"bound {held} (interval low {lo:.2%} vs δ {delta:.0%})"
         print(f"  {verdict}; static of ≤ equal error: {vs}{found}")
     print(f"elapsed {time.perf_counter() - started:.0f}s")

@@ -138,6 +138,11 @@ class Outcomes:
         """Outcomes other processes learned, as last adopted."""
         return int(sum(wrong + right for wrong, right in self.shared.values()))
 
+    @property
+    def changes(self) -> int:
+        """Changes the detector found since the process started (0 without detection)."""
+        return self.drift.changes if self.drift is not None else 0
+
     def model_key(self, model: str) -> str:
         """``model``, or ``other`` once MAX_MODELS models are tracked (a bounded label set)."""
         if model in self.served or len(self.served) < MAX_MODELS:

@@ -354,7 +354,7 @@ class Verification:
                 "other_processes": self.evidence.processes,
                 "shared_outcomes": self.outcomes.adopted,
                 "own_outcomes": self.outcomes.learned,
-                "changes": self.outcomes.drift.changes if self.outcomes.drift is not None else 0,
+                "changes": self.outcomes.changes,
                 "problem": self.evidence.problem,
             },
         }
