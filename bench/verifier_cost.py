@@ -5,9 +5,11 @@ as the server sees it: encoding the query (one forward pass), the verifier's tex
 embedding features and model (no word vectors; the two embeddings are the query's and the
 stored entry's, already at hand), and the verifier including the word vectors it asks for (a
 forward pass per prompt it has not seen, as on a cold cache).  Prints p50 / p90 in ms and the
-ratios to the encode p50.
+ratios to the encode p50.  ``--model`` and ``--verifier`` measure another embedding model (a
+local sentence-transformers folder) with a verifier trained for it (``train-verifier``).
 
     python -m bench.verifier_cost [--pairs tests/data/adversarial.jsonl] [--repeat 3]
+        [--model all-MiniLM-L6-v2] [--verifier builtin]
 """
 
 from __future__ import annotations
@@ -24,17 +26,24 @@ from extproc.cache.guards.content import WordVectorCache
 from extproc.cache.guards.features import finish, model_rows, text_part
 from extproc.cache.guards.learned import BUILTIN, ConfidenceScorer, load_model
 from extproc.cli.evaluate import read_pairs
+from extproc.config.settings import DEFAULT_EMBEDDING_MODEL
 from extproc.embedding.batcher import Embedder
 from extproc.embedding.loader import load_sentence_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-async def measure(pairs_file: Path, repeat: int) -> dict[str, float]:
+async def measure(
+    pairs_file: Path, repeat: int, model_name: str = DEFAULT_EMBEDDING_MODEL, verifier: str = BUILTIN
+) -> dict[str, float]:
     """p50 / p90 milliseconds of each step over every pair, ``repeat`` times."""
-    encode, dim = load_sentence_model("all-MiniLM-L6-v2")
+    encode, dim = load_sentence_model(model_name)
     embedder = Embedder(encode, dim)
-    model = load_model(BUILTIN)
+    model = load_model(verifier)
+    if model.embedding_dim not in (0, dim):
+        raise SystemExit(
+            f"--verifier {verifier} reads {model.embedding_dim}-d embeddings; {model_name} has {dim}"
+        )
     pairs = read_pairs(pairs_file)
     times: dict[str, list[float]] = {"encode": [], "verifier_text": [], "verifier_cold": []}
     for _ in range(repeat):
@@ -72,8 +81,11 @@ def main() -> None:
     )
     parser.add_argument("--pairs", type=Path, default=ROOT / "tests" / "data" / "adversarial.jsonl")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--model", default=DEFAULT_EMBEDDING_MODEL, help="embedding model name or folder")
+    parser.add_argument("--verifier", default=BUILTIN, help='"builtin" or a verifier file for --model')
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(measure(args.pairs, args.repeat)), indent=1))
+    result = asyncio.run(measure(args.pairs, args.repeat, args.model, args.verifier))
+    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import pytest
 from bench.report import SAMPLE
 from bench.verification_sim import wrong_answer
 from extproc.cli.clusters import Clusters
-from extproc.cli.evaluate import Pair
+from extproc.cli.evaluate import Pair, read_pairs
 from tests.conftest import ROOT, MilvusServer
 
 pytestmark = pytest.mark.integration
@@ -120,6 +120,24 @@ def test_volatile_rate_smoke() -> None:
     stdout = bench_stdout("volatile_rate", "--data", str(SAMPLE), "--show", "3", timeout=120)
     head = stdout.splitlines()[0]
     assert head.startswith("questions=") and "flagged=" in head and "rate=" in head
+
+
+def test_verifier_cost_smoke(tmp_path: Path) -> None:
+    stdout = bench_stdout("verifier_cost", "--repeat", "1", "--verifier", "builtin", timeout=300)
+    doc = json.loads(stdout)
+    assert doc["pairs"] == len(read_pairs(ROOT / "tests" / "data" / "adversarial.jsonl"))
+    assert doc["encode_p50_ms"] > 0 and doc["verifier_text_p50_ms"] > 0
+    ratio = doc["verifier_text_p50_ms"] / doc["encode_p50_ms"]
+    assert doc["verifier_text_over_encode_p50"] == round(ratio, 4)
+    # A verifier trained for another model's vectors is refused, not run on the wrong ones.
+    other = json.loads((ROOT / "extproc" / "cache" / "guards" / "verifier.json").read_text())
+    other["embedding"]["dim"] = 768
+    for key in ("mean", "scale", "weights"):
+        other[key] = other[key][:21] + other[key][21:] * 2  # 21 text features, then 2 x 768
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    command = [sys.executable, "-m", "bench.verifier_cost", "--verifier", str(tmp_path / "other.json")]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode != 0 and "reads 768-d embeddings" in done.stderr
 
 
 def test_remote_embedding_smoke() -> None:
