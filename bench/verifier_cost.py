@@ -22,13 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
+from extproc.cache.guards import build_scorer
 from extproc.cache.guards.content import WordVectorCache
 from extproc.cache.guards.features import finish, model_rows, text_part
-from extproc.cache.guards.learned import BUILTIN, ConfidenceScorer, load_model
+from extproc.cache.guards.learned import BUILTIN, ConfidenceScorer
 from extproc.cli.evaluate import read_pairs
-from extproc.config.settings import DEFAULT_EMBEDDING_MODEL
+from extproc.config.settings import DEFAULT_EMBEDDING_MODEL, CacheSettings
 from extproc.embedding.batcher import Embedder
 from extproc.embedding.loader import load_sentence_model
+from extproc.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,11 +41,10 @@ async def measure(
     """p50 / p90 milliseconds of each step over every pair, ``repeat`` times."""
     encode, dim = load_sentence_model(model_name)
     embedder = Embedder(encode, dim)
-    model = load_model(verifier)
-    if model.embedding_dim not in (0, dim):
-        raise SystemExit(
-            f"--verifier {verifier} reads {model.embedding_dim}-d embeddings; {model_name} has {dim}"
-        )
+    settings = CacheSettings(embedding_model=model_name, verifier_model=verifier)
+    # The server's own choice and checks: the text-only model for "builtin" on another model's
+    # vectors, a clear error for a file trained on vectors of another size.
+    model = build_scorer(settings, embedder, []).model
     pairs = read_pairs(pairs_file)
     times: dict[str, list[float]] = {"encode": [], "verifier_text": [], "verifier_cold": []}
     for _ in range(repeat):
@@ -84,7 +85,10 @@ def main() -> None:
     parser.add_argument("--model", default=DEFAULT_EMBEDDING_MODEL, help="embedding model name or folder")
     parser.add_argument("--verifier", default=BUILTIN, help='"builtin" or a verifier file for --model')
     args = parser.parse_args()
-    result = asyncio.run(measure(args.pairs, args.repeat, args.model, args.verifier))
+    try:
+        result = asyncio.run(measure(args.pairs, args.repeat, args.model, args.verifier))
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
     print(json.dumps(result, indent=1))
 
 

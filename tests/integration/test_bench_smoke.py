@@ -132,8 +132,9 @@ def test_verifier_cost_smoke(tmp_path: Path) -> None:
     # A verifier trained for another model's vectors is refused, not run on the wrong ones.
     other = json.loads((ROOT / "extproc" / "cache" / "guards" / "verifier.json").read_text())
     other["embedding"]["dim"] = 768
+    text = len(other["features"])
     for key in ("mean", "scale", "weights"):
-        other[key] = other[key][:21] + other[key][21:] * 2  # 21 text features, then 2 x 768
+        other[key] = other[key][:text] + other[key][text:] * 2  # the text features, then 2 x 768
     (tmp_path / "other.json").write_text(json.dumps(other))
     command = [sys.executable, "-m", "bench.verifier_cost", "--verifier", str(tmp_path / "other.json")]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
