@@ -93,7 +93,7 @@ class ExtProcServer:
                     processor = open_processor(request, self.shared, metadata, context.write)
                 reply = await processor.handle(request)
                 await context.write(reply)
-                if reply.immediate_response is not None:
+                if reply.immediate_response is not None or processor.finished:
                     return
         finally:
             if processor is not None:

@@ -47,6 +47,12 @@ class Processor:
         self._reported = False
         self._header_size = (0, 0)
         """(count, bytes) of the headers of the current phase: Envoy's limits apply to them."""
+        self.finished = False
+        """Nothing more is wanted of this stream: the server ends it after the current reply, and
+        Envoy passes the rest of the request and its response on without the processor. Set on a
+        body bigger than Envoy's buffer: when the body's end came while Envoy 1.40 waited for the
+        reply to its first part, the end was sometimes lost and the request stalled until the idle
+        timeout unless the stream ended (the response then carries no x-semantic-cache header)."""
 
     async def handle(self, request: m.ProcessingRequest) -> m.ProcessingResponse:
         """Dispatch one ext_proc message to its phase method."""

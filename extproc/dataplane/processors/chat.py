@@ -130,8 +130,9 @@ class ChatCompletionsProcessor(RequestSettings, SingleFlight, VerifiedHits, Proc
 
     async def on_request_body(self, body: bytes, end_of_stream: bool) -> m.ProcessingResponse:
         """Look the prompt up: answer a hit at once, otherwise let the request go upstream."""
-        if not end_of_stream:  # BUFFERED_PARTIAL: bigger than Envoy's buffer
+        if not end_of_stream:  # BUFFERED_PARTIAL: bigger than Envoy's buffer (a chunked body)
             self._mark_bypass("request_too_large")
+            self.finished = True  # Envoy 1.40 sometimes lost the end of such a body: see Processor.finished
             return m.request_body()
         try:
             chat = await self._parse_request(body)

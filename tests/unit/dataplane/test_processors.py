@@ -159,6 +159,22 @@ def test_a_body_declared_too_large_is_let_through_at_the_headers() -> None:
             assert (decisions[-1].outcome, decisions[-1].reason) == ("bypass", "request_too_large")
 
 
+async def test_a_body_bigger_than_envoys_buffer_ends_the_stream() -> None:
+    """Envoy hands over its first part (end_of_stream false): passed on, and the processor wants
+    nothing more of the stream (Envoy 1.40 sometimes lost the end of such a body otherwise)."""
+    shared, decisions, _ = make_shared()
+    p = ChatCompletionsProcessor(shared)
+    p.on_request_headers(headers(CHAT), False)
+    reply = await p.on_request_body(chat_body("what is the capital of france")[:20], False)
+    assert reply.request_body is not None and p.finished
+    p.on_stream_closed()
+    assert (decisions[-1].outcome, decisions[-1].reason) == ("bypass", "request_too_large")
+    whole = ChatCompletionsProcessor(shared)
+    whole.on_request_headers(headers(CHAT), False)
+    await whole.on_request_body(chat_body("what is the capital of france"), True)
+    assert not whole.finished
+
+
 async def test_request_body_phase_miss_then_hit() -> None:
     """A miss continues upstream; the same prompt after a store is answered at once."""
     shared, decisions, pending = make_shared()
