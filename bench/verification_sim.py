@@ -27,10 +27,12 @@ wrong-hit rate).
 
 ``--replicas N`` sends the requests to N processes in turn over the one cache (as replicas
 behind a Service over Milvus) and runs each δ twice: the evidence shared between them, and kept
-per process.
+per process. ``--ttl N`` expires each entry N requests after it was stored, as ``ttl_seconds``
+does at a steady request rate: questions then come back as candidates, and the rule's learning
+is spread over a stream that keeps bringing them.
 
     python -m bench.verification_sim [--pairs FILE] [--length N] [--zipf S] [--per-request] [--judged]
-                                     [--replicas N]
+                                     [--replicas N] [--ttl N]
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import math
 import random
 import sys
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,6 +227,7 @@ async def simulate(
     shared: bool = True,
     drift: float = 0.0,
     detect_changes: bool = True,
+    ttl: int = 0,
 ) -> Run:
     """Drive one policy over the stream through a fresh cache. ``per_request``: the bound
     promises ≤ δ per request, as vCache does, so a candidate whose P(wrong) bound u is above δ is
@@ -233,7 +237,8 @@ async def simulate(
     processor's evidence sync does (:mod:`extproc.dataplane.verification.evidence`). ``drift``:
     from DRIFT_AT of the stream on, a candidate at confidence DRIFT_FROM or more that was right
     turns wrong at this rate (the answers changed under the cache); ``detect_changes``: the δ
-    rule's change detection on or off."""
+    rule's change detection on or off. ``ttl``: an entry expires this many requests after it was
+    stored (0: never), as ``ttl_seconds`` does at a steady request rate."""
     embedder, guards, scorer = parts
     cache = SemanticCache(
         MemoryBackend(vectors.shape[1], len(texts) + 1), embedder, 0.8, 10, 0, guards, scorer, min_confidence
@@ -242,7 +247,14 @@ async def simulate(
     rng, run = random.Random(seed), Run(name)
     run.outcomes = fleet[0]
     size = math.ceil(len(texts) / WINDOWS)
+    expiring: deque[tuple[int, str, int]] = deque()  # (request it expires at, key, request stored)
+    stored_at: dict[str, int] = {}  # key -> the request that stored its current version
     for i, text in enumerate(texts):
+        while expiring and expiring[0][0] <= i:
+            _, key, when = expiring.popleft()
+            if stored_at.get(key) == when:  # not a version stored since (after a heal): that one stays
+                del stored_at[key]
+                await cache.forget(key)
         outcomes = fleet[i % replicas]
         if shared and replicas > 1 and i % SYNC_REQUESTS == 0:
             rows = [o.export() for o in fleet]
@@ -273,6 +285,9 @@ async def simulate(
             entry = None
         if entry is None:
             await cache.store(query, {"cluster": truth}, vectors[i], ttl_seconds=0)
+            if ttl:
+                expiring.append((i + ttl, query.exact_key, i))
+                stored_at[query.exact_key] = i
             continue
         run.hits += 1
         window[2] += 1
@@ -294,6 +309,9 @@ async def simulate(
                 run.healed += 1
                 await cache.forget(entry.exact_key, entry.created_at)
                 await cache.store(query, {"cluster": truth}, vectors[i], ttl_seconds=0)
+                if ttl:
+                    expiring.append((i + ttl, query.exact_key, i))
+                    stored_at[query.exact_key] = i
     return run
 
 
@@ -361,6 +379,12 @@ async def main(argv: Sequence[str] | None = None) -> int:
         help="from 40 %% of the stream on, candidates at confidence ≥ 0.9 that were right turn wrong "
         "at this rate",
     )
+    parser.add_argument(
+        "--ttl",
+        type=int,
+        default=0,
+        help="requests an entry lives (0: forever); with a TTL, questions come back as candidates",
+    )
     args = parser.parse_args(argv)
     if not args.pairs.is_file():
         if args.pairs != SHARED:
@@ -407,6 +431,7 @@ async def main(argv: Sequence[str] | None = None) -> int:
             shared=how == "shared",
             drift=args.drift,
             detect_changes=detect,
+            ttl=args.ttl,
         )
         for d, how, detect in variants
     ]
@@ -421,6 +446,7 @@ async def main(argv: Sequence[str] | None = None) -> int:
             min_confidence=m,
             judged=args.judged,
             drift=args.drift,
+            ttl=args.ttl,
         )
         for m in STATIC
     ]

@@ -149,8 +149,8 @@ def test_remote_embedding_smoke() -> None:
 
 @pytest.mark.parametrize(
     "promise",
-    [(), ("--per-request",), ("--judged",), ("--replicas", "2")],
-    ids=["per-hit", "per-request", "judged", "replicas"],
+    [(), ("--per-request",), ("--judged",), ("--replicas", "2"), ("--ttl", "300")],
+    ids=["per-hit", "per-request", "judged", "replicas", "ttl"],
 )
 def test_verification_sim_smoke(promise: tuple[str, ...]) -> None:
     args = ("--pairs", str(SAMPLE), "--length", "1500", *promise)
